@@ -1,0 +1,63 @@
+"""The key/value cache for incremental decoding: preallocated per-layer tensors plus fill state.
+
+Rows of a batch may be left-padded to a common prompt length; `pad` records how many slots of each
+row are padding so attention skips them and RoPE positions start at 0 for every row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from herd.model.config import ModelConfig
+
+
+@dataclass
+class KVCache:
+    """Keys and values [B, n_kv_heads, max_len, head_dim] per layer, `length` slots filled."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    pad: torch.Tensor
+    """Left-padding slots per row, LongTensor [B]."""
+    length: int = 0
+
+    @classmethod
+    def allocate(
+        cls,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        pad: torch.Tensor | None = None,
+    ) -> KVCache:
+        shape = (batch_size, config.kv_heads, max_len, config.head_dim)
+        keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        if pad is None:
+            pad = torch.zeros(batch_size, dtype=torch.long, device=device)
+        return cls(keys, values, pad.to(device))
+
+    @property
+    def max_len(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def padded(self) -> bool:
+        return bool(self.pad.any())
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, H, T, D] after the filled slots; return all keys and values so far."""
+        end = self.length + k.shape[2]
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Drop finished rows of the batch (rows: LongTensor of indices to keep)."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self.pad = self.pad.index_select(0, rows)

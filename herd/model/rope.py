@@ -1,0 +1,48 @@
+"""Rotary position embeddings (RoPE) with Llama 3.1's "llama3" frequency scaling.
+
+Pairs are interleaved (dims 2i, 2i+1), as in Meta's checkpoints; HF's half-split layout is
+handled by permuting q/k weights at conversion time, not here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from herd.model.config import RopeScaling
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> torch.Tensor:
+    """Inverse frequencies [head_dim/2] in fp32, scaled for long context when asked."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    if scaling is None:
+        return freqs
+    low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+    wavelen = 2 * math.pi / freqs
+    smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    blended = (1 - smooth) * freqs / scaling.factor + smooth * freqs
+    scaled = torch.where(wavelen > low_wavelen, freqs / scaling.factor, freqs)
+    in_between = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(in_between, blended, scaled)
+
+
+def rope_cos_sin(freqs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [..., T, head_dim/2] for integer positions [..., T] (fp32)."""
+    angles = positions.to(torch.float32)[..., None] * freqs.to(positions.device)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, T, H, D] by per-position angles; cos/sin are [T, D/2] or [B, T, D/2]."""
+    if cos.dim() == 2:
+        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    else:
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    pairs = x.float().unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)

@@ -1,0 +1,205 @@
+"""The Llama 3 transformer: embedding, pre-norm blocks (RMSNorm, GQA with RoPE, SwiGLU), head.
+
+Parameter names match Meta's checkpoints (`tok_embeddings`, `layers.N.attention.wq`, ...), so the
+Meta format loads without a mapping; HF names are mapped in `herd.checkpoint.hf`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from herd.errors import HerdError
+from herd.model.config import ModelConfig
+from herd.model.kv_cache import KVCache
+from herd.model.masking import cache_mask, cache_positions, document_mask, document_positions
+from herd.model.rope import apply_rope, rope_cos_sin, rope_frequencies
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in fp32 and cast back before the weight (as Meta does)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with RoPE through torch SDPA."""
+
+    def __init__(self, config: ModelConfig, layer_id: int) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        self.wq = nn.Linear(config.dim, self.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        batch, length, _ = x.shape
+        q = apply_rope(self.wq(x).view(batch, length, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.wk(x).view(batch, length, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.wv(x).view(batch, length, self.n_kv_heads, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(self.layer_id, k, v)
+        is_causal = mask is None and length > 1
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
+        )
+        return self.wo(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """x + attention(norm(x)), then + feed_forward(norm(...))."""
+
+    def __init__(self, config: ModelConfig, layer_id: int) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config, layer_id)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.feed_forward = FeedForward(config.dim, config.ffn_hidden_dim)
+
+    def forward(self, x, cos, sin, mask, cache):  # noqa: ANN001, ANN201 - hot path, types as in Attention
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """A Llama 3 decoder: `model(tokens) -> logits` [B, T, vocab]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.register_buffer(
+            "rope_freqs", rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling), persistent=False
+        )
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        """Move/cast as usual, but keep the RoPE frequencies in fp32 whatever dtype the weights take."""
+        super()._apply(fn, recurse)
+        freqs = rope_frequencies(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
+        self.rope_freqs = freqs.to(self.rope_freqs.device)
+        return self
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        doc_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits for `tokens` [B, T].
+
+        doc_ids [B, T]: document index of each token in packed rows; attention never crosses a
+        document and positions restart at each one. cache: decode incrementally after the cached
+        tokens. last_only: compute the head for the final position only (prefill).
+        """
+        if tokens.dim() != 2:
+            raise HerdError(f"tokens must be a [batch, length] tensor, got shape {tuple(tokens.shape)}")
+        length = tokens.shape[1]
+        start = cache.length if cache is not None else 0
+        if start + length > self.config.max_seq_len:
+            raise HerdError(
+                f"sequence of {start + length} tokens exceeds the model's context of {self.config.max_seq_len}"
+            )
+        mask, positions = self._mask_and_positions(tokens, doc_ids, cache)
+        cos, sin = rope_cos_sin(self.rope_freqs, positions)
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length += length
+        if last_only:
+            h = h[:, -1:]
+        return self.output(self.norm(h))
+
+    def _mask_and_positions(
+        self, tokens: torch.Tensor, doc_ids: torch.Tensor | None, cache: KVCache | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        length = tokens.shape[1]
+        if doc_ids is not None:
+            if cache is not None:
+                raise HerdError("doc_ids (packed documents) cannot be combined with a KV cache")
+            if doc_ids.shape != tokens.shape:
+                raise HerdError(f"doc_ids shape {tuple(doc_ids.shape)} must equal tokens shape {tuple(tokens.shape)}")
+            return document_mask(doc_ids), document_positions(doc_ids)
+        if cache is None:
+            return None, torch.arange(length, device=tokens.device)
+        if cache.length + length > cache.max_len:
+            raise HerdError(f"KV cache holds {cache.max_len} tokens; {cache.length + length} requested")
+        if not cache.padded:
+            mask = None if cache.length == 0 or length == 1 else cache_mask(cache.pad, cache.length, length)
+            return mask, torch.arange(cache.length, cache.length + length, device=tokens.device)
+        return cache_mask(cache.pad, cache.length, length), cache_positions(cache.pad, cache.length, length)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0) -> None:
+        """Fresh weights for training from scratch: truncated normals, depth-scaled output projections."""
+        generator = torch.Generator().manual_seed(seed)
+
+        def normal_(weight: torch.Tensor, std: float) -> None:
+            values = torch.randn(weight.shape, generator=generator).clamp_(-3, 3) * std
+            weight.copy_(values)
+
+        normal_(self.tok_embeddings.weight, 0.02 if self.config.tie_word_embeddings else 1.0)
+        for i, layer in enumerate(self.layers):
+            depth_std = 0.02 / math.sqrt(2 * (i + 1))
+            for linear in (layer.attention.wq, layer.attention.wk, layer.attention.wv, layer.feed_forward.w1):
+                normal_(linear.weight, 0.02)
+            for linear in (layer.attention.wo, layer.feed_forward.w2, layer.feed_forward.w3):
+                normal_(linear.weight, depth_std)
+            layer.attention_norm.weight.fill_(1.0)
+            layer.ffn_norm.weight.fill_(1.0)
+        self.norm.weight.fill_(1.0)
+        if not self.config.tie_word_embeddings:
+            normal_(self.output.weight, self.config.dim**-0.5)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(
+    config: ModelConfig, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Transformer:
+    """Construct a model; on the "meta" device nothing is allocated (for later sharding or loading)."""
+    with torch.device(device):
+        model = Transformer(config)
+    return model.to(dtype=dtype)
