@@ -135,7 +135,11 @@ class ModelConfig:
         use_scaled = params.pop("use_scaled_rope", False)
         scaling = params.pop("rope_scaling", None)
         if use_scaled or scaling:
+            # Meta's params.json says only use_scaled_rope (its reference code fixes factor 8);
+            # later ones may name the factor (rope_scaling_factor), HF-derived configs give all of it.
             scaling = dict(scaling or {})
+            if "rope_scaling_factor" in params:
+                scaling["factor"] = params.pop("rope_scaling_factor")
             scaling.pop("rope_type", None)
             kwargs["rope_scaling"] = RopeScaling(**scaling)
             kwargs.setdefault("max_seq_len", 131072)  # Llama 3.1+ params.json leaves the context unsaid

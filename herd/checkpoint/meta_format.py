@@ -1,0 +1,151 @@
+"""Meta's checkpoint format: `params.json` + model-parallel shards `consolidated.NN.pth` (+ `tokenizer.model`).
+
+Shards are merged on load by the split table below; save writes one shard that Meta's reference code reads.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from herd.checkpoint.files import atomic_path, one_line, write_json
+from herd.errors import HerdError
+from herd.model import ModelConfig, Transformer
+from herd.tokenizer import Tokenizer, load_tokenizer
+
+PARAMS_FILE = "params.json"
+SHARD_PATTERN = "consolidated.*.pth"
+TOKENIZER_FILE = "tokenizer.model"
+
+# The dimension fairscale model parallelism split each weight on across the shards (None: replicated), keyed
+# by module name without `layers.N.`. Column-parallel layers split their output rows, row-parallel ones their
+# input columns; Llama 3's VocabParallelEmbedding splits the vocabulary (Llama 2's ParallelEmbedding split the
+# embedding width instead, see `_Layout.of`).
+SPLIT_DIM: dict[str, int | None] = {
+    "tok_embeddings": 0,
+    "attention.wq": 0,
+    "attention.wk": 0,
+    "attention.wv": 0,
+    "attention.wo": 1,
+    "feed_forward.w1": 0,
+    "feed_forward.w3": 0,
+    "feed_forward.w2": 1,
+    "attention_norm": None,
+    "ffn_norm": None,
+    "norm": None,
+    "output": 0,
+}
+# Tensors older Meta checkpoints carry that are not weights (Llama 2's precomputed RoPE frequencies).
+NOT_WEIGHTS = frozenset({"rope.freqs"})
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The directory's shards in model-parallel rank order."""
+    files = sorted(directory.glob(SHARD_PATTERN))
+    if not files:
+        raise HerdError(f"no weights in {directory}: expected {SHARD_PATTERN} files beside {PARAMS_FILE}")
+    return files
+
+
+def read_config(directory: Path) -> ModelConfig:
+    return ModelConfig.from_json(directory / PARAMS_FILE)
+
+
+def read_state(directory: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """herd-named tensors: memory-mapped from a single shard; merged from several, one shard mapped at a time
+    (so the peak is the model plus one shard)."""
+    files = weight_files(directory)
+    first = read_shard(files[0])
+    names = [name for name in first if name not in NOT_WEIGHTS]
+    if len(files) == 1:
+        return {name: first[name] for name in names}
+    layouts = {name: _Layout.of(name, first[name], len(files), config) for name in names}
+    merged = {name: torch.empty(layouts[name].shape, dtype=first[name].dtype) for name in names}
+    keys = set(first)
+    del first  # copied shard by shard below, with one shard's memory map open at a time
+    for rank, file in enumerate(files):
+        shard = read_shard(file)
+        if shard.keys() != keys:
+            odd = min(shard.keys() ^ keys)
+            raise HerdError(f"shards {files[0].name} and {file.name} in {directory} disagree on tensor {odd}")
+        for name in names:
+            layouts[name].copy_piece(shard[name], rank, merged[name], file)
+        del shard
+    return merged
+
+
+def read_tokenizer(directory: Path) -> Tokenizer:
+    return load_tokenizer(directory)
+
+
+def write(model: Transformer, tokenizer: Tokenizer, directory: Path) -> None:
+    """One `consolidated.00.pth` (the tied head written out too, as Meta's reference model expects it),
+    `params.json` and `tokenizer.model`; other shards left in `directory` are removed."""
+    params = model.config.to_params()
+    # Meta's reference `Llama.build(ckpt_dir, max_seq_len, ...)` passes max_seq_len itself next to **params.
+    params.pop("max_seq_len")
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    with atomic_path(directory / "consolidated.00.pth") as tmp:
+        torch.save(state, tmp)
+    for stale in set(directory.glob(SHARD_PATTERN)) - {directory / "consolidated.00.pth"}:
+        stale.unlink()
+    write_json(directory / PARAMS_FILE, params)
+    with atomic_path(directory / TOKENIZER_FILE) as tmp:
+        tokenizer.save(tmp)
+
+
+def read_shard(file: Path) -> dict[str, torch.Tensor]:
+    """One shard's state dict, memory-mapped (nothing is read until used)."""
+    try:
+        shard = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+        raise HerdError(
+            f"cannot read {file}: {one_line(e)}; the file is truncated or corrupt, download or save it again"
+        ) from None
+    if not isinstance(shard, dict):
+        raise HerdError(f"{file} holds a {type(shard).__name__}, not a state dict of tensors")
+    return shard
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each shard's piece of one tensor goes in the merged tensor (by `SPLIT_DIM`)."""
+
+    name: str
+    piece_shape: torch.Size
+    dim: int | None
+    """The split dimension, None for a replicated tensor (taken from the first shard)."""
+    repeats: int
+    """Consecutive shards holding the same piece (more shards than kv heads)."""
+    shape: torch.Size
+
+    @classmethod
+    def of(cls, name: str, piece: torch.Tensor, n_shards: int, config: ModelConfig) -> _Layout:
+        parts = name.split(".")
+        module = ".".join(parts[2:-1] if parts[0] == "layers" else parts[:-1])
+        dim = SPLIT_DIM.get(module)
+        if module == "tok_embeddings" and piece.dim() == 2 and piece.shape[1] != config.dim:
+            dim = 1  # Llama 2's ParallelEmbedding
+        repeats = 1
+        if module in ("attention.wk", "attention.wv") and n_shards > config.kv_heads:
+            repeats = n_shards // config.kv_heads  # Meta's resharding repeats each kv head on consecutive shards
+        shape = list(piece.shape)
+        if dim is not None:
+            shape[dim] *= n_shards // repeats
+        return cls(name, piece.shape, dim, repeats, torch.Size(shape))
+
+    def copy_piece(self, piece: torch.Tensor, rank: int, merged: torch.Tensor, file: Path) -> None:
+        if piece.shape != self.piece_shape:
+            raise HerdError(
+                f"{file} holds tensor {self.name} with shape {tuple(piece.shape)}, the first shard "
+                f"{tuple(self.piece_shape)}; the shards do not fit together"
+            )
+        if self.dim is None:
+            if rank == 0:
+                merged.copy_(piece)
+        elif rank % self.repeats == 0:
+            size = piece.shape[self.dim]
+            merged.narrow(self.dim, rank // self.repeats * size, size).copy_(piece)

@@ -1,0 +1,548 @@
+"""herd.checkpoint: exact round trips between the formats, Meta shard merging, config mapping, errors."""
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import herd.checkpoint as ckpt
+from herd.checkpoint import hf_format, hub
+from herd.errors import HerdError
+from herd.model import ModelConfig, RopeScaling, build_model, preset
+from herd.tokenizer import Tokenizer, write_bpe_file
+
+MERGES = [b"th", b"he", b"the", b" t", b" the", b"in", b"er", b"an"]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory) -> Tokenizer:
+    """A 264-rank byte-level BPE (520 ids with the specials): small enough to convert quickly."""
+    ranks = {bytes([b]): b for b in range(256)} | {m: 256 + i for i, m in enumerate(MERGES)}
+    return Tokenizer(write_bpe_file(ranks, tmp_path_factory.mktemp("tok") / "tokenizer.model"))
+
+
+def small_config(**changes) -> ModelConfig:
+    base = ModelConfig(
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=520,
+        multiple_of=32,
+        ffn_dim_multiplier=None,
+        rope_scaling=RopeScaling(factor=8.0, original_max_position_embeddings=64),
+        max_seq_len=512,
+    )
+    return base.replace(**changes)
+
+
+def random_model(config: ModelConfig, dtype: torch.dtype = torch.float32, seed: int = 0):
+    model = build_model(config, dtype=dtype)
+    model.init_weights(seed=seed)
+    with torch.no_grad():  # norms away from 1 so that a lost or swapped norm shows
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    return model
+
+
+def assert_same_weights(a, b) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert sa[name].dtype == sb[name].dtype, name
+        assert torch.equal(sa[name], sb[name]), name
+
+
+def assert_one_line(error: pytest.ExceptionInfo, *fragments: str) -> None:
+    message = str(error.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+# --- round trips -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["herd", "hf", "meta"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_round_trip_is_bitwise(tmp_path, tok, fmt, tied):
+    config = small_config(tie_word_embeddings=tied)
+    model = random_model(config)
+    out = ckpt.save(model, tok, tmp_path / fmt, format=fmt)
+    assert ckpt.detect_format(out) == fmt
+    loaded, loaded_tok = ckpt.load(out)
+    assert_same_weights(model, loaded)
+    assert (loaded.output.weight is loaded.tok_embeddings.weight) == tied
+    assert loaded_tok.encode("the then", bos=True) == tok.encode("the then", bos=True)
+    got = loaded.config
+    assert got.ffn_hidden_dim == config.ffn_hidden_dim
+    if fmt == "herd":
+        assert got == config
+    elif fmt == "hf":  # HF stores intermediate_size only: multiple_of / ffn_dim_multiplier are re-derived
+        assert got.replace(multiple_of=config.multiple_of, ffn_dim_multiplier=None) == config
+    else:  # Meta's reference passes max_seq_len to Llama.build itself, so params.json leaves it out
+        assert got.replace(max_seq_len=config.max_seq_len) == config
+    tokens = torch.randint(0, config.vocab_size, (2, 9))
+    assert torch.equal(model(tokens), loaded(tokens))
+
+
+@pytest.mark.parametrize(("first", "second"), [("hf", "herd"), ("meta", "herd"), ("hf", "meta"), ("meta", "hf")])
+def test_chained_conversions_are_bitwise(tmp_path, tok, first, second):
+    model = random_model(small_config())
+    ckpt.save(model, tok, tmp_path / "src", format="herd")
+    ckpt.convert(tmp_path / "src", tmp_path / "a", to=first)
+    ckpt.convert(tmp_path / "a", tmp_path / "b", to=second)
+    loaded, _ = ckpt.load(tmp_path / "b")
+    assert_same_weights(model, loaded)
+
+
+@pytest.mark.parametrize("fmt", ["herd", "hf", "meta"])
+def test_bf16_checkpoints_stay_bf16(tmp_path, tok, fmt):
+    model = random_model(small_config(), dtype=torch.bfloat16)
+    ckpt.save(model, tok, tmp_path, format=fmt)
+    loaded, _ = ckpt.load(tmp_path)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert_same_weights(model, loaded)
+    assert ckpt.info(tmp_path)["dtype"] == "bfloat16"
+    assert loaded.rope_freqs.dtype == torch.float32
+    upcast, _ = ckpt.load(tmp_path, dtype="float32")
+    assert {p.dtype for p in upcast.parameters()} == {torch.float32}
+    assert torch.equal(upcast.tok_embeddings.weight, model.tok_embeddings.weight.float())
+
+
+def test_sharded_safetensors_round_trip(tmp_path, tok, monkeypatch):
+    model = random_model(small_config())
+    monkeypatch.setattr("herd.checkpoint.safetensors_io.MAX_SHARD_BYTES", 100_000)
+    ckpt.save(model, tok, tmp_path, format="hf")
+    shards = sorted(p.name for p in tmp_path.glob("model-*.safetensors"))
+    assert len(shards) > 2 and (tmp_path / "model.safetensors.index.json").is_file()
+    assert not (tmp_path / "model.safetensors").exists()
+    assert_same_weights(model, ckpt.load(tmp_path)[0])
+    monkeypatch.undo()
+    ckpt.save(model, tok, tmp_path, format="hf")  # re-saving unsharded removes the old shards and index
+    assert sorted(p.name for p in tmp_path.glob("model*")) == ["model.safetensors"]
+    assert_same_weights(model, ckpt.load(tmp_path)[0])
+
+
+def test_saving_over_the_loaded_checkpoint(tmp_path, tok):
+    """The loaded weights are memory-mapped from the files; saving replaces the files instead of rewriting them."""
+    model = random_model(small_config())
+    ckpt.save(model, tok, tmp_path, format="herd")
+    loaded, _ = ckpt.load(tmp_path)
+    ckpt.save(random_model(small_config(), seed=1), tok, tmp_path, format="herd")
+    assert_same_weights(model, loaded)
+
+
+def test_preset_loads_seeded_random_weights():
+    a, tok_a = ckpt.load("tiny")
+    b, _ = ckpt.load("tiny")
+    assert_same_weights(a, b)
+    assert a.config == preset("tiny") and tok_a.n_words == 128256
+    info = ckpt.info("tiny")
+    assert info["format"] == "preset" and info["params"] == a.num_params()
+
+
+def test_info(tmp_path, tok):
+    config = small_config()
+    ckpt.save(random_model(config), tok, tmp_path, format="meta")
+    info = ckpt.info(tmp_path)
+    assert info["format"] == "meta" and info["dtype"] == "float32"
+    assert info["params"] == config.num_params()
+    assert info["config"]["dim"] == 64
+    assert info["size_bytes"] == (tmp_path / "consolidated.00.pth").stat().st_size > 4 * config.num_params()
+
+
+# --- Meta's format ---------------------------------------------------------------------------------------
+
+
+def fairscale_split(state: dict[str, torch.Tensor], n: int, embedding_dim: int = 0) -> list[dict]:
+    """Split a consolidated state dict into `n` model-parallel shards the way Meta's training code held them."""
+    row_parallel = ("attention.wo.weight", "feed_forward.w2.weight")
+    shards: list[dict] = [{} for _ in range(n)]
+    for name, tensor in state.items():
+        if name.endswith("norm.weight"):
+            pieces = [tensor.clone() for _ in range(n)]
+        elif name == "tok_embeddings.weight":
+            pieces = tensor.chunk(n, dim=embedding_dim)
+        elif name.endswith(row_parallel):
+            pieces = tensor.chunk(n, dim=1)
+        else:
+            pieces = tensor.chunk(n, dim=0)
+        for shard, piece in zip(shards, pieces):
+            shard[name] = piece.clone()
+    return shards
+
+
+@pytest.mark.parametrize("embedding_dim", [0, 1], ids=["llama3-vocab-parallel", "llama2-parallel-embedding"])
+def test_meta_shards_merge_to_the_consolidated_model(tmp_path, tok, embedding_dim):
+    model = random_model(small_config())
+    ckpt.save(model, tok, tmp_path / "one", format="meta")
+    sharded = tmp_path / "two"
+    shutil.copytree(tmp_path / "one", sharded)
+    (sharded / "consolidated.00.pth").unlink()
+    for i, shard in enumerate(fairscale_split(model.state_dict(), 2, embedding_dim)):
+        torch.save(shard, sharded / f"consolidated.{i:02d}.pth")
+    assert_same_weights(ckpt.load(tmp_path / "one")[0], ckpt.load(sharded)[0])
+
+
+def test_meta_shards_with_repeated_kv_heads(tmp_path, tok):
+    """With more shards than kv heads, Meta's resharding puts a copy of each kv head on consecutive shards."""
+    config = small_config(n_kv_heads=1)
+    model = random_model(config)
+    state = model.state_dict()
+    shards = fairscale_split(state, 2)
+    for shard in shards:
+        for name in state:
+            if name.endswith(("wk.weight", "wv.weight")):
+                shard[name] = state[name].clone()
+    ckpt.save(model, tok, tmp_path, format="meta")
+    for i, shard in enumerate(shards):
+        torch.save(shard, tmp_path / f"consolidated.{i:02d}.pth")
+    assert_same_weights(model, ckpt.load(tmp_path)[0])
+
+
+def test_meta_params_read_by_meta_reference_args(tmp_path, tok):
+    """Meta's `Llama.build` does ModelArgs(max_seq_len=..., max_batch_size=..., **params)."""
+    args_module = pytest.importorskip("llama_models.llama3.args")
+    config = preset("llama3.1-8b").replace(n_layers=1, dim=256, n_heads=4, n_kv_heads=2, vocab_size=tok.n_words)
+    ckpt.save(build_model(config, dtype=torch.bfloat16), tok, tmp_path, format="meta")
+    params = json.loads((tmp_path / "params.json").read_text())
+    args = args_module.ModelArgs(max_seq_len=2048, max_batch_size=4, **params)
+    assert (args.dim, args.n_layers, args.n_heads, args.n_kv_heads) == (256, 1, 4, 2)
+    assert (args.multiple_of, args.ffn_dim_multiplier, args.use_scaled_rope) == (1024, 1.3, True)
+    assert args.vocab_size == tok.n_words
+    state = torch.load(tmp_path / "consolidated.00.pth", weights_only=True)
+    assert "output.weight" in state and "layers.0.feed_forward.w2.weight" in state
+
+
+def test_meta_tied_checkpoint_writes_the_head(tmp_path, tok):
+    model = random_model(small_config(tie_word_embeddings=True))
+    ckpt.save(model, tok, tmp_path, format="meta")
+    state = torch.load(tmp_path / "consolidated.00.pth", weights_only=True)
+    assert torch.equal(state["output.weight"], state["tok_embeddings.weight"])
+
+
+# --- the HF config mapping --------------------------------------------------------------------------------
+
+LLAMA31_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+# Fields of the config.json files of Meta's Hub repos.
+HUB_CONFIGS = {
+    "llama3-8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 8192,
+        "rope_scaling": None,
+    },
+    "llama3.1-70b": {
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 131072,
+        "rope_scaling": LLAMA31_ROPE,
+    },
+    "llama3.1-405b": {
+        "hidden_size": 16384,
+        "intermediate_size": 53248,
+        "num_hidden_layers": 126,
+        "num_attention_heads": 128,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 131072,
+        "rope_scaling": LLAMA31_ROPE,
+    },
+    "llama3.2-1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 131072,
+        "tie_word_embeddings": True,
+        "rope_scaling": {**LLAMA31_ROPE, "factor": 32.0},
+    },
+    "llama3.2-3b": {
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 131072,
+        "tie_word_embeddings": True,
+        "rope_scaling": {**LLAMA31_ROPE, "factor": 32.0},
+    },
+}
+
+
+@pytest.mark.parametrize("name", HUB_CONFIGS)
+def test_hub_configs_map_to_the_presets(name, tok):
+    hf = {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        **HUB_CONFIGS[name],
+    }
+    config = hf_format.config_from_hf(hf, Path("config.json"))
+    expected = preset(name)
+    assert config.ffn_hidden_dim == hf["intermediate_size"] == expected.ffn_hidden_dim
+    assert config.num_params() == expected.num_params()
+    assert config.replace(multiple_of=expected.multiple_of, ffn_dim_multiplier=expected.ffn_dim_multiplier) == expected
+    back = hf_format.config_to_hf(config, torch.bfloat16, tok)
+    assert {key: back[key] for key in hf} == {**hf, "rope_scaling": back["rope_scaling"]}
+    assert hf_format.config_from_hf(back, Path("config.json")) == config
+
+
+def test_transformers5_rope_parameters_layout():
+    hf = {
+        "hidden_size": 64,
+        "intermediate_size": 200,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "vocab_size": 300,
+        "rope_parameters": {**LLAMA31_ROPE, "factor": 32.0, "rope_theta": 123456.0},
+    }
+    config = hf_format.config_from_hf(hf, Path("config.json"))
+    assert config.rope_theta == 123456.0 and config.rope_scaling.factor == 32.0
+    assert config.norm_eps == 1e-6  # LlamaConfig's default
+    assert config.n_kv_heads == 4 and config.max_seq_len == 2048 and not config.tie_word_embeddings
+
+
+def test_ffn_params_reproduce_any_intermediate_size():
+    rng = random.Random(0)
+    cases = [(dim, size) for dim in (2, 4, 6, 64, 96, 4096) for size in (1, 2, 3, 5, 97, 170, 171, 14336)]
+    cases += [(2 * rng.randint(1, 10000), rng.randint(1, 100000)) for _ in range(2000)]
+    for dim, size in cases:
+        multiple_of, multiplier = hf_format.ffn_params(dim, size)
+        config = ModelConfig(dim=dim, n_heads=1, n_kv_heads=1, multiple_of=multiple_of, ffn_dim_multiplier=multiplier)
+        assert config.ffn_hidden_dim == size, (dim, size)
+
+
+def test_hf_name_table_round_trips():
+    names = list(build_model(small_config(), device="meta").state_dict())
+    hf_names = [hf_format.hf_name(name) for name in names]
+    assert len(set(hf_names)) == len(names)
+    assert [hf_format.herd_name(name) for name in hf_names] == names
+    assert hf_format.hf_name("layers.1.feed_forward.w1.weight") == "model.layers.1.mlp.gate_proj.weight"
+    assert hf_format.herd_name("model.layers.0.self_attn.q_proj.bias") is None
+
+
+def test_rotary_permutation_inverts():
+    weight = torch.arange(8 * 6 * 3, dtype=torch.float32).view(8 * 6, 3)
+    hf = hf_format.to_hf_rotary(weight, n_heads=6)
+    assert torch.equal(hf_format.from_hf_rotary(hf, n_heads=6), weight)
+    assert torch.equal(hf[:4, 0], weight[[0, 2, 4, 6], 0])  # head 0: the even rows first, then the odd ones
+    assert torch.equal(hf[4:8, 0], weight[[1, 3, 5, 7], 0])
+
+
+# --- errors ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path, tok):
+    def save(fmt: str) -> Path:
+        return ckpt.save(random_model(small_config()), tok, tmp_path / fmt, format=fmt)
+
+    return save
+
+
+def test_error_missing_directory(tmp_path):
+    with pytest.raises(HerdError) as e:
+        ckpt.load(tmp_path / "nope")
+    assert_one_line(e, "model not found", "nope")
+
+
+def test_error_unknown_format(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(HerdError) as e:
+        ckpt.load(tmp_path)
+    assert_one_line(e, "not a model directory", "params.json", "consolidated", "model*.safetensors", "herd")
+
+
+def test_error_file_instead_of_directory(saved):
+    with pytest.raises(HerdError) as e:
+        ckpt.load(saved("herd") / "model.safetensors")
+    assert_one_line(e, "is a file", "directory")
+
+
+@pytest.mark.parametrize("fmt", ["herd", "hf"])
+def test_error_missing_weights_file(saved, fmt):
+    directory = saved(fmt)
+    (directory / "model.safetensors").unlink()
+    with pytest.raises(HerdError) as e:
+        ckpt.load(directory)
+    assert_one_line(e, "no weights", "model.safetensors")
+
+
+def test_error_missing_shard(saved, monkeypatch, tok):
+    directory = saved("hf")
+    monkeypatch.setattr("herd.checkpoint.safetensors_io.MAX_SHARD_BYTES", 100_000)
+    ckpt.save(ckpt.load(directory)[0], tok, directory, format="hf")
+    shard = sorted(directory.glob("model-*.safetensors"))[1]
+    shard.unlink()
+    with pytest.raises(HerdError) as e:
+        ckpt.load(directory)
+    assert_one_line(e, shard.name, "missing")
+
+
+def test_error_missing_params_json(saved):
+    directory = saved("meta")
+    (directory / "params.json").unlink()
+    with pytest.raises(HerdError) as e:
+        ckpt.load(directory)
+    assert_one_line(e, "not a model directory")
+
+
+@pytest.mark.parametrize("fmt", ["herd", "hf"])
+@pytest.mark.parametrize("keep", [0.5, 0.001], ids=["data-cut", "header-cut"])
+def test_error_truncated_safetensors(saved, fmt, keep):
+    file = saved(fmt) / "model.safetensors"
+    data = file.read_bytes()
+    file.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(HerdError) as e:
+        ckpt.load(file.parent)
+    assert_one_line(e, str(file), "truncated or corrupt")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.0])
+def test_error_truncated_pth(saved, keep):
+    file = saved("meta") / "consolidated.00.pth"
+    data = file.read_bytes()
+    file.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(HerdError) as e:
+        ckpt.load(file.parent)
+    assert_one_line(e, str(file), "truncated or corrupt")
+
+
+def test_error_wrong_shape(saved):
+    directory = saved("herd")
+    config = json.loads((directory / "config.json").read_text())
+    config["model"]["n_kv_heads"] = 4
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HerdError) as e:
+        ckpt.load(directory)
+    assert_one_line(e, "layers.0.attention.wk.weight", "(32, 64)", "(64, 64)")
+
+
+def test_error_wrong_shape_hf(saved):
+    directory = saved("hf")
+    config = json.loads((directory / "config.json").read_text())
+    config["intermediate_size"] = 100
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HerdError) as e:
+        ckpt.load(directory)
+    assert_one_line(e, "layers.0.feed_forward.w1.weight", "(192, 64)", "(100, 64)")
+
+
+def test_error_missing_and_unexpected_tensors(saved):
+    directory = saved("hf")
+    file = directory / "model.safetensors"
+    tensors = dict(ckpt.load(directory)[0].state_dict())
+    tensors = {hf_format.hf_name(k): v.clone() for k, v in tensors.items()}
+    bias = torch.zeros(64)
+    save_file({**tensors, "model.layers.0.self_attn.q_proj.bias": bias}, file)
+    with pytest.raises(HerdError) as e:
+        ckpt.load(directory)
+    assert_one_line(e, "1 tensor(s) the model does not use", "model.layers.0.self_attn.q_proj.bias")
+    del tensors["model.norm.weight"]
+    save_file(tensors, file)
+    with pytest.raises(HerdError) as e:
+        ckpt.load(directory)
+    assert_one_line(e, "lacks 1 tensor(s)", "norm.weight")
+
+
+def test_error_meta_shards_disagree(saved):
+    directory = saved("meta")
+    state = torch.load(directory / "consolidated.00.pth", weights_only=True)
+    shards = fairscale_split(state, 2)
+    del shards[1]["norm.weight"]
+    for i, shard in enumerate(shards):
+        torch.save(shard, directory / f"consolidated.{i:02d}.pth")
+    with pytest.raises(HerdError) as e:
+        ckpt.load(directory)
+    assert_one_line(e, "consolidated.00.pth", "consolidated.01.pth", "norm.weight")
+
+
+def test_error_hf_dir_without_tokenizer(saved):
+    directory = saved("hf")
+    shutil.rmtree(directory / "original")
+    (directory / "tokenizer.json").unlink()
+    with pytest.raises(HerdError) as e:
+        ckpt.load(directory)
+    assert_one_line(e, "no tokenizer in", "original/tokenizer.model", "tokenizer.json")
+
+
+def test_error_unsupported_hf_model(saved):
+    directory = saved("hf")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "model_type": "mistral"}))
+    with pytest.raises(HerdError) as e:
+        ckpt.load(directory)
+    assert_one_line(e, "'mistral'", "Llama")
+
+
+def test_error_bad_save_format_and_dtype(tmp_path, tok):
+    model = random_model(small_config())
+    with pytest.raises(HerdError) as e:
+        ckpt.save(model, tok, tmp_path, format="gguf")
+    assert_one_line(e, "'gguf'", "herd, hf, meta")
+    with pytest.raises(HerdError) as e:
+        ckpt.load("tiny", dtype="int8")
+    assert_one_line(e, "'int8'", "bfloat16")
+
+
+# --- the Hugging Face Hub --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty HF cache with downloads forbidden, as HF_HUB_OFFLINE=1 makes it."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_hub_offline_error(offline_hub):
+    with pytest.raises(HerdError) as e:
+        ckpt.load("meta-llama/Llama-3.2-1B")
+    assert_one_line(e, "'meta-llama/Llama-3.2-1B'", "HF_HUB_OFFLINE=1", "herd.load('/path/to/dir')")
+
+
+def test_hub_cached_snapshot_loads_offline(offline_hub, saved):
+    """A model in the standard cache layout (refs/main -> snapshots/<commit>/) loads without network."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = offline_hub / "models--someone--tiny-llama"
+    shutil.copytree(saved("hf"), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    model, _ = ckpt.load("someone/tiny-llama")
+    assert_same_weights(model, ckpt.load(repo / "snapshots" / commit)[0])
+    assert ckpt.info("someone/tiny-llama")["format"] == "hf"
+
+
+def test_hub_ids():
+    assert hub.is_hub_id("meta-llama/Llama-3.1-8B-Instruct")
+    assert not hub.is_hub_id("/abs/path")
+    assert not hub.is_hub_id("../up/one")
+    assert not hub.is_hub_id("a/b/c")
+    assert not hub.is_hub_id("tiny")
