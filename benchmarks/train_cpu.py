@@ -1,0 +1,125 @@
+"""Training tokens/s on CPU (fp32): herd's training step vs a plain HF `LlamaForCausalLM` + torch AdamW loop.
+
+Same shapes and batch for both (weights differ); each side runs `--runs` timed runs of `--steps` steps after warm-up,
+interleaved, and the medians are compared. Usage: python benchmarks/train_cpu.py [--dim 256 --layers 4 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def herd_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...]) -> Callable[[], None]:
+    from herd.model import ModelConfig, build_model
+    from herd.train.config import FaultConfig, OptimConfig
+    from herd.train.metrics import MetricsLog
+    from herd.train.pretrain import build_optimizer, prepare_model
+    from herd.train.trainer import LoopConfig, Trainer, next_token_loss
+
+    config = ModelConfig(
+        dim=args.dim, n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.kv_heads, vocab_size=args.vocab,
+        multiple_of=32, ffn_dim_multiplier=None, max_seq_len=args.seq_len,
+    )
+    model = build_model(config, device="meta")
+    prepare_model(model, activation_checkpointing=False, compile=args.compile)
+    model.to_empty(device="cpu")
+    model.init_weights(0)
+    device = torch.device("cpu")
+    loop = LoopConfig(steps=10**9, lr_at=lambda step: 1e-4, accum_at=lambda step: 1, faults=FaultConfig(), progress=False)
+    trainer = Trainer(
+        model, build_optimizer(model, OptimConfig(), device), next_token_loss, _repeat(batch), loop,
+        MetricsLog(tempfile.mkdtemp()), device=device,
+    )
+    return trainer.train_step
+
+
+def hf_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...]) -> Callable[[], None]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from herd.model import ModelConfig
+
+    ffn = ModelConfig(dim=args.dim, n_heads=args.heads, n_kv_heads=args.kv_heads, multiple_of=32,
+                      ffn_dim_multiplier=None).ffn_hidden_dim
+    config = LlamaConfig(
+        hidden_size=args.dim, intermediate_size=ffn, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads, vocab_size=args.vocab, max_position_embeddings=args.seq_len,
+        rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, attn_implementation="sdpa",
+    )
+    model = LlamaForCausalLM(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    tokens, labels = batch[0], torch.cat([batch[0][:, :1], batch[1]], dim=1)[:, :-1]  # HF shifts labels itself
+
+    def step() -> None:
+        loss = model(input_ids=tokens, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+
+    return step
+
+
+def _repeat(batch: tuple[torch.Tensor, ...]):
+    class Repeat:
+        def __iter__(self):
+            return self
+
+        def __next__(self) -> tuple[torch.Tensor, ...]:
+            return batch
+
+        def state_dict(self) -> dict:
+            return {}
+
+    return Repeat()
+
+
+def tokens_per_s(step: Callable[[], None], tokens: int, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return tokens * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--kv-heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per run")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="torch.compile herd's blocks")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    tokens = torch.randint(0, args.vocab, (args.batch_size, args.seq_len + 1))
+    # one document per row: the same causal attention on both sides
+    batch = (tokens[:, :-1], tokens[:, 1:].clone(), torch.zeros(args.batch_size, args.seq_len, dtype=torch.long))
+    steps = {"herd": herd_step(args, batch), "hf": hf_step(args, batch)}
+    n_tokens = args.batch_size * args.seq_len
+    for step in steps.values():  # warm-up (allocator, compile)
+        for _ in range(2):
+            step()
+    results: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.runs):
+        for name, step in steps.items():
+            results[name].append(tokens_per_s(step, n_tokens, args.steps))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model dim {args.dim} x {args.layers} layers, "
+          f"vocab {args.vocab}, batch {args.batch_size} x {args.seq_len}, fp32")
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    for name, values in results.items():
+        print(f"{name:>5}: median {medians[name]:8.0f} tokens/s  (runs: {', '.join(f'{v:.0f}' for v in values)})")
+    print(f"ratio herd / hf: {medians['herd'] / medians['hf']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The `herd` command: parses arguments and calls one function per subcommand.
+
+Errors a user can cause end in one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from herd.errors import HerdError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a Meta, HF or herd directory, a Hub id, or a preset name")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: as stored)")
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0, help="0 means no top-k cut")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202 - returns (Transformer, Tokenizer)
+    import torch
+
+    import herd
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    return herd.load(args.model, device=device, dtype=dtype)
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    return dict(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        seed=args.seed,
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import herd
+
+    model, tok = _load(args)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    herd.generate(
+        model, tok, prompt, stop=args.stop or None, chat=args.chat, **_sampling(args),
+        on_text=lambda piece: print(piece, end="", flush=True),
+    )
+    print()
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from herd.chat import run_chat
+
+    model, tok = _load(args)
+    run_chat(model, tok, sys.stdin, sys.stdout, system=args.system, **_sampling(args))
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from herd.checkpoint import convert
+
+    out = convert(args.model, args.out, to=args.to)
+    print(f"wrote {args.to} checkpoint to {out}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from herd.checkpoint import info
+
+    details = info(args.model)
+    if args.json:
+        print(json.dumps(details, indent=2, default=str))
+        return
+    width = max(len(k) for k in details)
+    for key, value in details.items():
+        print(f"{key:<{width}}  {value}")
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> None:
+    from herd.tokenizer.train_bpe import train_tokenizer
+
+    out = train_tokenizer(args.inputs, args.vocab_size, args.out, show_progress=not args.no_progress)
+    print(f"wrote a {args.vocab_size}-rank BPE tokenizer (+256 special tokens) to {out}")
+
+
+def cmd_tokenize(args: argparse.Namespace) -> None:
+    from herd.train.token_shards import tokenize_corpus
+
+    manifest = tokenize_corpus(
+        args.inputs, args.tokenizer, args.out, args.workers, shard_chars=args.shard_chars,
+        show_progress=not args.no_progress,
+    )
+    print(f"wrote {manifest.num_tokens:,} tokens in {manifest.num_docs:,} documents to {args.out}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from herd.config_overrides import load_config
+    from herd.train.config import PretrainConfig
+    from herd.train.pretrain import pretrain
+
+    result = pretrain(load_config(PretrainConfig, args.config, args.overrides))
+    print(
+        f"pretrained {result.steps} steps ({result.tokens:,} tokens) in {result.run_dir}: "
+        f"loss {result.final_loss}, val loss {result.final_val_loss}, val bits/byte {result.final_val_bpb}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="herd", description="The whole Llama 3 system, PyTorch-native.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = commands.add_parser("generate", help="complete a prompt")
+    _add_model_args(gen)
+    gen.add_argument("--prompt", required=True, help="the prompt text, or - to read it from stdin")
+    gen.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn in the chat format")
+    _add_sampling_args(gen)
+    gen.set_defaults(run=cmd_generate)
+
+    chat = commands.add_parser("chat", help="talk to a model in the Llama 3 chat format (reads stdin)")
+    _add_model_args(chat)
+    chat.add_argument("--system", default=None, help="a system prompt")
+    _add_sampling_args(chat)
+    chat.set_defaults(run=cmd_chat)
+
+    convert = commands.add_parser("convert", help="convert a checkpoint between formats")
+    convert.add_argument("--model", required=True, help="the checkpoint to read (any format herd.load takes)")
+    convert.add_argument("--to", required=True, choices=("herd", "hf", "meta"))
+    convert.add_argument("--out", required=True, help="output directory")
+    convert.set_defaults(run=cmd_convert)
+
+    tokenizer = commands.add_parser("tokenizer", help="tokenizer tools").add_subparsers(
+        dest="tokenizer_command", required=True, metavar="COMMAND"
+    )
+    train = tokenizer.add_parser("train", help="train a byte-level BPE tokenizer with Llama 3's split regex")
+    train.add_argument("inputs", nargs="+", help="text files, JSONL files (a `text` field) or directories")
+    train.add_argument("--vocab-size", type=int, required=True, help="mergeable tokens (Meta's has 128,000)")
+    train.add_argument("--out", required=True, help="the tiktoken-format file to write")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(run=cmd_tokenizer_train)
+
+    tokenize = commands.add_parser("tokenize", help="tokenize corpora into binary token shards")
+    tokenize.add_argument("inputs", nargs="+", help="text files, JSONL files (a `text` field) or directories")
+    tokenize.add_argument("--out", required=True, help="output directory for the shards")
+    tokenize.add_argument("--tokenizer", default=None, help="a BPE file or model dir (default: Meta's 128K)")
+    tokenize.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    tokenize.add_argument("--shard-chars", type=int, default=2**28, help="input characters per shard")
+    tokenize.add_argument("--no-progress", action="store_true")
+    tokenize.set_defaults(run=cmd_tokenize)
+
+    pretrain = commands.add_parser("pretrain", help="pretrain a model on token shards (also under torchrun)")
+    pretrain.add_argument("--config", default=None, help="a YAML or JSON PretrainConfig")
+    pretrain.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=1e-3 steps=200")
+    pretrain.set_defaults(run=cmd_pretrain)
+
+    info = commands.add_parser("info", help="describe a checkpoint or preset")
+    info.add_argument("model")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(run=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], None] = args.run
+    try:
+        run(args)
+    except HerdError as error:
+        print(f"herd: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""The pretraining stage: `pretrain(config)` builds the data, model, optimizer and loop, runs it, writes the run dir.
+
+It checks the memory estimate before allocating, resumes from the run dir's latest checkpoint, and skips a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from herd.config_overrides import to_dict
+from herd.errors import HerdError
+from herd.model import ModelConfig, Transformer, build_model
+from herd.tokenizer import SPECIAL_TOKENS, Tokenizer
+from herd.train.checkpointing import CheckpointManager
+from herd.train.config import OptimConfig, PretrainConfig
+from herd.train.data_loader import DataLoaderConfig, TokenDataLoader
+from herd.train.metrics import (
+    MetricsLog,
+    bits_per_byte,
+    flops_per_token,
+    peak_tflops,
+    plot_curves,
+    read_records,
+    token_byte_lengths,
+)
+from herd.train.schedule import grad_accum_at, learning_rate
+from herd.train.token_shards import TokenManifest
+from herd.train.trainer import LoopConfig, Trainer, next_token_loss, token_losses
+
+MANIFEST = "manifest.json"
+GIB = 2**30
+
+
+@dataclass
+class PretrainResult:
+    """What a pretraining run produced."""
+
+    run_dir: Path
+    steps: int
+    tokens: int
+    final_loss: float | None
+    final_val_loss: float | None
+    final_val_bpb: float | None
+    model_dir: Path | None
+    resumed_from_step: int
+
+
+def pretrain(config: PretrainConfig) -> PretrainResult:
+    """Train (or continue training) the model `config` describes; outputs go to `config.out_dir`."""
+    run_dir = config.run_dir
+    if (run_dir / MANIFEST).is_file() and config.resume:
+        done = json.loads((run_dir / MANIFEST).read_text())
+        if done.get("complete") and done.get("config") == to_dict(config):
+            return _result_from_manifest(run_dir, done)
+    started = time.time()
+    device = _device(config.device)
+    autocast = _autocast_dtype(config.dtype, device)
+    data = TokenDataLoader(
+        DataLoaderConfig(config.data.sources, config.data.weights, config.batch_size, config.seq_len, config.seed)
+    )
+    model_config = config.model.resolve(data.n_words)
+    if config.seq_len > model_config.max_seq_len:
+        raise HerdError(f"seq_len {config.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len}; lower seq_len")
+    check_memory(model_config, config, device, autocast)
+
+    model = build_model(model_config, device="meta")
+    prepare_model(model, activation_checkpointing=config.activation_checkpointing, compile=config.compile)
+    model.to_empty(device=device)
+    model.init_weights(config.seed)
+    model.train()
+    optimizer = build_optimizer(model, config.optim, device)
+
+    checkpoints = CheckpointManager(run_dir / "checkpoints", config.keep_last)
+    if not config.resume and checkpoints.latest() is not None:
+        raise HerdError(f"{run_dir} already holds checkpoints; pass a new out_dir, or resume=true to continue them")
+    run_info = {"config": to_dict(config), "model": model_config.to_params()}
+    _check_same_run(checkpoints, run_info)
+    tokenizer = Tokenizer(TokenManifest.load(next(iter(config.data.sources.values()))).tokenizer_path)
+    loop = LoopConfig(
+        steps=config.steps,
+        lr_at=partial(
+            learning_rate, peak=config.optim.lr, total=config.steps, warmup=config.optim.warmup_steps,
+            floor_ratio=config.optim.min_lr_ratio, anneal=config.optim.anneal_steps,
+        ),
+        accum_at=partial(grad_accum_at, base=config.grad_accum, schedule=config.grad_accum_schedule),
+        grad_clip=config.optim.grad_clip,
+        checkpoint_interval=config.checkpoint_interval,
+        eval_interval=config.eval_interval,
+        faults=config.faults,
+        progress=config.progress,
+    )
+    trainer = Trainer(
+        model, optimizer, next_token_loss, data, loop, MetricsLog(run_dir),
+        device=device, autocast_dtype=autocast, checkpoints=checkpoints, run_info=run_info,
+        evaluate=partial(validate, model, config, tokenizer, device) if config.data.val_sources else None,
+        flops_per_token=flops_per_token(model_config, config.seq_len), peak_tflops=peak_tflops(device, config.peak_tflops),
+    )
+    if config.resume:
+        trainer.resume()
+    resumed_from = trainer.state.step
+    state = trainer.run()
+
+    records = read_records(trainer.log.path)
+    plot_curves(records, run_dir / "curves.png")
+    model_dir = None
+    if config.export_format is not None:
+        from herd.checkpoint import save
+
+        model_dir = save(model, tokenizer, run_dir / "model", format=config.export_format)
+    last = lambda key: next((r[key] for r in reversed(records) if key in r), None)
+    manifest = {
+        "stage": "pretrain", "complete": True, "config": to_dict(config), "model": model_config.to_params(),
+        "duration_s": time.time() - started, "train_seconds": state.train_seconds, "steps": state.step,
+        "tokens": state.tokens, "skipped_steps": state.skipped, "rollbacks": state.rollbacks,
+        "resumed_from_step": resumed_from, "final_loss": last("loss"), "final_val_loss": last("val_loss"),
+        "final_val_bpb": last("val_bpb"), "checkpoint": str(checkpoints.latest()),
+        "model_dir": str(model_dir) if model_dir else None,
+    }
+    (run_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return _result_from_manifest(run_dir, manifest)
+
+
+def prepare_model(model: Transformer, *, activation_checkpointing: bool, compile: bool) -> Transformer:
+    """Apply training wrappers in torchtitan's order (tensor parallel -> activation checkpointing -> compile -> FSDP).
+
+    Works in place on the model (meta or real) and keeps parameter names; tensor parallel and FSDP slot in here.
+    """
+    for block in model.layers:
+        if activation_checkpointing:
+            block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+        if compile:
+            block.compile()
+    return model
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (linear and embedding weights) and none on norm gains.
+
+    The fused kernel on CUDA and CPU where torch has one (one pass over all parameters), else foreach.
+    """
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kernel = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, **kernel)
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module, config: PretrainConfig, tokenizer: Tokenizer, device: torch.device
+) -> dict[str, float]:
+    """Validation loss (nats/token) and bits-per-byte on the first `data.val_batches` batches of `val_sources`."""
+    loader = TokenDataLoader(DataLoaderConfig(config.data.val_sources, None, config.batch_size, config.seq_len, config.seed))
+    byte_lengths = token_byte_lengths(tokenizer.n_words, len(SPECIAL_TOKENS), tokenizer.token_bytes)
+    nats = tokens = nats_with_bytes = n_bytes = 0.0
+    for _, batch in zip(range(config.data.val_batches), loader):
+        batch = tuple(t.to(device) for t in batch)
+        losses = token_losses(model, batch).float()
+        nats += float(losses.sum())
+        tokens += int((batch[1] >= 0).sum())
+        counted_nats, counted_bytes = bits_per_byte(losses, batch[1], byte_lengths)
+        nats_with_bytes += counted_nats
+        n_bytes += counted_bytes
+    return {"val_loss": nats / max(tokens, 1), "val_bpb": nats_with_bytes / (math.log(2) * max(n_bytes, 1))}
+
+
+# --- memory ----------------------------------------------------------------------------------------------
+def estimate_memory(
+    model: ModelConfig, *, batch_size: int, seq_len: int, compute_bytes: int, activation_checkpointing: bool,
+    materialized_attention: bool,
+) -> dict[str, float]:
+    """Bytes per rank: fp32 parameters, fp32 gradients, AdamW's two fp32 moments and one micro-batch's activations.
+
+    Activations per block and token: ~9 x dim + 3 x kv_dim + 4 x ffn_hidden values saved for the backward
+    (norms, q/k/v before and after RoPE, attention output, SwiGLU's three hidden tensors), plus the
+    attention-probability matrix where the attention kernel materializes it (a masked CPU SDPA), plus the
+    logits (compute dtype, fp32 copy and gradient). Checkpointing keeps one block's activations and every
+    block's input.
+    """
+    params = model.num_params()
+    tokens = batch_size * seq_len
+    kv_dim = model.kv_heads * model.head_dim
+    per_block = tokens * (9 * model.dim + 3 * kv_dim + 4 * model.ffn_hidden_dim) * compute_bytes
+    if materialized_attention:
+        per_block += 2 * batch_size * model.n_heads * seq_len * seq_len * 4
+    blocks = per_block + (model.n_layers - 1) * tokens * model.dim * compute_bytes if activation_checkpointing \
+        else model.n_layers * per_block
+    logits = tokens * model.vocab_size * (compute_bytes + 8)
+    return {"parameters": params * 4, "gradients": params * 4, "optimizer": params * 8, "activations": blocks + logits}
+
+
+def check_memory(model: ModelConfig, config: PretrainConfig, device: torch.device, autocast: torch.dtype | None) -> None:
+    """Print the per-rank memory estimate and fail at once when it exceeds what the device has."""
+    estimate = estimate_memory(
+        model, batch_size=config.batch_size, seq_len=config.seq_len, compute_bytes=2 if autocast else 4,
+        activation_checkpointing=config.activation_checkpointing, materialized_attention=device.type != "cuda",
+    )
+    total = sum(estimate.values())
+    parts = ", ".join(f"{name} {value / GIB:.2f}" for name, value in estimate.items())
+    line = f"memory estimate per rank: {total / GIB:.2f} GiB ({parts} GiB)"
+    available = _available_bytes(device)
+    print(line + (f"; {device} has {available / GIB:.1f} GiB available" if available else ""), flush=True)
+    if available and total > available:
+        raise HerdError(
+            f"the run needs ~{total / GIB:.1f} GiB ({parts} GiB) but {device} has {available / GIB:.1f} GiB; "
+            "lower batch_size or seq_len, set activation_checkpointing=true, or pick a smaller model"
+        )
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HerdError(f"device={name} but no CUDA GPU is visible; set device=cpu or device=auto")
+    return device
+
+
+def _autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPU by default; fp32 (no autocast) on CPU by default."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return torch.bfloat16 if dtype == "bfloat16" else None
+
+
+def _check_same_run(checkpoints: CheckpointManager, run_info: dict[str, Any]) -> None:
+    latest = checkpoints.latest()
+    if latest is None:
+        return
+    saved = json.loads((latest / "config.json").read_text())
+    if saved["model"] != run_info["model"]:
+        raise HerdError(
+            f"{checkpoints.directory} holds checkpoints of another model; pass a new out_dir or the same model settings"
+        )
+
+
+def _result_from_manifest(run_dir: Path, manifest: dict[str, Any]) -> PretrainResult:
+    return PretrainResult(
+        run_dir=run_dir, steps=manifest["steps"], tokens=manifest["tokens"], final_loss=manifest["final_loss"],
+        final_val_loss=manifest["final_val_loss"], final_val_bpb=manifest["final_val_bpb"],
+        model_dir=Path(manifest["model_dir"]) if manifest["model_dir"] else None,
+        resumed_from_step=manifest["resumed_from_step"],
+    )
+
+
+__all__ = ["PretrainResult", "build_optimizer", "check_memory", "estimate_memory", "prepare_model", "pretrain", "validate"]

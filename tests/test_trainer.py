@@ -1,0 +1,328 @@
+"""The pretraining loop: config overrides, LR schedule, accumulation, resume (in-process and SIGKILL), faults, golden losses.
+
+Regenerate the golden losses on purpose with `HERD_UPDATE_GOLDEN=1 pytest tests/test_trainer.py -k golden`.
+"""
+
+import importlib.util
+import itertools
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from herd.config_overrides import load_config, to_dict
+from herd.errors import HerdError
+from herd.tokenizer import write_bpe_file
+from herd.train import pretrain as pretrain_mod
+from herd.train.checkpointing import CheckpointManager
+from herd.train.config import PretrainConfig
+from herd.train.metrics import flops_per_token, read_records
+from herd.train.pretrain import pretrain
+from herd.train.schedule import grad_accum_at, learning_rate
+from herd.train.token_shards import tokenize_corpus
+from herd.train.trainer import next_token_loss
+
+GOLDEN = Path(__file__).parent / "golden" / "pretrain_tiny.json"
+TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32, "max_seq_len": 64}
+
+
+def make_docs(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abcdefgh") for _ in range(rng.randint(1, 5))) for _ in range(50)]
+    return [" ".join(rng.choice(words) for _ in range(rng.choice([3, 10, 30, 80]))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> dict[str, str]:
+    """Train and validation token shards of a byte-level tokenizer (256 byte tokens + 256 specials: 512 ids)."""
+    tmp = tmp_path_factory.mktemp("data")
+    tok = write_bpe_file({bytes([i]): i for i in range(256)}, tmp / "bytes.model")
+    out = {}
+    for name, seed, n in (("train", 0, 300), ("val", 1, 40)):
+        corpus = tmp / f"{name}.jsonl"
+        corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in make_docs(n, seed)))
+        tokenize_corpus([corpus], tok, tmp / name, 1, show_progress=False)
+        out[name] = str(tmp / name)
+    return out
+
+
+def tiny_config(shards: dict[str, str], out: Path, *overrides: str) -> PretrainConfig:
+    base = {
+        "out_dir": str(out), "model": {"preset": "tiny", "fields": TINY_MODEL},
+        "data": {"sources": {"train": shards["train"]}, "val_sources": {"val": shards["val"]}, "val_batches": 2},
+        "optim": {"lr": 3e-3, "warmup_steps": 3, "anneal_steps": 2},
+        "steps": 12, "batch_size": 4, "seq_len": 32, "checkpoint_interval": 4, "eval_interval": 6,
+        "device": "cpu", "progress": False, "export_format": None,
+    }
+    path = out.parent / f"{out.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(base))
+    return load_config(PretrainConfig, path, overrides)
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_records(Path(run_dir) / "metrics.jsonl") if "loss" in r]
+
+
+def fail_at(calls: set[int], make_bad):
+    """A loss function that turns the loss of the given micro-batch calls (1-based) bad with make_bad(loss)."""
+    count = {"n": 0}
+
+    def loss_fn(model, batch):
+        count["n"] += 1
+        out = next_token_loss(model, batch)
+        return out._replace(total=make_bad(out.total)) if count["n"] in calls else out
+
+    return loss_fn
+
+
+# --- config ------------------------------------------------------------------------------------------------
+@dataclass
+class Inner:
+    """Doc."""
+
+    rate: float = 0.1
+    """Doc."""
+    names: list[str] = field(default_factory=list)
+    """Doc."""
+
+
+@dataclass
+class Outer:
+    """Doc."""
+
+    steps: int = 1
+    """Doc."""
+    flag: bool = False
+    """Doc."""
+    limit: int | None = 5
+    """Doc."""
+    table: dict[str, float] = field(default_factory=dict)
+    """Doc."""
+    inner: Inner = field(default_factory=Inner)
+    """Doc."""
+
+
+def test_config_file_plus_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("steps: 3\ninner:\n  rate: 0.5\ntable:\n  a: 1\n")
+    config = load_config(
+        Outer, tmp_path / "c.yaml",
+        ["steps=1e3", "flag=true", "limit=none", "inner.names=[\"x\", \"y\"]", "table.b=2.5"],
+    )
+    assert config == Outer(steps=1000, flag=True, limit=None, table={"a": 1.0, "b": 2.5}, inner=Inner(0.5, ["x", "y"]))
+    assert load_config(Outer, None, ["limit=7"]).limit == 7
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stepz=3", "unknown config key 'stepz'; valid keys: steps, flag, limit, table, inner"),
+        ("inner.rat=3", "unknown config key 'inner.rat'; valid keys in inner: rate, names"),
+        ("steps=many", "config key 'steps' takes a int, got 'many'"),
+        ("steps", "is not key=value"),
+    ],
+)
+def test_config_errors_name_the_key(override, message):
+    with pytest.raises(HerdError, match="^" + message.replace("[", r"\[") if override != "steps" else message):
+        load_config(Outer, None, [override])
+
+
+def test_pretrain_config_checks_combinations(shards, tmp_path):
+    with pytest.raises(HerdError, match="optim.warmup_steps"):
+        tiny_config(shards, tmp_path / "r", "optim.warmup_steps=20")
+    with pytest.raises(HerdError, match="eval_interval"):
+        tiny_config(shards, tmp_path / "r", "data.val_sources=null")
+    with pytest.raises(HerdError, match="valid keys in model.fields: dim, n_layers"):
+        tiny_config(shards, tmp_path / "r", "model.fields.dimm=3").model.resolve(512)
+
+
+# --- schedule ----------------------------------------------------------------------------------------------
+def test_lr_schedule_warmup_cosine_floor_anneal():
+    lr = [learning_rate(s, peak=1.0, total=20, warmup=4, floor_ratio=0.1, anneal=4) for s in range(20)]
+    assert lr[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lr[4] == 1.0 and all(a > b for a, b in itertools.pairwise(lr[4:16]))
+    assert lr[16:] == pytest.approx([0.1, 0.075, 0.05, 0.025])  # floor reached at 16, then linear to 0
+    no_anneal = [learning_rate(s, peak=1.0, total=10, warmup=0) for s in range(11)]
+    assert no_anneal[0] == 1.0 and no_anneal[10] == pytest.approx(0.1)
+    assert [grad_accum_at(s, 1, {3: 2, 6: 4}) for s in (0, 2, 3, 5, 6, 100)] == [1, 1, 2, 2, 4, 4]
+
+
+def test_flops_per_token_counts_matmuls_and_attention():
+    config = PretrainConfig().model.resolve(512)
+    matmuls = config.num_params() - 512 * config.dim - (2 * config.n_layers + 1) * config.dim
+    assert flops_per_token(config, 128) == 6 * matmuls + 12 * config.n_layers * config.dim * 128
+
+
+# --- the loop ------------------------------------------------------------------------------------------------
+def test_run_writes_metrics_manifest_checkpoints_and_model(shards, tmp_path):
+    config = tiny_config(shards, tmp_path / "run", "export_format=herd", "keep_last=2")
+    result = pretrain(config)
+    records = read_records(tmp_path / "run" / "metrics.jsonl")
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 13))
+    assert {"grad_norm", "lr", "tokens_per_s", "tflops", "memory_gib"} <= set(train[0])
+    assert train[-1]["lr"] == pytest.approx(3e-3 * 0.1 / 2)  # the last anneal step
+    assert train[-1]["loss"] < train[0]["loss"] - 0.5
+    val = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in val] == [6, 12]
+    # byte-level tokens: bits per byte is the loss of the non-special targets over ln 2, close to val_loss / ln 2
+    assert val[-1]["val_bpb"] == pytest.approx(val[-1]["val_loss"] / math.log(2), rel=0.15)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["steps"] == 12 and manifest["tokens"] == 12 * 4 * 32
+    assert manifest["config"] == to_dict(config) and manifest["final_loss"] == train[-1]["loss"]
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["latest", "step_00000008", "step_00000012"]
+    assert result.final_val_bpb == val[-1]["val_bpb"] and result.steps == 12
+    assert (tmp_path / "run" / "curves.png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
+
+    from herd.checkpoint import load
+
+    model, _ = load(result.model_dir)
+    state = CheckpointManager(tmp_path / "run" / "checkpoints").load()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state["model"].items())
+    assert pretrain(config) == result  # a finished run is skipped
+
+
+def test_grad_accum_is_token_mean_over_the_whole_step(shards, tmp_path):
+    """batch 2 x accum 2 takes the same step as batch 4 (rows hold different numbers of targets)."""
+    one = pretrain(tiny_config(shards, tmp_path / "one", "steps=2", "eval_interval=0", "optim.warmup_steps=0",
+                               "optim.anneal_steps=0"))
+    two = pretrain(tiny_config(shards, tmp_path / "two", "steps=2", "eval_interval=0", "optim.warmup_steps=0",
+                               "optim.anneal_steps=0", "batch_size=2", "grad_accum=2"))
+    assert losses(one.run_dir) == pytest.approx(losses(two.run_dir), rel=1e-6, abs=0)
+    a = CheckpointManager(one.run_dir / "checkpoints").load()["model"]
+    b = CheckpointManager(two.run_dir / "checkpoints").load()["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_activation_checkpointing_keeps_losses_and_names(shards, tmp_path):
+    plain = pretrain(tiny_config(shards, tmp_path / "plain", "steps=6", "eval_interval=0"))
+    ac = pretrain(tiny_config(shards, tmp_path / "ac", "steps=6", "eval_interval=0", "activation_checkpointing=true"))
+    assert losses(ac.run_dir) == losses(plain.run_dir)
+    a = CheckpointManager(plain.run_dir / "checkpoints").load()["model"]
+    assert set(CheckpointManager(ac.run_dir / "checkpoints").load()["model"]) == set(a)
+
+
+def test_memory_check_fails_fast(shards, tmp_path):
+    config = tiny_config(shards, tmp_path / "big", "model.preset=llama3-70b", "model.fields={}", "seq_len=64")
+    start = time.perf_counter()
+    with pytest.raises(HerdError, match=r"the run needs ~\d+.* GiB .*lower batch_size"):
+        pretrain(config)
+    assert time.perf_counter() - start < 5
+
+
+# --- resume ------------------------------------------------------------------------------------------------
+def test_resume_after_a_crash_is_bitwise_identical(shards, tmp_path, monkeypatch):
+    reference = losses(pretrain(tiny_config(shards, tmp_path / "ref")).run_dir)
+
+    def crash(loss):
+        raise RuntimeError("simulated crash")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pretrain_mod, "next_token_loss", fail_at({7}, crash))
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            pretrain(tiny_config(shards, tmp_path / "crashed"))
+    assert len(losses(tmp_path / "crashed")) == 6  # steps 5 and 6 ran after the step-4 checkpoint
+    result = pretrain(tiny_config(shards, tmp_path / "crashed"))
+    assert result.resumed_from_step == 4
+    assert losses(tmp_path / "crashed") == reference  # bitwise, with the records past step 4 replaced
+
+
+SUBPROCESS_RUN = """
+import json, sys
+from herd.config_overrides import load_config
+from herd.train.config import PretrainConfig
+from herd.train.pretrain import pretrain
+pretrain(load_config(PretrainConfig, sys.argv[1], sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_same_command_resumes_bitwise(shards, tmp_path):
+    overrides = ["steps=24", "checkpoint_interval=4", "eval_interval=0", "seq_len=64"]
+    reference = losses(pretrain(tiny_config(shards, tmp_path / "ref", *overrides)).run_dir)
+    tiny_config(shards, tmp_path / "killed", *overrides)  # writes killed.json
+    command = [sys.executable, "-c", SUBPROCESS_RUN, str(tmp_path / "killed.json"), *overrides]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while len(losses(tmp_path / "killed")) < 10 if metrics.exists() else True:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(losses(tmp_path / "killed")) < 24
+    finished = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads((tmp_path / "killed" / "manifest.json").read_text())["resumed_from_step"] >= 8
+    assert losses(tmp_path / "killed") == reference
+
+
+# --- faults ------------------------------------------------------------------------------------------------
+def test_nan_skip_drops_the_batch(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain_mod, "next_token_loss", fail_at({5}, lambda loss: loss * math.nan))
+    result = pretrain(tiny_config(shards, tmp_path / "skip", "eval_interval=0"))
+    records = read_records(result.run_dir / "metrics.jsonl")
+    bad = [r for r in records if r.get("event")]
+    assert [(r["step"], r["event"]) for r in bad] == [(5, "nan")]
+    assert len(records) == 13 and result.steps == 12  # 12 good steps, one dropped batch
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["skipped_steps"] == 1 and manifest["rollbacks"] == 0
+    state = CheckpointManager(result.run_dir / "checkpoints").load()
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert state["loop"]["batches"] == 13
+
+
+def test_nan_rollback_reloads_the_checkpoint_and_skips_the_data(shards, tmp_path, monkeypatch):
+    reference = read_records(pretrain(tiny_config(shards, tmp_path / "ref", "eval_interval=0")).run_dir / "metrics.jsonl")
+    monkeypatch.setattr(pretrain_mod, "next_token_loss", fail_at({7}, lambda loss: loss * math.inf))
+    result = pretrain(tiny_config(shards, tmp_path / "rb", "eval_interval=0", "faults.policy=rollback"))
+    records = read_records(result.run_dir / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6, 7, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert records[6]["event"] == "nan"
+    assert [r["loss"] for r in records[:6]] == [r["loss"] for r in reference[:6]]
+    # back at step 5 with the weights of step 4, but on the rows after the bad batch (data 8 onwards)
+    assert records[7]["loss"] != reference[4]["loss"] and records[7]["lr"] == reference[4]["lr"]
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["rollbacks"] == 1 and manifest["steps"] == 12
+    assert CheckpointManager(result.run_dir / "checkpoints").load()["loop"]["batches"] == 15
+
+
+def test_loss_spike_is_detected_and_skipped(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain_mod, "next_token_loss", fail_at({9}, lambda loss: loss * 10))
+    result = pretrain(tiny_config(shards, tmp_path / "spike", "eval_interval=0", "faults.spike_factor=3",
+                                  "faults.spike_warmup=3"))
+    events = [(r["step"], r["event"]) for r in read_records(result.run_dir / "metrics.jsonl") if r.get("event")]
+    assert events == [(9, "spike")] and result.steps == 12
+
+
+def test_stop_policy_and_too_many_bad_steps_end_the_run(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain_mod, "next_token_loss", fail_at(set(range(3, 100)), lambda loss: loss * math.nan))
+    with pytest.raises(HerdError, match="faults.policy=stop"):
+        pretrain(tiny_config(shards, tmp_path / "stop", "eval_interval=0", "faults.policy=stop"))
+    with pytest.raises(HerdError, match="3th bad step in a row"):
+        pretrain(tiny_config(shards, tmp_path / "many", "eval_interval=0", "faults.max_bad_steps=2"))
+
+
+# --- golden losses -----------------------------------------------------------------------------------------
+def test_golden_loss_curve(shards, tmp_path):
+    """A fixed tiny fp32 CPU run; regenerate on purpose with HERD_UPDATE_GOLDEN=1."""
+    config = tiny_config(shards, tmp_path / "golden", "steps=20", "eval_interval=0", "checkpoint_interval=0",
+                         "grad_accum_schedule={\"10\": 2}")
+    got = losses(pretrain(config).run_dir)
+    if os.environ.get("HERD_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps({"config": "tests/test_trainer.py::test_golden_loss_curve", "losses": got}, indent=1))
+    expected = json.loads(GOLDEN.read_text())["losses"]
+    assert got == pytest.approx(expected, rel=1e-5, abs=0)
+
