@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -107,10 +108,20 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from herd.train.pretrain import pretrain
 
     result = pretrain(load_config(PretrainConfig, args.config, args.overrides))
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 reports
     print(
         f"pretrained {result.steps} steps ({result.tokens:,} tokens) in {result.run_dir}: "
         f"loss {result.final_loss}, val loss {result.final_val_loss}, val bits/byte {result.final_val_bpb}"
     )
+
+
+def cmd_data_run(args: argparse.Namespace) -> None:
+    from herd.data.pipeline import run_pipeline
+
+    stats = run_pipeline(args.pipeline, overrides=args.overrides)
+    first, last = stats[0], stats[-1]
+    print(f"data pipeline done: {first.docs_in:,} documents in, {last.docs_out:,} out; see stats.json and report.md")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--shard-chars", type=int, default=2**28, help="input characters per shard")
     tokenize.add_argument("--no-progress", action="store_true")
     tokenize.set_defaults(run=cmd_tokenize)
+
+    data = commands.add_parser("data", help="the pretraining data pipeline").add_subparsers(
+        dest="data_command", required=True, metavar="COMMAND"
+    )
+    data_run = data.add_parser("run", help="run a pipeline of readers, filters, dedup and writers")
+    data_run.add_argument("pipeline", help="the pipeline YAML file")
+    data_run.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. workers=4 output.dir=clean/")
+    data_run.set_defaults(run=cmd_data_run)
 
     pretrain = commands.add_parser("pretrain", help="pretrain a model on token shards (also under torchrun)")
     pretrain.add_argument("--config", default=None, help="a YAML or JSON PretrainConfig")

@@ -1,0 +1,318 @@
+"""Local multiprocessing executor: disjoint input shards per task, completion markers, resumable and idempotent.
+
+Global stages (dedup) split the pipeline into segments: each segment runs per shard and stores the next global
+stage's index; that stage decides once over all shards, and the next segment applies its decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import pickle
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from herd.data.document import BadRecord, Document
+from herd.data.readers import InputConfig, open_binary, read_file
+from herd.data.stage import GlobalStage, Stage, StageContext
+from herd.data.stats import StageStats, merge_stats, render_report
+from herd.data.tokens import cached_tokenizer
+from herd.data.writers import OutputFormat, ShardWriter, suffix
+from herd.errors import HerdError
+
+RUN_DIR = "_run"  # bookkeeping under the output directory; readers skip `_` folders
+INTERMEDIATE_FORMAT: OutputFormat = "jsonl.zst"
+
+
+@dataclass
+class RunSpec:
+    """Everything a task needs, picklable: the stages, the shard files and where things go."""
+
+    stages: list[Stage]
+    labels: list[str]
+    shards: list[list[Path]]
+    input: InputConfig
+    out_dir: Path
+    out_format: OutputFormat
+    count_tokens: bool
+    tokenizer: str | None
+    write_dropped: bool
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir / RUN_DIR
+
+    def segments(self) -> list[list[int]]:
+        """Stage indices per segment; every segment after the first starts with a global stage."""
+        segments: list[list[int]] = [[]]
+        for i, stage in enumerate(self.stages):
+            if isinstance(stage, GlobalStage):
+                segments.append([])
+            segments[-1].append(i)
+        return segments
+
+    def shard_name(self, shard: int) -> str:
+        return f"shard-{shard:05d}"
+
+
+def execute(spec: RunSpec, workers: int) -> list[StageStats]:
+    """Run every unfinished task of `spec` on `workers` processes; merge stats, write stats.json and report.md."""
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_pipeline(spec)
+    segments = spec.segments()
+    with ExitStack() as stack:
+        pool = None  # started at the first segment with several pending shards, then reused
+        for k, segment in enumerate(segments):
+            if k > 0:
+                _decide(spec, k, segment[0])
+            pending = [(k, i) for i in range(len(spec.shards)) if not _marker(spec, k, i).exists()]
+            if pool is None and workers > 1 and len(pending) > 1:
+                processes = min(workers, len(pending))
+                pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(processes))
+            _run_tasks(spec, pending, pool, desc=f"segment {k + 1}/{len(segments)}")
+    stats = merge_stats(
+        json.loads(_stats_path(spec, k, i).read_text()) for k in range(len(segments)) for i in range(len(spec.shards))
+    )
+    _finish(spec, stats, len(segments))
+    return stats
+
+
+def _run_tasks(spec: RunSpec, pending: list[tuple[int, int]], pool: Any, desc: str) -> None:
+    if not pending:
+        return
+    (spec.run_dir / "failures.log").unlink(missing_ok=True)
+    if pool is None or len(pending) == 1:
+        results: Iterator[str | None] = (_task(spec, k, i) for k, i in pending)
+    else:
+        results = pool.imap_unordered(_task_star, [(spec, k, i) for k, i in pending])
+    failures = [r for r in tqdm(results, total=len(pending), desc=desc, disable=None) if r]
+    if failures:
+        log = spec.run_dir / "failures.log"
+        log.write_text("\n\n".join(failures))
+        last_line = failures[0].strip().splitlines()[-1]
+        raise HerdError(
+            f"{len(failures)} of {len(pending)} shard tasks failed ({last_line}); finished shards are kept, "
+            f"fix the cause (tracebacks in {log}) and re-run to resume"
+        )
+
+
+def _task_star(args: tuple[RunSpec, int, int]) -> str | None:
+    return _task(*args)
+
+
+def _task(spec: RunSpec, k: int, shard: int) -> str | None:
+    """Run segment `k` on `shard`; returns a traceback on failure, None on success."""
+    writers: list[ShardWriter] = []
+    try:
+        _run_segment_shard(spec, k, shard, writers)
+    except Exception:  # noqa: BLE001 -- any failure of a shard is reported, the other shards go on
+        for writer in writers:
+            writer.abort()
+        return f"segment {k} {spec.shard_name(shard)}:\n{traceback.format_exc()}"
+    return None
+
+
+def _run_segment_shard(spec: RunSpec, k: int, shard: int, writers: list[ShardWriter]) -> None:
+    segment = spec.segments()[k]
+    last = k == len(spec.segments()) - 1
+    name = spec.shard_name(shard)
+    all_stats: list[StageStats] = []
+    dropped: dict[str, ShardWriter] = {}
+
+    def on_drop_for(label: str) -> Any:
+        if not spec.write_dropped:
+            return None
+
+        def on_drop(doc: Document, reason: str) -> None:
+            if label not in dropped:
+                dropped[label] = _open(writers, spec.run_dir / "dropped" / label / f"{name}.jsonl", "jsonl")
+            dropped[label].write({**doc.to_record(), "drop_reason": reason})
+
+        return on_drop
+
+    sizer = _sizer(spec)
+    if k == 0:
+        read_stats = StageStats("read")
+        all_stats.append(read_stats)
+        errors = _open(writers, spec.run_dir / "errors" / f"{name}.jsonl", "jsonl")
+        docs = _counted_out(_read_inputs(spec, shard, read_stats, errors), read_stats, sizer)
+    else:
+        docs = _read_intermediate(spec.run_dir / f"seg{k - 1}" / f"{name}{suffix(INTERMEDIATE_FORMAT)}")
+    for index in segment:
+        stage = spec.stages[index]
+        stats = StageStats(spec.labels[index])
+        all_stats.append(stats)
+        stage.setup()
+        if isinstance(stage, GlobalStage):
+            stage.decision = _load_pickle(_decision_path(spec, k))[shard]
+        ctx = StageContext(stats=stats, shard=shard, on_drop=on_drop_for(spec.labels[index]))
+        docs = _counted_out(stage.process(_counted_in(docs, stats, sizer), ctx), stats, sizer)
+
+    if last:
+        out = _open(writers, spec.out_dir / f"{name}{suffix(spec.out_format)}", spec.out_format)
+        for doc in docs:
+            out.write_document(doc)
+    else:
+        next_stage = spec.stages[spec.segments()[k + 1][0]]
+        assert isinstance(next_stage, GlobalStage)
+        next_stage.setup()
+        out = _open(writers, spec.run_dir / f"seg{k}" / f"{name}{suffix(INTERMEDIATE_FORMAT)}", INTERMEDIATE_FORMAT)
+        _atomic_write(_index_path(spec, k, shard), pickle.dumps(next_stage.index(_written(docs, out))))
+    for writer in writers:
+        writer.close()
+    _atomic_write(_stats_path(spec, k, shard), json.dumps([s.to_dict() for s in all_stats]).encode())
+    _atomic_write(_marker(spec, k, shard), b"done\n")
+
+
+def _written(docs: Iterator[Document], out: ShardWriter) -> Iterator[Document]:
+    for doc in docs:
+        out.write({"text": doc.text, "id": doc.id, "metadata": doc.metadata})
+        yield doc
+
+
+def _read_inputs(spec: RunSpec, shard: int, stats: StageStats, errors: ShardWriter) -> Iterator[Document]:
+    for path in spec.shards[shard]:
+        for item in read_file(path, spec.input):
+            stats.docs_in += 1
+            if isinstance(item, BadRecord):
+                stats.drop(item.reason)
+                errors.write({"location": item.location, "reason": item.reason, "detail": item.detail})
+            else:
+                yield item
+
+
+def _read_intermediate(path: Path) -> Iterator[Document]:
+    with open_binary(path) as stream:
+        for line in stream:
+            record = json.loads(line)
+            yield Document(text=record["text"], id=record["id"], metadata=record["metadata"])
+
+
+def _counted_in(docs: Iterator[Document], stats: StageStats, sizer: Any) -> Iterator[Document]:
+    for doc in docs:
+        n_bytes, n_tokens = sizer(doc)
+        stats.docs_in += 1
+        stats.bytes_in += n_bytes
+        stats.tokens_in += n_tokens
+        yield doc
+
+
+def _counted_out(docs: Iterator[Document], stats: StageStats, sizer: Any) -> Iterator[Document]:
+    for doc in docs:
+        n_bytes, n_tokens = sizer(doc)
+        stats.docs_out += 1
+        stats.bytes_out += n_bytes
+        stats.tokens_out += n_tokens
+        yield doc
+
+
+def _sizer(spec: RunSpec) -> Any:
+    """A function doc -> (UTF-8 bytes, tokens) that caches on the document while its text is unchanged."""
+    encode = cached_tokenizer(spec.tokenizer).encode if spec.count_tokens else None
+
+    def size(doc: Document) -> tuple[int, int]:
+        cached = doc.sizes
+        if cached is None or cached[0] is not doc.text:
+            text = doc.text
+            cached = (text, len(text.encode("utf-8")), len(encode(text)) if encode else 0)
+            doc.sizes = cached
+        return cached[1], cached[2]
+
+    return size
+
+
+def _decide(spec: RunSpec, k: int, stage_index: int) -> None:
+    """Run global stage `stage_index`'s decision over the shard indexes segment `k - 1` left, once."""
+    path = _decision_path(spec, k)
+    if path.exists():
+        return
+    stage = spec.stages[stage_index]
+    assert isinstance(stage, GlobalStage)
+    stage.setup()
+    indexes = [_load_pickle(_index_path(spec, k - 1, i)) for i in range(len(spec.shards))]
+    decision = stage.decide(indexes)
+    assert len(decision) == len(spec.shards), f"{spec.labels[stage_index]} decided for the wrong number of shards"
+    _atomic_write(path, pickle.dumps(decision))
+
+
+def _finish(spec: RunSpec, stats: list[StageStats], n_segments: int) -> None:
+    errors = sorted((spec.run_dir / "errors").glob("shard-*.jsonl"))
+    with open(spec.run_dir / "errors.jsonl", "wb") as merged:
+        merged.writelines(path.read_bytes() for path in errors)
+    summary = {
+        "shards": len(spec.shards),
+        "input_files": sum(len(files) for files in spec.shards),
+        "stages": [s.to_dict() for s in stats],
+        "errors_file": str(spec.run_dir / "errors.jsonl"),
+    }
+    (spec.out_dir / "stats.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (spec.out_dir / "report.md").write_text(render_report(stats))
+    for k in range(n_segments - 1):  # intermediate documents are no longer needed once every shard is done
+        for path in (spec.run_dir / f"seg{k}").glob(f"*{suffix(INTERMEDIATE_FORMAT)}"):
+            path.unlink()
+
+
+def _check_same_pipeline(spec: RunSpec) -> None:
+    """Refuse to resume into an output directory that holds a run of a different pipeline or input."""
+    described = json.dumps(
+        {
+            "stages": [repr(s) for s in spec.stages],
+            "shards": [[str(p) for p in files] for files in spec.shards],
+            "format": spec.out_format,
+            "input": repr(spec.input),
+        },
+        sort_keys=True,
+    )
+    fingerprint = hashlib.sha256(described.encode()).hexdigest()
+    path = spec.run_dir / "pipeline.sha256"
+    if path.exists() and path.read_text().strip() != fingerprint:
+        raise HerdError(
+            f"{spec.out_dir} holds the outputs of a different pipeline or input; choose a new output.dir or delete it"
+        )
+    path.write_text(fingerprint + "\n")
+
+
+def _open(writers: list[ShardWriter], path: Path, format: OutputFormat) -> ShardWriter:
+    writer = ShardWriter(path, format)
+    writers.append(writer)
+    return writer
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _load_pickle(path: Path) -> Any:
+    return pickle.loads(path.read_bytes())
+
+
+def _marker(spec: RunSpec, k: int, shard: int) -> Path:
+    return spec.run_dir / "done" / f"seg{k}-{spec.shard_name(shard)}"
+
+
+def _stats_path(spec: RunSpec, k: int, shard: int) -> Path:
+    return spec.run_dir / "stats" / f"seg{k}-{spec.shard_name(shard)}.json"
+
+
+def _index_path(spec: RunSpec, k: int, shard: int) -> Path:
+    return spec.run_dir / f"seg{k}" / f"{spec.shard_name(shard)}.index.pkl"
+
+
+def _decision_path(spec: RunSpec, k: int) -> Path:
+    return spec.run_dir / f"seg{k}" / "decision.pkl"
+
+
+def split_shards(files: Sequence[Path], tasks: int) -> list[list[Path]]:
+    """`files` dealt into `tasks` disjoint shards (round robin over the sorted order); at most one per file."""
+    n = max(1, min(tasks or len(files), len(files)))
+    return [list(files[i::n]) for i in range(n)]
