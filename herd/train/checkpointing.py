@@ -1,21 +1,30 @@
-"""Single-process resume checkpoints: model, optimizer, data-loader position, RNG and loop counters.
+"""Resume checkpoints with torch.distributed.checkpoint (DCP): sharded model and optimizer, plus loop state.
 
-A save is atomic (a temp dir renamed into place, then the `latest` pointer replaced), so a run killed at any
-moment resumes from a complete checkpoint; only the last K are kept.
+Every rank writes its own shards, and a checkpoint loads on any mesh (saved with dp=2, resumed alone). A save is
+atomic (a temp dir renamed into place, then the `latest` pointer replaced); only the last K are kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from herd.errors import HerdError
 
@@ -49,12 +58,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class CheckpointManager:
-    """Resume checkpoints in `directory`: step_00000100/{state.pt, config.json} and a `latest` pointer."""
+    """Resume checkpoints in `directory`: step_00000100/{DCP shards of model + optimizer, state.pt, config.json}.
 
-    def __init__(self, directory: str | Path, keep_last: int = 2) -> None:
+    `state.pt` holds rank 0's loop state (data position, RNG, counters); a `latest` pointer names the newest.
+    Saving and loading are collective: every rank calls them.
+    """
+
+    def __init__(self, directory: str | Path, keep_last: int = 2, *, is_main: bool = True) -> None:
         assert keep_last >= 1, keep_last
         self.directory = Path(directory)
         self.keep_last = keep_last
+        self.is_main = is_main
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint, or None."""
@@ -66,34 +80,66 @@ class CheckpointManager:
             raise HerdError(f"{pointer} names {path.name}, which is missing; delete {pointer} to start over")
         return path
 
-    def save(self, step: int, state: dict[str, Any], config: dict[str, Any]) -> Path:
-        """Write checkpoint `step` (state: tensors and plain values; config: JSON) and point `latest` at it."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def save(
+        self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], config: dict[str, Any]
+    ) -> Path:
+        """Write checkpoint `step` (state: rank 0's tensors and plain values; config: JSON) and point `latest` at it."""
         final = self.directory / f"step_{step:08d}"
         tmp = self.directory / f".tmp-{final.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        torch.save(state, tmp / STATE_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
-        for file in tmp.iterdir():
-            _fsync(file)
-        if final.exists():  # the same step saved again (after a rollback): replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        pointer_tmp = self.directory / f".{LATEST}.tmp"
-        pointer_tmp.write_text(final.name)
-        _fsync(pointer_tmp)
-        os.replace(pointer_tmp, self.directory / LATEST)
-        _fsync(self.directory)
-        self._prune(keep=final)
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        model_state, optim_state = get_state_dict(model, optimizer)
+        with _quiet_when_alone():
+            dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp, no_dist=not _distributed())
+        if self.is_main:
+            torch.save(state, tmp / STATE_FILE)
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
+            for file in tmp.iterdir():
+                _fsync(file)
+            if final.exists():  # the same step saved again (after a rollback): replace it
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            pointer_tmp = self.directory / f".{LATEST}.tmp"
+            pointer_tmp.write_text(final.name)
+            _fsync(pointer_tmp)
+            os.replace(pointer_tmp, self.directory / LATEST)
+            _fsync(self.directory)
+            self._prune(keep=final)
+        _barrier()
         return final
 
-    def load(self, path: Path | None = None) -> dict[str, Any] | None:
-        """The state saved at `path` (default: the latest checkpoint), or None when there is none."""
+    def load_into(self, model: nn.Module, optimizer: torch.optim.Optimizer, path: Path | None = None) -> dict[str, Any] | None:
+        """Load checkpoint `path` (default: the latest) into this rank's shards of model and optimizer; returns the
+        loop state saved with it, or None when there is no checkpoint."""
         path = path or self.latest()
         if path is None:
             return None
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optimizer": optim_state}
+        with _quiet_when_alone():
+            dcp.load(state, checkpoint_id=path, no_dist=not _distributed())
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+
+    def load_model(self, model: nn.Module, path: Path | None = None) -> None:
+        """Read the whole model of checkpoint `path` (default: the latest) into a plain, unsharded `model`, in this
+        process alone (e.g. rank 0 exporting the final model)."""
+        path = path or self.latest()
+        with _quiet_when_alone(force=True):
+            dcp.load({"model": model.state_dict()}, checkpoint_id=path, no_dist=True)
+
+    def load(self, path: Path | None = None) -> dict[str, Any] | None:
+        """Everything checkpoint `path` (default: the latest) holds, as whole tensors in one dict (model, optimizer,
+        data, rng, loop), or None when there is none; reads the shards of all ranks in this process."""
+        path = path or self.latest()
+        if path is None:
+            return None
+        with tempfile.TemporaryDirectory() as tmp, _quiet_when_alone(force=True):
+            dcp_to_torch_save(path, Path(tmp) / "whole.pt")
+            state = torch.load(Path(tmp) / "whole.pt", map_location="cpu", weights_only=True)
+        return {**state, **torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)}
 
     def _prune(self, keep: Path) -> None:
         """Delete leftovers of interrupted saves and all but the newest `keep_last` checkpoints."""
@@ -103,6 +149,24 @@ class CheckpointManager:
         for old in steps[: max(len(steps) - self.keep_last, 0)]:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def _quiet_when_alone(force: bool = False) -> Iterator[None]:
+    """Silence DCP's warning that it runs in a single process, which is what a lone run (or `force`) means."""
+    with warnings.catch_warnings():
+        if force or not _distributed():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
 
 
 def _fsync(path: Path) -> None:

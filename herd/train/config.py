@@ -12,6 +12,7 @@ from typing import Any, Literal
 from herd.config_overrides import from_dict
 from herd.errors import HerdError
 from herd.model import ModelConfig, preset
+from herd.train.distributed import ParallelConfig
 
 
 @dataclass
@@ -86,6 +87,9 @@ class FaultConfig:
     """Decay of the running mean of good losses that spikes are measured against."""
     max_bad_steps: int = 5
     """Stop the run after this many bad steps in a row."""
+    hang_timeout_s: float = 0.0
+    """A step (with its validation and save) running longer than this is a hang: each rank dumps its stacks and exits 1
+    (torchrun --max-restarts then restarts the job from the last checkpoint); 0 turns the watchdog off."""
 
 
 @dataclass
@@ -101,11 +105,13 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and LR schedule."""
     faults: FaultConfig = field(default_factory=FaultConfig)
-    """NaN/Inf and loss-spike handling."""
+    """NaN/Inf, loss-spike and hang handling."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Data / tensor / pipeline parallel degrees under torchrun (batch_size is per data-parallel rank)."""
     steps: int = 1000
     """Optimizer steps to train for."""
     batch_size: int = 8
-    """Rows per micro-batch."""
+    """Rows per micro-batch on each data-parallel rank."""
     seq_len: int = 1024
     """Tokens per row."""
     grad_accum: int = 1
@@ -166,6 +172,28 @@ class PretrainConfig:
             raise HerdError(f"faults.spike_factor must be above 1 (or 0 to turn spikes off), got {self.faults.spike_factor}")
         if not 0 <= self.faults.spike_ema < 1:
             raise HerdError(f"faults.spike_ema must be in [0, 1), got {self.faults.spike_ema}")
+        if self.faults.hang_timeout_s < 0:
+            raise HerdError(f"faults.hang_timeout_s must be 0 (off) or more, got {self.faults.hang_timeout_s}")
+        tp = self.parallel.tp
+        if tp > 1 and self.parallel.sequence_parallel and self.seq_len % tp:
+            raise HerdError(
+                f"parallel.sequence_parallel splits seq_len={self.seq_len} over parallel.tp={tp} ranks; "
+                "pick a seq_len divisible by tp or set parallel.sequence_parallel=false"
+            )
+        self._check_pipeline()
+
+    def _check_pipeline(self) -> None:
+        pp = self.parallel.pp
+        if pp == 1:
+            return
+        if self.eval_interval:
+            raise HerdError("validation does not run under parallel.pp > 1 yet; set eval_interval=0")
+        fewest = min([self.grad_accum, *(self.grad_accum_schedule or {}).values()])
+        if self.parallel.pp_schedule == "1F1B" and fewest < pp:
+            raise HerdError(
+                f"parallel.pp_schedule=1F1B needs grad_accum (micro-batches) >= parallel.pp={pp}, got {fewest}; "
+                "raise grad_accum or use parallel.pp_schedule=GPipe"
+            )
 
     def _get(self, dotted: str) -> Any:
         value: Any = self

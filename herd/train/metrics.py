@@ -75,17 +75,23 @@ def bits_per_byte(nats: torch.Tensor, targets: torch.Tensor, byte_lengths: torch
 
 
 class MetricsLog:
-    """Step records to `run_dir/metrics.jsonl` (and TensorBoard when installed); `open` drops records past a resumed step."""
+    """Step records to `run_dir/metrics.jsonl` (and TensorBoard when installed); `open` drops records past a resumed step.
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True) -> None:
+    Disabled (`enabled=False`, on every rank but 0 of a job) it writes nothing.
+    """
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
         self.tensorboard = tensorboard
+        self.enabled = enabled
         self._file = None
         self._tb = None
 
     def open(self, resume_step: int = 0) -> None:
         """Start writing after `resume_step`: records of later steps (from before a crash) are dropped."""
+        if not self.enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_records(self.path) if r.get("step", 0) <= resume_step]
         tmp = self.path.with_suffix(".jsonl.tmp")
@@ -101,6 +107,8 @@ class MetricsLog:
                 self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step + 1)
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:

@@ -1,6 +1,7 @@
 """The pretraining stage: `pretrain(config)` builds the data, model, optimizer and loop, runs it, writes the run dir.
 
-It checks the memory estimate before allocating, resumes from the run dir's latest checkpoint, and skips a finished run.
+It checks the memory estimate before allocating, resumes from the run dir's latest checkpoint, and skips a finished
+run. Under torchrun every rank calls it: the model is split over the mesh by `parallelize`, rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from herd.config_overrides import to_dict
 from herd.errors import HerdError
-from herd.model import ModelConfig, Transformer, build_model
+from herd.model import ModelConfig, build_model
 from herd.tokenizer import SPECIAL_TOKENS, Tokenizer
 from herd.train.checkpointing import CheckpointManager
 from herd.train.config import OptimConfig, PretrainConfig
 from herd.train.data_loader import DataLoaderConfig, TokenDataLoader
+from herd.train.distributed import Distributed, init_distributed
 from herd.train.metrics import (
     MetricsLog,
     bits_per_byte,
@@ -33,9 +35,11 @@ from herd.train.metrics import (
     read_records,
     token_byte_lengths,
 )
+from herd.train.parallelize import check_layout, parallelize
+from herd.train.pipeline import Pipeline, split_stage
 from herd.train.schedule import grad_accum_at, learning_rate
 from herd.train.token_shards import TokenManifest
-from herd.train.trainer import LoopConfig, Trainer, next_token_loss, token_losses
+from herd.train.trainer import LoopConfig, LoopState, Trainer, next_token_loss, token_losses
 
 MANIFEST = "manifest.json"
 GIB = 2**30
@@ -62,25 +66,43 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         done = json.loads((run_dir / MANIFEST).read_text())
         if done.get("complete") and done.get("config") == to_dict(config):
             return _result_from_manifest(run_dir, done)
-    started = time.time()
-    device = _device(config.device)
+    distributed = init_distributed(config.parallel, config.device)
+    try:
+        return _pretrain(config, distributed)
+    finally:
+        distributed.close()
+
+
+def _pretrain(config: PretrainConfig, distributed: Distributed) -> PretrainResult:
+    run_dir, started, device = config.run_dir, time.time(), distributed.device
     autocast = _autocast_dtype(config.dtype, device)
     data = TokenDataLoader(
-        DataLoaderConfig(config.data.sources, config.data.weights, config.batch_size, config.seq_len, config.seed)
+        DataLoaderConfig(config.data.sources, config.data.weights, config.batch_size, config.seq_len, config.seed),
+        rank=distributed.coordinate("dp"), world_size=distributed.degree("dp"),
     )
     model_config = config.model.resolve(data.n_words)
     if config.seq_len > model_config.max_seq_len:
         raise HerdError(f"seq_len {config.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len}; lower seq_len")
-    check_memory(model_config, config, device, autocast)
+    check_layout(model_config, distributed)
+    check_memory(model_config, config, device, autocast, shards=distributed.world_size)
 
     model = build_model(model_config, device="meta")
-    prepare_model(model, activation_checkpointing=config.activation_checkpointing, compile=config.compile)
+    pipeline_parallel = distributed.degree("pp") > 1
+    if pipeline_parallel:
+        model = split_stage(model, distributed)
+    fsdp = distributed.degree("dp") > 1
+    parallelize(
+        model, distributed, activation_checkpointing=config.activation_checkpointing, compile=config.compile,
+        sequence_parallel=config.parallel.sequence_parallel, param_dtype=autocast or torch.float32,
+    )
+    if fsdp:
+        autocast = None  # FSDP's mixed-precision policy computes in that dtype already
     model.to_empty(device=device)
-    model.init_weights(config.seed)
+    init_weights(model, model_config, config.seed, distributed)
     model.train()
     optimizer = build_optimizer(model, config.optim, device)
 
-    checkpoints = CheckpointManager(run_dir / "checkpoints", config.keep_last)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", config.keep_last, is_main=distributed.is_main)
     if not config.resume and checkpoints.latest() is not None:
         raise HerdError(f"{run_dir} already holds checkpoints; pass a new out_dir, or resume=true to continue them")
     run_info = {"config": to_dict(config), "model": model_config.to_params()}
@@ -97,26 +119,41 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         checkpoint_interval=config.checkpoint_interval,
         eval_interval=config.eval_interval,
         faults=config.faults,
-        progress=config.progress,
+        progress=config.progress and distributed.is_main,
     )
+    pipeline = Pipeline(model, distributed, config.parallel.pp_schedule) if pipeline_parallel else None
     trainer = Trainer(
-        model, optimizer, next_token_loss, data, loop, MetricsLog(run_dir),
+        model, optimizer, next_token_loss, data, loop, MetricsLog(run_dir, enabled=distributed.is_main),
         device=device, autocast_dtype=autocast, checkpoints=checkpoints, run_info=run_info,
         evaluate=partial(validate, model, config, tokenizer, device) if config.data.val_sources else None,
         flops_per_token=flops_per_token(model_config, config.seq_len), peak_tflops=peak_tflops(device, config.peak_tflops),
+        distributed=distributed, forward_backward=pipeline.forward_backward if pipeline else None,
     )
     if config.resume:
         trainer.resume()
     resumed_from = trainer.state.step
     state = trainer.run()
+    result = _finish(config, model_config, tokenizer, checkpoints, state, resumed_from, started) if distributed.is_main else None
+    distributed.barrier()
+    return result or _result_from_manifest(run_dir, json.loads((run_dir / MANIFEST).read_text()))
 
-    records = read_records(trainer.log.path)
+
+def _finish(
+    config: PretrainConfig, model_config: ModelConfig, tokenizer: Tokenizer, checkpoints: CheckpointManager,
+    state: LoopState, resumed_from: int, started: float,
+) -> PretrainResult:
+    """Rank 0's ending: the curves PNG, the final model exported from the last checkpoint, the manifest."""
+    run_dir = config.run_dir
+    records = read_records(run_dir / "metrics.jsonl")
     plot_curves(records, run_dir / "curves.png")
     model_dir = None
     if config.export_format is not None:
         from herd.checkpoint import save
 
-        model_dir = save(model, tokenizer, run_dir / "model", format=config.export_format)
+        whole = build_model(model_config, device="meta")
+        whole.to_empty(device="cpu")
+        checkpoints.load_model(whole)
+        model_dir = save(whole, tokenizer, run_dir / "model", format=config.export_format)
     last = lambda key: next((r[key] for r in reversed(records) if key in r), None)
     manifest = {
         "stage": "pretrain", "complete": True, "config": to_dict(config), "model": model_config.to_params(),
@@ -130,17 +167,17 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     return _result_from_manifest(run_dir, manifest)
 
 
-def prepare_model(model: Transformer, *, activation_checkpointing: bool, compile: bool) -> Transformer:
-    """Apply training wrappers in torchtitan's order (tensor parallel -> activation checkpointing -> compile -> FSDP).
-
-    Works in place on the model (meta or real) and keeps parameter names; tensor parallel and FSDP slot in here.
-    """
-    for block in model.layers:
-        if activation_checkpointing:
-            block.forward = partial(checkpoint, block.forward, use_reentrant=False)
-        if compile:
-            block.compile()
-    return model
+def init_weights(model: nn.Module, config: ModelConfig, seed: int, distributed: Distributed) -> None:
+    """Fresh weights, the same values on any mesh: a sharded model (or stage) takes its slices of a whole model
+    initialized on this rank's CPU."""
+    if distributed.mesh is None:
+        model.init_weights(seed)
+        return
+    whole = build_model(config)
+    whole.init_weights(seed)
+    mine = set(model.state_dict())
+    values = {name: value for name, value in whole.state_dict().items() if name in mine}
+    set_model_state_dict(model, values, options=StateDictOptions(full_state_dict=True))
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
@@ -199,12 +236,19 @@ def estimate_memory(
     return {"parameters": params * 4, "gradients": params * 4, "optimizer": params * 8, "activations": blocks + logits}
 
 
-def check_memory(model: ModelConfig, config: PretrainConfig, device: torch.device, autocast: torch.dtype | None) -> None:
-    """Print the per-rank memory estimate and fail at once when it exceeds what the device has."""
+def check_memory(
+    model: ModelConfig, config: PretrainConfig, device: torch.device, autocast: torch.dtype | None, *, shards: int = 1
+) -> None:
+    """Print the per-rank memory estimate and fail at once when it exceeds what the device has.
+
+    Parameters, gradients and optimizer state are split over the `shards` ranks; activations are counted whole.
+    """
     estimate = estimate_memory(
         model, batch_size=config.batch_size, seq_len=config.seq_len, compute_bytes=2 if autocast else 4,
         activation_checkpointing=config.activation_checkpointing, materialized_attention=device.type != "cuda",
     )
+    for part in ("parameters", "gradients", "optimizer"):
+        estimate[part] /= shards
     total = sum(estimate.values())
     parts = ", ".join(f"{name} {value / GIB:.2f}" for name, value in estimate.items())
     line = f"memory estimate per rank: {total / GIB:.2f} GiB ({parts} GiB)"
@@ -232,15 +276,6 @@ def _available_bytes(device: torch.device) -> int | None:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HerdError(f"device={name} but no CUDA GPU is visible; set device=cpu or device=auto")
-    return device
-
-
 def _autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on GPU by default; fp32 (no autocast) on CPU by default."""
     if dtype == "auto":
@@ -268,4 +303,4 @@ def _result_from_manifest(run_dir: Path, manifest: dict[str, Any]) -> PretrainRe
     )
 
 
-__all__ = ["PretrainResult", "build_optimizer", "check_memory", "estimate_memory", "prepare_model", "pretrain", "validate"]
+__all__ = ["PretrainResult", "build_optimizer", "check_memory", "estimate_memory", "init_weights", "pretrain", "validate"]

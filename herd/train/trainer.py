@@ -21,6 +21,7 @@ from tqdm import tqdm
 from herd.errors import HerdError
 from herd.train.checkpointing import CheckpointManager, rng_state, set_rng_state
 from herd.train.config import FaultConfig
+from herd.train.distributed import Distributed, clip_grad_norm_, grad_groups, hang_watchdog
 from herd.train.metrics import MetricsLog, memory_gib
 from herd.train.packing import IGNORE_INDEX
 
@@ -44,7 +45,11 @@ LossFn = Callable[[nn.Module, Batch], LossOutput]
 def token_losses(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Next-token cross-entropy (nats) of every position [B, T] of a packed (tokens, targets, doc_ids) batch; 0 where ignored."""
     tokens, targets, doc_ids = batch
-    logits = model(tokens, doc_ids=doc_ids)
+    return token_cross_entropy(model(tokens, doc_ids=doc_ids), targets)
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (nats, fp32) of logits [B, T, V] against targets [B, T]; 0 where a target is IGNORE_INDEX."""
     losses = F.cross_entropy(
         logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
     )
@@ -102,7 +107,11 @@ class LoopState:
 
 
 class Trainer:
-    """Runs optimizer steps on `data` until `loop.steps`, checkpointing, validating and logging as it goes."""
+    """Runs optimizer steps on `data` until `loop.steps`, checkpointing, validating and logging as it goes.
+
+    Under torchrun every rank runs it: `distributed` sums the loss over the data-parallel replicas and the gradient
+    norm spans every shard; `forward_backward` replaces the micro-batch loop (pipeline parallelism runs a schedule).
+    """
 
     def __init__(
         self,
@@ -120,28 +129,25 @@ class Trainer:
         evaluate: Callable[[], dict[str, float]] | None = None,
         flops_per_token: float = 0.0,
         peak_tflops: float | None = None,
+        distributed: Distributed | None = None,
+        forward_backward: Callable[[list[Batch]], LossOutput] | None = None,
     ) -> None:
         self.model, self.optimizer, self.loss_fn, self.data, self.loop, self.log = model, optimizer, loss_fn, data, loop, log
         self.device, self.autocast_dtype = device, autocast_dtype
+        self.distributed = distributed or Distributed(0, 1, device)
+        self.forward_backward = forward_backward or self._accumulate
         self.checkpoints, self.run_info, self.evaluate = checkpoints, run_info or {}, evaluate
         self.flops_per_token, self.peak_tflops = flops_per_token, peak_tflops
         self.state = LoopState()
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     # --- resume state -------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "data": self.data.state_dict(),
-            "rng": rng_state(),
-            "loop": dataclasses.asdict(self.state),
-        }
+    def loop_state_dict(self) -> dict[str, Any]:
+        """The resume state besides the model and optimizer: data position, RNG, loop counters (rank 0's)."""
+        return {"data": self.data.state_dict(), "rng": rng_state(), "loop": dataclasses.asdict(self.state)}
 
-    def load_state_dict(self, state: dict[str, Any], *, data: bool = True) -> None:
-        """Restore a checkpoint's state; `data=False` keeps the data position (a rollback skips the data since)."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_loop_state_dict(self, state: dict[str, Any], *, data: bool = True) -> None:
+        """Restore what `loop_state_dict` saved; `data=False` keeps the data position (a rollback skips the data since)."""
         set_rng_state(state["rng"])
         self.state = LoopState(**state["loop"])
         if data:
@@ -149,14 +155,14 @@ class Trainer:
 
     def save(self) -> None:
         if self.checkpoints is not None:
-            self.checkpoints.save(self.state.step, self.state_dict(), self.run_info)
+            self.checkpoints.save(self.state.step, self.model, self.optimizer, self.loop_state_dict(), self.run_info)
 
     def resume(self) -> bool:
-        """Continue from the latest checkpoint, if any; True when one was loaded."""
-        state = self.checkpoints.load() if self.checkpoints is not None else None
+        """Continue from the latest checkpoint, if any (on any mesh); True when one was loaded."""
+        state = self.checkpoints.load_into(self.model, self.optimizer) if self.checkpoints is not None else None
         if state is None:
             return False
-        self.load_state_dict(state)
+        self.load_loop_state_dict(state)
         return True
 
     # --- the loop -----------------------------------------------------------------------------------
@@ -177,16 +183,17 @@ class Trainer:
         with tqdm(total=loop.steps, initial=self.state.step, desc="train", unit="step", disable=not loop.progress) as bar:
             while self.state.step < loop.steps:
                 before = self.state.step
-                record = self.train_step()
-                self.log.write(record)
-                bar.update(self.state.step - before)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
-                if self.state.step != before + 1 or self.state.step == loop.steps:
-                    continue  # a dropped or rolled-back step, or the end (validated and saved by `run`)
-                if loop.eval_interval and self.state.step % loop.eval_interval == 0:
-                    self._validate()
-                if loop.checkpoint_interval and self.state.step % loop.checkpoint_interval == 0:
-                    self.save()
+                with hang_watchdog(loop.faults.hang_timeout_s):
+                    record = self.train_step()
+                    self.log.write(record)
+                    bar.update(self.state.step - before)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+                    if self.state.step != before + 1 or self.state.step == loop.steps:
+                        continue  # a dropped or rolled-back step, or the end (validated and saved by `run`)
+                    if loop.eval_interval and self.state.step % loop.eval_interval == 0:
+                        self._validate()
+                    if loop.checkpoint_interval and self.state.step % loop.checkpoint_interval == 0:
+                        self.save()
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over `accum_at(step)` micro-batches (or a dropped one); returns its metrics record."""
@@ -195,24 +202,21 @@ class Trainer:
         lr = self.loop.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total, count, tokens, extra = 0.0, 0, 0, {}
+        batches = []
         for _ in range(self.loop.accum_at(step)):
-            batch = tuple(t.to(self.device, non_blocking=True) for t in next(self.data))
+            batches.append(tuple(t.to(self.device, non_blocking=True) for t in next(self.data)))
             self.state.batches += 1
-            with self._autocast():
-                out = self.loss_fn(self.model, batch)
-            out.total.backward()
-            total += out.total.detach()
-            count += out.count
-            tokens += batch[0].numel()
-            for key, value in out.metrics.items():
-                extra[key] = extra.get(key, 0.0) + value
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if count:
-            torch._foreach_div_(grads, float(count))  # the mean over every unit of the step, not a mean of means
+        out = self.forward_backward(batches)
+        total, count, *values = self.distributed.sum_over_replicas([out.total, out.count, *out.metrics.values()])
+        extra = dict(zip(out.metrics, values))
+        tokens = sum(batch[0].numel() for batch in batches) * self.distributed.degree("dp")
+        groups = grad_groups(self.params)
+        if count:  # the mean over every unit of the step (all replicas), not a mean of means
+            for group in groups:
+                torch._foreach_div_([p.grad for p in group], float(count))
         clip = self.loop.grad_clip if self.loop.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True))
-        loss = float(total) / max(count, 1)
+        grad_norm = float(clip_grad_norm_(groups, clip, self.distributed.group("pp")))
+        loss = total / max(count, 1)
         problem = self._problem(loss, grad_norm)
         if problem is None:
             self.optimizer.step()
@@ -236,6 +240,19 @@ class Trainer:
             self._handle_bad_step(problem, loss)
         return record
 
+    def _accumulate(self, batches: list[Batch]) -> LossOutput:
+        """Forward and backward of each micro-batch in turn, gradients summed; the step's summed loss and units."""
+        total, count, extra = 0.0, 0, {}
+        for batch in batches:
+            with self._autocast():
+                out = self.loss_fn(self.model, batch)
+            out.total.backward()
+            total += out.total.detach()
+            count += out.count
+            for key, value in out.metrics.items():
+                extra[key] = extra.get(key, 0.0) + value
+        return LossOutput(total, count, extra)
+
     def _problem(self, loss: float, grad_norm: float) -> str | None:
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return "nan"
@@ -255,11 +272,12 @@ class Trainer:
                 f"{where}, the {self.state.bad_in_a_row}th bad step in a row; lower optim.lr or check the data "
                 "(faults.max_bad_steps sets the limit)"
             )
-        saved = self.checkpoints.load() if faults.policy == "rollback" and self.checkpoints is not None else None
+        rollback = faults.policy == "rollback" and self.checkpoints is not None
+        saved = self.checkpoints.load_into(self.model, self.optimizer) if rollback else None
         if saved is None:
             return  # skip: the batch is dropped without an optimizer step
         counters = dataclasses.replace(self.state)
-        self.load_state_dict(saved, data=False)
+        self.load_loop_state_dict(saved, data=False)
         self.state = dataclasses.replace(
             self.state, batches=counters.batches, skipped=counters.skipped, rollbacks=counters.rollbacks + 1,
             bad_in_a_row=counters.bad_in_a_row, train_seconds=counters.train_seconds,

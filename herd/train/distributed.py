@@ -1,0 +1,197 @@
+"""A rank's place in a torchrun job: the process group, the ("pp", "dp", "tp") device mesh and what crosses ranks.
+
+Owns the parallel layout config, the loss sums and gradient norm over all ranks, and the hang watchdog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor
+
+from herd.errors import HerdError
+
+MESH_DIMS = ("pp", "dp", "tp")
+
+
+@dataclass
+class ParallelConfig:
+    """How the job's ranks split the work: a pp x dp x tp device mesh whose product is the world size."""
+
+    dp_shard: int = -1
+    """Data-parallel degree (FSDP2 shards parameters, gradients and optimizer state); -1 takes the ranks tp and pp leave."""
+    tp: int = 1
+    """Tensor-parallel degree (DTensor: attention heads and SwiGLU units split across ranks); keep it within a node."""
+    pp: int = 1
+    """Pipeline-parallel degree: the layers split into pp stages, a step's grad_accum micro-batches flow through them."""
+    sequence_parallel: bool = True
+    """Under tp, split the residual stream and norms along the sequence too (less activation memory, same traffic)."""
+    pp_schedule: Literal["1F1B", "GPipe"] = "1F1B"
+    """Pipeline schedule; 1F1B holds fewer activations and needs grad_accum >= pp."""
+    timeout_s: float = 600.0
+    """A collective waiting longer than this fails the job (torchrun can then restart it)."""
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "pp"):
+            if getattr(self, name) < 1:
+                raise HerdError(f"parallel.{name} must be at least 1, got {getattr(self, name)}")
+        if self.dp_shard < 1 and self.dp_shard != -1:
+            raise HerdError(f"parallel.dp_shard must be at least 1, or -1 for the ranks left, got {self.dp_shard}")
+        if self.timeout_s <= 0:
+            raise HerdError(f"parallel.timeout_s must be positive, got {self.timeout_s}")
+
+    def degrees(self, world_size: int) -> tuple[int, int, int]:
+        """(pp, dp, tp) for a job of `world_size` ranks."""
+        dp = world_size // (self.tp * self.pp) if self.dp_shard == -1 else self.dp_shard
+        if dp < 1 or dp * self.tp * self.pp != world_size:
+            raise HerdError(
+                f"parallel.dp_shard={self.dp_shard} x parallel.tp={self.tp} x parallel.pp={self.pp} must equal the "
+                f"{world_size} rank(s) launched; change them or torchrun's --nproc_per_node"
+            )
+        return self.pp, dp, self.tp
+
+
+@dataclass
+class Distributed:
+    """This process's rank, device and mesh; `mesh` is None when the process trains alone."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    mesh: DeviceMesh | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the metrics, plots, manifest and exported model."""
+        return self.rank == 0
+
+    def degree(self, dim: str) -> int:
+        return 1 if self.mesh is None else self.mesh[dim].size()
+
+    def coordinate(self, dim: str) -> int:
+        """This rank's index along mesh dimension `dim`."""
+        return 0 if self.mesh is None else self.mesh.get_local_rank(dim)
+
+    def group(self, dim: str) -> dist.ProcessGroup | None:
+        """The process group along `dim`, or None where that dimension has one rank."""
+        return None if self.degree(dim) == 1 else self.mesh[dim].get_group()
+
+    @property
+    def owns_loss(self) -> bool:
+        """One rank per data-parallel replica counts its loss: the first tensor-parallel rank of the last stage."""
+        return self.coordinate("tp") == 0 and self.coordinate("pp") == self.degree("pp") - 1
+
+    def sum_over_replicas(self, values: Sequence[float | torch.Tensor]) -> list[float]:
+        """Sum each value over the data-parallel replicas, counting only the loss-owning rank of each."""
+        if self.mesh is None:
+            return [float(v) for v in values]
+        vector = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        if not self.owns_loss:
+            vector.zero_()
+        dist.all_reduce(vector)
+        return vector.tolist()
+
+    def barrier(self) -> None:
+        if self.mesh is not None:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.mesh is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(parallel: ParallelConfig, device: str) -> Distributed:
+    """Join the torchrun job named by RANK / WORLD_SIZE / LOCAL_RANK (or run alone without them) and build the mesh.
+
+    Backend nccl on CUDA, gloo on CPU; each rank takes GPU LOCAL_RANK.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    shape = parallel.degrees(world_size)
+    if world_size == 1:
+        return Distributed(0, 1, pick_device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    here = pick_device(device, local_rank)
+    if here.type == "cuda":
+        torch.cuda.set_device(here)
+    if not dist.is_initialized():
+        backend = "nccl" if here.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=parallel.timeout_s))
+    mesh = init_device_mesh(here.type, shape, mesh_dim_names=MESH_DIMS)
+    return Distributed(rank, world_size, here, mesh)
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto`: this rank's GPU when there is one, else the CPU; `cuda` means this rank's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HerdError(f"device={name} but no CUDA GPU is visible; set device=cpu or device=auto")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+# --- gradients ---------------------------------------------------------------------------------------------
+def grad_groups(params: Sequence[nn.Parameter]) -> list[list[nn.Parameter]]:
+    """Parameters that have gradients, grouped so each group's gradients live on one mesh (plain tensors together).
+
+    Foreach kernels and norms run per group: one DTensor op cannot mix meshes, nor DTensors with plain tensors.
+    """
+    groups: dict[object, list[nn.Parameter]] = {}
+    for param in params:
+        if param.grad is not None:
+            key = (param.device_mesh, tuple(param.placements)) if isinstance(param, DTensor) else None
+            groups.setdefault(key, []).append(param)
+    return list(groups.values())
+
+
+def clip_grad_norm_(
+    groups: list[list[nn.Parameter]], max_norm: float, pp_group: dist.ProcessGroup | None
+) -> torch.Tensor:
+    """Clip the gradients of `grad_groups` to a global L2 norm `max_norm` (inf: no clipping); returns that norm.
+
+    The norm spans every shard: DTensor norms are made whole over their mesh, then stages add up over `pp_group`.
+    """
+    norms = []
+    for group in groups:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in group], foreach=True)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    if not norms:
+        return torch.zeros(())
+    total = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
+    if pp_group is not None:
+        squared = total.double() ** 2
+        dist.all_reduce(squared, group=pp_group)
+        total = squared.sqrt().to(total.dtype)
+    for group in groups:
+        torch.nn.utils.clip_grads_with_norm_(group, max_norm, total, foreach=True)
+    return total
+
+
+# --- hangs -------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def hang_watchdog(timeout_s: float) -> Iterator[None]:
+    """Dump every thread's stack to stderr and exit with status 1 when the body runs longer than `timeout_s` (0: off).
+
+    Every rank arms one around each step, so a hung collective ends each waiting rank with its stacks, and the
+    supervisor (torchrun --max-restarts) restarts the job from the last checkpoint.
+    """
+    if not timeout_s:
+        yield
+        return
+    faulthandler.dump_traceback_later(timeout_s, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()

@@ -1,0 +1,156 @@
+# ruff: noqa: F811 - tests take the imported `shards` fixture as an argument
+"""3-D parallelism on CPU (gloo, under torchrun): each layout reproduces the single-process loss curve, DCP
+checkpoints reload on another world size, the final model exports whole, a hung collective ends every rank.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from test_trainer import losses, shards, tiny_config  # noqa: F401 - `shards` is test_trainer's fixture, shared
+
+from herd.errors import HerdError
+from herd.train.distributed import ParallelConfig
+from herd.train.pretrain import pretrain
+
+COMMON = ("steps=10", "eval_interval=0", "checkpoint_interval=5", "grad_accum=2")
+GLOBAL_ROWS = 4  # rows per micro-batch over all data-parallel ranks
+TOLERANCE = 1e-4
+
+
+def torchrun(nproc: int, config_json: Path, *overrides: str) -> None:
+    """`herd pretrain` under torchrun with `nproc` CPU ranks (gloo)."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "herd.cli",
+        "pretrain",
+        "--config",
+        str(config_json),
+        *overrides,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-6000:]
+
+
+def run_layout(shards, out: Path, dp: int, tp: int, pp: int, *extra: str) -> list[float]:
+    overrides = [
+        *COMMON,
+        f"batch_size={GLOBAL_ROWS // dp}",
+        f"parallel.dp_shard={dp}",
+        f"parallel.tp={tp}",
+        f"parallel.pp={pp}",
+        *extra,
+    ]
+    tiny_config(shards, out, *overrides)  # writes out.json
+    torchrun(dp * tp * pp, out.parent / f"{out.name}.json", *overrides)
+    return losses(out)
+
+
+def max_relative_difference(got: list[float], expected: list[float]) -> float:
+    assert len(got) == len(expected) == 10
+    return max(abs(a - b) / abs(b) for a, b in zip(got, expected))
+
+
+@pytest.fixture(scope="module")
+def reference(shards, tmp_path_factory):
+    """The single-process run every layout must reproduce (exported, to compare the final weights)."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    return pretrain(tiny_config(shards, out, *COMMON, f"batch_size={GLOBAL_ROWS}", "export_format=herd"))
+
+
+def test_parallel_config_names_the_options_to_fix():
+    assert ParallelConfig(tp=2).degrees(8) == (1, 4, 2)
+    with pytest.raises(HerdError, match=r"parallel.dp_shard=2 x parallel.tp=2 x parallel.pp=1 must equal the 2 rank"):
+        ParallelConfig(dp_shard=2, tp=2).degrees(2)
+    with pytest.raises(HerdError, match="parallel.pp"):
+        ParallelConfig(pp=0)
+
+
+def test_data_parallel_reproduces_the_curve_and_resumes_on_one_rank(shards, reference, tmp_path):
+    got = run_layout(shards, tmp_path / "dp", 2, 1, 1, "export_format=herd")
+    expected = losses(reference.run_dir)
+    print(f"dp=2 max relative loss difference: {max_relative_difference(got, expected):.2e}")
+    assert max_relative_difference(got, expected) < TOLERANCE
+
+    from herd.checkpoint import load
+
+    dp_model, _ = load(tmp_path / "dp" / "model")
+    single_model, _ = load(reference.model_dir)
+    for name, value in single_model.state_dict().items():
+        torch.testing.assert_close(dp_model.state_dict()[name], value, rtol=1e-4, atol=1e-5)
+
+    # the dp=2 checkpoint of step 5, resumed by one process, continues the same curve
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "dp", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_00000010")
+    (resumed / "checkpoints" / "latest").write_text("step_00000005")
+    (resumed / "manifest.json").unlink()
+    result = pretrain(tiny_config(shards, resumed, *COMMON, f"batch_size={GLOBAL_ROWS}"))
+    assert result.resumed_from_step == 5
+    after = losses(resumed)
+    print(f"dp=2 -> dp=1 resume max relative loss difference: {max_relative_difference(after, expected):.2e}")
+    assert max_relative_difference(after, expected) < TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("dp", "tp", "pp", "extra"),
+    [
+        (1, 2, 1, ()),  # sequence parallel (the default)
+        (1, 1, 2, ()),  # 1F1B, two micro-batches
+        pytest.param(2, 2, 1, ("parallel.sequence_parallel=false",), marks=pytest.mark.slow),
+        pytest.param(2, 1, 2, ("activation_checkpointing=true",), marks=pytest.mark.slow),
+        pytest.param(2, 2, 2, (), marks=pytest.mark.slow),  # 8 ranks
+    ],
+    ids=["tp2", "pp2", "dp2xtp2", "dp2xpp2", "dp2xtp2xpp2"],
+)
+def test_layout_reproduces_the_single_process_curve(shards, reference, tmp_path, dp, tp, pp, extra):
+    got = run_layout(shards, tmp_path / "run", dp, tp, pp, *extra)
+    difference = max_relative_difference(got, losses(reference.run_dir))
+    print(f"dp={dp} tp={tp} pp={pp} {' '.join(extra)} max relative loss difference: {difference:.2e}")
+    assert difference < TOLERANCE
+
+
+HUNG_RANK = textwrap.dedent("""
+    import os, time
+    import torch, torch.distributed as dist
+    from herd.train.distributed import hang_watchdog
+    dist.init_process_group("gloo")
+    with hang_watchdog(2.0):
+        if dist.get_rank() == 0:
+            dist.all_reduce(torch.ones(1))  # rank 1 never joins
+        else:
+            time.sleep(60)
+""")
+
+
+def test_hang_dumps_every_ranks_stacks_and_exits_nonzero(tmp_path):
+    script = tmp_path / "hang.py"
+    script.write_text(HUNG_RANK)
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    ranks = [
+        subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r)}, stderr=subprocess.PIPE, text=True)
+        for r in range(2)
+    ]
+    for rank in ranks:
+        _, stderr = rank.communicate(timeout=60)
+        assert rank.returncode == 1
+        assert "Timeout" in stderr and "hang.py" in stderr  # faulthandler's dump names the stuck line
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
