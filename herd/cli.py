@@ -124,6 +124,31 @@ def cmd_data_run(args: argparse.Namespace) -> None:
     print(f"data pipeline done: {first.docs_in:,} documents in, {last.docs_out:,} out; see stats.json and report.md")
 
 
+def cmd_data_quality_train(args: argparse.Namespace) -> None:
+    from herd.data.quality_model import train_quality
+
+    classifier = train_quality(args.config)
+    print(", ".join(f"{key} {value}" for key, value in classifier.metrics.items()))
+
+
+def cmd_data_mix(args: argparse.Namespace) -> None:
+    from herd.data.mixing import run_mix
+
+    from herd.data.mixing import render_mix_report
+
+    print(render_mix_report(run_mix(args.config)))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from herd.eval.runner import run_eval
+
+    run_eval(
+        args.model, [t.strip() for t in args.tasks.split(",") if t.strip()], args.data_dir, limit=args.limit,
+        out_dir=args.out, chat=args.chat, batch_size=args.batch_size, seed=args.seed,
+    )
+    print(f"wrote results.json, results.md and per-sample records to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="herd", description="The whole Llama 3 system, PyTorch-native.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -174,11 +199,29 @@ def build_parser() -> argparse.ArgumentParser:
     data_run.add_argument("pipeline", help="the pipeline YAML file")
     data_run.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. workers=4 output.dir=clean/")
     data_run.set_defaults(run=cmd_data_run)
+    quality = data.add_parser("quality-train", help="label a sample with a teacher and train a quality classifier")
+    quality.add_argument("config", help="the YAML config (input, out, teacher, sample, held_out, classifier)")
+    quality.set_defaults(run=cmd_data_quality_train)
+    mix = data.add_parser("mix", help="sample cleaned sources by weight into a token budget")
+    mix.add_argument("config", help="the YAML config (out_dir, token_budget, sources with weights)")
+    mix.set_defaults(run=cmd_data_mix)
 
     pretrain = commands.add_parser("pretrain", help="pretrain a model on token shards (also under torchrun)")
     pretrain.add_argument("--config", default=None, help="a YAML or JSON PretrainConfig")
     pretrain.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=1e-3 steps=200")
     pretrain.set_defaults(run=cmd_pretrain)
+
+    evaluate = commands.add_parser("eval", help="score a model on the Llama 3 release's benchmarks")
+    evaluate.add_argument("--model", required=True, help="a Meta, HF or herd directory, a Hub id, or a preset name")
+    evaluate.add_argument("--tasks", required=True, help="comma-separated: mmlu,agieval,bbh,arc_challenge,drop,"
+                          "gpqa,humaneval,gsm8k,math")
+    evaluate.add_argument("--data-dir", default="data/benchmarks", help="where the benchmark files are")
+    evaluate.add_argument("--limit", type=int, default=None, help="at most N samples per task")
+    evaluate.add_argument("--out", default="eval_out", help="output directory")
+    evaluate.add_argument("--chat", action="store_true", help="prompt in the chat format (instruct models)")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--seed", type=int, default=0, help="few-shot sampling seed")
+    evaluate.set_defaults(run=cmd_eval)
 
     info = commands.add_parser("info", help="describe a checkpoint or preset")
     info.add_argument("model")

@@ -1,7 +1,6 @@
-"""Local multiprocessing executor: disjoint input shards per task, completion markers, resumable and idempotent.
-
-Global stages (dedup) split the pipeline into segments: each segment runs per shard and stores the next global
-stage's index; that stage decides once over all shards, and the next segment applies its decision.
+"""The executor: disjoint input shards per task, completion markers, resumable and idempotent; tasks run in local
+processes or as Ray tasks (`ray_executor`). Global stages (dedup) split the pipeline into segments: each segment
+runs per shard and stores the next global stage's index; that stage decides once, the next segment applies it.
 """
 
 from __future__ import annotations
@@ -11,11 +10,11 @@ import json
 import multiprocessing
 import pickle
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm import tqdm
 
@@ -62,21 +61,33 @@ class RunSpec:
         return f"shard-{shard:05d}"
 
 
-def execute(spec: RunSpec, workers: int) -> list[StageStats]:
-    """Run every unfinished task of `spec` on `workers` processes; merge stats, write stats.json and report.md."""
+Task = tuple[RunSpec, int, int]
+TaskMap = Callable[[Callable[[Task], str | None], list[Task]], Iterator[str | None]]
+"""Runs a task function over task arguments somewhere, yielding the results as tasks finish (in any order)."""
+
+
+def execute(
+    spec: RunSpec, workers: int, executor: Literal["local", "ray"] = "local", ray_address: str | None = None
+) -> list[StageStats]:
+    """Run every unfinished task of `spec` on `workers` processes (or Ray tasks); merge stats, write stats.json and
+    report.md. The outputs do not depend on the executor or the number of workers."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     _check_same_pipeline(spec)
     segments = spec.segments()
     with ExitStack() as stack:
-        pool = None  # started at the first segment with several pending shards, then reused
+        task_map = None  # started at the first segment with several pending shards, then reused
         for k, segment in enumerate(segments):
             if k > 0:
                 _decide(spec, k, segment[0])
             pending = [(k, i) for i in range(len(spec.shards)) if not _marker(spec, k, i).exists()]
-            if pool is None and workers > 1 and len(pending) > 1:
-                processes = min(workers, len(pending))
-                pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(processes))
-            _run_tasks(spec, pending, pool, desc=f"segment {k + 1}/{len(segments)}")
+            if task_map is None and len(pending) > 1 and executor == "ray":
+                from herd.data.ray_executor import ray_task_map
+
+                task_map = stack.enter_context(ray_task_map(workers, ray_address))
+            elif task_map is None and len(pending) > 1 and workers > 1:
+                pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(min(workers, len(pending))))
+                task_map = pool.imap_unordered
+            _run_tasks(spec, pending, task_map, desc=f"segment {k + 1}/{len(segments)}")
     stats = merge_stats(
         json.loads(_stats_path(spec, k, i).read_text()) for k in range(len(segments)) for i in range(len(spec.shards))
     )
@@ -84,14 +95,14 @@ def execute(spec: RunSpec, workers: int) -> list[StageStats]:
     return stats
 
 
-def _run_tasks(spec: RunSpec, pending: list[tuple[int, int]], pool: Any, desc: str) -> None:
+def _run_tasks(spec: RunSpec, pending: list[tuple[int, int]], task_map: TaskMap | None, desc: str) -> None:
     if not pending:
         return
     (spec.run_dir / "failures.log").unlink(missing_ok=True)
-    if pool is None or len(pending) == 1:
+    if task_map is None or len(pending) == 1:
         results: Iterator[str | None] = (_task(spec, k, i) for k, i in pending)
     else:
-        results = pool.imap_unordered(_task_star, [(spec, k, i) for k, i in pending])
+        results = task_map(_task_star, [(spec, k, i) for k, i in pending])
     failures = [r for r in tqdm(results, total=len(pending), desc=desc, disable=None) if r]
     if failures:
         log = spec.run_dir / "failures.log"
@@ -103,7 +114,7 @@ def _run_tasks(spec: RunSpec, pending: list[tuple[int, int]], pool: Any, desc: s
         )
 
 
-def _task_star(args: tuple[RunSpec, int, int]) -> str | None:
+def _task_star(args: Task) -> str | None:
     return _task(*args)
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import ClassVar
 
 import numpy as np
 import xxhash
 
 from herd.data.document import Document
-from herd.data.stage import DropIndices
+from herd.data.stage import DropIndices, positions_per_shard
 from herd.errors import HerdError
 
 _WORD = re.compile(r"\w+")
@@ -127,8 +126,7 @@ class MinHashDedup(DropIndices):
     def decide(self, shards: Sequence[np.ndarray]) -> list[set[int]]:
         labels = duplicate_components(np.concatenate(list(shards)))
         drop = np.flatnonzero(labels != np.arange(len(labels)))
-        offsets = np.cumsum([0] + [len(s) for s in shards])
-        return [set((drop[(drop >= lo) & (drop < hi)] - lo).tolist()) for lo, hi in pairwise(offsets)]
+        return positions_per_shard(drop, [len(s) for s in shards])
 
 
 def near_duplicate_groups(

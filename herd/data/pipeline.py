@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from herd.config_overrides import apply_overrides, from_dict, read_config_file
 from herd.data.dedup import ExactDedup, LineDedup, UrlDedup
+from herd.data.domain import DomainTagger
 from herd.data.executor import RunSpec, execute, split_shards
 from herd.data.langid import LanguageFilter
 from herd.data.minhash import MinHashDedup
@@ -19,8 +20,10 @@ from herd.data.normalize import Normalize
 from herd.data.outliers import TokenKLFilter
 from herd.data.pii import PIIMask
 from herd.data.quality import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
+from herd.data.quality_model import QualityClassifierFilter
 from herd.data.readers import InputConfig, input_files
 from herd.data.safety_words import BadWordsFilter
+from herd.data.semantic import SemanticDedup
 from herd.data.stage import Stage
 from herd.data.stats import StageStats
 from herd.data.writers import OutputFormat
@@ -42,6 +45,9 @@ STAGE_TYPES: dict[str, type[Stage]] = {
         UrlDedup,
         LineDedup,
         MinHashDedup,
+        SemanticDedup,
+        QualityClassifierFilter,
+        DomainTagger,
     )
 }
 
@@ -68,8 +74,11 @@ class PipelineConfig:
     """Number of disjoint shards (one output file each); 0: one per input file."""
     workers: int = 1
     """Processes running shard tasks at once."""
-    executor: Literal["local"] = "local"
-    """Where tasks run: `local` processes (Ray is planned)."""
+    executor: Literal["local", "ray"] = "local"
+    """Where tasks run: `local` processes, or `ray` tasks (same outputs; needs `pip install ray`)."""
+    ray_address: str | None = None
+    """With `executor: ray`: a running cluster to join (`auto`, `ray://head:10001`); None: start a local Ray
+    instance of `workers` CPUs (or use the one this process already joined)."""
     count_tokens: bool = True
     """Count Llama 3 tokens in and out of every stage (costs a tokenizer pass per changed document)."""
     tokenizer: str | None = None
@@ -132,7 +141,7 @@ def run_pipeline(
         tokenizer=config.tokenizer,
         write_dropped=config.write_dropped,
     )
-    return execute(spec, config.workers)
+    return execute(spec, config.workers, config.executor, config.ray_address)
 
 
 def _labels(stages: Sequence[Stage]) -> list[str]:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, ClassVar
+
+import numpy as np
 
 from herd.data.document import Document
 from herd.data.stats import StageStats
@@ -94,3 +97,9 @@ class DropIndices(GlobalStage):
                 ctx.drop(doc, self.reason)
             else:
                 yield doc
+
+
+def positions_per_shard(positions: np.ndarray, sizes: Sequence[int]) -> list[set[int]]:
+    """Corpus-wide positions (documents numbered across shards in order) split into per-shard position sets."""
+    offsets = np.cumsum([0, *sizes])
+    return [set((positions[(positions >= lo) & (positions < hi)] - lo).tolist()) for lo, hi in pairwise(offsets)]

@@ -67,3 +67,140 @@ def pair_precision_recall(predicted: list[int] | np.ndarray, families: list[int]
     precision = hits / len(found) if found else 1.0
     recall = hits / len(truth) if truth else 1.0
     return precision, recall
+
+
+SYNONYMS = {
+    "bought": "purchased",
+    "buy": "purchase",
+    "buys": "purchases",
+    "has": "owns",
+    "have": "own",
+    "each": "every",
+    "total": "overall",
+    "friends": "pals",
+    "friend": "pal",
+    "needs": "requires",
+    "need": "require",
+    "wants": "would like",
+    "gets": "receives",
+    "get": "receive",
+    "makes": "produces",
+    "spends": "uses",
+    "then": "afterwards",
+    "store": "shop",
+    "money": "cash",
+    "dollars": "bucks",
+    "big": "large",
+    "small": "little",
+    "many": "numerous",
+    "gave": "handed",
+    "give": "hand",
+    "costs": "is priced at",
+    "cost": "price",
+    "days": "days",
+    "week": "week",
+    "more": "additional",
+    "sold": "sells",
+    "sells": "sold",
+    "pays": "paid",
+    "paid": "pays",
+    "starts": "begins",
+    "start": "begin",
+    "finds": "discovers",
+    "home": "house",
+    "car": "automobile",
+    "children": "kids",
+    "job": "work",
+    "twice": "two times",
+    "half": "one half",
+    "altogether": "in total",
+}
+
+
+def paraphrase(text: str, rng: np.random.Generator, rate: float = 0.8) -> str:
+    """`text` with each word that has an entry in SYNONYMS swapped for it with probability `rate`: meaning kept,
+    surface changed enough that few word 5-grams survive (MinHash misses it, embeddings do not)."""
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        core = word.rstrip(".,?!")
+        if core.lower() in SYNONYMS and rng.random() < rate:
+            swap = SYNONYMS[core.lower()]
+            words[i] = (swap.capitalize() if core[:1].isupper() else swap) + word[len(core) :]
+    return " ".join(words)
+
+
+_NOUNS = (
+    "ocean",
+    "glacier",
+    "enzyme",
+    "galaxy",
+    "economy",
+    "poem",
+    "molecule",
+    "village",
+    "battery",
+    "garden",
+    "cell",
+    "river",
+    "engine",
+    "planet",
+    "language",
+    "market",
+    "forest",
+    "protein",
+    "bridge",
+    "theory",
+    "city",
+    "climate",
+    "library",
+    "circuit",
+    "museum",
+    "volcano",
+    "harvest",
+    "orbit",
+    "painting",
+    "treaty",
+)
+_VERBS = ("changes", "explains", "supports", "measures", "connects", "protects", "describes", "shapes", "limits")
+_ADJECTIVES = ("important", "complex", "ancient", "efficient", "natural", "modern", "stable", "useful", "rare")
+_SPAM = ("buy", "cheap", "deal", "click", "here", "free", "best", "price", "now", "offer", "sale", "win", "casino")
+
+
+def quality_corpus(n: int = 1000, seed: int = 0) -> list[str]:
+    """`n` synthetic web documents, about half well-formed prose paragraphs of varied length and half low-quality
+    kinds (keyword spam, navigation lists, repeated lines, fragments): a labelled set for quality classifiers."""
+    rng = np.random.default_rng(seed)
+
+    def sentence() -> str:
+        noun, adjective, verb = (
+            (lambda: rng.choice(_NOUNS)),
+            (lambda: rng.choice(_ADJECTIVES)),
+            lambda: rng.choice(_VERBS),
+        )
+        return str(
+            rng.choice(
+                [
+                    f"The {adjective()} {noun()} {verb()} the {noun()} of a {noun()}.",
+                    f"In the {noun()}, every {adjective()} {noun()} {verb()} how the {noun()} works.",
+                    f"Scientists say that a {noun()} {verb()} the {adjective()} {noun()} and its {noun()}.",
+                    f"This is why the {noun()} is {adjective()} for {noun()} and {noun()} alike.",
+                ]
+            )
+        )
+
+    texts = []
+    for _ in range(n):
+        kind = rng.integers(8)
+        if kind < 4:  # prose; some too short to pass Gopher's 50 words
+            texts.append(" ".join(sentence() for _ in range(rng.integers(3, 12))))
+        elif kind == 4:
+            texts.append(" ".join(rng.choice(_SPAM, size=rng.integers(40, 200))))
+        elif kind == 5:
+            texts.append(
+                "\n".join(f"- {rng.choice(_NOUNS).title()} {rng.choice(_SPAM)}" for _ in range(rng.integers(10, 40)))
+            )
+        elif kind == 6:
+            texts.append("\n".join([sentence()] * int(rng.integers(5, 15))))
+        else:
+            texts.append(" ".join(" ".join(rng.choice(_NOUNS, size=3)) + " |" for _ in range(rng.integers(20, 60))))
+    return texts
