@@ -54,7 +54,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     herd.generate(
         model, tok, prompt, stop=args.stop or None, chat=args.chat, **_sampling(args),
-        on_text=lambda piece: print(piece, end="", flush=True),
+        on_text=lambda _row, piece: print(piece, end="", flush=True),
     )
     print()
 

@@ -6,7 +6,7 @@ row are padding so attention skips them and RoPE positions start at 0 for every 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +22,11 @@ class KVCache:
     pad: torch.Tensor
     """Left-padding slots per row, LongTensor [B]."""
     length: int = 0
+    padded: bool = field(init=False)
+    """Whether any row is padded; kept on the host so a forward never waits on the device to learn it."""
+
+    def __post_init__(self) -> None:
+        self.padded = bool(self.pad.any())
 
     @classmethod
     def allocate(
@@ -45,10 +50,6 @@ class KVCache:
     def max_len(self) -> int:
         return self.keys[0].shape[2]
 
-    @property
-    def padded(self) -> bool:
-        return bool(self.pad.any())
-
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v [B, H, T, D] after the filled slots; return all keys and values so far."""
         end = self.length + k.shape[2]
@@ -56,8 +57,17 @@ class KVCache:
         self.values[layer][:, :, self.length : end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def write(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, slot: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, H, 1, D] at `slot` (LongTensor [1]); return the whole cache (static shapes)."""
+        self.keys[layer].index_copy_(2, slot, k)
+        self.values[layer].index_copy_(2, slot, v)
+        return self.keys[layer], self.values[layer]
+
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop finished rows of the batch (rows: LongTensor of indices to keep)."""
         self.keys = [k.index_select(0, rows) for k in self.keys]
         self.values = [v.index_select(0, rows) for v in self.values]
         self.pad = self.pad.index_select(0, rows)
+        self.padded = bool(self.pad.any())

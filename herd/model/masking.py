@@ -25,10 +25,14 @@ def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal)[:, None]
 
 
-def cache_mask(pad: torch.Tensor, start: int, new: int) -> torch.Tensor:
-    """Mask for `new` queries at slots start.. over keys 0..start+new, skipping left padding."""
-    keys = torch.arange(start + new, device=pad.device)
-    queries = torch.arange(start, start + new, device=pad.device)
+def cache_mask(pad: torch.Tensor, start: int | torch.Tensor, new: int, key_len: int | None = None) -> torch.Tensor:
+    """Mask for `new` queries at slots start.. over keys 0..key_len (default start+new), skipping left padding.
+
+    With `start` a 1-element tensor and `key_len` the cache size, every shape is static (compiled decoding):
+    causality then also hides the cache slots not written yet.
+    """
+    keys = torch.arange(start + new if key_len is None else key_len, device=pad.device)
+    queries = start + torch.arange(new, device=pad.device)
     causal = keys[None, :] <= queries[:, None]
     not_pad = keys[None, :] >= pad[:, None]
     # A padding query sees only itself, so no row is fully masked (that would give NaN).
@@ -36,7 +40,7 @@ def cache_mask(pad: torch.Tensor, start: int, new: int) -> torch.Tensor:
     return (causal[None] & (not_pad[:, None, :] | itself[None]))[:, None]
 
 
-def cache_positions(pad: torch.Tensor, start: int, new: int) -> torch.Tensor:
-    """RoPE positions [B, new] of new tokens, counted from each row's first real token."""
-    slots = torch.arange(start, start + new, device=pad.device)
+def cache_positions(pad: torch.Tensor, start: int | torch.Tensor, new: int) -> torch.Tensor:
+    """RoPE positions [B, new] of new tokens at slots start.., counted from each row's first real token."""
+    slots = start + torch.arange(new, device=pad.device)
     return (slots[None, :] - pad[:, None]).clamp(min=0)

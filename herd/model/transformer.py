@@ -1,7 +1,7 @@
 """The Llama 3 transformer: embedding, pre-norm blocks (RMSNorm, GQA with RoPE, SwiGLU), head.
 
 Parameter names match Meta's checkpoints (`tok_embeddings`, `layers.N.attention.wq`, ...), so the
-Meta format loads without a mapping; HF names are mapped in `herd.checkpoint.hf`.
+Meta format loads without a mapping; HF names are mapped in `herd.checkpoint.hf_format`.
 """
 
 from __future__ import annotations
@@ -52,14 +52,16 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         cache: KVCache | None,
+        slot: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, length, _ = x.shape
-        q = apply_rope(self.wq(x).view(batch, length, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.wk(x).view(batch, length, self.n_kv_heads, self.head_dim), cos, sin)
-        v = self.wv(x).view(batch, length, self.n_kv_heads, self.head_dim)
+        # -1 heads: under tensor parallelism each rank holds a slice of the heads
+        q = apply_rope(self.wq(x).view(batch, length, -1, self.head_dim), cos, sin)
+        k = apply_rope(self.wk(x).view(batch, length, -1, self.head_dim), cos, sin)
+        v = self.wv(x).view(batch, length, -1, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
-            k, v = cache.update(self.layer_id, k, v)
+            k, v = cache.update(self.layer_id, k, v) if slot is None else cache.write(self.layer_id, k, v, slot)
         is_causal = mask is None and length > 1
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
@@ -90,8 +92,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config.dim, config.ffn_hidden_dim)
 
-    def forward(self, x, cos, sin, mask, cache):  # noqa: ANN001, ANN201 - hot path, types as in Attention
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
+    def forward(self, x, cos, sin, mask, cache, slot=None):  # noqa: ANN001, ANN201 - hot path, types as in Attention
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, slot)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -141,12 +143,33 @@ class Transformer(nn.Module):
                 f"sequence of {start + length} tokens exceeds the model's context of {self.config.max_seq_len}"
             )
         mask, positions = self._mask_and_positions(tokens, doc_ids, cache)
+        logits = self._run(tokens, mask, positions, cache, None, last_only)
+        if cache is not None:
+            cache.length += length
+        return logits
+
+    def decode_step(self, tokens: torch.Tensor, cache: KVCache, slot: torch.Tensor) -> torch.Tensor:
+        """Logits [B, 1, vocab] for one token per row [B, 1], written at cache slot `slot` (LongTensor [1]).
+
+        Attention spans the whole cache under a mask, so every shape is static: this is the step to
+        torch.compile or capture in a CUDA graph. The caller advances `cache.length`.
+        """
+        mask = cache_mask(cache.pad, slot, 1, cache.max_len)
+        return self._run(tokens, mask, cache_positions(cache.pad, slot, 1), cache, slot, False)
+
+    def _run(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor | None,
+        positions: torch.Tensor,
+        cache: KVCache | None,
+        slot: torch.Tensor | None,
+        last_only: bool,
+    ) -> torch.Tensor:
         cos, sin = rope_cos_sin(self.rope_freqs, positions)
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
-            h = layer(h, cos, sin, mask, cache)
-        if cache is not None:
-            cache.length += length
+            h = layer(h, cos, sin, mask, cache, slot)
         if last_only:
             h = h[:, -1:]
         return self.output(self.norm(h))

