@@ -102,18 +102,46 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     print(f"wrote {manifest.num_tokens:,} tokens in {manifest.num_docs:,} documents to {args.out}")
 
 
-def cmd_pretrain(args: argparse.Namespace) -> None:
-    from herd.config_overrides import load_config
-    from herd.train.config import PretrainConfig
-    from herd.train.pretrain import pretrain
+# Stages run as `herd STAGE --config C key=value ...`: (module, config class, stage function, help).
+CONFIG_STAGES = {
+    "pretrain": ("herd.train", "config:PretrainConfig", "pretrain:pretrain", "pretrain on token shards (torchrun too)"),
+    "sft": ("herd.post", "sft:SFTConfig", "sft:sft", "supervised fine-tuning on chat data (assistant tokens)"),
+    "rm": ("herd.post", "reward_model:RewardConfig", "reward_model:train_reward_model", "train a reward model"),
+    "rejection-sample": (
+        "herd.post", "rejection_sampling:RejectionSamplingConfig", "rejection_sampling:rejection_sample",
+        "sample K replies per prompt, keep the best by reward as SFT data",
+    ),
+    "dpo": ("herd.post", "dpo:DPOConfig", "dpo:dpo", "direct preference optimisation (Meta's variant)"),
+}
 
-    result = pretrain(load_config(PretrainConfig, args.config, args.overrides))
+
+def _attribute(package: str, spec: str):  # noqa: ANN202 - a class or a function
+    import importlib
+
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(f"{package}.{module}"), name)
+
+
+def cmd_config_stage(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from herd.config_overrides import load_config
+
+    package, config_spec, run_spec, _ = CONFIG_STAGES[args.command]
+    config = load_config(_attribute(package, config_spec), args.config, args.overrides)
+    result = _attribute(package, run_spec)(config)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
-    print(
-        f"pretrained {result.steps} steps ({result.tokens:,} tokens) in {result.run_dir}: "
-        f"loss {result.final_loss}, val loss {result.final_val_loss}, val bits/byte {result.final_val_bpb}"
-    )
+    fields = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
+    print(f"{args.command} finished:")
+    for key, value in fields.items():
+        print(f"  {key}: {value}")
+
+
+def cmd_average(args: argparse.Namespace) -> None:
+    from herd.post.averaging import average_checkpoints
+
+    print(f"wrote the average of {len(args.models)} checkpoints to {average_checkpoints(args.models, args.out)}")
 
 
 def cmd_data_run(args: argparse.Namespace) -> None:
@@ -206,10 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("config", help="the YAML config (out_dir, token_budget, sources with weights)")
     mix.set_defaults(run=cmd_data_mix)
 
-    pretrain = commands.add_parser("pretrain", help="pretrain a model on token shards (also under torchrun)")
-    pretrain.add_argument("--config", default=None, help="a YAML or JSON PretrainConfig")
-    pretrain.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=1e-3 steps=200")
-    pretrain.set_defaults(run=cmd_pretrain)
+    for name, (_, config_spec, _, help_text) in CONFIG_STAGES.items():
+        stage = commands.add_parser(name, help=help_text)
+        stage.add_argument("--config", default=None, help=f"a YAML or JSON {config_spec.split(':')[1]}")
+        stage.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=1e-3 steps=200")
+        stage.set_defaults(run=cmd_config_stage)
+    average = commands.add_parser("average", help="average the weights of several checkpoints")
+    average.add_argument("models", nargs="+", help="checkpoint directories of one architecture")
+    average.add_argument("--out", required=True, help="output directory")
+    average.set_defaults(run=cmd_average)
 
     evaluate = commands.add_parser("eval", help="score a model on the Llama 3 release's benchmarks")
     evaluate.add_argument("--model", required=True, help="a Meta, HF or herd directory, a Hub id, or a preset name")

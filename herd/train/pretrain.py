@@ -75,7 +75,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
 
 def _pretrain(config: PretrainConfig, distributed: Distributed) -> PretrainResult:
     run_dir, started, device = config.run_dir, time.time(), distributed.device
-    autocast = _autocast_dtype(config.dtype, device)
+    autocast = autocast_dtype_for(config.dtype, device)
     data = TokenDataLoader(
         DataLoaderConfig(config.data.sources, config.data.weights, config.batch_size, config.seq_len, config.seed),
         rank=distributed.coordinate("dp"), world_size=distributed.degree("dp"),
@@ -276,7 +276,7 @@ def _available_bytes(device: torch.device) -> int | None:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
-def _autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype_for(dtype: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on GPU by default; fp32 (no autocast) on CPU by default."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else None

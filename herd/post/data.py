@@ -1,0 +1,162 @@
+"""Post-training data: chat dialogs (`messages`) and preference pairs (prompt, chosen, rejected; ranked triples).
+
+Reads JSONL files and Hugging Face `datasets` saved to disk; a malformed record is a HerdError naming where it is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from herd.errors import HerdError
+from herd.tokenizer import Message, validate_messages
+
+RANKED = ("edited", "chosen", "rejected")
+"""Preference fields from best to worst; `edited` is optional (Llama 3's human-edited responses)."""
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One comparison: the same context answered better (`chosen`) and worse (`rejected`)."""
+
+    prompt: list[Message]
+    """The dialog so far, ending with a user turn."""
+    chosen: str
+    """The preferred assistant reply."""
+    rejected: str
+    """The dispreferred assistant reply."""
+    source: str = ""
+    """Where the record came from (file:line), for messages."""
+
+
+def records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(location, record) of each record of a JSONL file or a `datasets.save_to_disk` directory, in order."""
+    path = Path(path)
+    if path.is_dir():
+        yield from _dataset_records(path)
+        return
+    if not path.is_file():
+        raise HerdError(f"data file not found: {path}")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise HerdError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
+def _dataset_records(path: Path) -> Iterator[tuple[str, Any]]:
+    if not (path / "dataset_info.json").is_file() and not (path / "dataset_dict.json").is_file():
+        raise HerdError(f"{path} is a directory but not a dataset saved by datasets.save_to_disk; pass a JSONL file")
+    try:
+        import datasets
+    except ImportError:
+        raise HerdError(f"reading {path} needs the datasets package: pip install datasets") from None
+    data = datasets.load_from_disk(str(path))
+    if isinstance(data, datasets.DatasetDict):
+        if "train" not in data:
+            raise HerdError(f"{path} holds splits {', '.join(data)}; pass the split's directory, e.g. {path}/<split>")
+        data = data["train"]
+    for index, record in enumerate(data):
+        yield f"{path}[{index}]", record
+
+
+def read_chats(path: str | Path) -> list[list[Message]]:
+    """The dialogs of a chat file: records {"messages": [{"role", "content"}, ...]} with at least one assistant turn."""
+    dialogs = []
+    for where, record in records(path):
+        messages = _field(record, "messages", where)
+        _check_messages(messages, where)
+        if not any(m["role"] == "assistant" for m in messages):
+            raise HerdError(f"{where}: the dialog has no assistant message, so nothing to train on; add one or drop it")
+        dialogs.append([{"role": m["role"], "content": m["content"]} for m in messages])
+    if not dialogs:
+        raise HerdError(f"{path} holds no records")
+    return dialogs
+
+
+def read_prompts(path: str | Path) -> list[list[Message]]:
+    """Prompts to sample from: records {"messages": [...]} or {"prompt": str | messages}; a trailing assistant
+    turn (a reference answer) is dropped, so each prompt ends with a user turn."""
+    prompts = []
+    for where, record in records(path):
+        if isinstance(record, Mapping) and "messages" in record:
+            messages = list(record["messages"])
+            _check_messages(messages, where)
+            while messages and messages[-1]["role"] == "assistant":
+                messages.pop()
+            prompt = _as_prompt(messages, where)
+        else:
+            prompt = _as_prompt(_field(record, "prompt", where), where)
+        prompts.append(prompt)
+    if not prompts:
+        raise HerdError(f"{path} holds no records")
+    return prompts
+
+
+def read_preferences(path: str | Path) -> list[PreferencePair]:
+    """Preference pairs of a file: records {"prompt", "chosen", "rejected"} and optionally "edited".
+
+    `prompt` is a string (one user turn) or a list of messages; each reply a string or a one-message list
+    [{"role": "assistant", "content": ...}] (TRL's conversational format). A ranked triple
+    edited > chosen > rejected becomes its three pairs.
+    """
+    pairs = []
+    for where, record in records(path):
+        prompt = _as_prompt(_field(record, "prompt", where), where)
+        replies = [(name, _as_reply(record[name], name, where)) for name in RANKED if name in record]
+        if "edited" in record and record["edited"] is None:
+            replies = [(n, r) for n, r in replies if n != "edited"]
+        names = [name for name, _ in replies]
+        if "chosen" not in names or "rejected" not in names:
+            missing = "chosen" if "chosen" not in names else "rejected"
+            raise HerdError(f"{where}: missing field {missing!r}; a preference record needs prompt, chosen and rejected")
+        for i, (_, better) in enumerate(replies):
+            for _, worse in replies[i + 1 :]:
+                pairs.append(PreferencePair(prompt, better, worse, where))
+    if not pairs:
+        raise HerdError(f"{path} holds no records")
+    return pairs
+
+
+def _field(record: Any, name: str, where: str) -> Any:
+    if not isinstance(record, Mapping):
+        raise HerdError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
+    if name not in record:
+        raise HerdError(f"{where}: missing field {name!r} (fields: {', '.join(record) or 'none'})")
+    return record[name]
+
+
+def _check_messages(messages: Any, where: str) -> None:
+    try:
+        validate_messages(messages)
+    except HerdError as e:
+        raise HerdError(f"{where}: {e}") from None
+
+
+def _as_prompt(prompt: Any, where: str) -> list[Message]:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise HerdError(f"{where}: the prompt is empty")
+        return [{"role": "user", "content": prompt}]
+    _check_messages(prompt, where)
+    if prompt[-1]["role"] == "assistant":
+        raise HerdError(f"{where}: the prompt ends with an assistant turn; it must end with the turn to answer")
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def _as_reply(reply: Any, name: str, where: str) -> str:
+    if isinstance(reply, list) and len(reply) == 1 and isinstance(reply[0], Mapping):
+        if reply[0].get("role") != "assistant":
+            raise HerdError(f"{where}: {name} must be an assistant message, got role {reply[0].get('role')!r}")
+        reply = reply[0].get("content")
+    if not isinstance(reply, str):
+        raise HerdError(f"{where}: {name} must be a string or [{{'role': 'assistant', 'content': ...}}], got {reply!r:.60}")
+    if not reply.strip():
+        raise HerdError(f"{where}: {name} is empty")
+    return reply

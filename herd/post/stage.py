@@ -1,0 +1,201 @@
+"""What every post-training stage shares: its config fields, loading the starting model, and running the shared
+training loop (`herd.train.trainer.Trainer`) with the stage's loss, data and validation into a resumable run dir."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from herd.config_overrides import to_dict
+from herd.errors import HerdError
+from herd.post.lora import LoRAConfig, apply_lora, merge_lora, save_adapters
+from herd.tokenizer import Tokenizer
+from herd.train.checkpointing import CheckpointManager
+from herd.train.config import FaultConfig, OptimConfig
+from herd.train.distributed import pick_device
+from herd.train.metrics import MetricsLog, plot_curves, read_records
+from herd.train.pretrain import autocast_dtype_for, build_optimizer
+from herd.train.schedule import learning_rate
+from herd.train.trainer import Batch, LoopConfig, LoopState, LossFn, Trainer
+
+MANIFEST = "manifest.json"
+
+
+def fine_tuning_optim() -> OptimConfig:
+    """Llama 3's post-training optimizer: AdamW at LR 1e-5, a short warmup, cosine to 10%, no weight decay."""
+    return OptimConfig(lr=1e-5, warmup_steps=0, weight_decay=0.0)
+
+
+@dataclass
+class PostConfig:
+    """The fields every post-training stage has; each stage's config adds its data and loss settings."""
+
+    out_dir: str = "runs/post"
+    """Run directory: checkpoints, metrics.jsonl, curves.png, manifest.json, the final model."""
+    model: str = "tiny"
+    """The starting model: anything `herd.load` reads (a herd / HF / Meta directory or a preset)."""
+    steps: int = 1000
+    """Optimizer steps to train for."""
+    batch_size: int = 8
+    """Examples per micro-batch (packed rows for SFT, preference pairs for the reward model and DPO)."""
+    seq_len: int = 2048
+    """Tokens per row; longer examples are cut (and counted in the manifest)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    seed: int = 0
+    """Seeds the data order and any new weights."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1, ...; auto picks cuda when available."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Compute dtype: bfloat16 autocast (weights stay fp32) or float32; auto is bf16 on GPU, fp32 on CPU."""
+    optim: OptimConfig = field(default_factory=fine_tuning_optim)
+    """Optimizer and LR schedule (Llama 3's post-training defaults)."""
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    """NaN/Inf and loss-spike handling."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA adapters (lora.rank > 0) instead of training every weight."""
+    eval_interval: int = 0
+    """Validate every this many steps and at the end; 0 only at the end (when the stage has held-out data)."""
+    checkpoint_interval: int = 100
+    """Save a resume checkpoint every this many steps and at the end; 0 only at the end."""
+    keep_last: int = 2
+    """Resume checkpoints kept on disk."""
+    resume: bool = True
+    """Continue from out_dir's latest checkpoint when there is one; skip a run that finished with this config."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "keep_last"):
+            if getattr(self, name) < 1:
+                raise HerdError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_interval", "checkpoint_interval"):
+            if getattr(self, name) < 0:
+                raise HerdError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.optim.warmup_steps + self.optim.anneal_steps > self.steps:
+            raise HerdError(
+                f"optim.warmup_steps ({self.optim.warmup_steps}) + optim.anneal_steps ({self.optim.anneal_steps}) "
+                f"exceed steps ({self.steps}); lower them or raise steps"
+            )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir)
+
+
+@dataclass
+class PostResult:
+    """What a post-training stage produced."""
+
+    run_dir: Path
+    steps: int
+    final_loss: float | None
+    figures: dict[str, Any]
+    """The last validation figures and the stage's data counts."""
+    model_dir: Path | None
+
+
+def finished(config: PostConfig) -> PostResult | None:
+    """The result of a run of this exact config that already completed in out_dir, if any (then the stage skips)."""
+    path = config.run_dir / MANIFEST
+    if not (config.resume and path.is_file()):
+        return None
+    done = json.loads(path.read_text())
+    return _result(config.run_dir, done) if done.get("complete") and done.get("config") == to_dict(config) else None
+
+
+def load_start(config: PostConfig) -> tuple[nn.Module, Tokenizer, torch.device]:
+    """The starting model in fp32 on the configured device (with LoRA adapters when lora.rank > 0), its tokenizer
+    and the device."""
+    from herd.checkpoint import load
+
+    device = pick_device(config.device)
+    model, tok = load(config.model, device=device, dtype=torch.float32)
+    if config.lora.rank:
+        apply_lora(model, config.lora)
+    return model, tok, device
+
+
+def train_stage(
+    config: PostConfig,
+    stage: str,
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Iterator[Batch],
+    device: torch.device,
+    *,
+    evaluate: Callable[[], dict[str, float]] | None,
+    export: Callable[[Path], Path],
+    counts: dict[str, Any],
+) -> PostResult:
+    """Run the shared loop over `data` with `loss_fn` (resuming from the run dir), then `export(run_dir / "model")`
+    and write the manifest; `counts` (examples read, cut, ...) go into it."""
+    run_dir, started = config.run_dir, time.time()
+    model.train()
+    checkpoints = CheckpointManager(run_dir / "checkpoints", config.keep_last)
+    if not config.resume and checkpoints.latest() is not None:
+        raise HerdError(f"{run_dir} already holds checkpoints; pass a new out_dir, or resume=true to continue them")
+    loop = LoopConfig(
+        steps=config.steps,
+        lr_at=partial(learning_rate, peak=config.optim.lr, total=config.steps, warmup=config.optim.warmup_steps,
+                      floor_ratio=config.optim.min_lr_ratio, anneal=config.optim.anneal_steps),
+        accum_at=lambda step: config.grad_accum,
+        grad_clip=config.optim.grad_clip,
+        checkpoint_interval=config.checkpoint_interval,
+        eval_interval=(config.eval_interval or config.steps) if evaluate is not None else 0,
+        faults=config.faults,
+        progress=config.progress,
+    )
+    trainer = Trainer(
+        model, build_optimizer(model, config.optim, device), loss_fn, data, loop, MetricsLog(run_dir), device=device,
+        autocast_dtype=autocast_dtype_for(config.dtype, device), checkpoints=checkpoints,
+        run_info={"stage": stage, "config": to_dict(config)}, evaluate=evaluate,
+    )
+    if config.resume:
+        trainer.resume()
+    resumed_from = trainer.state.step
+    state = trainer.run()
+    model.eval()
+    model_dir = export(run_dir / "model")
+    return _finish(config, stage, state, resumed_from, started, model_dir, counts)
+
+
+def export_trained(model: nn.Module, config: PostConfig, save: Callable[[Path], Path], out: Path) -> Path:
+    """`save(out)` the trained model; with LoRA the adapters are first saved alone to out_dir/adapter, then merged
+    into the weights that `save` writes."""
+    if config.lora.rank:
+        save_adapters(model, config.lora, config.run_dir / "adapter")
+        merge_lora(model)
+    return save(out)
+
+
+def _finish(
+    config: PostConfig, stage: str, state: LoopState, resumed_from: int, started: float, model_dir: Path,
+    counts: dict[str, Any],
+) -> PostResult:
+    records = read_records(config.run_dir / "metrics.jsonl")
+    plot_curves(records, config.run_dir / "curves.png")
+    evals = [r for r in records if "loss" not in r]
+    figures = {**counts, **{k: v for k, v in (evals[-1] if evals else {}).items() if k != "step"}}
+    losses = [r["loss"] for r in records if "loss" in r]
+    manifest = {
+        "stage": stage, "complete": True, "config": to_dict(config), "duration_s": time.time() - started,
+        "train_seconds": state.train_seconds, "steps": state.step, "tokens": state.tokens,
+        "skipped_steps": state.skipped, "resumed_from_step": resumed_from,
+        "final_loss": losses[-1] if losses else None, "figures": figures, "model_dir": str(model_dir),
+    }
+    (config.run_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return _result(config.run_dir, manifest)
+
+
+def _result(run_dir: Path, manifest: dict[str, Any]) -> PostResult:
+    return PostResult(run_dir, manifest["steps"], manifest["final_loss"], manifest["figures"],
+                      Path(manifest["model_dir"]) if manifest["model_dir"] else None)
