@@ -167,6 +167,16 @@ def cmd_data_mix(args: argparse.Namespace) -> None:
     print(render_mix_report(run_mix(args.config)))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from herd.serve.scheduler import EngineConfig
+    from herd.serve.server import serve
+
+    serve(
+        args.model, args.host, args.port, args.api_key, engine_config=EngineConfig(max_running=args.max_running),
+        max_queue=args.max_queue, max_prompt_tokens=args.max_prompt_tokens, quantize=args.quantize,
+    )
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from herd.eval.runner import run_eval
 
@@ -255,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--seed", type=int, default=0, help="few-shot sampling seed")
     evaluate.set_defaults(run=cmd_eval)
+
+    serve = commands.add_parser("serve", help="an OpenAI-compatible server with a web chat at /")
+    serve.add_argument("--model", required=True, help="a Meta, HF or herd directory, a Hub id, or a preset name")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None, help="require this bearer key (401 otherwise)")
+    serve.add_argument("--max-running", type=int, default=32, help="requests decoding together")
+    serve.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    serve.add_argument("--max-prompt-tokens", type=int, default=None, help="longer prompts get 400")
+    serve.add_argument("--quantize", choices=("int8",), default=None, help="int8 weight-only linears")
+    serve.set_defaults(run=cmd_serve)
 
     info = commands.add_parser("info", help="describe a checkpoint or preset")
     info.add_argument("model")

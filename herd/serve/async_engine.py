@@ -1,0 +1,161 @@
+"""The engine behind an asyncio server: one background thread steps it; requests talk to it through queues.
+
+Commands (add, abort) go to the thread on a thread-safe queue; each group of requests gets its outputs on an
+asyncio queue of its own. Leaving the output iterator early (a client gone, a task cancelled) aborts what
+is left of the group, which frees its cache blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from herd.errors import HerdError
+from herd.serve.engine import Engine
+from herd.serve.metrics import ServerMetrics
+from herd.serve.request import RequestParams, StepOutput
+
+log = logging.getLogger(__name__)
+
+
+class EngineBusy(HerdError):
+    """The server holds as many requests as it accepts; the client should retry later."""
+
+
+class EngineFailed(RuntimeError):
+    """A step of the engine raised; the requests in it were dropped."""
+
+
+@dataclass
+class _Group:
+    loop: asyncio.AbstractEventLoop
+    outputs: asyncio.Queue
+    index: dict[str, int]
+    """Request id -> its position in the group."""
+
+
+class AsyncEngine:
+    """Runs `engine` in a thread; `submit` queues a group of requests (one per choice) and streams their outputs."""
+
+    def __init__(self, engine: Engine, *, max_pending: int, metrics: ServerMetrics | None = None) -> None:
+        self.engine = engine
+        self.max_pending = max_pending
+        """Most requests accepted at once (running plus waiting); beyond it `generate` raises EngineBusy."""
+        self.metrics = metrics
+        self.pending = 0
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._groups: dict[str, _Group] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="herd-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._commands.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def submit(self, requests: list[tuple[list[int], RequestParams]]) -> AsyncIterator[tuple[int, StepOutput]]:
+        """Queue a group of requests (HerdError if one cannot run, EngineBusy beyond the limit); iterate the
+        result for (index in `requests`, output) until all have finished. Leaving it early aborts the rest."""
+        for prompt, params in requests:
+            self.engine.check(prompt, params)
+        if self.pending + len(requests) > self.max_pending:
+            raise EngineBusy(f"the server is at its limit of {self.max_pending} requests; retry later")
+        group = _Group(asyncio.get_running_loop(), asyncio.Queue(), {})
+        with self._lock:
+            for i in range(len(requests)):
+                request_id = uuid.uuid4().hex
+                group.index[request_id] = i
+                self._groups[request_id] = group
+        self.pending += len(requests)
+        for request_id, (prompt, params) in zip(group.index, requests, strict=True):
+            self._commands.put(("add", request_id, prompt, params))
+            if self.metrics:
+                self.metrics.prompt_tokens.inc(len(prompt))
+        return self._outputs(group)
+
+    async def _outputs(self, group: _Group) -> AsyncIterator[tuple[int, StepOutput]]:
+        live = set(group.index)
+        start = time.perf_counter()
+        last = dict.fromkeys(live, start)
+        try:
+            while live:
+                out = await group.outputs.get()
+                if isinstance(out, BaseException):
+                    raise out
+                if out.finish_reason:
+                    live.discard(out.request_id)
+                if self.metrics:
+                    self.metrics.observe(out, first=last[out.request_id] == start, since=last[out.request_id])
+                last[out.request_id] = time.perf_counter()
+                yield group.index[out.request_id], out
+        finally:
+            self.pending -= len(group.index)
+            for request_id in live:
+                self._commands.put(("abort", request_id))
+                if self.metrics:
+                    self.metrics.finished.labels("abort").inc()
+            with self._lock:
+                for request_id in group.index:
+                    self._groups.pop(request_id, None)
+
+    def _run(self) -> None:
+        """The engine thread: apply commands (waiting for one when idle), step, hand out the outputs."""
+        while True:
+            try:
+                command = self._commands.get(block=not self.engine.has_unfinished())
+            except queue.Empty:
+                command = ()
+            while command != ():
+                if command is None:
+                    return
+                self._apply(command)
+                try:
+                    command = self._commands.get_nowait()
+                except queue.Empty:
+                    command = ()
+            if self.engine.has_unfinished():
+                try:
+                    outputs = self.engine.step()
+                except Exception as error:
+                    log.exception("engine step failed; dropping its requests")
+                    self._fail_all(EngineFailed(f"the engine failed: {error}"))
+                    continue
+                for out in outputs:
+                    self._deliver(out.request_id, out)
+
+    def _apply(self, command: tuple) -> None:
+        kind, request_id, *args = command
+        if kind == "abort":
+            self.engine.abort(request_id)
+            return
+        try:
+            self.engine.add_request(request_id, *args)
+        except HerdError as error:
+            self._deliver(request_id, error)
+
+    def _fail_all(self, error: Exception) -> None:
+        with self._lock:
+            request_ids = list(self._groups)
+        for request_id in request_ids:
+            self.engine.abort(request_id)
+            self._deliver(request_id, error)
+
+    def _deliver(self, request_id: str, item: StepOutput | Exception) -> None:
+        with self._lock:
+            group = self._groups.get(request_id)
+        if group is not None:
+            try:
+                group.loop.call_soon_threadsafe(group.outputs.put_nowait, item)
+            except RuntimeError:  # the server's loop is closed: nobody waits for it any more
+                pass

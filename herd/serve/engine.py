@@ -1,0 +1,140 @@
+"""The serving engine on token ids: requests join and leave the running batch at every `step`.
+
+Each step schedules decodes and prefill chunks (`Scheduler`), runs them through the model on the paged cache
+(`run_segments`), samples one token for every sequence whose known tokens are all computed, and reports it.
+The engine is synchronous and single-threaded; `AsyncEngine` drives it from a background thread.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from herd.errors import HerdError
+from herd.generation import TextStream, sample, token_logprobs
+from herd.model import Transformer
+from herd.serve.model_runner import Segment, run_segments
+from herd.serve.paged_cache import PagedKV
+from herd.serve.request import RequestParams, Sequence, StepOutput
+from herd.serve.scheduler import EngineConfig, Scheduler
+from herd.tokenizer import Tokenizer
+
+
+class Engine:
+    """Continuous batching over a paged KV cache with prefix caching and chunked prefill."""
+
+    def __init__(self, model: Transformer, tok: Tokenizer, config: EngineConfig | None = None) -> None:
+        self.model, self.tok = model, tok
+        self.config = config = config or EngineConfig()
+        tokens = min(config.kv_tokens, config.max_running * model.config.max_seq_len)
+        num_blocks = -(-tokens // config.block_size)
+        weight = model.tok_embeddings.weight
+        self.device = weight.device
+        self.kv = PagedKV(model.config, num_blocks, config.block_size, dtype=weight.dtype, device=weight.device)
+        self.scheduler = Scheduler(config, num_blocks)
+        self._sequences: dict[str, Sequence] = {}
+
+    @property
+    def capacity(self) -> int:
+        """Tokens the KV cache holds."""
+        return self.scheduler.pool.num_blocks * self.config.block_size
+
+    def check(self, prompt: list[int], params: RequestParams) -> None:
+        """Raise HerdError unless `prompt` with `params` can run (ids, context, cache size)."""
+        context = self.model.config.max_seq_len
+        if not prompt:
+            raise HerdError("the prompt is empty; give it at least one token")
+        if not 0 <= min(prompt) <= max(prompt) < self.model.config.vocab_size:
+            raise HerdError(f"the prompt has ids outside the model's vocabulary 0..{self.model.config.vocab_size - 1}")
+        total = len(prompt) + params.max_tokens
+        if total > min(context, self.capacity):
+            limit = "the model's context" if context <= self.capacity else "the KV cache"
+            raise HerdError(
+                f"the prompt's {len(prompt)} tokens plus max_tokens={params.max_tokens} make {total}, over "
+                f"{limit} of {min(context, self.capacity)} tokens; shorten the prompt or lower max_tokens"
+            )
+
+    def add_request(self, request_id: str, prompt: list[int], params: RequestParams) -> None:
+        """Queue a request; it joins the batch at a coming step."""
+        if request_id in self._sequences:
+            raise HerdError(f"request id {request_id!r} is already running; use a new id")
+        self.check(prompt, params)
+        seq = Sequence.create(request_id, prompt, params, TextStream(self.tok, params.stop), self.device)
+        self._sequences[request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> None:
+        """Drop a request (finished, unknown or cancelled alike) and free its cache blocks."""
+        seq = self._sequences.pop(request_id, None)
+        if seq is not None:
+            self.scheduler.remove(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._sequences)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def kv_usage(self) -> float:
+        """Fraction of the KV-cache blocks held by requests (cached prefixes nobody holds count as free)."""
+        return self.scheduler.pool.num_used / self.scheduler.pool.num_blocks
+
+    def step(self) -> list[StepOutput]:
+        """Run one batch step; one output per sequence that got a new token or finished."""
+        plan = self.scheduler.schedule()
+        segments = [
+            Segment(seq.tokens[seq.num_computed : seq.num_computed + n], seq.num_computed, seq.blocks, n == seq.pending)
+            for seq, n in plan
+        ]
+        ready, logits = run_segments(self.model, self.kv, segments)
+        for seq, n in plan:
+            self.scheduler.computed(seq, n)
+        return [] if logits is None else self._sample([plan[i][0] for i in ready], logits)
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[StepOutput]:
+        """Each sequence's next token from its logits row [B, vocab], with its own parameters and generator."""
+        greedy = [i for i, seq in enumerate(seqs) if seq.generator is None]
+        ids = torch.empty(len(seqs), dtype=torch.long, device=logits.device)
+        if greedy:
+            ids[greedy] = logits[greedy].float().argmax(dim=-1)
+        for i, seq in enumerate(seqs):
+            if seq.generator is not None:
+                ids[i] = sample(logits[i : i + 1], seq.params.sampling, seq.generator)[0]
+        want = [i for i, seq in enumerate(seqs) if seq.params.logprobs]
+        chosen: dict[int, float] = {}
+        top: dict[int, list[tuple[int, float]]] = {}
+        if want:
+            chosen = dict(zip(want, token_logprobs(logits[want], ids[want]).tolist(), strict=True))
+            most = max(seqs[i].params.top_logprobs for i in want)
+            if most:
+                values, indices = logits[want].float().log_softmax(-1).topk(most, dim=-1)
+                for row, i in enumerate(want):
+                    k = seqs[i].params.top_logprobs
+                    top[i] = list(zip(indices[row, :k].tolist(), values[row, :k].tolist(), strict=True))
+        return [self._advance(seq, token, chosen.get(i), top.get(i)) for i, (seq, token) in enumerate(
+            zip(seqs, ids.tolist(), strict=True))]
+
+    def _advance(
+        self, seq: Sequence, token: int, logprob: float | None, top: list[tuple[int, float]] | None
+    ) -> StepOutput:
+        """Append `token` to `seq` (unless it is a stop token) and end the sequence when it is done."""
+        params = seq.params
+        if token in self.tok.stop_ids or token in params.stop_token_ids:
+            return self._finish(seq, StepOutput(seq.request_id, None, seq.stream.close(), finish_reason="stop"))
+        seq.tokens.append(token)
+        out = StepOutput(seq.request_id, token, seq.stream.push(token), logprob, top)
+        if seq.stream.stopped:
+            out.finish_reason = "stop"
+        elif seq.num_generated >= params.max_tokens:
+            out.text += seq.stream.close()
+            out.finish_reason = "length"
+        return self._finish(seq, out) if out.finish_reason else out
+
+    def _finish(self, seq: Sequence, out: StepOutput) -> StepOutput:
+        self.abort(seq.request_id)
+        return out

@@ -1,0 +1,267 @@
+"""The OpenAI-compatible HTTP server (FastAPI + uvicorn) around `AsyncEngine`, and the web chat page at `/`.
+
+Routes: /v1/chat/completions, /v1/completions, /v1/models (behind the API key when one is set), /health,
+/metrics (Prometheus) and / (chat page). Errors are OpenAI-style bodies: 400 bad request, 401 bad key,
+404 unknown model, 429 full. A client that goes away cancels its generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+
+from herd.errors import HerdError
+from herd.model import Transformer
+from herd.serve.async_engine import AsyncEngine, EngineBusy, EngineFailed
+from herd.serve.engine import Engine
+from herd.serve.metrics import ServerMetrics
+from herd.serve.protocol import (
+    ChatCompletionRequest,
+    ChoiceLogprobs,
+    CompletionRequest,
+    SamplingFields,
+    envelope,
+    error_body,
+    usage,
+)
+from herd.serve.request import RequestParams, StepOutput
+from herd.serve.scheduler import EngineConfig
+from herd.tokenizer import Tokenizer
+
+try:
+    from fastapi import Depends, FastAPI, Header, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from prometheus_client import CONTENT_TYPE_LATEST
+    from starlette.exceptions import HTTPException
+except ImportError as error:  # pragma: no cover - depends on the install
+    raise ImportError(f"herd's server needs FastAPI, uvicorn and prometheus-client: pip install 'herd[serve]' ({error})")
+
+Outputs = AsyncIterator[tuple[int, StepOutput]]
+
+
+def create_app(
+    model: Transformer,
+    tok: Tokenizer,
+    *,
+    model_name: str = "herd",
+    api_key: str | None = None,
+    engine_config: EngineConfig | None = None,
+    max_queue: int = 64,
+    max_prompt_tokens: int | None = None,
+) -> FastAPI:
+    """The server app for one model. Requests beyond `engine_config.max_running` running plus `max_queue`
+    waiting get 429; prompts over `max_prompt_tokens` (default: the context less one) get 400."""
+    engine = Engine(model, tok, engine_config)
+    metrics = ServerMetrics(engine)
+    runner = AsyncEngine(engine, max_pending=engine.config.max_running + max_queue, metrics=metrics)
+    limit = min(model.config.max_seq_len, engine.capacity)
+    max_prompt = min(max_prompt_tokens or limit - 1, limit - 1)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        runner.start()
+        yield
+        runner.stop()
+
+    app = FastAPI(title="herd", lifespan=lifespan)
+    app.state.runner = runner
+    _add_error_handlers(app)
+
+    def authorize(authorization: str | None = Header(None)) -> None:
+        if api_key is not None and authorization != f"Bearer {api_key}":
+            raise HTTPException(401, "invalid or missing API key; send 'Authorization: Bearer <key>'")
+
+    async def complete(request: Request, body: SamplingFields, prompts: list[list[int]], chat: bool,
+                       logprobs: bool, top_logprobs: int, max_tokens: int | None) -> Response:
+        if body.model != model_name:
+            raise HTTPException(404, f"model {body.model!r} does not exist; this server serves {model_name!r}")
+        requests: list[tuple[list[int], RequestParams]] = []
+        for prompt in prompts:
+            if len(prompt) > max_prompt:
+                raise HerdError(f"the prompt has {len(prompt)} tokens, over this server's limit of {max_prompt}")
+            for _ in range(body.n):
+                params = body.params(max_tokens or limit - len(prompt), len(requests), logprobs, top_logprobs)
+                requests.append((prompt, params))
+        call = _Call(tok, model_name, chat, len(requests), sum(len(p) for p in prompts), logprobs)
+        outputs = runner.submit(requests)
+        if body.stream:
+            return StreamingResponse(call.stream(outputs, body.include_usage), media_type="text/event-stream")
+        return JSONResponse(await call.collect(request, outputs))
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        return await complete(request, body, [body.prompt(tok)], True, body.logprobs, body.top_logprobs or 0,
+                              max_tokens)
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    async def completions(request: Request, body: CompletionRequest) -> Response:
+        return await complete(request, body, body.prompts(tok), False, body.logprobs is not None,
+                              body.logprobs or 0, body.max_tokens)
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models() -> dict:
+        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "herd", "max_model_len": limit}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "running": engine.num_running, "waiting": engine.num_waiting,
+                "kv_cache_usage": engine.kv_usage}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    page = resources.files("herd.serve").joinpath("chat.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page() -> str:
+        return page.replace("{{MODEL}}", json.dumps(model_name))
+
+    return app
+
+
+def serve(
+    model_path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    *,
+    model_name: str | None = None,
+    engine_config: EngineConfig | None = None,
+    max_queue: int = 64,
+    max_prompt_tokens: int | None = None,
+    quantize: str | None = None,
+) -> None:
+    """Load `model_path` (anything `herd.load` takes) and serve it until interrupted (`herd serve`).
+
+    quantize="int8" serves int8 weight-only linears (per-channel scales)."""
+    import uvicorn
+
+    from herd.checkpoint import load
+
+    model, tok = load(model_path)
+    if quantize is not None:
+        from herd.serve.quantize import quantize_int8
+
+        if quantize != "int8":
+            raise HerdError(f"unknown quantization {quantize!r}; the choice is int8")
+        quantize_int8(model)
+    app = create_app(
+        model, tok, model_name=model_name or Path(str(model_path)).name, api_key=api_key,
+        engine_config=engine_config, max_queue=max_queue, max_prompt_tokens=max_prompt_tokens,
+    )
+    uvicorn.run(app, host=host, port=port)
+
+
+class _Call:
+    """One API call's choices: collected into a response body, or streamed as server-sent events."""
+
+    def __init__(self, tok: Tokenizer, model: str, chat: bool, choices: int, prompt_tokens: int,
+                 logprobs: bool) -> None:
+        self.tok, self.model, self.chat, self.logprobs = tok, model, chat, logprobs
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.kind = "chat.completion" if chat else "text_completion"
+        self.prompt_tokens = prompt_tokens
+        self.texts = [""] * choices
+        self.counts = [0] * choices
+
+    def _logprobs(self) -> ChoiceLogprobs | None:
+        return ChoiceLogprobs(self.tok) if self.logprobs else None
+
+    def _choice(self, index: int, text: str, logprobs: ChoiceLogprobs | None, reason: str | None, *,
+                delta: bool) -> dict:
+        shaped = None if logprobs is None else logprobs.chat() if self.chat else logprobs.completion()
+        choice: dict = {"index": index, "logprobs": shaped, "finish_reason": reason}
+        if not self.chat:
+            choice["text"] = text
+        elif delta:
+            choice["delta"] = {"content": text} if text else {}
+        else:
+            choice["message"] = {"role": "assistant", "content": text}
+        return choice
+
+    def _usage(self) -> dict:
+        return usage(self.prompt_tokens, sum(self.counts))
+
+    def _take(self, index: int, out: StepOutput, logprobs: ChoiceLogprobs | None) -> None:
+        if logprobs is not None:
+            logprobs.add(out, len(self.texts[index]))
+        self.texts[index] += out.text
+        self.counts[index] += out.token_id is not None
+
+    async def collect(self, request: Request, outputs: Outputs) -> dict:
+        """The whole response; cancels the generation if the client disconnects meanwhile."""
+        logprobs = [self._logprobs() for _ in self.texts]
+        reasons: list[str | None] = [None] * len(self.texts)
+
+        async def consume() -> None:
+            async for index, out in outputs:
+                self._take(index, out, logprobs[index])
+                reasons[index] = out.finish_reason or reasons[index]
+
+        task = asyncio.ensure_future(consume())
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.25)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()
+        await task
+        choices = [self._choice(i, text, logprobs[i], reasons[i], delta=False) for i, text in enumerate(self.texts)]
+        return envelope(self.kind, self.id, self.model, choices, self._usage())
+
+    async def stream(self, outputs: Outputs, include_usage: bool) -> AsyncIterator[str]:
+        """Server-sent events: one chunk per new piece of text (the last one with its finish reason)."""
+        kind = f"{self.kind}.chunk" if self.chat else self.kind
+        if self.chat:
+            for index in range(len(self.texts)):
+                first = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                         "finish_reason": None}
+                yield _event(envelope(kind, self.id, self.model, [first]))
+        try:
+            async for index, out in outputs:
+                logprobs = self._logprobs()
+                self._take(index, out, logprobs)
+                if out.text or out.finish_reason or out.logprob is not None:
+                    choice = self._choice(index, out.text, logprobs, out.finish_reason, delta=True)
+                    yield _event(envelope(kind, self.id, self.model, [choice]))
+        except EngineFailed as error:
+            yield _event(error_body(str(error), "server_error"))
+            return
+        if include_usage:
+            yield _event(envelope(kind, self.id, self.model, [], self._usage()))
+        yield "data: [DONE]\n\n"
+
+
+def _event(body: dict) -> str:
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as an OpenAI-style body: {"error": {"message", "type", "param", "code"}}."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(part) for part in first["loc"] if part != "body")
+        message = f"{where}: {first['msg']}" if where else first["msg"]
+        return JSONResponse(error_body(message, param=where or None), status_code=400)
+
+    @app.exception_handler(EngineBusy)
+    async def busy(_request: Request, error: EngineBusy) -> JSONResponse:
+        return JSONResponse(error_body(str(error), "rate_limit_error"), status_code=429)
+
+    @app.exception_handler(HerdError)
+    async def bad_request(_request: Request, error: HerdError) -> JSONResponse:
+        return JSONResponse(error_body(str(error)), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        kind = {401: "authentication_error", 404: "not_found_error"}.get(error.status_code, "invalid_request_error")
+        return JSONResponse(error_body(str(error.detail), kind), status_code=error.status_code)

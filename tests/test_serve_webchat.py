@@ -1,0 +1,106 @@
+"""The web chat page in headless Chromium, driven over W3C WebDriver (chromedriver) with plain HTTP calls."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import herd
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() or shutil.which("chromedriver") is None,
+    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)",
+)
+uvicorn = pytest.importorskip("uvicorn")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url():
+    from herd.serve.server import create_app
+
+    model, tok = herd.load("tiny")
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(model, tok, model_name="tiny"), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A WebDriver session on headless Chromium: a function (method, path, body) -> the call's value."""
+    port = _free_port()
+    driver = subprocess.Popen(["chromedriver", f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    http = httpx.Client(timeout=60)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if http.get(base + "/status").json()["value"]["ready"]:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "chromedriver did not start"
+        time.sleep(0.1)
+    options = {"binary": str(CHROMIUM), "args": ["--headless=new", "--no-sandbox", "--disable-gpu"]}
+    created = http.post(base + "/session", json={"capabilities": {"alwaysMatch": {"goog:chromeOptions": options}}})
+    session = f"{base}/session/{created.json()['value']['sessionId']}"
+
+    def call(method: str, path: str, body: dict | None = None):
+        response = http.request(method, session + path, json=body)
+        assert response.status_code == 200, response.text
+        return response.json()["value"]
+
+    yield call
+    http.delete(session)
+    driver.terminate()
+    driver.wait(timeout=10)
+
+
+def _element(browser, css: str) -> str:
+    found = browser("POST", "/element", {"using": "css selector", "value": css})
+    return next(iter(found.values()))
+
+
+def _wait_for(browser, script: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not (value := browser("POST", "/execute/sync", {"script": script, "args": []})):
+        assert time.monotonic() < deadline, f"timed out waiting for: {script}"
+        time.sleep(0.1)
+    return value
+
+
+def test_chat_page_streams_a_reply(url, browser):
+    browser("POST", "/url", {"url": url})
+    browser("POST", f"/element/{_element(browser, 'summary')}/click", {})  # open the settings
+    system = _element(browser, "#system")
+    browser("POST", f"/element/{system}/value", {"text": "You are terse."})
+    browser("POST", "/execute/sync", {"script": "document.getElementById('max_tokens').value = '12';", "args": []})
+    browser("POST", f"/element/{_element(browser, '#input')}/value", {"text": "Hello there"})
+    browser("POST", f"/element/{_element(browser, '#send')}/click", {})
+    assert _wait_for(browser, "return document.querySelector('.msg.user')?.textContent") == "Hello there"
+    # The reply streams in; when it ends the Send button is enabled again and the reply joins the history.
+    _wait_for(browser, "return !document.getElementById('send').disabled && dialog.length === 2")
+    reply = browser("POST", "/execute/sync", {"script": "return dialog[1].content", "args": []})
+    shown = browser("POST", "/execute/sync", {"script": "return document.querySelector('.msg.assistant').textContent",
+                                              "args": []})
+    assert reply and reply == shown
+    assert browser("POST", "/execute/sync", {"script": "return document.querySelector('.msg.error')", "args": []}) is None
