@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/herd generate --model tiny --prompt "The capital of France is" --max-new-tokens 24
+	$(VENV)/bin/herd speedrun --preset tiny --out runs/speedrun
 
 test: $(STAMP)
 	$(PY) -m pytest -q

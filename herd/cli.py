@@ -47,6 +47,14 @@ def _sampling(args: argparse.Namespace) -> dict:
     )
 
 
+def cmd_speedrun(args: argparse.Namespace) -> None:
+    from herd.speedrun import speedrun
+
+    report = speedrun(preset=args.preset, out=args.out, overrides=args.overrides)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"report card: {report}\nchat with the result: herd chat --model {report.parent / 'final'}")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     import herd
 
@@ -190,6 +198,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="herd", description="The whole Llama 3 system, PyTorch-native.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("speedrun", help="the whole Llama 3 recipe end to end on the embedded corpus")
+    run.add_argument("--preset", default="tiny", help="micro, tiny (2 CPU cores, <= 15 min), gpu, node")
+    run.add_argument("--out", default="runs/speedrun", help="the run directory (a rerun resumes or skips)")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. pretrain.steps=800 progress=false")
+    run.set_defaults(run=cmd_speedrun)
 
     gen = commands.add_parser("generate", help="complete a prompt")
     _add_model_args(gen)

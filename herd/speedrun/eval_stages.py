@@ -1,0 +1,117 @@
+"""Speedrun evaluation and the final model.
+
+`eval`: the base (annealed), SFT and DPO models on the synthetic benchmarks (base: 3-shot plain text; SFT / DPO:
+0-shot chat), the real benchmarks whose data is present under `data_dir`, and the reward model's mean score of the
+SFT and DPO models' greedy replies to held-out math prompts.
+`final`: the DPO model copied to RUN/final (`herd chat --model RUN/final`) with sample chat transcripts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from herd.errors import HerdError
+from herd.eval.evaluate import EvalOptions, evaluate_task
+from herd.eval.runner import write_records
+from herd.speedrun.tasks import SYNTHETIC
+
+MODELS = ("base", "sft", "dpo")
+STAGE_OF = {"base": "anneal", "sft": "sft", "dpo": "dpo"}
+
+
+def eval_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+    from herd.checkpoint import load
+    from herd.eval.tasks import get_task
+
+    data_dir = ctx.stage_dir("corpus") / "eval"
+    scores: dict[str, dict[str, Any]] = {}
+    for label in MODELS:
+        model, tok = load(ctx.outputs(STAGE_OF[label])["model"], device=ctx.device)
+        model.eval()
+        chat = label != "base"
+        tasks = [(cls(chat=chat), data_dir, s["limit"]) for cls in SYNTHETIC]
+        for name in s.get("real_tasks", []):
+            tasks.append((get_task(name), Path(s["data_dir"]), s["real_limit"]))
+        for task, where, limit in tasks:
+            try:
+                result, records = evaluate_task(model, tok, task, where, EvalOptions(chat=chat, limit=limit, seed=ctx.seed))
+            except (HerdError, FileNotFoundError):  # a real benchmark whose data is absent
+                continue
+            write_records(out / label / f"samples_{task.name}.jsonl", records)
+            scores.setdefault(task.name, {"metric": task.metric, "synthetic": task.name.startswith("synth_")})
+            scores[task.name][label] = result[task.metric]
+            scores[task.name]["n"] = result["n"]
+        del model
+    rewards = reply_rewards(ctx, s, data_dir, ctx.settings("final")["rm_prompts"])
+    (out / "scores.json").write_text(json.dumps({"scores": scores, "reward": rewards}, indent=1))
+    return {"scores": scores, "reward": rewards}
+
+
+@torch.no_grad()
+def reply_rewards(ctx: Any, s: dict[str, Any], data_dir: Path, n: int) -> dict[str, float]:
+    """Mean reward-model score of each chat model's greedy replies to the first `n` held-out math questions."""
+    from herd.checkpoint import load
+    from herd.generation import generate_tokens
+    from herd.post import load_reward_model
+
+    rm, _ = load_reward_model(ctx.outputs("rm")["model"], ctx.device)
+    rm.eval()
+    with (data_dir / "math.jsonl").open() as f:
+        questions = [json.loads(line)["question"] for line in f][:n]
+    out = {}
+    for label in ("sft", "dpo"):
+        model, tok = load(ctx.outputs(STAGE_OF[label])["model"], device=ctx.device)
+        model.eval()
+        prompts = [tok.encode_dialog([{"role": "user", "content": q}]) for q in questions]
+        results = generate_tokens(model, prompts, max_new_tokens=64, stop_ids=tok.stop_ids)
+        seqs = [p + r.tokens + [tok.eot_id] for p, r in zip(prompts, results)]
+        values = rm.score(seqs, 16, tok.eos_id)
+        out[label] = sum(values) / len(values)
+    return out
+
+
+TRANSCRIPT_PROMPTS = (
+    "What is 47 plus 38?",
+    "Ana has 64 shells and gives away 27. How many shells are left?",
+    "Complete this function:\ndef plus_5(x):\n    \"\"\"Return x plus 5.\"\"\"\n",
+    "Quelle est la capitale de {country}?",
+    "What is the capital of {country}?",
+    "Tell me a joke.",
+)
+
+
+def final_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+    """RUN/final: the DPO model, ready for `herd chat`; transcripts.jsonl holds sample conversations with it."""
+    from herd.checkpoint import load
+    from herd.generation import generate_tokens
+
+    final = ctx.run / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(ctx.outputs("dpo")["model"], final)
+    model, tok = load(final, device=ctx.device)
+    model.eval()
+    country = _a_country(ctx)
+    questions = [p.format(country=country) for p in TRANSCRIPT_PROMPTS][: s["transcripts"]]
+    prompts = [tok.encode_dialog([{"role": "user", "content": q}]) for q in questions]
+    with torch.no_grad():
+        results = generate_tokens(model, prompts, max_new_tokens=s["max_new_tokens"], stop_ids=tok.stop_ids)
+    transcripts = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": tok.decode(r.tokens)}]}
+                   for q, r in zip(questions, results)]
+    with (out / "transcripts.jsonl").open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in transcripts)
+    return {"model": str(final), "transcripts": transcripts}
+
+
+def _a_country(ctx: Any) -> str:
+    with (ctx.stage_dir("corpus") / "post" / "sft.jsonl").open() as f:
+        for line in f:
+            text = json.loads(line)["messages"][0]["content"]
+            if text.startswith("What is the capital of "):
+                return text.removeprefix("What is the capital of ").rstrip("?")
+    return "Kalo"

@@ -1,0 +1,61 @@
+"""Speedrun post-training stages: SFT on the corpus's chat dialogs, a reward model on its preference pairs,
+rejection sampling (the SFT policy's best of K replies by reward) and DPO from the SFT model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from herd.config_overrides import from_dict
+
+
+def _common(ctx: Any, out: Path, s: dict[str, Any], model: str) -> dict[str, Any]:
+    return {"out_dir": str(out), "model": model, "steps": s["steps"], "batch_size": s["batch_size"],
+            "seq_len": s["seq_len"], "seed": ctx.seed, "device": ctx.device, "progress": ctx.progress,
+            "optim": {"lr": s["lr"], "warmup_steps": min(10, s["steps"] // 5), "anneal_steps": 0},
+            "checkpoint_interval": max(s["steps"] // 2, 1), "keep_last": 1}
+
+
+def _outputs(result: Any) -> dict[str, Any]:
+    return {"model": str(result.model_dir), "steps": result.steps, "final_loss": result.final_loss,
+            "figures": result.figures, "metrics": str(result.run_dir / "metrics.jsonl")}
+
+
+def sft_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+    from herd.post import SFTConfig, sft
+
+    post = ctx.stage_dir("corpus") / "post"
+    config = from_dict(SFTConfig, {**_common(ctx, out, s, ctx.outputs("anneal")["model"]),
+                                   "data": str(post / "sft.jsonl"), "val_data": str(post / "sft_val.jsonl")})
+    return _outputs(sft(config))
+
+
+def rm_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+    from herd.post import RewardConfig, train_reward_model
+
+    post = ctx.stage_dir("corpus") / "post"
+    config = from_dict(RewardConfig, {**_common(ctx, out, s, ctx.outputs("sft")["model"]),
+                                      "data": str(post / "prefs.jsonl"), "val_data": str(post / "prefs_val.jsonl")})
+    return _outputs(train_reward_model(config))
+
+
+def rejection_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+    from herd.post import RejectionSamplingConfig, rejection_sample
+
+    config = from_dict(RejectionSamplingConfig, {
+        "out_dir": str(out), "policy": ctx.outputs("sft")["model"], "reward_model": ctx.outputs("rm")["model"],
+        "prompts": str(ctx.stage_dir("corpus") / "post" / "prompts.jsonl"), "seed": ctx.seed, "device": ctx.device,
+        "samples_per_prompt": s["samples_per_prompt"], "max_new_tokens": s["max_new_tokens"],
+        "temperature": s["temperature"], "batch_size": 32, "progress": ctx.progress,
+    })
+    done = rejection_sample(config)
+    return {k: done[k] for k in ("prompts", "samples", "mean_sample_reward", "mean_kept_reward", "output")}
+
+
+def dpo_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+    from herd.post import DPOConfig, dpo
+
+    post = ctx.stage_dir("corpus") / "post"
+    config = from_dict(DPOConfig, {**_common(ctx, out, s, ctx.outputs("sft")["model"]), "beta": s["beta"],
+                                   "data": str(post / "prefs.jsonl"), "val_data": str(post / "prefs_val.jsonl")})
+    return _outputs(dpo(config))

@@ -1,0 +1,203 @@
+"""The speedrun's report card: RUN/report.md plus curves.png (training loss and validation bits per byte)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from herd.speedrun.run import STAGES
+
+TOKEN_STAGES = {"pretrain", "anneal"}
+
+
+def write_report(ctx: Any, preset: str, wall_s: float) -> Path:
+    m = ctx.manifests
+    lines = [f"# herd speedrun report card: preset `{preset}`", ""]
+    total = sum(x["duration_s"] for x in m.values())
+    lines += [f"Stage time {total / 60:.1f} min in all (this invocation: {wall_s / 60:.1f} min wall, finished stages "
+              f"skipped). Device: `{ctx.device}`. Chat with the result: `herd chat --model {ctx.run / 'final'}`.", ""]
+    lines += _headline(ctx)
+    lines += ["## Stages", "", "| stage | time (s) | tokens | throughput | key metrics |", "|---|---:|---:|---:|---|"]
+    for name in STAGES:
+        lines.append(_stage_row(name, m[name]))
+    lines += [""]
+    curves = _plot_curves(ctx)
+    if curves:
+        lines += ["## Pretraining curves", "", f"![loss and validation bits per byte]({curves.name})", ""]
+    lines += _data_section(ctx) + _eval_section(ctx) + _transcripts(ctx)
+    path = ctx.run / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _stage_row(name: str, manifest: dict[str, Any]) -> str:
+    out, secs = manifest["outputs"], manifest["duration_s"]
+    tokens, rate, metrics = "", "", ""
+    if name in TOKEN_STAGES:
+        new = out.get("new_tokens", out["tokens"])
+        tokens = f"{new:,}"
+        rate = f"{new / max(secs, 1e-9):,.0f} tok/s"
+        metrics = f"loss {_fmt(out['final_loss'])}, val bpb {_fmt(out['final_val_bpb'])}"
+    elif name == "corpus":
+        metrics = f"{sum(out['bytes'].values()) / 1e6:.1f} MB, planted noise {sum(out['planted'].values())} docs"
+    elif name == "data":
+        metrics = "clean docs " + ", ".join(f"{k} {v}" for k, v in out["clean_docs"].items())
+    elif name == "tokenizer":
+        metrics = f"vocab {out['vocab_size']} + 256 special"
+    elif name == "tokenize":
+        n = sum(out["tokens"].values())
+        tokens, rate = f"{n:,}", f"{n / max(secs, 1e-9):,.0f} tok/s"
+        metrics = f"{sum(out['bytes'].values()) / max(n, 1):.2f} bytes/token"
+    elif name in ("sft", "rm", "dpo"):
+        figures = {k: v for k, v in out["figures"].items() if isinstance(v, (int, float))}
+        metrics = f"loss {_fmt(out['final_loss'])}; " + ", ".join(f"{k} {_fmt(v)}" for k, v in list(figures.items())[:4])
+    elif name == "rejection":
+        metrics = (f"{out['samples']} samples, mean reward {_fmt(out['mean_sample_reward'])} -> kept "
+                   f"{_fmt(out['mean_kept_reward'])}")
+    elif name == "eval":
+        metrics = f"{len(out['scores'])} tasks x 3 models"
+    return f"| {name} | {secs:.1f} | {tokens} | {rate} | {metrics} |"
+
+
+def unigram_bpb(ctx: Any) -> float | None:
+    """Bits per byte of the validation text under a unigram model of the training tokens (add-one smoothed)."""
+    tok = ctx.outputs("tokenize")
+    counts = None
+    for name, directory in tok["sources"].items():
+        c = _token_counts(Path(directory))
+        if name == "val":
+            val = c
+        else:
+            counts = c if counts is None else _add(counts, c)
+    if counts is None:
+        return None
+    size = max(len(counts), len(val))
+    counts, val = np.pad(counts, (0, size - len(counts))), np.pad(val, (0, size - len(val)))
+    logp = np.log2((counts + 1) / (counts.sum() + size))
+    return float(-(val * logp).sum() / max(tok["bytes"]["val"], 1) * _text_share(ctx))
+
+
+def _text_share(ctx: Any) -> float:
+    """val bytes of JSONL lines -> of the texts (the JSON quoting is not text): measured on the file."""
+    path = ctx.stage_dir("data") / "split" / "val.jsonl"
+    text = sum(len(json.loads(line)["text"].encode()) for line in path.open(encoding="utf-8"))
+    return path.stat().st_size / max(text, 1)
+
+
+def _token_counts(directory: Path) -> np.ndarray:
+    dtype = json.loads((directory / "manifest.json").read_text())["dtype"]
+    ids = np.concatenate([np.fromfile(p, dtype=dtype) for p in sorted(directory.glob("*.bin"))] or [np.zeros(0, int)])
+    return np.bincount(ids.astype(np.int64))
+
+
+def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    size = max(len(a), len(b))
+    return np.pad(a, (0, size - len(a))) + np.pad(b, (0, size - len(b)))
+
+
+def _headline(ctx: Any) -> list[str]:
+    anneal = ctx.outputs("anneal")
+    base = unigram_bpb(ctx)
+    ev = ctx.outputs("eval")
+    scores, reward = ev["scores"], ev["reward"]
+    math_row = scores.get("synth_math", {})
+    lines = ["## Headline", ""]
+    lines.append(f"- Validation bits per byte after annealing: **{_fmt(anneal['final_val_bpb'])}** vs a unigram "
+                 f"baseline of {_fmt(base)} (pretraining alone: {_fmt(ctx.outputs('pretrain')['final_val_bpb'])}).")
+    lines.append(f"- Synthetic math (exact match): base {_pct(math_row.get('base'))} -> SFT {_pct(math_row.get('sft'))}"
+                 f" -> DPO {_pct(math_row.get('dpo'))}.")
+    lines.append(f"- Reward-model score of greedy replies to held-out math prompts: SFT {_fmt(reward.get('sft'))} -> "
+                 f"DPO {_fmt(reward.get('dpo'))}.")
+    return lines + [""]
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _plot_curves(ctx: Any) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = []
+    for name in ("pretrain", "anneal"):
+        path = Path(ctx.outputs(name)["metrics"])
+        if path.is_file():
+            records += [dict(json.loads(line), phase=name) for line in path.open() if line.strip()]
+    if not records:
+        return None
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for phase, color in (("pretrain", "C0"), ("anneal", "C1")):
+        train = [(r["step"], r["loss"]) for r in records if r["phase"] == phase and "loss" in r and "step" in r]
+        val = [(r["step"], r["val_bpb"]) for r in records if r["phase"] == phase and "val_bpb" in r and "step" in r]
+        if train:
+            a.plot(*zip(*train), color=color, label=f"{phase} train loss")
+        if val:
+            b.plot(*zip(*val), "o-", color=color, label=f"{phase} val bpb")
+    base = unigram_bpb(ctx)
+    if base:
+        b.axhline(base, color="gray", linestyle="--", label="unigram baseline")
+    a.set(xlabel="step", ylabel="loss (nats/token)", title="training loss")
+    b.set(xlabel="step", ylabel="bits per byte", title="validation bits per byte")
+    a.legend(), b.legend()
+    fig.tight_layout()
+    path = ctx.run / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _data_section(ctx: Any) -> list[str]:
+    out = ctx.outputs("data")
+    lines = ["## What the data pipelines removed", "",
+             "| domain | stage | docs in | docs out | dropped (reason: docs) |", "|---|---|---:|---:|---|"]
+    for domain, path in out["stats"].items():
+        stats = json.loads(Path(path).read_text())
+        for st in stats["stages"]:
+            if st["name"] == "read":
+                continue
+            dropped = ", ".join(f"{k}: {v}" for k, v in st["dropped"].items()) or "-"
+            mod = f" (modified {st['modified']})" if st.get("modified") else ""
+            lines.append(f"| {domain} | {st['name']}{mod} | {st['docs_in']:,} | {st['docs_out']:,} | {dropped} |")
+    planted = ctx.outputs("corpus")["planted"]
+    left = out.get("planted_left", {})
+    lines += ["", "Planted noise in the corpus and what survived the pipelines (dedup keeps the first copy of each "
+              "duplicate group, which may be the planted copy: duplicates removed are the dedup rows above):", "",
+              "| planted kind | docs planted | docs left | removed |", "|---|---:|---:|---:|"]
+    for kind, n in planted.items():
+        lines.append(f"| {kind} | {n} | {left.get(kind, 0)} | {_pct(1 - left.get(kind, 0) / n)} |")
+    return lines + [""]
+
+
+def _eval_section(ctx: Any) -> list[str]:
+    ev = ctx.outputs("eval")
+    lines = ["## Evaluation", "",
+             "Base: 3-shot plain text (knowledge 0-shot); SFT and DPO: 0-shot chat. Synthetic tasks are held out from "
+             "training (see herd/speedrun/tasks.py).", "",
+             "| benchmark | metric | n | base | SFT | DPO |", "|---|---|---:|---:|---:|---:|"]
+    for name, row in ev["scores"].items():
+        label = name if row.get("synthetic") else f"{name} (real, local data)"
+        lines.append(f"| {label} | {row['metric']} | {row.get('n', '-')} | "
+                     + " | ".join(_pct(row.get(k)) for k in ("base", "sft", "dpo")) + " |")
+    r = ev["reward"]
+    lines += ["", f"Reward model, mean score of greedy replies to held-out math prompts: SFT {_fmt(r.get('sft'))}, "
+              f"DPO {_fmt(r.get('dpo'))}.", ""]
+    return lines
+
+
+def _transcripts(ctx: Any) -> list[str]:
+    lines = ["## Sample chat transcripts (RUN/final, greedy)", ""]
+    for t in ctx.outputs("final")["transcripts"]:
+        user, reply = t["messages"][0]["content"], t["messages"][1]["content"]
+        lines += ["```", f"user: {user.strip()}", f"assistant: {reply.strip()}", "```", ""]
+    return lines

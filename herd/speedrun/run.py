@@ -1,0 +1,88 @@
+"""The speedrun's driver: stages in order, each in its own RUN/NN-name directory with a `speedrun.json` manifest
+(stage, config, duration, outputs). A stage whose manifest is complete with the same config chain is skipped;
+an interrupted one runs again and its library function resumes from what is on disk (pipeline shards,
+token shards, training checkpoints)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from herd.speedrun import data_stages, eval_stages, post_stages, train_stages
+
+MANIFEST = "speedrun.json"
+StageFn = Callable[[Any, Path, dict[str, Any]], dict[str, Any]]
+STAGES: dict[str, StageFn] = {
+    "corpus": data_stages.corpus_stage,
+    "data": data_stages.data_stage,
+    "tokenizer": data_stages.tokenizer_stage,
+    "tokenize": data_stages.tokenize_stage,
+    "pretrain": train_stages.pretrain_stage,
+    "anneal": train_stages.anneal_stage,
+    "sft": post_stages.sft_stage,
+    "rm": post_stages.rm_stage,
+    "rejection": post_stages.rejection_stage,
+    "dpo": post_stages.dpo_stage,
+    "eval": eval_stages.eval_stage,
+    "final": eval_stages.final_stage,
+}
+
+
+@dataclass
+class RunContext:
+    run: Path
+    config: dict[str, Any]
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+    @property
+    def device(self) -> str:
+        return self.config["device"]
+
+    @property
+    def progress(self) -> bool:
+        return bool(self.config.get("progress", True))
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run / f"{list(STAGES).index(name) + 1:02d}-{name}"
+
+    def settings(self, name: str) -> dict[str, Any]:
+        return self.config.get(name, {})
+
+    def outputs(self, name: str) -> dict[str, Any]:
+        return self.manifests[name]["outputs"]
+
+
+def run_stages(ctx: RunContext, log: Callable[[str], None] = print) -> None:
+    chain = ""
+    for name, fn in STAGES.items():
+        settings = ctx.settings(name)
+        chain = hashlib.sha256(json.dumps([chain, name, settings, ctx.seed, ctx.device], sort_keys=True).encode()).hexdigest()
+        out = ctx.stage_dir(name)
+        path = out / MANIFEST
+        if path.is_file():
+            done = json.loads(path.read_text())
+            if done.get("complete") and done.get("chain") == chain:
+                ctx.manifests[name] = done
+                log(f"[speedrun] {name}: done already ({path}), skipped")
+                continue
+        log(f"[speedrun] {name}: running in {out}")
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        outputs = fn(ctx, out, settings)
+        manifest = {"stage": name, "complete": True, "chain": chain, "config": settings, "seed": ctx.seed,
+                    "device": ctx.device, "started": started, "duration_s": time.time() - started, "outputs": outputs}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1, default=str))
+        os.replace(tmp, path)
+        ctx.manifests[name] = manifest
+        log(f"[speedrun] {name}: finished in {manifest['duration_s']:.1f}s")

@@ -1,0 +1,86 @@
+"""herd speedrun: presets build valid stage configs; the micro preset runs the whole spine, skips on rerun."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from herd.config_overrides import from_dict
+from herd.errors import HerdError
+from herd.model import ModelConfig, preset
+from herd.speedrun import PRESETS, STAGES, preset_config, speedrun
+from herd.speedrun.run import RunContext
+from herd.speedrun.train_stages import pretrain_config
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_construct_valid_configs(name, tmp_path):
+    config = preset_config(name)
+    ctx = RunContext(tmp_path, config)
+    sources = {d: str(tmp_path / d) for d in ("web", "math", "multilingual", "code", "val")}
+    ctx.manifests["tokenize"] = {"outputs": {"sources": sources}}
+    pretrain = pretrain_config(ctx, tmp_path / "p", config["pretrain"], steps=config["pretrain"]["steps"])
+    model = from_dict(ModelConfig, {**config["pretrain"]["model"], "vocab_size": config["tokenizer"]["vocab_size"] + 256},
+                      base=preset("tiny"))
+    assert pretrain.seq_len <= model.max_seq_len and model.dim % model.n_heads == 0
+    anneal = pretrain_config(ctx, tmp_path / "a", config["pretrain"], steps=pretrain.steps + config["anneal"]["steps"],
+                             anneal=config["anneal"]["steps"])
+    assert anneal.optim.anneal_steps == config["anneal"]["steps"]
+
+
+def test_bad_preset_and_override():
+    with pytest.raises(HerdError, match="choose from: micro, tiny, gpu, node"):
+        preset_config("huge")
+    with pytest.raises(HerdError, match="stage.key=value"):
+        preset_config("tiny", ["pretrain.stepz=3"])
+    assert preset_config("tiny", ["pretrain.steps=7"])["pretrain"]["steps"] == 7
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("speedrun") / "run"
+    report = speedrun("micro", out, ["progress=false"])
+    return out, report
+
+
+def test_micro_spine_manifests_and_report(micro_run):
+    out, report = micro_run
+    for i, name in enumerate(STAGES, start=1):
+        manifest = json.loads((out / f"{i:02d}-{name}" / "speedrun.json").read_text())
+        assert manifest["complete"] and manifest["stage"] == name and manifest["duration_s"] >= 0
+    text = report.read_text()
+    for section in ("## Headline", "## Stages", "## Pretraining curves", "## What the data pipelines removed",
+                    "## Evaluation", "## Sample chat transcripts", "synth_math", "unigram baseline"):
+        assert section in text
+    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "final" / "config.json").is_file() or any((out / "final").iterdir())
+    anneal = json.loads((out / "06-anneal" / "speedrun.json").read_text())["outputs"]
+    assert anneal["steps"] == PRESETS["micro"]["pretrain"]["steps"] + PRESETS["micro"]["anneal"]["steps"]
+    assert anneal["new_tokens"] > 0  # the anneal continued pretraining's checkpoint, not a fresh run
+
+
+def test_final_model_loads_and_chats(micro_run):
+    import herd
+
+    out, _ = micro_run
+    model, tok = herd.load(str(out / "final"))
+    ids = tok.encode_dialog([{"role": "user", "content": "What is 2 plus 3?"}])
+    assert model(__import__("torch").tensor([ids])).shape[-1] >= tok.n_words
+
+
+def test_rerun_skips_every_stage(micro_run):
+    out, _ = micro_run
+    logs: list[str] = []
+    started = time.time()
+    speedrun("micro", out, ["progress=false"], log=logs.append)
+    assert time.time() - started < 20
+    assert sum("skipped" in line for line in logs) == len(STAGES)
+
+
+def test_changed_stage_reruns_it_and_what_follows(micro_run, tmp_path):
+    out, _ = micro_run
+    logs: list[str] = []
+    speedrun("micro", out, ["progress=false", "final.transcripts=1"], log=logs.append)
+    ran = [line.split()[1].rstrip(":") for line in logs if "running in" in line]
+    assert ran == ["final"]
