@@ -185,6 +185,32 @@ def cmd_serve(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_guard(args: argparse.Namespace) -> None:
+    from herd.safety.llama_guard import guard
+
+    if args.conversation:
+        from pathlib import Path
+
+        try:
+            conversation = json.loads(Path(args.conversation).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise HerdError(f"cannot read the conversation file {args.conversation}: {error}") from None
+    else:
+        conversation = args.text
+    categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
+    verdict = guard(args.model, conversation, role=args.role, categories=categories, threshold=args.threshold)
+    print(json.dumps(verdict, indent=2, default=str))
+
+
+def cmd_codeshield(args: argparse.Namespace) -> None:
+    from herd.safety.codeshield import scan_file
+
+    result = scan_file(args.file, args.language)
+    print(json.dumps(result, indent=2))
+    if result["verdict"] == "BLOCK":
+        sys.exit(1)
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from herd.eval.runner import run_eval
 
@@ -290,6 +316,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-prompt-tokens", type=int, default=None, help="longer prompts get 400")
     serve.add_argument("--quantize", choices=("int8",), default=None, help="int8 weight-only linears")
     serve.set_defaults(run=cmd_serve)
+
+    guard = commands.add_parser("guard", help="moderate a text or conversation with a Llama Guard 2 model")
+    guard.add_argument("--model", required=True, help="a Llama Guard 2 checkpoint or a guard herd trained")
+    source = guard.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="one message to judge")
+    source.add_argument("--conversation", help="a JSON file: [{role, content}, ...]")
+    guard.add_argument("--role", choices=("User", "Agent"), default="User", help="whose last message is judged")
+    guard.add_argument("--categories", default=None, help='e.g. S1,S9,"Gambling: betting" (default: S1-S11)')
+    guard.add_argument("--threshold", type=float, default=0.5, help="unsafe when P(unsafe) >= this")
+    guard.set_defaults(run=cmd_guard)
+
+    shield = commands.add_parser("codeshield", help="scan code for insecure patterns (exit 1 on BLOCK)")
+    shield.add_argument("file", help="a source file, or - for stdin")
+    shield.add_argument("--language", default=None, help="python, c, cpp, java, javascript, php, rust, ...")
+    shield.set_defaults(run=cmd_codeshield)
 
     info = commands.add_parser("info", help="describe a checkpoint or preset")
     info.add_argument("model")
