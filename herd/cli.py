@@ -120,6 +120,8 @@ CONFIG_STAGES = {
         "sample K replies per prompt, keep the best by reward as SFT data",
     ),
     "dpo": ("herd.post", "dpo:DPOConfig", "dpo:dpo", "direct preference optimisation (Meta's variant)"),
+    "ppo": ("herd.post", "ppo:PPOConfig", "ppo:ppo", "PPO: policy + value on a reward model or a verifiable reward"),
+    "grpo": ("herd.post", "grpo:GRPOConfig", "grpo:grpo", "group-baseline RL on verifiable rewards (e.g. arithmetic)"),
 }
 
 
