@@ -16,7 +16,7 @@ run: $(STAMP)
 	$(VENV)/bin/herd speedrun --preset tiny --out runs/speedrun
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 bench: $(STAMP)
 	$(PY) benchmarks/decode_cpu.py

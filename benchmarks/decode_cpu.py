@@ -7,7 +7,7 @@ Both models hold the same random weights (herd -> HF through herd.checkpoint's H
 one-time compile is reported apart). Prefill rate = prompt tokens / time of a 1-token generation; decode
 rate = (N - 1) / (time of an N-token generation - that). The bound: each decoded token reads every linear
 weight and the output head once; it is taken against two bandwidths measured here on one weight of the same
-total size: a plain torch matmul of one row (`F.linear`) and a plain streaming read (`sum`).
+total size: a plain torch matmul of one row (`F.linear`) and a plain streaming read (an int32 `amax`).
 Run from the repo root: `python benchmarks/decode_cpu.py` (about 6 minutes on 2 idle cores).
 """
 
@@ -26,12 +26,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import LlamaForCausalLM  # noqa: E402
+from transformers import LlamaForCausalLM
 
-import herd.checkpoint as ckpt  # noqa: E402
-from herd.generation import generate_tokens  # noqa: E402
-from herd.model import Transformer, build_model, preset  # noqa: E402
-from herd.tokenizer import Tokenizer, default_tokenizer_path  # noqa: E402
+import herd.checkpoint as ckpt
+from herd.generation import generate_tokens
+from herd.model import Transformer, build_model, preset
+from herd.tokenizer import Tokenizer, default_tokenizer_path
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -53,8 +53,47 @@ def bandwidths(nbytes: int, dim: int, dtype: torch.dtype, runs: int) -> tuple[fl
     weight = torch.randn(nbytes // (dim * dtype.itemsize), dim).to(dtype)
     row = torch.randn(1, dim, dtype=dtype)
     matmul = statistics.median(seconds(lambda: F.linear(row, weight)) for _ in range(runs + 1))
-    read = statistics.median(seconds(weight.sum) for _ in range(runs + 1))
+    words = weight.view(torch.int32)
+    read = statistics.median(seconds(words.amax) for _ in range(runs + 1))
     return nbytes / matmul, nbytes / read
+
+
+def compare(hf_dir: str, dtype_name: str, prompt: list[int], n: int, runs: int) -> list[str]:
+    """Table rows for one dtype: herd eager, herd compiled and HF, timed interleaved."""
+    dtype, config = DTYPES[dtype_name], preset("llama3-125m")
+    model = build_model(config, dtype=dtype).eval()
+    model.init_weights(0)
+    hf = LlamaForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
+    ids = torch.tensor([prompt])
+
+    def herd_run(tokens: int, compile: bool) -> float:
+        return seconds(lambda: generate_tokens(model, [prompt], max_new_tokens=tokens, compile=compile))
+
+    def hf_run(tokens: int) -> float:
+        with torch.inference_mode():
+            return seconds(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                               max_new_tokens=tokens, min_new_tokens=tokens))
+
+    engines = {"herd": lambda t: herd_run(t, False), "herd compiled": lambda t: herd_run(t, True),
+               "HF transformers": hf_run}
+    compile_s = herd_run(n, True)  # compiles the decode step (once per model and batch size)
+    for run in engines.values():
+        run(n)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
+    for _ in range(runs):
+        for name, run in engines.items():  # interleaved, so background load hits all alike
+            times[name].append((run(1), run(n)))
+    nbytes = weight_bytes_per_token(model)
+    matmul_bw, read_bw = bandwidths(nbytes, config.dim, dtype, runs)
+    rates = {name: (len(prompt) / statistics.median(first for first, _ in t),
+                    (n - 1) / statistics.median(full - first for first, full in t)) for name, t in times.items()}
+    hf_decode = rates["HF transformers"][1]
+    rows = [f"{dtype_name:5} {name:15} {prefill:13.0f} {decode:12.1f} {decode / hf_decode:5.2f}x "
+            f"{decode * nbytes / matmul_bw:15.0%} {decode * nbytes / read_bw:13.0%}"
+            for name, (prefill, decode) in rates.items()]
+    rows.append(f"{dtype_name:5} weights read per token {nbytes / 1e6:.0f} MB; matmul {matmul_bw / 1e9:.1f} GB/s, "
+                f"read {read_bw / 1e9:.1f} GB/s; compiling herd's decode step took {compile_s:.0f} s")
+    return rows
 
 
 def main() -> None:
@@ -64,59 +103,19 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--dtypes", default="fp32,bf16")
     args = parser.parse_args()
-    n, runs = args.new_tokens, args.runs
-    config = preset("llama3-125m")
     prompt = torch.randint(0, 128000, (args.prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
-    ids = torch.tensor([prompt])
-    print(f"llama3-125m, batch 1, prompt {args.prompt_len}, decode {n}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, median of {runs} runs")
-    header = f"{'dtype':5} {'engine':15} {'prefill tok/s':>13} {'decode tok/s':>12} {'vs HF':>6} " \
-             f"{'of matmul bound':>15} {'of read bound':>13}"
+    print(f"llama3-125m, batch 1, prompt {args.prompt_len}, decode {args.new_tokens}, {torch.get_num_threads()} "
+          f"threads, torch {torch.__version__}, median of {args.runs} runs")
     rows = []
     with tempfile.TemporaryDirectory() as hf_dir:
-        reference = build_model(config)
+        reference = build_model(preset("llama3-125m"))
         reference.init_weights(0)
         ckpt.save(reference, Tokenizer(default_tokenizer_path()), hf_dir, format="hf")
         del reference
         for dtype_name in args.dtypes.split(","):
-            dtype = DTYPES[dtype_name]
-            model = build_model(config, dtype=dtype).eval()
-            model.init_weights(0)
-            hf = LlamaForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
-
-            def herd_run(tokens: int, compile: bool) -> float:  # noqa: A002
-                return seconds(lambda: generate_tokens(model, [prompt], max_new_tokens=tokens, compile=compile))
-
-            def hf_run(tokens: int) -> float:
-                with torch.inference_mode():
-                    return seconds(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                                       max_new_tokens=tokens, min_new_tokens=tokens))
-
-            engines = {
-                "herd": lambda t: herd_run(t, False),
-                "herd compiled": lambda t: herd_run(t, True),
-                "HF transformers": hf_run,
-            }
-            compile_s = herd_run(n, True)  # compiles the decode step (once per model and cache shape)
-            for run in engines.values():
-                run(n)
-            times: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
-            for _ in range(runs):
-                for name, run in engines.items():  # interleaved, so background load hits all alike
-                    first, full = run(1), run(n)
-                    times[name].append((first, full))
-            nbytes = weight_bytes_per_token(model)
-            matmul_bw, read_bw = bandwidths(nbytes, config.dim, dtype, runs)
-            rates = {name: (args.prompt_len / statistics.median(f for f, _ in t),
-                            (n - 1) / statistics.median(full - f for f, full in t)) for name, t in times.items()}
-            hf_decode = rates["HF transformers"][1]
-            for name, (prefill, decode) in rates.items():
-                rows.append(f"{dtype_name:5} {name:15} {prefill:13.0f} {decode:12.1f} {decode / hf_decode:5.2f}x "
-                            f"{decode * nbytes / matmul_bw:15.0%} {decode * nbytes / read_bw:13.0%}")
-            rows.append(f"{dtype_name:5} weights read per token {nbytes / 1e6:.0f} MB; matmul {matmul_bw / 1e9:.1f} GB/s, "
-                        f"read {read_bw / 1e9:.1f} GB/s; compiling herd's decode step took {compile_s:.0f} s")
-            del model, hf
-    print(header)
+            rows += compare(hf_dir, dtype_name, prompt, args.new_tokens, args.runs)
+    print(f"{'dtype':5} {'engine':15} {'prefill tok/s':>13} {'decode tok/s':>12} {'vs HF':>6} "
+          f"{'of matmul bound':>15} {'of read bound':>13}")
     print("\n".join(rows))
 
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from herd.generation import generate_tokens  # noqa: E402
-from herd.model import Transformer, build_model, preset  # noqa: E402
+from herd.generation import generate_tokens
+from herd.model import Transformer, build_model, preset
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -54,10 +54,9 @@ def random_model(name: str, device: torch.device, dtype: torch.dtype) -> Transfo
 def bandwidths(device: torch.device, dtype: torch.dtype, dim: int, runs: int) -> tuple[float, float]:
     """Bytes/s of a device-to-device copy (read + write) and of a one-row matmul, each over 2 GiB."""
     nbytes = 2 << 30 if device.type == "cuda" else 256 << 20
-    source = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    target = torch.empty_like(source)
-    copy = statistics.median(seconds(lambda: target.copy_(source), device) for _ in range(runs + 1))
-    del source, target
+    buffers = torch.empty(2, nbytes, dtype=torch.uint8, device=device)
+    copy = statistics.median(seconds(lambda: buffers[1].copy_(buffers[0]), device) for _ in range(runs + 1))
+    buffers = None  # free it before the matmul's weight
     weight = torch.randn(nbytes // (dim * dtype.itemsize), dim, device=device, dtype=dtype)
     row = torch.randn(1, dim, device=device, dtype=dtype)
     matmul = statistics.median(seconds(lambda: F.linear(row, weight), device) for _ in range(runs + 1))
@@ -83,8 +82,8 @@ def main() -> None:
           f"median of {args.runs} runs; torch {torch.__version__}")
 
     rates = {}
-    for label, compile in (("herd eager", False), ("herd compiled", True)):  # noqa: A001
-        def run(tokens: int, compile: bool = compile) -> float:  # noqa: A002
+    for label, compile in (("herd eager", False), ("herd compiled", True)):
+        def run(tokens: int, compile: bool = compile) -> float:
             return seconds(lambda: generate_tokens(model, [prompt], max_new_tokens=tokens, compile=compile), device)
 
         warmup = run(n)  # compiles and records the CUDA graph on the compiled pass

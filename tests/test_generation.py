@@ -137,7 +137,7 @@ def test_greedy_equals_hf_generate(hf_pair):
 
 def test_seeded_sampling_is_reproducible(model):
     prompts = prompts_of([4, 8], seed=6)
-    options = dict(max_new_tokens=16, temperature=1.0, top_p=0.95)
+    options = {"max_new_tokens": 16, "temperature": 1.0, "top_p": 0.95}
     first = generate_tokens(model, prompts, seed=11, **options)
     again = generate_tokens(model, prompts, seed=11, **options)
     other = generate_tokens(model, prompts, seed=12, **options)
@@ -145,7 +145,7 @@ def test_seeded_sampling_is_reproducible(model):
     assert [r.tokens for r in first] != [r.tokens for r in other]
 
 
-@pytest.mark.parametrize("options", [dict(top_k=1), dict(top_p=1e-6), dict(top_k=5, top_p=1e-6)])
+@pytest.mark.parametrize("options", [{"top_k": 1}, {"top_p": 1e-6}, {"top_k": 5, "top_p": 1e-6}])
 def test_narrowest_sampling_equals_greedy(model, options):
     prompts = prompts_of([3, 10], seed=7)
     greedy = generate_tokens(model, prompts, max_new_tokens=16)
@@ -175,8 +175,8 @@ def test_sample_frequencies_follow_the_filtered_distribution():
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [(dict(temperature=-1.0), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_k=-2), "top_k"),
-     (dict(max_new_tokens=-1), "max_new_tokens")],
+    [({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_k": -2}, "top_k"),
+     ({"max_new_tokens": -1}, "max_new_tokens"), ({"check_every": -1}, "check_every")],
 )
 def test_bad_options_are_clear(model, options, message):
     with pytest.raises(HerdError, match=message):

@@ -17,7 +17,7 @@ Step = Callable[[torch.Tensor], torch.Tensor]
 """ids [B, 1] -> next-token logits [B, vocab], appending the ids to the cache."""
 
 
-def make_decode_step(model: Transformer, cache: KVCache, compile: bool) -> Step:  # noqa: A002 - as in torch
+def make_decode_step(model: Transformer, cache: KVCache, compile: bool) -> Step:
     """The step for `model` writing into `cache` (already prefilled), compiled or not."""
     if not compile:
         # Eager: the cached forward attends to the filled slots only.
@@ -54,8 +54,8 @@ def _cpu_inductor(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) 
     On CPUs inductor's vectorised reductions stream the weights at memory speed, about twice what the BLAS
     matrix-vector product reaches, and one-query attention skips the flash kernel's blocking set-up.
     """
-    from torch._inductor.compile_fx import compile_fx  # noqa: PLC0415 - takes seconds, only for compile=True
-    from torch._inductor.decomposition import select_decomp_table  # noqa: PLC0415
+    from torch._inductor.compile_fx import compile_fx  # takes seconds: only for compile=True
+    from torch._inductor.decomposition import select_decomp_table
 
     table = dict(select_decomp_table())
     table[torch.ops.aten.mm.default] = _rowvec_matmul
@@ -65,8 +65,8 @@ def _cpu_inductor(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) 
 
 def _rowvec_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a [1, K] @ b [K, N] as a reduction over K, accumulated in fp32."""
-    from torch._inductor import inductor_prims  # noqa: PLC0415
-    from torch.fx.experimental.symbolic_shapes import statically_known_true  # noqa: PLC0415
+    from torch._inductor import inductor_prims
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
 
     if not statically_known_true(a.shape[0] == 1):
         return NotImplemented
@@ -86,7 +86,7 @@ def _one_query_attention(
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SDPA for one query per head ([B, H, 1, D], keys [B, H_kv, L, D]) in fp32; (output, logsumexp)."""
-    from torch.fx.experimental.symbolic_shapes import statically_known_true  # noqa: PLC0415
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
 
     if not statically_known_true(query.shape[2] == 1) or dropout_p or is_causal:
         return NotImplemented

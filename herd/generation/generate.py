@@ -53,7 +53,7 @@ def generate_tokens(
     logprobs: bool = False,
     on_token: TokenCallback | None = None,
     truncate: bool = False,
-    compile: bool = False,  # noqa: A002 - the natural name, as in torch
+    compile: bool = False,
     check_every: int | None = None,
 ) -> list[GenerationResult]:
     """Continue each prompt by up to `max_new_tokens` ids; one result per prompt, in order.
@@ -122,7 +122,7 @@ def generate_results(
     on_text: TextCallback | None = None,
     chat: bool = False,
     truncate: bool = False,
-    compile: bool = False,  # noqa: A002
+    compile: bool = False,
 ) -> list[GenerationResult]:
     """Continue text prompts: `generate_tokens` on their ids, with `.text` filled in; one result per prompt.
 
@@ -163,7 +163,7 @@ def generate(
     on_text: TextCallback | None = None,
     chat: bool = False,
     truncate: bool = False,
-    compile: bool = False,  # noqa: A002
+    compile: bool = False,
 ) -> str | list[str]:
     """The generated text: a str for one prompt, a list for a list; options as in `generate_results`."""
     results = generate_results(
