@@ -30,9 +30,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--categories", type=int, default=len(UNIVERSE), help="first N categories of the universe")
     parser.add_argument("--max-size", type=int, default=4, help="most categories in one prompt's taxonomy")
-    parser.add_argument("--train", type=int, default=2000)
+    parser.add_argument("--train", type=int, default=3000)
     parser.add_argument("--test", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--vocab", type=int, default=900, help="BPE vocabulary (900: about one token per word)")
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--dim", type=int, default=96)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--out", default="/tmp/herd_guard_bench")
@@ -46,10 +48,10 @@ def main() -> None:
     test = guard_records(synthetic_examples(names, n=args.test, seed=1, held_out=True), universe,
                          max_size=args.max_size, seed=1)
     data = write_sft_data(train, out / "train.jsonl")
-    base = build_base(data, out, dim=args.dim, n_layers=args.layers)
+    base = build_base(data, out, vocab_size=args.vocab, dim=args.dim, n_layers=args.layers)
     config = SFTConfig(out_dir=str(out / "run"), model=str(base), data=str(data), steps=args.steps, batch_size=8,
-                       seq_len=512, device="cpu", progress=True, checkpoint_interval=0)
-    config.optim.lr, config.optim.warmup_steps = 3e-3, 20
+                       seq_len=512, device="cpu", progress=False, checkpoint_interval=0)
+    config.optim.lr, config.optim.warmup_steps = args.lr, 20
     start = time.perf_counter()
     guard_dir = train_guard(config)
     trained_s = time.perf_counter() - start

@@ -18,19 +18,21 @@ import torch
 def herd_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...]) -> Callable[[], None]:
     from herd.model import ModelConfig, build_model
     from herd.train.config import FaultConfig, OptimConfig
+    from herd.train.distributed import Distributed
     from herd.train.metrics import MetricsLog
-    from herd.train.pretrain import build_optimizer, prepare_model
+    from herd.train.parallelize import parallelize
+    from herd.train.pretrain import build_optimizer
     from herd.train.trainer import LoopConfig, Trainer, next_token_loss
 
     config = ModelConfig(
         dim=args.dim, n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.kv_heads, vocab_size=args.vocab,
         multiple_of=32, ffn_dim_multiplier=None, max_seq_len=args.seq_len,
     )
+    device = torch.device("cpu")
     model = build_model(config, device="meta")
-    prepare_model(model, activation_checkpointing=False, compile=args.compile)
+    parallelize(model, Distributed(0, 1, device), activation_checkpointing=False, compile=args.compile)
     model.to_empty(device="cpu")
     model.init_weights(0)
-    device = torch.device("cpu")
     loop = LoopConfig(steps=10**9, lr_at=lambda step: 1e-4, accum_at=lambda step: 1, faults=FaultConfig(), progress=False)
     trainer = Trainer(
         model, build_optimizer(model, OptimConfig(), device), next_token_loss, _repeat(batch), loop,
@@ -80,11 +82,12 @@ def _repeat(batch: tuple[torch.Tensor, ...]):
     return Repeat()
 
 
-def tokens_per_s(step: Callable[[], None], tokens: int, steps: int) -> float:
-    start = time.perf_counter()
+def tokens_per_s(step: Callable[[], None], tokens: int, steps: int) -> tuple[float, float]:
+    """Tokens per wall-clock second and per CPU second of this process (the latter shrugs off other load)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    return tokens * steps / (time.perf_counter() - start)
+    return tokens * steps / (time.perf_counter() - wall), tokens * steps / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -99,7 +102,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per run")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="torch.compile herd's blocks")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tokens = torch.randint(0, args.vocab, (args.batch_size, args.seq_len + 1))
     # one document per row: the same causal attention on both sides
@@ -109,16 +115,21 @@ def main() -> None:
     for step in steps.values():  # warm-up (allocator, compile)
         for _ in range(2):
             step()
-    results: dict[str, list[float]] = {name: [] for name in steps}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
     for _ in range(args.runs):
         for name, step in steps.items():
             results[name].append(tokens_per_s(step, n_tokens, args.steps))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model dim {args.dim} x {args.layers} layers, "
-          f"vocab {args.vocab}, batch {args.batch_size} x {args.seq_len}, fp32")
-    medians = {name: statistics.median(values) for name, values in results.items()}
+          f"vocab {args.vocab}, batch {args.batch_size} x {args.seq_len}, fp32, {args.runs} runs of {args.steps} steps"
+          f"{', herd compiled' if args.compile else ''}")
+    print(f"{'':>5}  {'tokens/s (wall)':>16}  {'tokens/CPU-s':>13}  runs (wall)")
+    medians = {}
     for name, values in results.items():
-        print(f"{name:>5}: median {medians[name]:8.0f} tokens/s  (runs: {', '.join(f'{v:.0f}' for v in values)})")
-    print(f"ratio herd / hf: {medians['herd'] / medians['hf']:.2f}x")
+        medians[name] = [statistics.median(v[i] for v in values) for i in (0, 1)]
+        runs = ", ".join(f"{v[0]:.0f}" for v in values)
+        print(f"{name:>5}  {medians[name][0]:16.0f}  {medians[name][1]:13.0f}  {runs}")
+    wall, cpu = (medians["herd"][i] / medians["hf"][i] for i in (0, 1))
+    print(f"ratio herd / hf: {wall:.2f}x wall-clock, {cpu:.2f}x per CPU-second")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from herd.errors import HerdError
 
@@ -30,7 +31,7 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202 - returns (Transformer, Tokenizer)
+def _load(args: argparse.Namespace):
     import torch
 
     import herd
@@ -55,6 +56,20 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
         print(f"report card: {report}\nchat with the result: herd chat --model {report.parent / 'final'}")
 
 
+def cmd_scaling(args: argparse.Namespace) -> None:
+    from herd.train import scaling
+
+    config = scaling.load_scaling_config(args.config, args.overrides, preset_name=args.preset)
+    if args.scaling_command == "sweep":
+        scaling.sweep(config)
+    elif args.scaling_command == "fit":
+        scaling.fit(config)
+    elif args.scaling_command == "predict":
+        scaling.predict_target(config, args.budget, train=args.train)
+    else:
+        scaling.mix(config, args.budget)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     import herd
 
@@ -77,7 +92,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from herd.checkpoint import convert
 
-    out = convert(args.model, args.out, to=args.to)
+    out = convert(args.model, args.out, to=args.to, outtype=args.outtype)
     print(f"wrote {args.to} checkpoint to {out}")
 
 
@@ -125,7 +140,7 @@ CONFIG_STAGES = {
 }
 
 
-def _attribute(package: str, spec: str):  # noqa: ANN202 - a class or a function
+def _attribute(package: str, spec: str):
     import importlib
 
     module, name = spec.split(":")
@@ -170,9 +185,7 @@ def cmd_data_quality_train(args: argparse.Namespace) -> None:
 
 
 def cmd_data_mix(args: argparse.Namespace) -> None:
-    from herd.data.mixing import run_mix
-
-    from herd.data.mixing import render_mix_report
+    from herd.data.mixing import render_mix_report, run_mix
 
     print(render_mix_report(run_mix(args.config)))
 
@@ -181,9 +194,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from herd.serve.scheduler import EngineConfig
     from herd.serve.server import serve
 
+    guardrails = None
+    if args.guard or args.code_shield:
+        from herd.safety.guardrails import Guardrails
+
+        guardrails = Guardrails.load(args.guard, code_shield=args.code_shield)
     serve(
         args.model, args.host, args.port, args.api_key, engine_config=EngineConfig(max_running=args.max_running),
         max_queue=args.max_queue, max_prompt_tokens=args.max_prompt_tokens, quantize=args.quantize,
+        guardrails=guardrails,
     )
 
 
@@ -213,6 +232,21 @@ def cmd_codeshield(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def cmd_cyberseceval(args: argparse.Namespace) -> None:
+    from herd.safety.cyberseceval import run_cyberseceval
+    from herd.safety.cyberseceval_llm import EndpointChat, HerdChat
+
+    def client(model: str | None, endpoint: str | None, name: str | None):
+        return HerdChat.load(model) if model else EndpointChat(endpoint, name, args.api_key) if endpoint else None
+
+    target = client(args.model, args.endpoint, args.endpoint_model)
+    judge = client(args.judge, args.judge_endpoint, args.judge_endpoint_model)
+    benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    run_cyberseceval(target, judge, args.out, data_dir=args.data_dir, benchmarks=benchmarks, limit=args.limit,
+                     max_tokens=args.max_tokens)
+    print((Path(args.out) / "cyberseceval.md").read_text(), end="")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from herd.eval.runner import run_eval
 
@@ -221,6 +255,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
         out_dir=args.out, chat=args.chat, batch_size=args.batch_size, seed=args.seed,
     )
     print(f"wrote results.json, results.md and per-sample records to {args.out}")
+
+
+def cmd_eval_pairwise(args: argparse.Namespace) -> None:
+    import os
+
+    from herd.eval.pairwise import run_pairwise
+
+    summary = run_pairwise(
+        args.model_a, args.model_b, args.judge, judge_url=args.judge_url,
+        judge_api_key=os.environ.get(args.judge_api_key_env, "EMPTY"), prompts_path=args.prompts,
+        per_category=args.per_category, max_new_tokens=args.max_new_tokens,
+        judge_max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size, out_dir=args.out,
+    )
+    print(json.dumps(summary["overall"]))
+    print(f"wrote pairwise.json and pairwise.md to {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,22 +298,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", help="convert a checkpoint between formats")
     convert.add_argument("--model", required=True, help="the checkpoint to read (any format herd.load takes)")
-    convert.add_argument("--to", required=True, choices=("herd", "hf", "meta"))
-    convert.add_argument("--out", required=True, help="output directory")
+    convert.add_argument("--to", required=True, choices=("herd", "hf", "meta", "gguf"))
+    convert.add_argument("--out", required=True, help="output directory (the .gguf file for --to gguf)")
+    convert.add_argument(
+        "--outtype", choices=("f32", "f16", "bf16", "q8_0"), help="GGUF tensor type (default: the stored dtype)"
+    )
     convert.set_defaults(run=cmd_convert)
 
     tokenizer = commands.add_parser("tokenizer", help="tokenizer tools").add_subparsers(
         dest="tokenizer_command", required=True, metavar="COMMAND"
     )
     train = tokenizer.add_parser("train", help="train a byte-level BPE tokenizer with Llama 3's split regex")
-    train.add_argument("inputs", nargs="+", help="text files, JSONL files (a `text` field) or directories")
+    train.add_argument("inputs", nargs="+", help="JSONL[.gz|.zst] / Parquet (a `text` field), text files or dirs")
     train.add_argument("--vocab-size", type=int, required=True, help="mergeable tokens (Meta's has 128,000)")
     train.add_argument("--out", required=True, help="the tiktoken-format file to write")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(run=cmd_tokenizer_train)
 
     tokenize = commands.add_parser("tokenize", help="tokenize corpora into binary token shards")
-    tokenize.add_argument("inputs", nargs="+", help="text files, JSONL files (a `text` field) or directories")
+    tokenize.add_argument("inputs", nargs="+", help="JSONL[.gz|.zst] / Parquet (a `text` field), text files or dirs")
     tokenize.add_argument("--out", required=True, help="output directory for the shards")
     tokenize.add_argument("--tokenizer", default=None, help="a BPE file or model dir (default: Meta's 128K)")
     tokenize.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -286,6 +338,22 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("config", help="the YAML config (out_dir, token_budget, sources with weights)")
     mix.set_defaults(run=cmd_data_mix)
 
+    scaling = commands.add_parser("scaling", help="scaling laws: isoFLOP sweeps, fits, predictions, data mixes")
+    scaling_commands = scaling.add_subparsers(dest="scaling_command", required=True, metavar="COMMAND")
+    for name, help_text in (("sweep", "train and score the isoFLOP runs, then fit and report"),
+                            ("fit", "refit and redraw the report from the finished runs"),
+                            ("predict", "predict loss and downstream scores at a target budget (--train: and measure)"),
+                            ("mix", "data-mix experiments: pick the mix with the best predicted downstream score")):
+        step = scaling_commands.add_parser(name, help=help_text)
+        step.add_argument("--config", default=None, help="a YAML or JSON herd.train.scaling.ScalingConfig")
+        step.add_argument("--preset", default=None, help="start from a preset: micro (2 CPU cores) or gpu")
+        step.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. workers=2 budgets=[1e12,3e12]")
+        if name in ("predict", "mix"):
+            step.add_argument("--budget", type=float, default=None, help="target FLOPs (default: target_budget)")
+        if name == "predict":
+            step.add_argument("--train", action="store_true", help="also train the target run and compare")
+        step.set_defaults(run=cmd_scaling)
+
     for name, (_, config_spec, _, help_text) in CONFIG_STAGES.items():
         stage = commands.add_parser(name, help=help_text)
         stage.add_argument("--config", default=None, help=f"a YAML or JSON {config_spec.split(':')[1]}")
@@ -299,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="score a model on the Llama 3 release's benchmarks")
     evaluate.add_argument("--model", required=True, help="a Meta, HF or herd directory, a Hub id, or a preset name")
     evaluate.add_argument("--tasks", required=True, help="comma-separated: mmlu,agieval,bbh,arc_challenge,drop,"
-                          "gpqa,humaneval,gsm8k,math")
+                          "gpqa,gpqa_cot,humaneval,gsm8k,math")
     evaluate.add_argument("--data-dir", default="data/benchmarks", help="where the benchmark files are")
     evaluate.add_argument("--limit", type=int, default=None, help="at most N samples per task")
     evaluate.add_argument("--out", default="eval_out", help="output directory")
@@ -307,6 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--seed", type=int, default=0, help="few-shot sampling seed")
     evaluate.set_defaults(run=cmd_eval)
+
+    pairwise = commands.add_parser("eval-pairwise", help="human-preference style: a judge compares two models' replies")
+    pairwise.add_argument("--model-a", required=True, help="anything --model takes")
+    pairwise.add_argument("--model-b", required=True, help="anything --model takes")
+    pairwise.add_argument("--judge", required=True, help="a herd-loadable model, or the model name at --judge-url")
+    pairwise.add_argument("--judge-url", default=None, help="an OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+    pairwise.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="the variable holding its API key")
+    pairwise.add_argument("--prompts", default=None, help="a JSONL prompt set (default: herd's 12-category set)")
+    pairwise.add_argument("--per-category", type=int, default=None, help="at most N prompts per category")
+    pairwise.add_argument("--max-new-tokens", type=int, default=512, help="reply length of models A and B")
+    pairwise.add_argument("--judge-max-new-tokens", type=int, default=512)
+    pairwise.add_argument("--batch-size", type=int, default=8)
+    pairwise.add_argument("--out", default="eval_pairwise_out", help="output directory")
+    pairwise.set_defaults(run=cmd_eval_pairwise)
 
     serve = commands.add_parser("serve", help="an OpenAI-compatible server with a web chat at /")
     serve.add_argument("--model", required=True, help="a Meta, HF or herd directory, a Hub id, or a preset name")
@@ -317,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     serve.add_argument("--max-prompt-tokens", type=int, default=None, help="longer prompts get 400")
     serve.add_argument("--quantize", choices=("int8",), default=None, help="int8 weight-only linears")
+    serve.add_argument("--guard", default=None, help="a Llama Guard model checking each user turn and reply")
+    serve.add_argument("--code-shield", action="store_true", help="refuse replies whose code Code Shield blocks")
     serve.set_defaults(run=cmd_serve)
 
     guard = commands.add_parser("guard", help="moderate a text or conversation with a Llama Guard 2 model")
@@ -333,6 +417,22 @@ def build_parser() -> argparse.ArgumentParser:
     shield.add_argument("file", help="a source file, or - for stdin")
     shield.add_argument("--language", default=None, help="python, c, cpp, java, javascript, php, rust, ...")
     shield.set_defaults(run=cmd_codeshield)
+
+    cse = commands.add_parser("cyberseceval", help="CyberSecEval 2: prompt injection, interpreter abuse, false refusals")
+    under_test = cse.add_mutually_exclusive_group(required=True)
+    under_test.add_argument("--model", help="a herd-loadable model to test")
+    under_test.add_argument("--endpoint", help="an OpenAI-compatible base URL to test (ending in /v1)")
+    cse.add_argument("--endpoint-model", default=None, help="the endpoint's model name (default: its first)")
+    cse.add_argument("--api-key", default=None, help="the endpoints' bearer key")
+    cse.add_argument("--judge", default=None, help="a herd-loadable judge model (default: the model under test)")
+    cse.add_argument("--judge-endpoint", default=None, help="an OpenAI-compatible judge endpoint")
+    cse.add_argument("--judge-endpoint-model", default=None)
+    cse.add_argument("--data-dir", default=None, help="PurpleLlama's CybersecurityBenchmarks/datasets (else herd's cases)")
+    cse.add_argument("--benchmarks", default="prompt_injection,interpreter,frr")
+    cse.add_argument("--limit", type=int, default=None, help="cases per benchmark, spread over the set")
+    cse.add_argument("--max-tokens", type=int, default=256)
+    cse.add_argument("--out", default="runs/cyberseceval")
+    cse.set_defaults(run=cmd_cyberseceval)
 
     info = commands.add_parser("info", help="describe a checkpoint or preset")
     info.add_argument("model")

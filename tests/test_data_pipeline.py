@@ -1,6 +1,8 @@
 """The data pipeline end to end: readers and writers, bad input, stats, YAML configs, resume and idempotence."""
 
+import gzip
 import json
+import math
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -9,7 +11,7 @@ from typing import ClassVar
 import pytest
 
 from herd.data import Document, DocumentStage, InputConfig, OutputConfig, PipelineConfig, read_documents, run_pipeline
-from herd.data.readers import input_files, read_file
+from herd.data.readers import InputPart, input_files, input_parts, read_file
 from herd.data.writers import ShardWriter
 from herd.errors import HerdError
 
@@ -258,3 +260,104 @@ def test_real_corpora(tmp_path):
     stats = run_pipeline(cfg)
     read = stats[0]
     assert read.docs_out == 4 and read.dropped == {"missing_text": 1319}  # gsm8k has `question`, not `text`
+
+
+@dataclass
+class LogIds(DocumentStage):
+    """Test stage: appends the id of every document it sees to `log`; keeps them all."""
+
+    name: ClassVar[str] = "log_ids"
+    log: str = ""
+
+    def apply(self, doc: Document) -> str | None:
+        with open(self.log, "a") as f:
+            f.write(doc.id + "\n")
+        return None
+
+
+def big_jsonl(path: Path, n: int = 3000) -> Path:
+    """Records of varied length; every 7th has no id (its id becomes path:line), some lines are bad or blank,
+    and every 50th text repeats an earlier one (for dedup across parts)."""
+    lines = []
+    for i in range(n):
+        text = "a repeated document" if i % 50 == 0 else f"document {i} " + "word " * (i % 37)
+        record = {"text": text, "id": f"d{i}"}
+        if i % 7 == 0:
+            del record["id"]
+        lines.append(b"{not json" if i % 101 == 0 else b"" if i % 113 == 0 else json.dumps(record).encode())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def outputs(out: Path) -> list[Document]:
+    return [doc for shard in sorted(out.glob("shard-*")) for doc in read_documents([shard])]
+
+
+def test_parts_of_a_big_jsonl_read_like_the_whole_file(tmp_path):
+    src = big_jsonl(tmp_path / "in" / "big.jsonl")
+    cfg = InputConfig(paths=[str(src)], part_bytes=4096)
+    parts = input_parts(cfg, [src])
+    assert len(parts) == math.ceil(src.stat().st_size / 4096)
+    data = src.read_bytes()
+    assert all(part.start == 0 or data[part.start - 1 : part.start] == b"\n" for part in parts)
+    assert [(p.start, p.stop) for p in parts] == list(pairwise([0, *[p.stop for p in parts]]))  # no gap, no overlap
+    assert [item for part in parts for item in read_file(part, cfg)] == list(read_file(src, cfg))
+    assert len(input_parts(InputConfig(paths=[str(src)], part_bytes=0), [src], min_parts=5)) == 5
+    whole = tmp_path / "whole.jsonl.gz"  # compressed JSONL cannot seek: it stays whole
+    whole.write_bytes(gzip.compress(data))
+    assert input_parts(cfg, [whole], min_parts=5) == [InputPart(whole)]
+
+
+def test_one_big_file_split_into_tasks_gives_the_whole_files_documents_in_order(tmp_path):
+    src = big_jsonl(tmp_path / "in" / "big.jsonl")
+    stages = ["normalize", "exact_dedup"]
+    run_pipeline(config(src, tmp_path / "one", stages=stages))  # 64 MiB parts: one task
+    run_pipeline(config(src, tmp_path / "four", stages=stages, tasks=4, workers=2))
+    assert len(list((tmp_path / "one").glob("shard-*"))) == 1 and len(list((tmp_path / "four").glob("shard-*"))) == 4
+    docs = outputs(tmp_path / "one")
+    assert outputs(tmp_path / "four") == docs and len(docs) > 2000
+    ids = [doc.id for doc in docs]
+    assert ids[:3] == ["d1", "d2", "d3"] and f"{src}:8" in ids  # id-less records: path:line, as when whole
+    assert sum(doc.text == "a repeated document" for doc in docs) == 1  # deduplicated across parts
+    one, four = (json.loads((tmp_path / d / "stats.json").read_text()) for d in ("one", "four"))
+    assert (four["shards"], four["input_files"], four["input_parts"]) == (4, 1, 4)
+    assert four["stages"] == one["stages"]
+    errors = {d: (tmp_path / d / "_run" / "errors.jsonl").read_text() for d in ("one", "four")}
+    assert errors["four"] == errors["one"] and f"{src}:102" in errors["one"]  # line numbers hold across parts
+
+
+def test_rerun_of_a_split_file_redoes_only_unfinished_parts(tmp_path):
+    src = big_jsonl(tmp_path / "in" / "big.jsonl", n=400)
+    log, out = tmp_path / "log", tmp_path / "out"
+    cfg = config(src, out, stages=[LogIds(log=str(log))], tasks=3)
+    run_pipeline(cfg)
+    before = {p.name: p.read_bytes() for p in out.glob("shard-*")}
+    assert len(before) == 3
+    seen = log.read_text().split()
+    third = [doc.id for doc in read_documents([out / "shard-00002.jsonl"])]
+    (out / "_run" / "done" / "seg0-shard-00002").unlink()
+    (out / "shard-00002.jsonl").unlink()
+    log.write_text("")
+    run_pipeline(cfg)
+    assert log.read_text().split() == third and set(third) < set(seen)  # only the unfinished part ran
+    assert {p.name: p.read_bytes() for p in out.glob("shard-*")} == before
+    log.write_text("")
+    run_pipeline(cfg)
+    assert log.read_text() == ""
+
+
+def test_parquet_row_groups_split_into_tasks(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "in" / "rows.parquet"
+    src.parent.mkdir()
+    texts = [f"row number {i} has" + " some words" * (i % 5 + 1) for i in range(500)]
+    pq.write_table(pa.table({"text": texts}), src, row_group_size=40)  # 13 row groups, no ids
+    parts = input_parts(InputConfig(paths=[str(src)]), [src], min_parts=3)
+    assert [(p.start, p.stop, p.first) for p in parts] == [(0, 4, 1), (4, 8, 161), (8, 13, 321)]
+    run_pipeline(config(src, tmp_path / "out", stages=["normalize"], tasks=3))
+    docs = outputs(tmp_path / "out")
+    assert [d.text for d in docs] == texts
+    assert [d.id for d in docs] == [f"{src}:{i}" for i in range(1, 501)]

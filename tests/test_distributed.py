@@ -23,24 +23,25 @@ GLOBAL_ROWS = 4  # rows per micro-batch over all data-parallel ranks
 TOLERANCE = 1e-4
 
 
-def torchrun(nproc: int, config_json: Path, *overrides: str) -> None:
-    """`herd pretrain` under torchrun with `nproc` CPU ranks (gloo)."""
+def torchrun(nproc: int, config_json: Path, *overrides: str, program: tuple[str, ...] = ("-m", "herd.cli", "pretrain"),
+             ok: bool = True) -> subprocess.CompletedProcess:
+    """`herd pretrain` (or `program`, given --config C key=value ...) under torchrun with `nproc` CPU ranks (gloo)."""
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={nproc}",
-        "-m",
-        "herd.cli",
-        "pretrain",
+        *program,
         "--config",
         str(config_json),
         *overrides,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
-    assert result.returncode == 0, result.stderr[-6000:]
+    if ok:
+        assert result.returncode == 0, result.stderr[-6000:]
+    return result
 
 
 def run_layout(shards, out: Path, dp: int, tp: int, pp: int, *extra: str) -> list[float]:
@@ -78,7 +79,7 @@ def test_parallel_config_names_the_options_to_fix():
 
 
 def test_data_parallel_reproduces_the_curve_and_resumes_on_one_rank(shards, reference, tmp_path):
-    got = run_layout(shards, tmp_path / "dp", 2, 1, 1, "export_format=herd")
+    got = run_layout(shards, tmp_path / "dp", 2, 1, 1, "export_format=herd", "faults.sdc_interval=3")
     expected = losses(reference.run_dir)
     print(f"dp=2 max relative loss difference: {max_relative_difference(got, expected):.2e}")
     assert max_relative_difference(got, expected) < TOLERANCE
@@ -119,6 +120,37 @@ def test_layout_reproduces_the_single_process_curve(shards, reference, tmp_path,
     difference = max_relative_difference(got, losses(reference.run_dir))
     print(f"dp={dp} tp={tp} pp={pp} {' '.join(extra)} max relative loss difference: {difference:.2e}")
     assert difference < TOLERANCE
+
+
+FLAKY_RANK = textwrap.dedent("""
+    import os, sys
+    from herd.config_overrides import load_config
+    from herd.train import pretrain as pretrain_mod
+    from herd.train.config import PretrainConfig
+    from herd.train.trainer import next_token_loss
+
+    calls = 0
+
+    def flaky(model, batch):  # rank 1 recomputes step 3's first micro-batch (its 7th) a hair differently
+        global calls
+        calls += 1
+        out = next_token_loss(model, batch)
+        return out._replace(total=out.total * (1 + 1e-6)) if os.environ["RANK"] == "1" and calls == 7 else out
+
+    pretrain_mod.next_token_loss = flaky
+    pretrain_mod.pretrain(load_config(PretrainConfig, sys.argv[2], sys.argv[3:]))
+""")
+
+
+def test_silent_data_corruption_on_one_replica_is_reported_with_its_rank(shards, tmp_path):
+    script = tmp_path / "flaky.py"
+    script.write_text(FLAKY_RANK)
+    overrides = [*COMMON, "batch_size=2", "parallel.dp_shard=2", "faults.sdc_interval=3"]
+    tiny_config(shards, tmp_path / "sdc", *overrides)
+    result = torchrun(2, tmp_path / "sdc.json", *overrides, program=(str(script),), ok=False)
+    assert result.returncode != 0
+    assert "silent data corruption: step 3 recomputed to another loss on rank(s) [1]" in result.stderr
+    assert len(losses(tmp_path / "sdc")) == 2  # steps 1 and 2 ran; step 3 was never applied
 
 
 HUNG_RANK = textwrap.dedent("""

@@ -173,3 +173,57 @@ def test_batches_resume_at_the_next_batch():
     resumed.load_state_dict(state)
     assert [next(resumed)[0].tolist() for _ in range(2)] == seen[2:]
     assert sorted(functools.reduce(operator.iadd, seen[:2], []) + seen[2][:1]) == [0, 1, 2, 3, 4]  # an epoch is a permutation
+
+
+# --- eval tasks as SFT data --------------------------------------------------------------------------------
+GSM8K_TRAIN = [
+    {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How "
+                 "many clips did Natalia sell altogether in April and May?",
+     "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether "
+               "in April and May.\n#### 72"},
+    {"question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much "
+                 "did she earn?",
+     "answer": "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nWorking 50 minutes, she earned 0.2 x 50 = "
+               "$<<0.2*50=10>>10.\n#### 10"},
+]
+
+
+def test_gsm8k_train_split_becomes_chain_of_thought_dialogs(tmp_path):
+    """`task:gsm8k/train@DIR` reads GSM8K's train split as dialogs: the 0-shot chat prompt `herd eval --chat`
+    renders, answered by the chain of thought without calculator annotations, ending in the "#### N" the scorer
+    reads; SFT packing trains on exactly that answer."""
+    from herd.eval.tasks import get_task
+
+    (tmp_path / "gsm8k").mkdir()
+    write_jsonl(tmp_path / "gsm8k" / "train.jsonl", GSM8K_TRAIN)
+    dialogs = read_chats(f"task:gsm8k/train@{tmp_path}")
+    assert len(dialogs) == 2
+    user, assistant = dialogs[0]
+    assert user == {"role": "user", "content": f"Q: {GSM8K_TRAIN[0]['question']}\nA:"}
+    assert assistant["content"] == ("Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether "
+                                    "in April and May.\n#### 72")
+    task = get_task("gsm8k")
+    sample = task.train_samples(tmp_path)[1]
+    assert task.score(sample, dialogs[1][1]["content"]) == ("10", {"exact_match": 1.0})  # the answer scores as gold
+    assert read_prompts(f"task:gsm8k/train@{tmp_path}")[0] == [user]  # prompts for sampling drop the answer
+
+
+def test_task_fewshot_and_eval_splits(tmp_path):
+    from herd.eval.tasks.gsm8k import EXEMPLARS
+
+    (tmp_path / "gsm8k").mkdir()
+    write_jsonl(tmp_path / "gsm8k" / "test.jsonl", GSM8K_TRAIN[:1])
+    fewshot = read_chats(f"task:gsm8k/fewshot@{tmp_path}")
+    assert [d[1]["content"] for d in fewshot] == [a for _, a in EXEMPLARS]
+    assert read_chats(f"task:gsm8k/eval@{tmp_path}")[0][1]["content"] == GSM8K_TRAIN[0]["answer"]
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("task:gsm8k/dev", "bad task data spec"),
+    ("task:nope/train", "unknown eval task 'nope'"),
+    ("task:gsm8k/train@/nonexistent", "no 'train' split in /nonexistent/gsm8k"),
+    ("task:humaneval/train", "humaneval has no training split"),
+])
+def test_bad_task_specs_are_user_errors(spec, problem):
+    with pytest.raises(HerdError, match=problem):
+        read_chats(spec)

@@ -78,3 +78,20 @@ def test_lora_sft_saves_adapters_and_the_merged_model(tmp_path, tiny_model_dir):
     assert torch.allclose(merged(tokens), again(tokens), atol=1e-5)
     assert not torch.allclose(merged(tokens), base(tokens), atol=1e-4)  # the adapters learned something
     assert torch.equal(merged.tok_embeddings.weight, base.tok_embeddings.weight)  # untargeted weights untouched
+
+
+def test_lora_under_bf16_holds_the_frozen_base_in_bf16(tmp_path, tiny_model_dir):
+    """With LoRA and bf16 autocast the frozen base weights load in bf16 (half the memory) and the adapters in fp32;
+    a training step runs and only the adapters get gradients."""
+    from test_post_sft import sft_config
+
+    from herd.post.stage import load_start
+
+    config = sft_config(tmp_path, tiny_model_dir, dtype="bfloat16", lora=LoRAConfig(rank=4, targets=["wq", "w2"]))
+    model, tok, _ = load_start(config)
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    assert all((d == torch.float32) == name.endswith(("lora_a", "lora_b")) for name, d in dtypes.items())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randint(0, tok.n_words, (2, 8))).float().sum().backward()
+    assert all((p.grad is not None) == p.requires_grad for p in model.parameters())
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)

@@ -16,7 +16,7 @@ from herd.tokenizer import Tokenizer, load_tokenizer
 from herd.tokenizer.train_bpe import train_tokenizer
 from herd.train import token_shards
 from herd.train.data_loader import DataLoaderConfig, TokenDataLoader
-from herd.train.packing import IGNORE_INDEX, PackedRows, shift
+from herd.train.packing import IGNORE_INDEX, PackedRows, shift, split_rows
 from herd.train.token_shards import TokenManifest, TokenShards, tokenize_corpus
 
 
@@ -161,6 +161,31 @@ def test_packing_matches_the_obvious_stream(seq_len):
     for index, (tokens, doc_ids) in enumerate(expected):
         got_tokens, got_ids = rows.row(index)
         assert got_tokens.tolist() == tokens and got_ids.tolist() == doc_ids
+
+
+@pytest.mark.parametrize("parts", [2, 4])
+def test_split_rows_are_the_rows_packed_at_the_shorter_length(parts):
+    rng = random.Random(parts)
+    docs = [[rng.randrange(1000) for _ in range(rng.choice([1, 2, 7, 40]))] for _ in range(60)]
+    long, short = packed(docs, 16), packed(docs, 16 // parts)
+    rows = [long.row(i) for i in range(long.num_rows)]
+    batch = tuple(torch.from_numpy(a) for a in shift(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])))
+    pieces = split_rows(batch, parts)
+    assert pieces[0].shape == (long.num_rows * parts, 16 // parts)
+    for index in range(long.num_rows * parts):
+        expected = shift(*short.row(index))
+        assert all(piece[index].tolist() == want.tolist() for piece, want in zip(pieces, expected))
+
+
+def test_loader_serves_shorter_rows_from_the_same_data(sources):
+    plain, staged = loader(sources), loader(sources)
+    staged.set_seq_len(8)
+    for want, got in zip(take(plain, 3), take(staged, 3)):
+        assert got[0].shape == (8, 8)
+        assert all(torch.equal(a, b) for a, b in zip(split_rows(want, 2), got))
+    assert staged.state_dict() == plain.state_dict()
+    with pytest.raises(HerdError, match="seq_len 5 must divide the data loader's seq_len 16"):
+        staged.set_seq_len(5)
 
 
 def test_bos_eos_doc_ids_and_masked_targets():

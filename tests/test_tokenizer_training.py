@@ -7,15 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from herd.data import Document
+from herd.data.writers import ShardWriter
 from herd.errors import HerdError
 from herd.tokenizer import Tokenizer, read_bpe_file
-from herd.tokenizer.train_bpe import (
-    corpus_files,
-    iter_documents,
-    mergeable_ranks,
-    train_hf_bpe,
-    train_tokenizer,
-)
+from herd.tokenizer.train_bpe import corpus_texts, mergeable_ranks, train_hf_bpe, train_tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "tinyshakespeare.txt"
 
@@ -123,38 +119,44 @@ def test_larger_vocabulary_compresses_more(tmp_path):
     assert counts[0] > counts[1] > counts[2]
 
 
-def test_corpus_inputs_text_jsonl_gzip_and_directories(tmp_path):
+def test_corpus_inputs_are_the_data_pipelines(tmp_path):
+    """JSONL (plain, .gz, .zst), Parquet, text files and directories, read in order by herd.data.readers."""
     (tmp_path / "d" / "sub").mkdir(parents=True)
     (tmp_path / "d" / "b.txt").write_text("second file")
     (tmp_path / "d" / "sub" / "c.txt").write_text("third file")
     (tmp_path / "d" / "notes.md").write_text("not a corpus file")
     with gzip.open(tmp_path / "d" / "a.jsonl.gz", "wt") as f:
         f.write(json.dumps({"text": "gz one"}) + "\n\n" + json.dumps({"text": ""}) + "\n")
+    for suffix in ("jsonl.zst", "parquet"):
+        with ShardWriter(tmp_path / "d" / f"z.{suffix}", suffix) as writer:
+            writer.write_document(Document(text=f"{suffix} doc", id="1"))
     top = write_jsonl(tmp_path / "top.jsonl", ["first", "doc"])
-    files = corpus_files([top, tmp_path / "d"])
-    assert [p.name for p in files] == ["top.jsonl", "a.jsonl.gz", "b.txt", "c.txt"]
-    assert list(iter_documents(files)) == ["first", "doc", "gz one", "second file", "third file"]
+    files, texts = corpus_texts([top, tmp_path / "d"])
+    assert [p.name for p in files] == ["top.jsonl", "a.jsonl.gz", "b.txt", "c.txt", "z.jsonl.zst", "z.parquet"]
+    assert list(texts) == ["first", "doc", "gz one", "second file", "third file", "jsonl.zst doc", "parquet doc"]
+    path = train_tokenizer([top, tmp_path / "d"], 260, tmp_path / "tok.model", show_progress=False)
+    assert len(read_bpe_file(path)) == 260
 
 
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("bad.jsonl", '{"text": "ok"}\n{"text": 3}\n', r'bad.jsonl:2: no string "text" field'),
-        ("bad.jsonl", "not json\n", r"bad.jsonl:1: invalid JSON"),
-        ("bad.csv", "a,b\n", r"unsupported corpus file"),
+        ("bad.jsonl", '{"text": "ok"}\n{"text": 3}\n', r"bad.jsonl:2: missing_text \(no string 'text' field"),
+        ("bad.jsonl", "not json\n", r"bad.jsonl:1: invalid_json .*herd data run"),
+        ("bad.csv", "a,b\n", r"bad.csv: unknown file type"),
     ],
 )
 def test_bad_corpus_files_are_reported(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
     with pytest.raises(HerdError, match=message):
-        list(iter_documents(corpus_files([tmp_path / name])))
+        list(corpus_texts([tmp_path / name])[1])
 
 
 def test_missing_input_and_empty_directory(tmp_path):
-    with pytest.raises(HerdError, match="corpus input not found"):
-        corpus_files([tmp_path / "nope.txt"])
-    with pytest.raises(HerdError, match="no .txt, .jsonl or .jsonl.gz files"):
-        corpus_files([tmp_path])
+    with pytest.raises(HerdError, match="input not found"):
+        corpus_texts([tmp_path / "nope.txt"])
+    with pytest.raises(HerdError, match="no .jsonl/.jsonl.gz/.jsonl.zst/.parquet/.txt files"):
+        corpus_texts([tmp_path])
 
 
 def test_vocab_size_errors(tmp_path):

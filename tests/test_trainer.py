@@ -21,15 +21,18 @@ import torch
 
 from herd.config_overrides import load_config, to_dict
 from herd.errors import HerdError
+from herd.model import ModelConfig, build_model
 from herd.tokenizer import write_bpe_file
+from herd.train import fused_loss
 from herd.train import pretrain as pretrain_mod
 from herd.train.checkpointing import CheckpointManager
 from herd.train.config import PretrainConfig
 from herd.train.metrics import flops_per_token, read_records
+from herd.train.packing import IGNORE_INDEX
 from herd.train.pretrain import pretrain
 from herd.train.schedule import grad_accum_at, learning_rate
 from herd.train.token_shards import tokenize_corpus
-from herd.train.trainer import next_token_loss
+from herd.train.trainer import next_token_loss, token_losses
 
 GOLDEN = Path(__file__).parent / "golden" / "pretrain_tiny.json"
 TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32, "max_seq_len": 64}
@@ -162,6 +165,50 @@ def test_flops_per_token_counts_matmuls_and_attention():
     assert flops_per_token(config, 128) == 6 * matmuls + 12 * config.n_layers * config.dim * 128
 
 
+# --- the chunked head + loss ------------------------------------------------------------------------------
+def test_linear_cross_entropy_equals_the_plain_head_and_loss(monkeypatch):
+    monkeypatch.setitem(fused_loss.CHUNK_ELEMENTS, "cpu", 100 * 13)  # 13-row chunks: several, the last one short
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 50, 16, requires_grad=True)
+    weight = torch.randn(100, 16, requires_grad=True)
+    targets = torch.randint(0, 100, (3, 50))
+    targets[0, :20] = IGNORE_INDEX
+    got = fused_loss.linear_cross_entropy(hidden, weight, targets)
+    (2 * got).backward()
+    grads = hidden.grad, weight.grad
+    hidden.grad = weight.grad = None
+    plain = torch.nn.functional.cross_entropy(
+        torch.nn.functional.linear(hidden, weight).flatten(0, 1), targets.flatten(), reduction="sum"
+    )
+    (2 * plain).backward()
+    torch.testing.assert_close(got, plain, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grads[0], hidden.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], weight.grad, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(fused_loss.linear_cross_entropy(hidden, weight, targets), plain.detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # matmuls in bf16, softmax in fp32
+        low = fused_loss.linear_cross_entropy(hidden, weight, targets)
+    assert low.dtype == torch.float32 and low.item() == pytest.approx(plain.item(), rel=2e-2)
+
+
+def test_next_token_loss_takes_the_chunked_path_with_the_same_gradients():
+    model = build_model(ModelConfig(**TINY_MODEL, vocab_size=512))
+    model.init_weights(0)
+    tokens = torch.randint(0, 512, (2, 32))
+    targets = tokens.roll(-1, 1)
+    targets[:, -1] = IGNORE_INDEX
+    doc_ids = (torch.arange(32) >= 20).long().expand(2, 32)
+    batch = (tokens, targets, doc_ids)
+    fused = next_token_loss(model, batch)
+    fused.total.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    token_losses(model, batch).sum().backward()
+    assert fused.count == 62 and fused.total.item() == pytest.approx(token_losses(model, batch).sum().item(), rel=1e-6)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 # --- the loop ------------------------------------------------------------------------------------------------
 def test_run_writes_metrics_manifest_checkpoints_and_model(shards, tmp_path):
     config = tiny_config(shards, tmp_path / "run", "export_format=herd", "keep_last=2")
@@ -202,7 +249,7 @@ def test_grad_accum_is_token_mean_over_the_whole_step(shards, tmp_path):
     a = CheckpointManager(one.run_dir / "checkpoints").load()["model"]
     b = CheckpointManager(two.run_dir / "checkpoints").load()["model"]
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-5)  # Adam magnifies rounding where m ~ 0
 
 
 def test_activation_checkpointing_keeps_losses_and_names(shards, tmp_path):
@@ -313,6 +360,45 @@ def test_stop_policy_and_too_many_bad_steps_end_the_run(shards, tmp_path, monkey
         pretrain(tiny_config(shards, tmp_path / "stop", "eval_interval=0", "faults.policy=stop"))
     with pytest.raises(HerdError, match="3th bad step in a row"):
         pretrain(tiny_config(shards, tmp_path / "many", "eval_interval=0", "faults.max_bad_steps=2"))
+
+
+# --- sequence-length / batch-size stages -----------------------------------------------------------------------
+STAGES = 'stages=[{"step": 0, "seq_len": 16, "batch_tokens": 256}, {"step": 6, "seq_len": 32, "batch_tokens": 512}]'
+
+
+def test_stages_change_row_length_and_batch_and_resume_bitwise(shards, tmp_path, monkeypatch):
+    reference = pretrain(tiny_config(shards, tmp_path / "ref", STAGES, "eval_interval=0"))
+    records = read_records(reference.run_dir / "metrics.jsonl")
+    # micro-batches of 4 x 32 tokens: 2 per step at 256 tokens, then 4 at 512
+    assert [r["tokens"] for r in records] == [256 * s for s in range(1, 7)] + [1536 + 512 * s for s in range(1, 7)]
+    plain = losses(pretrain(tiny_config(shards, tmp_path / "plain", "eval_interval=0", "grad_accum=2")).run_dir)
+    assert losses(reference.run_dir)[0] != plain[0]  # the same rows, cut in two: another loss
+
+    def crash(loss):
+        raise RuntimeError("simulated crash")
+
+    with monkeypatch.context() as patch:  # micro-batch 17 is step 8's first (steps 1-6 take 2, step 7 takes 4)
+        patch.setattr(pretrain_mod, "next_token_loss", fail_at({17}, crash))
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            pretrain(tiny_config(shards, tmp_path / "crashed", STAGES, "eval_interval=0", "checkpoint_interval=5"))
+    result = pretrain(tiny_config(shards, tmp_path / "crashed", STAGES, "eval_interval=0", "checkpoint_interval=5"))
+    assert result.resumed_from_step == 5
+    assert losses(tmp_path / "crashed") == losses(reference.run_dir)
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ('[{"step": 0, "seq_len": 12, "batch_tokens": 256}]', r"stages\[0\].seq_len=12 must divide seq_len=32"),
+        ('[{"step": 0, "seq_len": 16, "batch_tokens": 200}]', "must be a multiple of batch_size x seq_len = 128"),
+        ('[{"step": 3, "seq_len": 16, "batch_tokens": 256}]', "must start at step 0"),
+    ],
+)
+def test_stage_errors_name_the_stage(shards, tmp_path, stages, message):
+    with pytest.raises(HerdError, match=message):
+        tiny_config(shards, tmp_path / "r", f"stages={stages}")
+    with pytest.raises(HerdError, match="leave grad_accum=1"):
+        tiny_config(shards, tmp_path / "r", STAGES, "grad_accum=2")
 
 
 # --- golden losses -----------------------------------------------------------------------------------------

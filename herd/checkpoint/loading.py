@@ -1,7 +1,8 @@
 """`load` / `save` / `convert` / `info`: the checkpoint entry points, and telling the formats apart.
 
 `load` takes a preset name, a Meta, HF or herd directory, or a Hugging Face Hub id; each format module
-(meta_format, hf_format, herd_format) reads and writes one layout and shares the loading path below.
+(meta_format, hf_format, herd_format) reads and writes one layout and shares the loading path below;
+`convert` also exports GGUF (gguf_format), a write-only format for llama.cpp.
 """
 
 from __future__ import annotations
@@ -75,12 +76,28 @@ def save(model: Transformer, tokenizer: Tokenizer, out_dir: str | Path, format: 
     return directory
 
 
-def convert(src: str | Path, dst_dir: str | Path, to: Format, *, dtype: torch.dtype | str | None = None) -> Path:
-    """Re-save the checkpoint `src` (anything `load` takes) in format `to`; returns the new directory."""
-    if to not in FORMATS:
-        raise HerdError(f"unknown checkpoint format {to!r}; choose one of: {', '.join(FORMATS)}")
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    to: Format | Literal["gguf"],
+    *,
+    dtype: torch.dtype | str | None = None,
+    outtype: str | None = None,
+) -> Path:
+    """Re-save the checkpoint `src` (anything `load` takes) in format `to`; returns the new directory.
+
+    `to="gguf"` writes one llama.cpp file at `dst` instead, its matrices typed `outtype` (f32, f16, bf16, q8_0).
+    """
+    if to not in (*FORMATS, "gguf"):
+        raise HerdError(f"unknown checkpoint format {to!r}; choose one of: {', '.join(FORMATS)}, gguf")
+    if outtype is not None and to != "gguf":
+        raise HerdError(f"outtype {outtype!r} applies to GGUF output only; use dtype for {to!r} checkpoints")
     model, tokenizer = load(src, dtype=dtype)
-    return save(model, tokenizer, dst_dir, format=to)
+    if to == "gguf":
+        from herd.checkpoint import gguf_format  # the gguf package loads only for this export
+
+        return gguf_format.write_gguf(model, tokenizer, dst, outtype, name=Path(str(src)).name)
+    return save(model, tokenizer, dst, format=to)
 
 
 def info(path_or_preset: str | Path) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from herd.corpus.chat import preference_pair, sft_dialog
-from herd.corpus.code import function_document, make_function, stdlib_documents
+from herd.corpus.code import DISTINCT_FUNCTIONS, function_document, make_function, stdlib_documents
 from herd.corpus.general import general_documents, knowledge_questions
 from herd.corpus.math import arithmetic_table, make_problem, math_document
 from herd.corpus.multilingual import TEMPLATES, multilingual_document
@@ -126,7 +126,7 @@ def _eval_sets(rng: random.Random, hidden: list, n: int, seen: set[str]) -> dict
         if p.question not in seen:
             seen.add(p.question)
             math.append({"question": p.question, "answer": p.solution, "gold": str(p.answer)})
-    while len(code) < n:
+    while len(code) < min(n, DISTINCT_FUNCTIONS):
         f = make_function(rng)
         if f.name not in names:
             names.add(f.name)

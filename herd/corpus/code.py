@@ -16,6 +16,10 @@ OPS = (
     ("is_above", "return x > {k}", "Return True when x is greater than {k}.", lambda x, k: x > k),
 )
 
+K_RANGE = (2, 19)
+DISTINCT_FUNCTIONS = len(OPS) * (K_RANGE[1] - K_RANGE[0] + 1)
+"""How many different functions `make_function` can write (held-out sets cannot be larger)."""
+
 
 @dataclass(frozen=True)
 class CodeProblem:
@@ -29,7 +33,7 @@ class CodeProblem:
 
 def make_function(rng: random.Random) -> CodeProblem:
     op, body, doc, fn = rng.choice(OPS)
-    k = rng.randint(2, 19)
+    k = rng.randint(*K_RANGE)
     name = f"{op}_{k}"
     prompt = f'def {name}(x):\n    """{doc.format(k=k)}"""\n'
     xs = [rng.randint(0, 50) for _ in range(3)]

@@ -1,5 +1,5 @@
-"""The executor: disjoint input shards per task, completion markers, resumable and idempotent; tasks run in local
-processes or as Ray tasks (`ray_executor`). Global stages (dedup) split the pipeline into segments: each segment
+"""The executor: disjoint input shards per task (whole files or parts of large ones), completion markers, resumable
+and idempotent; tasks run in local processes or as Ray tasks (`ray_executor`). Global stages (dedup) split the pipeline into segments: each segment
 runs per shard and stores the next global stage's index; that stage decides once, the next segment applies it.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from herd.data.document import BadRecord, Document
-from herd.data.readers import InputConfig, open_binary, read_file
+from herd.data.readers import InputConfig, InputPart, open_binary, read_file
 from herd.data.stage import GlobalStage, Stage, StageContext
 from herd.data.stats import StageStats, merge_stats, render_report
 from herd.data.tokens import cached_tokenizer
@@ -32,11 +32,11 @@ INTERMEDIATE_FORMAT: OutputFormat = "jsonl.zst"
 
 @dataclass
 class RunSpec:
-    """Everything a task needs, picklable: the stages, the shard files and where things go."""
+    """Everything a task needs, picklable: the stages, each shard's input parts and where things go."""
 
     stages: list[Stage]
     labels: list[str]
-    shards: list[list[Path]]
+    shards: list[list[InputPart]]
     input: InputConfig
     out_dir: Path
     out_format: OutputFormat
@@ -189,8 +189,8 @@ def _written(docs: Iterator[Document], out: ShardWriter) -> Iterator[Document]:
 
 
 def _read_inputs(spec: RunSpec, shard: int, stats: StageStats, errors: ShardWriter) -> Iterator[Document]:
-    for path in spec.shards[shard]:
-        for item in read_file(path, spec.input):
+    for part in spec.shards[shard]:
+        for item in read_file(part, spec.input):
             stats.docs_in += 1
             if isinstance(item, BadRecord):
                 stats.drop(item.reason)
@@ -259,7 +259,8 @@ def _finish(spec: RunSpec, stats: list[StageStats], n_segments: int) -> None:
         merged.writelines(path.read_bytes() for path in errors)
     summary = {
         "shards": len(spec.shards),
-        "input_files": sum(len(files) for files in spec.shards),
+        "input_files": len({part.path for parts in spec.shards for part in parts}),
+        "input_parts": sum(len(parts) for parts in spec.shards),
         "stages": [s.to_dict() for s in stats],
         "errors_file": str(spec.run_dir / "errors.jsonl"),
     }
@@ -275,7 +276,7 @@ def _check_same_pipeline(spec: RunSpec) -> None:
     described = json.dumps(
         {
             "stages": [repr(s) for s in spec.stages],
-            "shards": [[str(p) for p in files] for files in spec.shards],
+            "shards": [[str(part) for part in parts] for parts in spec.shards],
             "format": spec.out_format,
             "input": repr(spec.input),
         },
@@ -323,7 +324,8 @@ def _decision_path(spec: RunSpec, k: int) -> Path:
     return spec.run_dir / f"seg{k}" / "decision.pkl"
 
 
-def split_shards(files: Sequence[Path], tasks: int) -> list[list[Path]]:
-    """`files` dealt into `tasks` disjoint shards (round robin over the sorted order); at most one per file."""
-    n = max(1, min(tasks or len(files), len(files)))
-    return [list(files[i::n]) for i in range(n)]
+def split_shards(parts: Sequence[InputPart], tasks: int) -> list[list[InputPart]]:
+    """`parts` cut into `tasks` disjoint shards of consecutive parts (0: one shard per part), so the output
+    shards in order hold the documents in input order; never more shards than parts."""
+    n = max(1, min(tasks or len(parts), len(parts)))
+    return [list(parts[len(parts) * i // n : len(parts) * (i + 1) // n]) for i in range(n)]

@@ -21,7 +21,7 @@ from herd.data.outliers import TokenKLFilter
 from herd.data.pii import PIIMask
 from herd.data.quality import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
 from herd.data.quality_model import QualityClassifierFilter
-from herd.data.readers import InputConfig, input_files
+from herd.data.readers import InputConfig, input_files, input_parts
 from herd.data.safety_words import BadWordsFilter
 from herd.data.semantic import SemanticDedup
 from herd.data.stage import Stage
@@ -71,7 +71,8 @@ class PipelineConfig:
     stages: list[Any] = field(default_factory=list)
     """Stage names or {name: {option: value}} mappings, run in order."""
     tasks: int = 0
-    """Number of disjoint shards (one output file each); 0: one per input file."""
+    """Number of disjoint shards (one output file each); 0: one per input part (a file, or a part of a large
+    one: see `input.part_bytes`). More tasks than parts split the largest JSONL / Parquet files further."""
     workers: int = 1
     """Processes running shard tasks at once."""
     executor: Literal["local", "ray"] = "local"
@@ -90,7 +91,7 @@ class PipelineConfig:
         if self.workers < 1:
             raise HerdError(f"workers must be at least 1, got {self.workers}")
         if self.tasks < 0:
-            raise HerdError(f"tasks must be 0 (one per input file) or more, got {self.tasks}")
+            raise HerdError(f"tasks must be 0 (one per input part) or more, got {self.tasks}")
 
 
 def build_stage(spec: Any) -> Stage:
@@ -133,7 +134,7 @@ def run_pipeline(
     spec = RunSpec(
         stages=built,
         labels=_labels(built),
-        shards=split_shards(input_files(config.input), config.tasks),
+        shards=split_shards(input_parts(config.input, input_files(config.input), config.tasks), config.tasks),
         input=config.input,
         out_dir=Path(config.output.dir),
         out_format=config.output.format,

@@ -1,14 +1,19 @@
 """Readers: JSONL (plain, .gz, .zst), Parquet, text files and HF `datasets` saved to disk, into Documents.
 
 Bad input never raises: a line or row that is not a usable document comes out as a `BadRecord` with its location.
+Large plain JSONL and Parquet files are read as several `InputPart`s (line-aligned byte ranges, row-group ranges).
 """
 
 from __future__ import annotations
 
 import gzip
+import heapq
 import io
+import itertools
 import json
-from collections.abc import Iterator, Sequence
+import math
+import mmap
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -21,6 +26,7 @@ PARQUET_SUFFIXES = (".parquet",)
 TEXT_SUFFIXES = (".txt",)
 HF_DISK_MARKERS = ("state.json", "dataset_dict.json")  # what `Dataset.save_to_disk` leaves in its directory
 Format = Literal["auto", "jsonl", "parquet", "text", "hf_disk"]
+_SCAN_BYTES = 1 << 24  # newlines are counted this many bytes at a time
 
 
 @dataclass
@@ -37,12 +43,31 @@ class InputConfig:
     """Record field holding the document id; absent ids become `path:line`."""
     max_doc_bytes: int = 10_000_000
     """Records larger than this (UTF-8 bytes) are skipped as `too_large`."""
+    part_bytes: int = 1 << 26
+    """Plain JSONL and Parquet files larger than this are read as parts of about this size (line-aligned byte
+    ranges, row groups), each a task of its own; 0: never split by size."""
 
     def __post_init__(self) -> None:
         if isinstance(self.paths, str):
             self.paths = [self.paths]
         if not self.paths:
             raise HerdError("input.paths is empty; list the files or directories to read")
+        if self.part_bytes < 0:
+            raise HerdError(f"input.part_bytes must be 0 (never split) or positive, got {self.part_bytes}")
+
+
+@dataclass(frozen=True)
+class InputPart:
+    """A slice of one input: the whole file, or records [start, stop) counted in bytes for plain JSONL (the
+    range starts at a line start) and in row groups for Parquet; `first` numbers its first line or row."""
+
+    path: Path
+    start: int = 0
+    stop: int | None = None
+    first: int = 1
+
+    def __str__(self) -> str:
+        return str(self.path) if self.stop is None else f"{self.path}@{self.start}:{self.stop}"
 
 
 def input_files(config: InputConfig) -> list[Path]:
@@ -66,18 +91,59 @@ def input_files(config: InputConfig) -> list[Path]:
     return files
 
 
-def read_file(path: Path, config: InputConfig) -> Iterator[Document | BadRecord]:
-    """The documents (and bad records) of one input unit, in file order."""
+def input_parts(config: InputConfig, files: Sequence[Path], min_parts: int = 0) -> list[InputPart]:
+    """`files` as parts, in reading order: plain JSONL and Parquet files over `config.part_bytes` are split,
+    and with `min_parts` the largest splittable files split further until there are that many parts (as far as
+    their lines and row groups allow). Other inputs (compressed, text, HF datasets) stay whole."""
+    sizes = {path: path.stat().st_size for path in files if _splittable(path, config)}
+    counts = {path: math.ceil(size / config.part_bytes) if config.part_bytes else 1 for path, size in sizes.items()}
+    counts = {path: max(1, count) for path, count in counts.items()}
+    extra = min_parts - (len(files) - len(sizes) + sum(counts.values()))
+    heap = [(-size / counts[path], str(path), path) for path, size in sizes.items() if size]
+    heapq.heapify(heap)
+    for _ in range(max(0, extra) if heap else 0):  # one more part for the file with the largest parts
+        _, name, path = heapq.heappop(heap)
+        counts[path] += 1
+        heapq.heappush(heap, (-sizes[path] / counts[path], name, path))
+    parts: list[InputPart] = []
+    for path in files:
+        if counts.get(path, 1) == 1:
+            parts.append(InputPart(path))
+        elif _format_of(path, config.format) == "jsonl":
+            parts.extend(InputPart(path, start, stop, first) for start, stop, first in _line_ranges(path, counts[path]))
+        else:
+            parts.extend(_row_group_parts(path, counts[path]))
+    return parts
+
+
+def read_file(source: Path | InputPart, config: InputConfig) -> Iterator[Document | BadRecord]:
+    """The documents (and bad records) of one input unit or part of one, in file order."""
+    part = source if isinstance(source, InputPart) else InputPart(source)
+    path = part.path
     if path.is_dir():
         yield from _read_hf_disk(path, config)
         return
     kind = _format_of(path, config.format)
     if kind == "jsonl":
-        yield from _read_jsonl(path, config)
+        yield from _read_jsonl(part, config)
     elif kind == "parquet":
-        yield from _read_parquet(path, config)
+        yield from _read_parquet(part, config)
     else:
         yield from _read_text(path, config)
+
+
+def read_texts(config: InputConfig, sources: Iterable[Path | InputPart]) -> Iterator[str]:
+    """The text of every document in `sources`, in order, for tools that need clean input (tokenizer training,
+    tokenization): empty records are skipped, any other bad record is an error naming its location."""
+    for source in sources:
+        for item in read_file(source, config):
+            if isinstance(item, Document):
+                yield item.text
+            elif item.reason != "empty":
+                raise HerdError(
+                    f"{item.location}: {item.reason} ({item.detail}); fix the record, "
+                    "or clean the corpus with `herd data run`, which skips bad records"
+                )
 
 
 def open_binary(path: Path) -> BinaryIO:
@@ -90,9 +156,15 @@ def open_binary(path: Path) -> BinaryIO:
     return open(path, "rb")
 
 
-def _read_jsonl(path: Path, config: InputConfig) -> Iterator[Document | BadRecord]:
+def _read_jsonl(part: InputPart, config: InputConfig) -> Iterator[Document | BadRecord]:
+    path, position = part.path, part.start
     with open_binary(path) as stream:
-        for lineno, raw in enumerate(stream, start=1):
+        if position:
+            stream.seek(position)
+        for lineno, raw in enumerate(stream, start=part.first):
+            if part.stop is not None and position >= part.stop:
+                break
+            position += len(raw)
             where = f"{path}:{lineno}"
             if not raw.strip():
                 continue  # a blank line holds no record
@@ -112,13 +184,55 @@ def _read_jsonl(path: Path, config: InputConfig) -> Iterator[Document | BadRecor
             yield _document(record, where, config)
 
 
-def _read_parquet(path: Path, config: InputConfig) -> Iterator[Document | BadRecord]:
+def _read_parquet(part: InputPart, config: InputConfig) -> Iterator[Document | BadRecord]:
     pq = _import("pyarrow.parquet", "reading Parquet files", package="pyarrow")
-    row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+    file = pq.ParquetFile(part.path)
+    groups = range(part.start, file.num_row_groups if part.stop is None else part.stop)
+    row = part.first - 1
+    for batch in file.iter_batches(batch_size=1024, row_groups=list(groups)):
         for record in batch.to_pylist():
             row += 1
-            yield _document(record, f"{path}:{row}", config)
+            yield _document(record, f"{part.path}:{row}", config)
+
+
+def _splittable(path: Path, config: InputConfig) -> bool:
+    """Plain JSONL (seekable to a byte offset) and Parquet (row groups) files split into parts."""
+    kind = _format_of(path, config.format)
+    return path.is_file() and (kind == "parquet" or (kind == "jsonl" and not path.name.endswith((".gz", ".zst"))))
+
+
+def _line_ranges(path: Path, n: int) -> list[tuple[int, int, int]]:
+    """(start, stop, first line number) of up to `n` byte ranges of about equal size, each from a line start."""
+    size = path.stat().st_size
+    starts, lines = [0], [1]
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        for k in range(1, n):
+            target = size * k // n  # the part starts at the first line start at or after this byte
+            if target <= starts[-1]:
+                continue
+            newline = data.find(b"\n", target - 1)
+            if newline < 0 or newline + 1 >= size:
+                break
+            lines.append(lines[-1] + _count_newlines(data, starts[-1], newline + 1))
+            starts.append(newline + 1)
+    return [(start, stop, line) for (start, stop), line in zip(itertools.pairwise([*starts, size]), lines)]
+
+
+def _count_newlines(data: mmap.mmap, start: int, stop: int) -> int:
+    return sum(data[i : min(i + _SCAN_BYTES, stop)].count(b"\n") for i in range(start, stop, _SCAN_BYTES))
+
+
+def _row_group_parts(path: Path, n: int) -> list[InputPart]:
+    """Up to `n` parts of consecutive row groups, about equal in count; `first` is each part's first row."""
+    pq = _import("pyarrow.parquet", "reading Parquet files", package="pyarrow")
+    metadata = pq.ParquetFile(path).metadata
+    groups = metadata.num_row_groups
+    bounds = sorted({groups * k // n for k in range(n)} | {groups})
+    parts, first = [], 1
+    for start, stop in itertools.pairwise(bounds):
+        parts.append(InputPart(path, start, stop, first))
+        first += sum(metadata.row_group(g).num_rows for g in range(start, stop))
+    return parts
 
 
 def _read_text(path: Path, config: InputConfig) -> Iterator[Document | BadRecord]:

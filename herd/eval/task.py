@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from herd.errors import HerdError
 from herd.eval.metrics import multiple_choice
 from herd.tokenizer import Message
 
@@ -48,6 +49,8 @@ class Task(ABC):
     stop: ClassVar[tuple[str, ...]] = ()
     """Generation: strings that end an output (plain mode; chat mode ends at the end of the turn)."""
     max_gen_toks: ClassVar[int] = 256
+    chain_of_thought: ClassVar[bool] = False
+    """Generation: the prompt asks for reasoning before the answer (shown as "CoT" in the results table)."""
     metric: ClassVar[str] = "acc"
     """The headline metric of the release's table."""
     average: ClassVar[Literal["micro", "macro"]] = "micro"
@@ -60,6 +63,10 @@ class Task(ABC):
     def fewshot_pool(self, data_dir: Path, group: str) -> list[Sample]:
         """Candidate few-shot examples for a group (default: none)."""
         return []
+
+    def train_samples(self, data_dir: Path) -> list[Sample]:
+        """The task's training split, for SFT (default: none)."""
+        raise HerdError(f"{self.name} has no training split in herd; train on its few-shot pool (split fewshot) instead")
 
     def description(self, data_dir: Path, group: str) -> str:
         """Text before the few-shot examples (plain mode) or at the start of the first user turn (chat)."""

@@ -17,6 +17,14 @@ def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
     return index - starts.cummax(dim=1).values
 
 
+def packed_mask_and_positions(doc_ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Attention mask and RoPE positions of packed rows; (None, arange(T)) when every row is a single document,
+    so attention runs SDPA's causal kernel instead of building and applying a [B, 1, T, T] mask."""
+    if not bool(doc_ids.any()):  # doc_ids count from 0 in each row
+        return None, torch.arange(doc_ids.shape[1], device=doc_ids.device)
+    return document_mask(doc_ids), document_positions(doc_ids)
+
+
 def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     """Causal mask that also forbids attention across documents of a packed row."""
     length = doc_ids.shape[1]

@@ -37,12 +37,12 @@ def rope_cos_sin(freqs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Te
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, H, D] by per-position angles; cos/sin are [T, D/2] or [B, T, D/2]."""
-    if cos.dim() == 2:
-        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    else:
-        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    pairs = x.float().unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    """Rotate x [B, T, H, D] by per-position angles; cos/sin are [T, D/2] or [B, T, D/2].
+
+    Each pair (2i, 2i+1) is a complex number turned by e^(i angle): one complex multiply forward and one backward,
+    as in Meta's reference, where the real-valued form costs about ten elementwise kernels each way.
+    """
+    rotation = torch.complex(cos, sin)
+    rotation = rotation[None, :, None, :] if rotation.dim() == 2 else rotation[:, :, None, :]
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)

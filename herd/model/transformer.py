@@ -15,7 +15,7 @@ from torch import nn
 from herd.errors import HerdError
 from herd.model.config import ModelConfig
 from herd.model.kv_cache import KVCache
-from herd.model.masking import cache_mask, cache_positions, document_mask, document_positions
+from herd.model.masking import cache_mask, cache_positions, packed_mask_and_positions
 from herd.model.rope import apply_rope, rope_cos_sin, rope_frequencies
 
 
@@ -134,19 +134,28 @@ class Transformer(nn.Module):
         document and positions restart at each one. cache: decode incrementally after the cached
         tokens. last_only: compute the head for the final position only (prefill).
         """
+        start = cache.length if cache is not None else 0
+        self._check_length(tokens, start)
+        mask, positions = self._mask_and_positions(tokens, doc_ids, cache)
+        hidden = self._run(tokens, mask, positions, cache, None, last_only)
+        if cache is not None:
+            cache.length += tokens.shape[1]
+        return self.output(hidden)
+
+    def features(self, tokens: torch.Tensor, *, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The final-normed hidden states [B, T, dim] that `self.output` maps to logits, for losses that apply the
+        head themselves (chunked cross-entropy): `forward(tokens, doc_ids=d)` is `output(features(tokens, doc_ids=d))`."""
+        self._check_length(tokens, 0)
+        mask, positions = self._mask_and_positions(tokens, doc_ids, None)
+        return self._run(tokens, mask, positions, None, None, False)
+
+    def _check_length(self, tokens: torch.Tensor, start: int) -> None:
         if tokens.dim() != 2:
             raise HerdError(f"tokens must be a [batch, length] tensor, got shape {tuple(tokens.shape)}")
-        length = tokens.shape[1]
-        start = cache.length if cache is not None else 0
-        if start + length > self.config.max_seq_len:
+        if start + tokens.shape[1] > self.config.max_seq_len:
             raise HerdError(
-                f"sequence of {start + length} tokens exceeds the model's context of {self.config.max_seq_len}"
+                f"sequence of {start + tokens.shape[1]} tokens exceeds the model's context of {self.config.max_seq_len}"
             )
-        mask, positions = self._mask_and_positions(tokens, doc_ids, cache)
-        logits = self._run(tokens, mask, positions, cache, None, last_only)
-        if cache is not None:
-            cache.length += length
-        return logits
 
     def decode_step(self, tokens: torch.Tensor, cache: KVCache, slot: torch.Tensor) -> torch.Tensor:
         """Logits [B, 1, vocab] for one token per row [B, 1], written at cache slot `slot` (LongTensor [1]).
@@ -155,7 +164,7 @@ class Transformer(nn.Module):
         torch.compile or capture in a CUDA graph. The caller advances `cache.length`.
         """
         mask = cache_mask(cache.pad, slot, 1, cache.max_len)
-        return self._run(tokens, mask, cache_positions(cache.pad, slot, 1), cache, slot, False)
+        return self.output(self._run(tokens, mask, cache_positions(cache.pad, slot, 1), cache, slot, False))
 
     def _run(
         self,
@@ -172,7 +181,7 @@ class Transformer(nn.Module):
             h = layer(h, cos, sin, mask, cache, slot)
         if last_only:
             h = h[:, -1:]
-        return self.output(self.norm(h))
+        return self.norm(h)
 
     def _mask_and_positions(
         self, tokens: torch.Tensor, doc_ids: torch.Tensor | None, cache: KVCache | None
@@ -183,7 +192,7 @@ class Transformer(nn.Module):
                 raise HerdError("doc_ids (packed documents) cannot be combined with a KV cache")
             if doc_ids.shape != tokens.shape:
                 raise HerdError(f"doc_ids shape {tuple(doc_ids.shape)} must equal tokens shape {tuple(tokens.shape)}")
-            return document_mask(doc_ids), document_positions(doc_ids)
+            return packed_mask_and_positions(doc_ids)
         if cache is None:
             return None, torch.arange(length, device=tokens.device)
         if cache.length + length > cache.max_len:

@@ -1,6 +1,7 @@
 """Post-training data: chat dialogs (`messages`) and preference pairs (prompt, chosen, rejected; ranked triples).
 
-Reads JSONL files and Hugging Face `datasets` saved to disk; a malformed record is a HerdError naming where it is.
+Reads JSONL files, Hugging Face `datasets` saved to disk and herd.eval tasks (`task:NAME[/SPLIT][@DATA_DIR]`, as
+dialogs); a malformed record is a HerdError naming where it is.
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ from typing import Any
 
 from herd.errors import HerdError
 from herd.tokenizer import Message, validate_messages
+
+TASK_PREFIX = "task:"
+TASK_SPLITS = ("train", "fewshot", "eval")
+"""A task's split as SFT data: its training split, its few-shot pools, or its evaluation samples."""
+DEFAULT_TASK_DATA = "data/benchmarks"
+"""Where task files are when a spec names no directory (`herd eval`'s default)."""
 
 RANKED = ("edited", "chosen", "rejected")
 """Preference fields from best to worst; `edited` is optional (Llama 3's human-edited responses)."""
@@ -33,7 +40,12 @@ class PreferencePair:
 
 
 def records(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """(location, record) of each record of a JSONL file or a `datasets.save_to_disk` directory, in order."""
+    """(location, record) of each record of a JSONL file, a `datasets.save_to_disk` directory or a task spec
+    (`task:gsm8k/train@DIR`, records {"messages": [...]}), in order."""
+    if isinstance(path, str) and path.startswith(TASK_PREFIX):
+        for index, dialog in enumerate(task_dialogs(*parse_task_spec(path))):
+            yield f"{path}[{index}]", {"messages": dialog}
+        return
     path = Path(path)
     if path.is_dir():
         yield from _dataset_records(path)
@@ -48,6 +60,37 @@ def records(path: str | Path) -> Iterator[tuple[str, Any]]:
                 yield f"{path}:{lineno}", json.loads(line)
             except json.JSONDecodeError as e:
                 raise HerdError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
+def parse_task_spec(spec: str) -> tuple[str, str, Path]:
+    """(task name, split, data dir) of `task:NAME[/SPLIT][@DATA_DIR]`; the split defaults to train."""
+    body, _, data_dir = spec.removeprefix(TASK_PREFIX).partition("@")
+    name, _, split = body.partition("/")
+    split = split or "train"
+    if not name or split not in TASK_SPLITS:
+        raise HerdError(f"bad task data spec {spec!r}: write task:NAME[/SPLIT][@DATA_DIR], SPLIT one of "
+                        f"{', '.join(TASK_SPLITS)}, e.g. task:gsm8k/train@data/benchmarks")
+    return name, split, Path(data_dir or DEFAULT_TASK_DATA)
+
+
+def task_dialogs(name: str, split: str, data_dir: str | Path) -> list[list[Message]]:
+    """SFT dialogs of a herd.eval task's split: each sample's 0-shot chat prompt (as `herd eval --chat` renders it,
+    with the task's description) answered by its gold answer (GSM8K: the chain of thought ending in its number).
+    Split fewshot pools the few-shot examples of every group of the eval samples (so it reads those too)."""
+    from herd.eval.task import render_chat
+    from herd.eval.tasks import get_task
+
+    task, data_dir = get_task(name), Path(data_dir)
+    if split == "train":
+        samples = task.train_samples(data_dir)
+    elif split == "eval":
+        samples = task.samples(data_dir)
+    else:
+        groups = dict.fromkeys(s.group for s in task.samples(data_dir))
+        pooled = {(s.question, s.answer): s for g in groups for s in task.fewshot_pool(data_dir, g)}  # pools may repeat
+        samples = list(pooled.values())
+    return [[*render_chat(task, s, [], task.description(data_dir, s.group)), {"role": "assistant", "content": s.answer}]
+            for s in samples]
 
 
 def _dataset_records(path: Path) -> Iterator[tuple[str, Any]]:

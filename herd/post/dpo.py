@@ -2,12 +2,13 @@
 
 The loss is -log sigmoid(beta * (policy - reference log-ratio of chosen minus that of rejected)) per pair plus
 `nll_weight` x the mean NLL of the chosen reply tokens; log-probs cover reply content only (prompt, headers and
-end-of-turn tokens are masked out). The reference is a frozen copy of the starting model, or its log-probs
-computed once before training.
+end-of-turn tokens are masked out). The reference is the frozen starting model (with LoRA, the policy with its
+adapters off; else a copy), or its log-probs computed once before training.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -16,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from herd.checkpoint import load, save
+from herd.checkpoint import save
 from herd.errors import HerdError
 from herd.post.batches import Batches, PairTensors, encode_pairs, pair_batch
 from herd.post.data import read_preferences
-from herd.post.stage import PostConfig, PostResult, export_trained, finished, load_start, train_stage
+from herd.post.lora import WithoutAdapters
+from herd.post.stage import PostConfig, PostResult, export_trained, finished, load_start, reference_model, train_stage
 from herd.train.packing import IGNORE_INDEX
 from herd.train.trainer import Batch, LossOutput, token_cross_entropy
 
@@ -40,8 +42,9 @@ class DPOConfig(PostConfig):
     nll_weight: float = 0.2
     """Weight of the NLL term on the chosen replies (Llama 3: 0.2); 0 is plain DPO."""
     reference: Literal["model", "precomputed"] = "precomputed"
-    """model: a frozen copy of the starting model scores each batch; precomputed: its log-probs of every example
-    are computed once before training (and kept in the run dir), so no second model stays in memory."""
+    """model: the frozen starting model scores each batch (with LoRA the policy with its adapters off, else a
+    second copy); precomputed: its log-probs of every example are computed once before training (and kept in the
+    run dir), so no second model is ever loaded."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,7 +56,11 @@ class DPOConfig(PostConfig):
             raise HerdError(f"nll_weight must be 0 or more, got {self.nll_weight}")
 
 
-def token_logps(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+Model = nn.Module | Callable[..., torch.Tensor]
+"""A model, or something called like one (the base under LoRA adapters)."""
+
+
+def token_logps(model: Model, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p of each target token [B, T] (fp32); 0 where the target is IGNORE_INDEX."""
     return -token_cross_entropy(model(tokens), targets)
 
@@ -69,7 +76,7 @@ def dpo_loss(
     return -F.logsigmoid(margin) + nll_weight * chosen_nll, margin.detach()
 
 
-def dpo_batch_loss(policy: nn.Module, batch: Batch, *, beta: float, nll_weight: float, reference: nn.Module | None) -> LossOutput:
+def dpo_batch_loss(policy: nn.Module, batch: Batch, *, beta: float, nll_weight: float, reference: Model | None) -> LossOutput:
     """The summed DPO loss of a (tokens, targets, last, reference log-probs) batch; with a `reference` model its
     log-probs are computed here instead of read from the batch."""
     tokens, targets, _, reference_logps = batch
@@ -85,7 +92,7 @@ def dpo_batch_loss(policy: nn.Module, batch: Batch, *, beta: float, nll_weight: 
 
 
 @torch.no_grad()
-def sequence_logps(model: nn.Module, pairs: PairTensors, batch_size: int, pad_id: int, device: torch.device) -> torch.Tensor:
+def sequence_logps(model: Model, pairs: PairTensors, batch_size: int, pad_id: int, device: torch.device) -> torch.Tensor:
     """Reply log-probs [2n] of every sequence of `pairs` (chosen ones, then rejected, as `PairTensors` holds them)."""
     n, chosen, rejected = len(pairs), [], []
     for start in range(0, n, batch_size):
@@ -107,7 +114,7 @@ def with_reference(pairs: PairTensors, reference_logps: torch.Tensor | None, pad
 
 @torch.no_grad()
 def preference_figures(
-    policy: nn.Module, reference: nn.Module | None, reference_logps: torch.Tensor | None, pairs: PairTensors,
+    policy: nn.Module, reference: Model | None, reference_logps: torch.Tensor | None, pairs: PairTensors,
     config: DPOConfig, pad_id: int, device: torch.device,
 ) -> dict[str, float]:
     """Held-out DPO loss, reward accuracy (share of pairs with a positive margin) and mean margin."""
@@ -127,13 +134,13 @@ def dpo(config: DPOConfig) -> PostResult:
     policy, tok, device = load_start(config)
     pairs = encode_pairs(tok, read_preferences(config.data), config.seq_len)
     val = encode_pairs(tok, read_preferences(config.val_data), config.seq_len) if config.val_data else None
-    reference, _ = load(config.model, device=device, dtype=torch.float32)
-    reference.requires_grad_(False).eval()
-    stored_logps = val_logps = None
+    stored_logps = val_logps = reference = None
     if config.reference == "precomputed":
-        stored_logps = _reference_logps(config, reference, pairs, tok.eos_id, device)
-        val_logps = sequence_logps(reference, val, config.batch_size, tok.eos_id, device) if val else None
-        reference = None
+        start = WithoutAdapters(policy) if config.lora.rank else policy  # not trained yet: it is the starting model
+        stored_logps = _reference_logps(config, start, pairs, tok.eos_id, device)
+        val_logps = sequence_logps(start, val, config.batch_size, tok.eos_id, device) if val else None
+    else:
+        reference = reference_model(config, policy, device)
     data = Batches(len(pairs), config.batch_size, config.seed, partial(with_reference, pairs, stored_logps, tok.eos_id))
     loss_fn = partial(dpo_batch_loss, beta=config.beta, nll_weight=config.nll_weight, reference=reference)
     evaluate = partial(preference_figures, policy, reference, val_logps, val, config, tok.eos_id, device) if val else None
@@ -144,7 +151,7 @@ def dpo(config: DPOConfig) -> PostResult:
     )
 
 
-def _reference_logps(config: DPOConfig, reference: nn.Module, pairs: PairTensors, pad_id: int, device: torch.device) -> torch.Tensor:
+def _reference_logps(config: DPOConfig, reference: Model, pairs: PairTensors, pad_id: int, device: torch.device) -> torch.Tensor:
     """The starting model's log-probs of the training pairs, computed once and kept in the run dir (a resumed run
     must not recompute them with the trained policy)."""
     path = config.run_dir / "reference_logps.pt"

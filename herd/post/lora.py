@@ -1,12 +1,15 @@
 """LoRA adapters: low-rank A/B updates beside frozen linear layers, for memory-light fine-tuning.
 
-Owns wrapping a model's linears, merging the updates into the base weights, and saving/loading the adapters alone.
+Owns wrapping a model's linears, switching the adapters off (the base model, for a reference, without a second copy),
+merging the updates into the base weights, and saving/loading the adapters alone.
 Written here rather than taken from PEFT: herd's model is not a transformers model, and the wrapper is ~20 lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,19 +42,26 @@ class LoRAConfig:
 
 
 class LoRALinear(nn.Module):
-    """y = base(x) + (alpha / r) * x A^T B^T, with `base` frozen; B starts at zero so training starts at the base."""
+    """y = base(x) + (alpha / r) * x A^T B^T, with `base` frozen (any dtype) and A, B in fp32; B starts at zero so
+    training starts at the base."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
         super().__init__()
         self.base, self.scale = base, alpha / rank
+        self.enabled = True
         base.weight.requires_grad_(False)
-        weight = base.weight
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=weight.device, dtype=weight.dtype))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=weight.device, dtype=weight.dtype))
+        device = base.weight.device  # the adapters train in fp32 whatever the frozen base's dtype
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=device, dtype=torch.float32))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=device, dtype=torch.float32))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # nn.Linear's own initialization
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scale
+        if not self.enabled:
+            return self.base(x)
+        a, b = self.lora_a, self.lora_b
+        if not torch.is_autocast_enabled(x.device.type):  # autocast casts them itself, without copying x
+            a, b = a.to(x.dtype), b.to(x.dtype)
+        return self.base(x) + (x @ a.T @ b.T) * self.scale
 
     def merged(self) -> nn.Linear:
         """The base linear with the update added into its weight."""
@@ -73,6 +83,31 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     if not wrapped:
         raise HerdError(f"lora.targets {config.targets} name no linear layer of the model; use e.g. wq, wv, w1")
     return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block `model` computes as its base model: every LoRALinear skips its update."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for layer in layers:
+        layer.enabled = False
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.enabled = True
+
+
+class WithoutAdapters:
+    """The base model under a LoRA-wrapped `model`, called like a model: the same weights run with the adapters
+    off, so a frozen reference costs no second copy. Not an nn.Module, so freezing it cannot touch the policy."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, *args: object, **kwargs: object) -> torch.Tensor:
+        with adapters_disabled(self.model):
+            return self.model(*args, **kwargs)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -20,15 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from herd.checkpoint import load
 from herd.errors import HerdError
 from herd.generation import generate_tokens
 from herd.model import Transformer
 from herd.post.batches import Batches
 from herd.post.data import read_prompts
-from herd.post.dpo import token_logps
+from herd.post.dpo import Model, token_logps
 from herd.post.rewards import Prompt, Scorer, arithmetic_questions, encode_prompts, make_scorer
-from herd.post.stage import PostConfig, PostResult, load_start, train_stage
+from herd.post.stage import PostConfig, PostResult, load_start, reference_model, train_stage
 from herd.tokenizer import Tokenizer
 from herd.train.packing import IGNORE_INDEX
 from herd.train.pretrain import autocast_dtype_for
@@ -127,7 +126,7 @@ def completion_targets(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.
 
 
 @torch.no_grad()
-def completion_logps(model: nn.Module, tokens: torch.Tensor, mask: torch.Tensor, batch_size: int) -> torch.Tensor:
+def completion_logps(model: Model, tokens: torch.Tensor, mask: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Log-probs [N, T-1] of the completion tokens under `model` (0 off the mask), in chunks of batch_size rows."""
     chunks = [token_logps(model, *completion_targets(tokens[i : i + batch_size], mask[i : i + batch_size]))
               for i in range(0, tokens.shape[0], batch_size)]
@@ -156,7 +155,7 @@ def right_pad(rows: Sequence[list[int]], starts: Sequence[int], pad_id: int) -> 
 
 
 def sample_rollout(
-    policy: Transformer, reference: nn.Module, prompts: Sequence[Prompt], scorer: Scorer, config: RLConfig,
+    policy: Transformer, reference: Model, prompts: Sequence[Prompt], scorer: Scorer, config: RLConfig,
     tok: Tokenizer, seed: int, autocast: contextlib.AbstractContextManager | None = None,
 ) -> Rollout:
     """Sample one completion of each prompt (repeat a prompt for a group), score it and compute the policy's and
@@ -229,7 +228,8 @@ class RLRun:
     """What an RL stage starts from: the policy (fine-tuned), the frozen reference, prompts and the reward."""
 
     policy: Transformer
-    reference: Transformer
+    reference: Model
+    """The frozen starting model (with LoRA, the policy with its adapters off)."""
     tok: Tokenizer
     device: torch.device
     prompts: list[Prompt]
@@ -249,10 +249,9 @@ class RLRun:
 
 
 def start_rl(config: RLConfig) -> RLRun:
-    """Load the policy (with LoRA when configured), a frozen reference copy, the prompts and the reward."""
+    """Load the policy (with LoRA when configured), the frozen reference, the prompts and the reward."""
     policy, tok, device = load_start(config)
-    reference, _ = load(config.model, device=device, dtype=torch.float32)
-    reference.requires_grad_(False).eval()
+    reference = reference_model(config, policy, device)
     if config.prompts:
         dialogs = read_prompts(config.prompts)
     else:

@@ -27,7 +27,8 @@ class SFTConfig(PostConfig):
     out_dir: str = "runs/sft"
     """Run directory."""
     data: str = ""
-    """Training dialogs: a JSONL file of {"messages": [...]} records, or a dataset saved by datasets.save_to_disk."""
+    """Training dialogs: a JSONL file of {"messages": [...]} records, a dataset saved by datasets.save_to_disk, or an
+    eval task's split as dialogs, task:NAME[/train|fewshot|eval][@DATA_DIR] (e.g. task:gsm8k/train@data/benchmarks)."""
     val_data: str | None = None
     """Held-out dialogs in the same form; their assistant-token loss is reported as val_loss."""
     val_batches: int = 8

@@ -16,7 +16,7 @@ from torch import nn
 
 from herd.config_overrides import to_dict
 from herd.errors import HerdError
-from herd.post.lora import LoRAConfig, apply_lora, merge_lora, save_adapters
+from herd.post.lora import LoRAConfig, WithoutAdapters, apply_lora, merge_lora, save_adapters
 from herd.tokenizer import Tokenizer
 from herd.train.checkpointing import CheckpointManager
 from herd.train.config import FaultConfig, OptimConfig
@@ -55,7 +55,8 @@ class PostConfig:
     device: str = "auto"
     """cpu, cuda, cuda:1, ...; auto picks cuda when available."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Compute dtype: bfloat16 autocast (weights stay fp32) or float32; auto is bf16 on GPU, fp32 on CPU."""
+    """Compute dtype: bfloat16 autocast (trained weights stay fp32; with LoRA the frozen base is held in bf16) or
+    float32; auto is bf16 on GPU, fp32 on CPU."""
     optim: OptimConfig = field(default_factory=fine_tuning_optim)
     """Optimizer and LR schedule (Llama 3's post-training defaults)."""
     faults: FaultConfig = field(default_factory=FaultConfig)
@@ -113,15 +114,27 @@ def finished(config: PostConfig) -> PostResult | None:
 
 
 def load_start(config: PostConfig) -> tuple[nn.Module, Tokenizer, torch.device]:
-    """The starting model in fp32 on the configured device (with LoRA adapters when lora.rank > 0), its tokenizer
-    and the device."""
+    """The starting model on the configured device, its tokenizer and the device: fp32, or with LoRA adapters
+    (fp32) when lora.rank > 0, whose frozen base is bf16 under bf16 autocast (half the memory of the 8B's weights)."""
     from herd.checkpoint import load
 
     device = pick_device(config.device)
-    model, tok = load(config.model, device=device, dtype=torch.float32)
+    bf16_base = config.lora.rank and autocast_dtype_for(config.dtype, device) == torch.bfloat16
+    model, tok = load(config.model, device=device, dtype=torch.bfloat16 if bf16_base else torch.float32)
     if config.lora.rank:
         apply_lora(model, config.lora)
     return model, tok, device
+
+
+def reference_model(config: PostConfig, policy: nn.Module, device: torch.device) -> Callable[..., torch.Tensor]:
+    """The starting model, frozen, to measure `policy` against: with LoRA the policy itself with its adapters off
+    (no second copy of the weights), else a copy loaded from config.model."""
+    if config.lora.rank:
+        return WithoutAdapters(policy)
+    from herd.checkpoint import load
+
+    reference, _ = load(config.model, device=device, dtype=torch.float32)
+    return reference.requires_grad_(False).eval()
 
 
 def train_stage(

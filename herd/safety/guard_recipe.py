@@ -45,13 +45,15 @@ EXTRA_CATEGORIES: Taxonomy = (Category("Gambling"), Category("Academic Dishonest
 
 @dataclass(frozen=True)
 class Example:
-    """A labelled user request: its text and the category it violates (None when benign)."""
+    """A labelled message: its text, the category it violates (None when benign), and who says it."""
 
     text: str
     category: str | None
+    role: str = "user"
+    """"user" (a request) or "assistant" (a reply, judged as the Agent's turn)."""
 
 
-def synthetic_examples(categories: Sequence[str], *, held_out: bool = False, benign_share: float = 0.5,
+def synthetic_examples(categories: Sequence[str], *, held_out: bool = False, benign_share: float = 0.4,
                        n: int = 400, seed: int = 0) -> list[Example]:
     """`n` requests: harmful ones spread over `categories`, benign ones at `benign_share`; the training split uses
     every request template but the last, the held-out split only the last."""
@@ -68,11 +70,13 @@ def synthetic_examples(categories: Sequence[str], *, held_out: bool = False, ben
     return out
 
 
-def sample_taxonomy(universe: Taxonomy, example: Example, rng: random.Random, max_size: int) -> Taxonomy:
-    """A shuffled subset of `universe` (1..max_size categories) that lists the example's category half the time."""
+def sample_taxonomy(universe: Taxonomy, example: Example, rng: random.Random, max_size: int,
+                    listed_share: float = 0.6) -> Taxonomy:
+    """A shuffled subset of `universe` (1..max_size categories) that lists the example's category with
+    probability `listed_share`."""
     pool = [c for c in universe if c.name != example.category]
     size = rng.randint(1, min(max_size, len(universe)))
-    own = [c for c in universe if c.name == example.category and rng.random() < 0.5]
+    own = [c for c in universe if c.name == example.category and rng.random() < listed_share]
     chosen = own + rng.sample(pool, min(size - len(own), len(pool)))
     rng.shuffle(chosen)
     return tuple(chosen)
@@ -83,11 +87,11 @@ def labelled(example: Example, taxonomy: Taxonomy) -> list[str]:
     return [code(i) for i, c in enumerate(taxonomy) if c.name == example.category]
 
 
-def guard_records(examples: Sequence[Example], universe: Taxonomy, *, max_size: int = 4,
+def guard_records(examples: Sequence[Example], universe: Taxonomy, *, max_size: int = 4, listed_share: float = 0.6,
                   seed: int = 0) -> list[tuple[Example, Taxonomy]]:
     """Each example paired with a taxonomy drawn for it (see sample_taxonomy)."""
     rng = random.Random(seed)
-    return [(e, sample_taxonomy(universe, e, rng, max_size)) for e in examples]
+    return [(e, sample_taxonomy(universe, e, rng, max_size, listed_share)) for e in examples]
 
 
 def write_sft_data(records: Sequence[tuple[Example, Taxonomy]], path: str | Path) -> Path:
@@ -95,14 +99,14 @@ def write_sft_data(records: Sequence[tuple[Example, Taxonomy]], path: str | Path
     path = Path(path)
     with path.open("w", encoding="utf-8") as f:
         for example, taxonomy in records:
-            prompt = render_prompt([{"role": "user", "content": example.text}], taxonomy)
+            prompt = render_prompt([{"role": example.role, "content": example.text}], taxonomy)
             reply = target_text(labelled(example, taxonomy))
             f.write(json.dumps({"messages": [{"role": "user", "content": prompt},
                                              {"role": "assistant", "content": reply}]}) + "\n")
     return path
 
 
-def build_base(sft_data: str | Path, out_dir: str | Path, *, vocab_size: int = 400, dim: int = 64,
+def build_base(sft_data: str | Path, out_dir: str | Path, *, vocab_size: int = 900, dim: int = 64,
                n_layers: int = 2, max_seq_len: int = 512, seed: int = 0) -> Path:
     """A small random model with a BPE tokenizer trained on the SFT records' text, saved in herd format: the
     starting point for a guard trained from scratch on CPU."""
@@ -136,22 +140,25 @@ def train_guard(config) -> Path:
 
 def evaluate_guard(guard: LlamaGuard, records: Sequence[tuple[Example, Taxonomy]],
                    threshold: float = 0.5) -> dict[str, float]:
-    """F1, AUPRC (average precision of unsafe_prob), false-positive rate, category accuracy on the unsafe cases
-    and the malformed share, over (example, taxonomy) records; a malformed verdict counts as flagged."""
+    """F1, AUPRC (average precision of unsafe_prob), false-positive rate, category accuracy on the unsafe cases,
+    the malformed share, and the share of harmful requests flagged although their taxonomy leaves their category
+    out (low when the guard honours the taxonomy), over (example, taxonomy) records; malformed counts as flagged."""
     from sklearn.metrics import average_precision_score, f1_score
 
-    verdicts = guard.moderate([[{"role": "user", "content": e.text}] for e, _ in records], [t for _, t in records],
+    verdicts = guard.moderate([[{"role": e.role, "content": e.text}] for e, _ in records], [t for _, t in records],
                               threshold)
     truths = [labelled(e, t) for e, t in records]
     labels = [bool(t) for t in truths]
     flagged = [v.verdict != "safe" for v in verdicts]
     negatives = [f for f, y in zip(flagged, labels) if not y]
+    unlisted = [f for f, (e, _), y in zip(flagged, records, labels) if e.category is not None and not y]
     return {
         "f1": float(f1_score(labels, flagged)),
         "auprc": float(average_precision_score(labels, [v.unsafe_prob for v in verdicts])),
         "fpr": sum(negatives) / max(len(negatives), 1),
         "category_accuracy": sum(v.codes == t for v, t in zip(verdicts, truths) if t) / max(sum(labels), 1),
         "malformed": sum(v.verdict == "malformed" for v in verdicts) / len(records),
+        "unlisted_flagged": sum(unlisted) / max(len(unlisted), 1),
         "positives": sum(labels), "n": len(records),
     }
 

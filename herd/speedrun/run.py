@@ -62,9 +62,12 @@ class RunContext:
         return self.manifests[name]["outputs"]
 
 
-def run_stages(ctx: RunContext, log: Callable[[str], None] = print) -> None:
+def run_stages(ctx: RunContext, log: Callable[[str], None] = print, *, until: str | None = None) -> None:
+    """Run the stages in order (through `until` when given), skipping those already complete."""
     chain = ""
     for name, fn in STAGES.items():
+        if until is not None and list(STAGES).index(name) > list(STAGES).index(until):
+            return
         settings = ctx.settings(name)
         chain = hashlib.sha256(json.dumps([chain, name, settings, ctx.seed, ctx.device], sort_keys=True).encode()).hexdigest()
         out = ctx.stage_dir(name)

@@ -4,7 +4,10 @@
   (never in quiz form, never in SFT): MMLU-like, accuracy by loglikelihood;
 - `synth_math`: held-out word problems, chain of thought, exact match on `#### N` (GSM8K-like);
 - `synth_code`: complete a function from its signature and docstring; pass@1 of its asserts in the sandbox
-  (HumanEval-like).
+  (HumanEval-like);
+- `synth_math_mc`: the held-out word problems as 4-way multiple choice between the worked solution and copies
+  whose final result is off by 1 or 10 (accuracy by loglikelihood: graded enough for the tiny models of a
+  scaling sweep, where exact match stays at 0).
 
 `chat=True` renders a question as a user turn (SFT / DPO models, 0-shot); plain mode uses 3-shot text prompts
 for the base model.
@@ -98,4 +101,27 @@ class SynthCode(Task):
         return result.status, {"pass@1": float(result.status == "passed")}
 
 
+class SynthMathChoice(Task):
+    name, kind, metric = "synth_math_mc", "multiple_choice", "acc"
+
+    def samples(self, data_dir: Path) -> list[Sample]:
+        out = []
+        for index, r in enumerate(_rows(data_dir, "math")):
+            gold = int(r["gold"])
+            wrong = [g for g in (gold + 1, gold - 1, gold + 10, gold - 10) if g >= 0]
+            rng = random.Random(index)
+            choices = [r["answer"]] + [_with_result(r["answer"], r["gold"], str(g)) for g in rng.sample(wrong, 3)]
+            rng.shuffle(choices)
+            out.append(Sample(f"Question: {r['question']}\nAnswer:", r["answer"], tuple(choices), choices.index(r["answer"])))
+        return out
+
+
+def _with_result(solution: str, gold: str, wrong: str) -> str:
+    """The worked solution with its last two mentions of the result (the final step and "#### N") replaced."""
+    head, *tails = solution.rsplit(gold, 2)
+    return head + wrong.join([""] + tails) if len(tails) == 2 else solution.replace(gold, wrong)
+
+
 SYNTHETIC = (SynthKnowledge, SynthMath, SynthCode)
+SCALING_SYNTHETIC = (*SYNTHETIC, SynthMathChoice)
+"""Synthetic tasks a scaling sweep can score (SYNTHETIC are the speedrun's)."""

@@ -1,67 +1,31 @@
 """BPE tokenizer training: HF `tokenizers` learns byte-level merges under Llama 3's split regex.
 
-Also owns reading a text corpus (text files, JSONL `text` fields, directories) into documents.
+The corpus is read by the data pipeline's readers (herd.data.readers), so it takes the inputs `herd data run` does.
 """
 
-import gzip
-import json
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from tokenizers import Regex, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from herd.data.readers import InputConfig, input_files, read_texts
 from herd.errors import HerdError
 from herd.tokenizer.bpe_file import write_bpe_file
 from herd.tokenizer.tiktoken_bpe import PAT_STR
 
-# A plain text file is one document; a JSONL file holds one document per line in its `text` field.
-TEXT_SUFFIXES = (".txt",)
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 NUM_BYTES = 256
 
 
-def corpus_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """The corpus files named by `inputs`: files as given, directories searched for .txt/.jsonl(.gz), sorted."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and _is_corpus_file(p))
-            if not found:
-                raise HerdError(f"no .txt, .jsonl or .jsonl.gz files under {item}; point at a corpus directory")
-            files.extend(found)
-        elif item.is_file():
-            if not _is_corpus_file(item):
-                raise HerdError(f"{item}: unsupported corpus file; use .txt (one document) or .jsonl / .jsonl.gz")
-            files.append(item)
-        else:
-            raise HerdError(f"corpus input not found: {item}; pass existing text/JSONL files or directories")
-    if not files:
-        raise HerdError("no corpus inputs given; pass text/JSONL files or directories")
-    return files
-
-
-def read_documents(path: Path) -> Iterator[str]:
-    """The documents of one corpus file, in file order; empty documents are skipped."""
-    if path.name.endswith(TEXT_SUFFIXES):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if text:
-            yield text
-        return
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as lines:
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            text = _jsonl_text(path, lineno, line)
-            if text:
-                yield text
-
-
-def iter_documents(files: Iterable[Path]) -> Iterator[str]:
-    """The documents of all `files`, file after file."""
-    for path in files:
-        yield from read_documents(path)
+def corpus_texts(inputs: Sequence[str | Path]) -> tuple[list[Path], Iterator[str]]:
+    """The input files under `inputs` (files or directories: JSONL, Parquet, text, HF datasets; compressed or not)
+    and an iterator over their documents' texts, in order (bad records are errors, empty ones skipped)."""
+    if not inputs:
+        raise HerdError("no corpus inputs given; pass JSONL, Parquet or text files, or directories")
+    config = InputConfig(paths=[str(path) for path in inputs], max_doc_bytes=sys.maxsize)  # whole books welcome
+    files = input_files(config)
+    return files, read_texts(config, files)
 
 
 def train_hf_bpe(texts: Iterable[str], vocab_size: int, *, show_progress: bool = False) -> HFTokenizer:
@@ -104,7 +68,7 @@ def train_tokenizer(
     pair whose concatenation is a token, lowest rank first; ranks are HF's merge order, so it
     reproduces HF's encoding (tests check this on held-out text).
     """
-    hf_tokenizer = train_hf_bpe(iter_documents(corpus_files(inputs)), vocab_size, show_progress=show_progress)
+    hf_tokenizer = train_hf_bpe(corpus_texts(inputs)[1], vocab_size, show_progress=show_progress)
     ranks = mergeable_ranks(hf_tokenizer)
     if len(ranks) < vocab_size:
         raise HerdError(
@@ -124,18 +88,3 @@ def _byte_to_char() -> dict[int, str]:
     others = (byte for byte in range(NUM_BYTES) if byte not in table)
     table.update({byte: chr(NUM_BYTES + i) for i, byte in enumerate(others)})
     return table
-
-
-def _is_corpus_file(path: Path) -> bool:
-    return path.name.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
-
-
-def _jsonl_text(path: Path, lineno: int, line: str) -> str:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise HerdError(f"{path}:{lineno}: invalid JSON ({e.msg}); each line must be a JSON object") from None
-    text = record.get("text") if isinstance(record, dict) else None
-    if not isinstance(text, str):
-        raise HerdError(f'{path}:{lineno}: no string "text" field; each JSONL line needs {{"text": "..."}}')
-    return text

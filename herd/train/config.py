@@ -87,9 +87,26 @@ class FaultConfig:
     """Decay of the running mean of good losses that spikes are measured against."""
     max_bad_steps: int = 5
     """Stop the run after this many bad steps in a row."""
+    sdc_interval: int = 0
+    """Every this many steps, recompute the step's forward and backward and compare each rank's loss with the first
+    computation bitwise; a rank that gets another number has silent data corruption: the run stops naming it
+    (torchrun restarts it from the last checkpoint; drain that host). 0 turns the check off."""
     hang_timeout_s: float = 0.0
     """A step (with its validation and save) running longer than this is a hang: each rank dumps its stacks and exits 1
     (torchrun --max-restarts then restarts the job from the last checkpoint); 0 turns the watchdog off."""
+
+
+@dataclass
+class Stage:
+    """One stage of a sequence-length / batch-size schedule (Llama 3: 4M-token batches of 4K rows, then 8M of 8K, ...)."""
+
+    step: int = 0
+    """First optimizer step of the stage."""
+    seq_len: int = 0
+    """Tokens per row from that step on; divides the run's seq_len (rows of seq_len are cut into pieces this long)."""
+    batch_tokens: int = 0
+    """Tokens per optimizer step over all data-parallel ranks: a multiple of batch_size x seq_len x ranks (the
+    micro-batches of a step are its grad_accum)."""
 
 
 @dataclass
@@ -118,6 +135,10 @@ class PretrainConfig:
     """Micro-batches per optimizer step (one step sees batch_size * grad_accum * seq_len tokens)."""
     grad_accum_schedule: dict[int, int] | None = None
     """Batch-size ramp: optimizer step -> grad_accum from that step on, e.g. {0: 1, 200: 2, 600: 4}."""
+    stages: list[Stage] = field(default_factory=list)
+    """Sequence-length and batch-size schedule, e.g. [{step: 0, seq_len: 128, batch_tokens: 4096}, {step: 100,
+    seq_len: 256, batch_tokens: 8192}]; a micro-batch keeps batch_size x seq_len tokens (more, shorter rows), the data
+    order is the unstaged run's. Replaces grad_accum and grad_accum_schedule; empty: no schedule."""
     seed: int = 0
     """Seeds the weights and the data order."""
     device: str = "auto"
@@ -150,7 +171,8 @@ class PretrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise HerdError(f"{name} must be at least 1, got {value}")
-        for name in ("eval_interval", "checkpoint_interval", "optim.warmup_steps", "optim.anneal_steps"):
+        for name in ("eval_interval", "checkpoint_interval", "optim.warmup_steps", "optim.anneal_steps",
+                     "faults.sdc_interval"):
             value = self._get(name)
             if value < 0:
                 raise HerdError(f"{name} must be 0 or more, got {value}")
@@ -164,6 +186,7 @@ class PretrainConfig:
         for start, accum in (self.grad_accum_schedule or {}).items():
             if start < 0 or accum < 1:
                 raise HerdError(f"grad_accum_schedule entry {start}: {accum} needs step >= 0 and grad_accum >= 1")
+        self._check_stages()
         if self.eval_interval and not self.data.val_sources:
             raise HerdError("eval_interval is set but data.val_sources is empty; add validation shards or set eval_interval=0")
         if self.faults.policy == "rollback" and not self.checkpoint_interval:
@@ -182,12 +205,30 @@ class PretrainConfig:
             )
         self._check_pipeline()
 
+    def _check_stages(self) -> None:
+        if not self.stages:
+            return
+        if self.grad_accum != 1 or self.grad_accum_schedule:
+            raise HerdError("stages set the micro-batches per step; leave grad_accum=1 and grad_accum_schedule unset")
+        if self.stages[0].step != 0 or any(a.step >= b.step for a, b in zip(self.stages, self.stages[1:])):
+            raise HerdError(f"stages must start at step 0 in increasing step order, got steps {[s.step for s in self.stages]}")
+        micro = self.batch_size * self.seq_len
+        for i, stage in enumerate(self.stages):
+            if stage.seq_len < 1 or self.seq_len % stage.seq_len:
+                raise HerdError(f"stages[{i}].seq_len={stage.seq_len} must divide seq_len={self.seq_len}")
+            if stage.batch_tokens < micro or stage.batch_tokens % micro:
+                raise HerdError(
+                    f"stages[{i}].batch_tokens={stage.batch_tokens} must be a multiple of batch_size x seq_len = {micro}"
+                )
+
     def _check_pipeline(self) -> None:
         pp = self.parallel.pp
         if pp == 1:
             return
         if self.eval_interval:
             raise HerdError("validation does not run under parallel.pp > 1 yet; set eval_interval=0")
+        if self.stages:
+            raise HerdError("stages (a changing row length) do not run under parallel.pp > 1 yet; drop stages or pp")
         fewest = min([self.grad_accum, *(self.grad_accum_schedule or {}).values()])
         if self.parallel.pp_schedule == "1F1B" and fewest < pp:
             raise HerdError(

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from herd.errors import HerdError
-from herd.train.packing import PackedRows, shift
+from herd.train.packing import PackedRows, shift, split_rows
 from herd.train.token_shards import TokenShards
 
 CHOICE_BLOCK = 4096  # samples whose sources are drawn by one generator
@@ -82,6 +82,7 @@ class TokenDataLoader:
         self.weights = np.array([weights[name] for name in self.names], dtype=np.float64)
         self.weights /= self.weights.sum()
         self._sample = 0
+        self._parts = 1
         self._consumed = np.zeros(len(self.names), dtype=np.int64)
         self._choice_cache: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))
         self._perm_cache: dict[int, tuple[int, np.ndarray]] = {}
@@ -101,7 +102,15 @@ class TokenDataLoader:
         self._sample += step
         self._consumed += np.bincount(sources, minlength=len(self.names))
         tokens, doc_ids = np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
-        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in shift(tokens, doc_ids))
+        batch = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in shift(tokens, doc_ids))
+        return split_rows(batch, self._parts)
+
+    def set_seq_len(self, seq_len: int) -> None:
+        """Serve the next batches as rows of `seq_len`, a divisor of the configured seq_len: each row is cut into
+        pieces (batch_size x seq_len / `seq_len` of them), so the data order and the resume state do not change."""
+        if seq_len < 1 or self.config.seq_len % seq_len:
+            raise HerdError(f"seq_len {seq_len} must divide the data loader's seq_len {self.config.seq_len}")
+        self._parts = self.config.seq_len // seq_len
 
     def state_dict(self) -> dict:
         """The resume state: samples taken (all ranks) and rows taken per source, plus what must match."""

@@ -101,6 +101,15 @@ class Distributed:
         dist.all_reduce(vector)
         return vector.tolist()
 
+    def ranks_where(self, flag: bool) -> list[int]:
+        """The ranks on which `flag` is true (collective: every rank calls it)."""
+        if self.mesh is None:
+            return [0] if flag else []
+        flags = torch.zeros(self.world_size, dtype=torch.int32, device=self.device)
+        flags[self.rank] = int(flag)
+        dist.all_reduce(flags)
+        return [rank for rank, value in enumerate(flags.tolist()) if value]
+
     def barrier(self) -> None:
         if self.mesh is not None:
             dist.barrier()

@@ -6,6 +6,7 @@ Owns the row layout, per-token document ids (for the model's `doc_ids` mask) and
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
 
@@ -64,3 +65,16 @@ def shift(tokens: np.ndarray, doc_ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
     targets = tokens[..., 1:].copy()
     targets[doc_ids[..., 1:] != doc_ids[..., :-1]] = IGNORE_INDEX
     return tokens[..., :-1], targets, doc_ids[..., :-1]
+
+
+def split_rows(batch: tuple[torch.Tensor, ...], parts: int) -> tuple[torch.Tensor, ...]:
+    """(inputs, targets, doc_ids) [B, T] cut into [B * parts, T / parts]: row r becomes rows r*parts .. r*parts+parts-1.
+
+    The pieces are the rows PackedRows makes at seq_len T / parts from the same stream (windows sharing one token),
+    so targets carry over; doc_ids restart at 0 in each piece, and a document cut by a piece boundary restarts its
+    positions there, as at a row boundary.
+    """
+    if parts == 1:
+        return batch
+    tokens, targets, doc_ids = (t.reshape(t.shape[0] * parts, -1) for t in batch)
+    return tokens, targets, doc_ids - doc_ids[:, :1]

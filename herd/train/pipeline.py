@@ -10,7 +10,7 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
 from herd.model import Transformer
-from herd.model.masking import document_mask, document_positions
+from herd.model.masking import packed_mask_and_positions
 from herd.model.rope import rope_cos_sin, rope_frequencies
 from herd.train.distributed import Distributed
 from herd.train.packing import IGNORE_INDEX
@@ -46,8 +46,8 @@ class StageModule(nn.Module):
             h = self.tok_embeddings(h)
         if self._rope_freqs.device != h.device:
             self._rope_freqs = self._rope_freqs.to(h.device)
-        cos, sin = rope_cos_sin(self._rope_freqs, document_positions(doc_ids))
-        mask = document_mask(doc_ids)
+        mask, positions = packed_mask_and_positions(doc_ids)
+        cos, sin = rope_cos_sin(self._rope_freqs, positions)
         for layer in self.layers.values():
             h = layer(h, cos, sin, mask, None)
         if self.output is not None:

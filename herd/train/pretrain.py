@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -37,7 +38,7 @@ from herd.train.metrics import (
 )
 from herd.train.parallelize import check_layout, parallelize
 from herd.train.pipeline import Pipeline, split_stage
-from herd.train.schedule import grad_accum_at, learning_rate
+from herd.train.schedule import grad_accum_at, learning_rate, stage_at
 from herd.train.token_shards import TokenManifest
 from herd.train.trainer import LoopConfig, LoopState, Trainer, next_token_loss, token_losses
 
@@ -108,13 +109,15 @@ def _pretrain(config: PretrainConfig, distributed: Distributed) -> PretrainResul
     run_info = {"config": to_dict(config), "model": model_config.to_params()}
     _check_same_run(checkpoints, run_info)
     tokenizer = Tokenizer(TokenManifest.load(next(iter(config.data.sources.values()))).tokenizer_path)
+    accum_at, before_step, flops = _schedule(config, model_config, data, distributed.degree("dp"))
     loop = LoopConfig(
         steps=config.steps,
         lr_at=partial(
             learning_rate, peak=config.optim.lr, total=config.steps, warmup=config.optim.warmup_steps,
             floor_ratio=config.optim.min_lr_ratio, anneal=config.optim.anneal_steps,
         ),
-        accum_at=partial(grad_accum_at, base=config.grad_accum, schedule=config.grad_accum_schedule),
+        accum_at=accum_at,
+        before_step=before_step,
         grad_clip=config.optim.grad_clip,
         checkpoint_interval=config.checkpoint_interval,
         eval_interval=config.eval_interval,
@@ -126,7 +129,7 @@ def _pretrain(config: PretrainConfig, distributed: Distributed) -> PretrainResul
         model, optimizer, next_token_loss, data, loop, MetricsLog(run_dir, enabled=distributed.is_main),
         device=device, autocast_dtype=autocast, checkpoints=checkpoints, run_info=run_info,
         evaluate=partial(validate, model, config, tokenizer, device) if config.data.val_sources else None,
-        flops_per_token=flops_per_token(model_config, config.seq_len), peak_tflops=peak_tflops(device, config.peak_tflops),
+        flops_per_token=flops, peak_tflops=peak_tflops(device, config.peak_tflops),
         distributed=distributed, forward_backward=pipeline.forward_backward if pipeline else None,
     )
     if config.resume:
@@ -136,6 +139,29 @@ def _pretrain(config: PretrainConfig, distributed: Distributed) -> PretrainResul
     result = _finish(config, model_config, tokenizer, checkpoints, state, resumed_from, started) if distributed.is_main else None
     distributed.barrier()
     return result or _result_from_manifest(run_dir, json.loads((run_dir / MANIFEST).read_text()))
+
+
+def _schedule(
+    config: PretrainConfig, model_config: ModelConfig, data: TokenDataLoader, dp: int
+) -> tuple[Callable[[int], int], Callable[[int], None] | None, float | Callable[[int], float]]:
+    """(micro-batches of a step, the hook that sets a step's row length, model FLOPs per token of a step) for the
+    run's grad-accumulation ramp or sequence-length stages."""
+    if not config.stages:
+        accum_at = partial(grad_accum_at, base=config.grad_accum, schedule=config.grad_accum_schedule)
+        return accum_at, None, flops_per_token(model_config, config.seq_len)
+    step_tokens = config.batch_size * config.seq_len * dp
+    for i, stage in enumerate(config.stages):
+        if stage.batch_tokens % step_tokens:
+            raise HerdError(
+                f"stages[{i}].batch_tokens={stage.batch_tokens} must be a multiple of batch_size x seq_len x {dp} "
+                f"data-parallel ranks = {step_tokens}; change it or batch_size"
+            )
+    flops = {stage.seq_len: flops_per_token(model_config, stage.seq_len) for stage in config.stages}
+    return (
+        lambda step: stage_at(step, config.stages).batch_tokens // step_tokens,
+        lambda step: data.set_seq_len(stage_at(step, config.stages).seq_len),
+        lambda step: flops[stage_at(step, config.stages).seq_len],
+    )
 
 
 def _finish(

@@ -1,12 +1,13 @@
-"""Learning-rate and batch-size schedules: pure functions of the optimizer step, so resuming needs no state.
-
-LR: linear warmup, cosine decay to a floor (0.1x peak), then an optional linear anneal to 0 (Llama 3).
+"""Learning-rate, batch-size and sequence-length schedules: pure functions of the optimizer step, so resuming needs no
+state. LR: linear warmup, cosine decay to a floor (0.1x peak), then an optional linear anneal to 0 (Llama 3).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+from herd.train.config import Stage
 
 
 def learning_rate(
@@ -39,3 +40,8 @@ def grad_accum_at(step: int, base: int, schedule: Mapping[int, int] | None) -> i
         return base
     started = [start for start in schedule if start <= step]
     return schedule[max(started)] if started else base
+
+
+def stage_at(step: int, stages: Sequence[Stage]) -> Stage:
+    """The stage in force at optimizer step `step`: the last one starting at or before it (stages sorted by step)."""
+    return next(stage for stage in reversed(stages) if stage.step <= step)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from herd.errors import HerdError
 from herd.tokenizer import Tokenizer, load_tokenizer
-from herd.tokenizer.train_bpe import corpus_files, iter_documents
+from herd.tokenizer.train_bpe import corpus_texts
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "herd-token-shards-1"
@@ -115,7 +115,7 @@ def tokenize_corpus(
         num_workers = os.cpu_count() or 1
     if num_workers < 1:
         raise HerdError(f"num_workers must be at least 1, got {num_workers}")
-    files = corpus_files(inputs)
+    files, texts = corpus_texts(inputs)
     tok = load_tokenizer(tokenizer)
     out = Path(out_dir)
     manifest = _new_manifest(tok, files, shard_chars)
@@ -128,7 +128,7 @@ def tokenize_corpus(
     out.mkdir(parents=True, exist_ok=True)
     manifest.save(out)
     with _executor(num_workers) as executor, tqdm(desc="tokenize", unit="doc", disable=not show_progress) as bar:
-        for index, docs in enumerate(_batches(iter_documents(files), shard_chars)):
+        for index, docs in enumerate(_batches(texts, shard_chars)):
             name = f"shard_{index:05d}"
             done = out / f"{name}.done"
             if done.is_file():

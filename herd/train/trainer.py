@@ -16,12 +16,15 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from herd.errors import HerdError
+from herd.model import Transformer
 from herd.train.checkpointing import CheckpointManager, rng_state, set_rng_state
 from herd.train.config import FaultConfig
 from herd.train.distributed import Distributed, clip_grad_norm_, grad_groups, hang_watchdog
+from herd.train.fused_loss import linear_cross_entropy
 from herd.train.metrics import MetricsLog, memory_gib
 from herd.train.packing import IGNORE_INDEX
 
@@ -57,9 +60,17 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 
 def next_token_loss(model: nn.Module, batch: Batch) -> LossOutput:
-    """Pretraining's loss: cross-entropy summed over the targets that are not IGNORE_INDEX."""
-    targets = batch[1]
-    return LossOutput(token_losses(model, batch).sum(), int((targets != IGNORE_INDEX).sum()), {})
+    """Pretraining's loss: cross-entropy summed over the targets that are not IGNORE_INDEX.
+
+    A plain (unsharded) Transformer takes the chunked head + loss, which never holds the whole logits; a sharded
+    model (FSDP / tensor parallel, whose head's forward hooks gather its weights) or another module goes through
+    its forward and `token_cross_entropy`.
+    """
+    tokens, targets, doc_ids = batch
+    count = int((targets != IGNORE_INDEX).sum())
+    if isinstance(model, Transformer) and type(model.output) is nn.Linear and not isinstance(model.output.weight, DTensor):
+        return LossOutput(linear_cross_entropy(model.features(tokens, doc_ids=doc_ids), model.output.weight, targets), count, {})
+    return LossOutput(token_losses(model, batch).sum(), count, {})
 
 
 @dataclass
@@ -72,6 +83,8 @@ class LoopConfig:
     """LR of an optimizer step."""
     accum_at: Callable[[int], int]
     """Micro-batches of an optimizer step."""
+    before_step: Callable[[int], None] | None = None
+    """Called with the optimizer step before its batches are drawn (e.g. to set a staged sequence length)."""
     grad_clip: float = 1.0
     """Global gradient-norm clip; 0 logs the norm without clipping."""
     checkpoint_interval: int = 0
@@ -127,7 +140,7 @@ class Trainer:
         checkpoints: CheckpointManager | None = None,
         run_info: dict[str, Any] | None = None,
         evaluate: Callable[[], dict[str, float]] | None = None,
-        flops_per_token: float = 0.0,
+        flops_per_token: float | Callable[[int], float] = 0.0,
         peak_tflops: float | None = None,
         distributed: Distributed | None = None,
         forward_backward: Callable[[list[Batch]], LossOutput] | None = None,
@@ -200,6 +213,8 @@ class Trainer:
         start = time.perf_counter()
         step = self.state.step
         lr = self.loop.lr_at(step)
+        if self.loop.before_step is not None:
+            self.loop.before_step(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batches = []
@@ -207,6 +222,9 @@ class Trainer:
             batches.append(tuple(t.to(self.device, non_blocking=True) for t in next(self.data)))
             self.state.batches += 1
         out = self.forward_backward(batches)
+        sdc = self.loop.faults.sdc_interval
+        if sdc and (step + 1) % sdc == 0:
+            self._check_recompute(step, batches, out)
         total, count, *values = self.distributed.sum_over_replicas([out.total, out.count, *out.metrics.values()])
         extra = dict(zip(out.metrics, values))
         tokens = sum(batch[0].numel() for batch in batches) * self.distributed.degree("dp")
@@ -231,7 +249,8 @@ class Trainer:
         self.state.train_seconds += seconds
         record = {"step": step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens": self.state.tokens,
                   "tokens_per_s": tokens / seconds, "memory_gib": round(memory_gib(self.device), 3), **extra}
-        achieved = self.flops_per_token * tokens / seconds / 1e12
+        flops = self.flops_per_token(step) if callable(self.flops_per_token) else self.flops_per_token
+        achieved = flops * tokens / seconds / 1e12
         record["tflops"] = achieved
         if self.peak_tflops:
             record["mfu"] = achieved / self.peak_tflops
@@ -239,6 +258,22 @@ class Trainer:
             record["event"] = problem
             self._handle_bad_step(problem, loss)
         return record
+
+    def _check_recompute(self, step: int, batches: list[Batch], first: LossOutput) -> None:
+        """Silent data corruption check: the step's forward and backward again, on the same batches and weights, must
+        give every rank the very same loss; the first computation's gradients are kept."""
+        grads = [p.grad for p in self.params]
+        for param in self.params:
+            param.grad = None
+        again = self.forward_backward(batches)
+        for param, grad in zip(self.params, grads):
+            param.grad = grad
+        ranks = self.distributed.ranks_where(not torch.equal(torch.as_tensor(again.total), torch.as_tensor(first.total)))
+        if ranks:
+            raise HerdError(
+                f"silent data corruption: step {step + 1} recomputed to another loss on rank(s) {ranks}; "
+                "check or drain that hardware, then restart (the run resumes from its last checkpoint)"
+            )
 
     def _accumulate(self, batches: list[Batch]) -> LossOutput:
         """Forward and backward of each micro-batch in turn, gradients summed; the step's summed loss and units."""

@@ -4,12 +4,15 @@ DATA_DIR/gsm8k/test.jsonl (openai/grade-school-math, or the HF dataset's main/te
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from herd.eval.data import find_split, read_records
 from herd.eval.metrics import GSM8K_ANSWER_PATTERNS, exact_match, extract_answer, normalize_number
 from herd.eval.task import Sample, Task
+
+CALCULATOR = re.compile(r"<<[^>]*>>")
 
 # The 8 chain-of-thought exemplars of Wei et al., "Chain-of-Thought Prompting", table 20 (question, answer).
 EXEMPLARS = (
@@ -49,7 +52,7 @@ def gsm8k_sample(question: str, answer: str, gold: str) -> Sample:
 
 class GSM8K(Task):
     name, kind, num_fewshot, metric = "gsm8k", "generate", 8, "exact_match"
-    stop, max_gen_toks = ("Q:", "\n\n"), 256
+    stop, max_gen_toks, chain_of_thought = ("Q:", "\n\n"), 256, True
 
     def samples(self, data_dir: Path) -> list[Sample]:
         rows = read_records(find_split(data_dir / "gsm8k", "test", source="openai/grade-school-math (test.jsonl)"))
@@ -57,6 +60,12 @@ class GSM8K(Task):
 
     def fewshot_pool(self, data_dir: Path, group: str) -> list[Sample]:
         return [gsm8k_sample(q, a, extract_answer(a, GSM8K_ANSWER_PATTERNS)) for q, a in EXEMPLARS]
+
+    def train_samples(self, data_dir: Path) -> list[Sample]:
+        """The train split, answers without their calculator annotations ("<<48/2=24>>"): chain of thought, "#### N"."""
+        rows = read_records(find_split(data_dir / "gsm8k", "train", source="openai/grade-school-math (train.jsonl)"))
+        return [gsm8k_sample(r["question"], CALCULATOR.sub("", r["answer"]), r["answer"].split("####")[-1].strip())
+                for r in rows]
 
     def score(self, sample: Sample, output: str) -> tuple[Any, dict[str, float]]:
         answer = extract_answer(output, GSM8K_ANSWER_PATTERNS, fallback_last_number=True)

@@ -1,0 +1,79 @@
+"""Chunked linear + cross-entropy: the head and the loss together, without the [tokens, vocab] logits in memory.
+
+Hand-written (torch has no fused linear cross-entropy; Liger's kernels are Triton, GPU-only): rows go through the
+head a chunk at a time, and each chunk's gradient (softmax - one-hot) is formed in place in the forward pass and
+multiplied into the hidden-state and weight gradients at once. One exp pass instead of two, no [tokens, vocab]
+logits, log-softmax or gradient tensors (on CPU those fresh 32 MB+ buffers are page-faulted in on every step).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from herd.train.packing import IGNORE_INDEX
+
+CHUNK_ELEMENTS = {"cpu": 2**21, "cuda": 2**27}  # logits per chunk: 8 MB fp32 on CPU, 512 MB on GPU
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over targets != IGNORE_INDEX of cross-entropy(hidden @ weight.T, target), in fp32.
+
+    hidden [..., dim], weight [vocab, dim], targets [...]. The matmuls run in the autocast dtype when autocast is on
+    (as `nn.Linear` would), the softmax in fp32. Equal to `F.cross_entropy(F.linear(hidden, weight).float(), targets,
+    reduction="sum")`, gradients included.
+    """
+    device = hidden.device.type
+    if not torch.is_grad_enabled():
+        hidden, weight = hidden.detach(), weight.detach()
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    elif hidden.dtype != weight.dtype:
+        hidden = hidden.to(weight.dtype)
+    rows = max(1, CHUNK_ELEMENTS.get(device, CHUNK_ELEMENTS["cuda"]) // weight.shape[0])
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, targets.flatten(), rows)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], rows):
+            h, t = hidden[start : start + rows], targets[start : start + rows]
+            logits = (h @ weight.T).float()
+            valid = t != IGNORE_INDEX
+            safe = torch.where(valid, t, 0)[:, None]
+            picked = logits.gather(1, safe)[:, 0]
+            peak = logits.amax(dim=-1, keepdim=True)
+            exps = logits.sub_(peak).exp_()  # in place: the chunk's only exp pass
+            sums = exps.sum(dim=-1)
+            total += torch.where(valid, peak[:, 0] + sums.log() - picked, 0.0).sum()
+            if not (want_hidden or want_weight):
+                continue
+            weights = valid / sums
+            grad = exps.mul_(weights[:, None])  # softmax, zero on ignored rows
+            grad.scatter_add_(1, safe, -valid.to(grad.dtype)[:, None])  # minus the one-hot target
+            grad = grad.to(h.dtype)
+            if want_hidden:
+                torch.mm(grad, weight, out=grad_hidden[start : start + rows])
+            if want_weight:
+                if grad_weight.dtype == h.dtype:
+                    grad_weight.addmm_(grad.T, h)
+                else:
+                    grad_weight.add_(grad.T @ h)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None

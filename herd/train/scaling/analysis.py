@@ -1,0 +1,174 @@
+"""From a sweep's records to scaling laws and predictions.
+
+- per budget: the isoFLOP parabola of final validation loss in ln N and its minimum (N*, L*), D* = C / (6 N*);
+- across budgets: N*(C) = A C^alpha and D*(C) = C / (6 N*(C)) (Llama 3's "optimal number of training tokens");
+- over every run: the loss surface L(N, D) = E + A/N^a + B/D^b, which predicts any (N, D) including a target run;
+- downstream, per task (Llama 3's two steps): (1) the compute-optimal model's normalised NLL of the correct answer
+  against compute, a power law (the NLL of each budget read off its own isoFLOP parabola at N*); (2) a sigmoid
+  from NLL to accuracy over every run;
+- predictions for a target budget with bootstrap intervals (resampling runs within each budget).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from herd.errors import HerdError
+from herd.train.scaling.fits import (
+    PowerLaw,
+    Sigmoid,
+    IsoFlopFit,
+    LossSurface,
+    bootstrap,
+    fit_isoflop,
+    fit_loss_surface,
+    fit_power_law,
+    fit_sigmoid,
+)
+
+Record = dict[str, Any]
+
+
+def budget_groups(records: Sequence[Record]) -> list[list[int]]:
+    """Indices of the records of each budget, smallest budget first."""
+    budgets = sorted({r["budget"] for r in records})
+    return [[i for i, r in enumerate(records) if r["budget"] == b] for b in budgets]
+
+
+def isoflop_fits(records: Sequence[Record], key: str = "val_loss", indices: Sequence[int] | None = None) -> dict[float, IsoFlopFit]:
+    """Budget -> the parabola of `key` in ln N, for every budget with >= 3 sizes and a minimum."""
+    picked = [records[i] for i in (indices if indices is not None else range(len(records)))]
+    fits = {}
+    for budget in sorted({r["budget"] for r in picked}):
+        mine = [r for r in picked if r["budget"] == budget]
+        if len({r["compute_params"] for r in mine}) < 3:
+            continue
+        try:
+            fits[budget] = fit_isoflop([r["compute_params"] for r in mine], [field_value(r, key) for r in mine])
+        except HerdError:
+            continue
+    return fits
+
+
+def fit_sweep(records: Sequence[Record], *, samples: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Every fit of the module docstring as JSON-ready values."""
+    records = list(records)
+    groups = budget_groups(records)
+    iso = isoflop_fits(records)
+    if len(iso) < 2:
+        raise HerdError(f"only {len(iso)} budget(s) have an isoFLOP minimum; the frontier needs at least 2 "
+                        "(give each budget >= 3 model sizes on both sides of its optimum)")
+    law = fit_power_law(list(iso), [f.n_opt for f in iso.values()])
+    exponent = bootstrap(groups, lambda idx: fit_power_law(*_frontier(records, idx)).exponent, samples=samples, seed=seed)
+    surface = fit_loss_surface(*_surface_data(records))
+    out: dict[str, Any] = {
+        "budgets": [{"budget": b, "n_opt": f.n_opt, "d_opt": b / (6 * f.n_opt), "loss_opt": f.loss_opt,
+                     "parabola": [f.a, f.b, f.c]} for b, f in iso.items()],
+        "n_opt_law": {"coefficient": law.coefficient, "exponent": law.exponent, "exponent_interval": exponent.as_dict()},
+        "d_opt_law": {"coefficient": 1 / (6 * law.coefficient), "exponent": 1 - law.exponent},
+        "surface": vars(surface),
+        "downstream": {},
+    }
+    for task in _tasks(records):
+        out["downstream"][task] = _fit_downstream(records, task, iso)
+    return out
+
+
+def _fit_downstream(records: Sequence[Record], task: str, iso: dict[float, IsoFlopFit]) -> dict[str, Any]:
+    """Step 1: the NLL of each budget's compute-optimal model against compute; step 2: accuracy against NLL."""
+    key = f"downstream.{task}.nll"
+    nll_iso = isoflop_fits(records, key)
+    frontier = [(b, float(nll_iso[b].loss(iso[b].n_opt))) for b in iso if b in nll_iso]
+    out: dict[str, Any] = {"frontier": [{"budget": b, "nll": v} for b, v in frontier]}
+    if len(frontier) >= 2:
+        law = fit_power_law(*zip(*frontier))
+        out["nll_law"] = {"coefficient": law.coefficient, "exponent": law.exponent}
+    try:
+        out["sigmoid"] = vars(fit_accuracy(records, task))
+    except HerdError as e:
+        out["sigmoid_error"] = str(e)
+    return out
+
+
+def fit_accuracy(records: Sequence[Record], task: str) -> Sigmoid:
+    """Step 2: the sigmoid from `task`'s NLL of the correct answer to its accuracy, over every run, floored at chance."""
+    chance = float(np.mean([field_value(r, f"downstream.{task}.chance") for r in records]))
+    nll = [field_value(r, f"downstream.{task}.nll") for r in records]
+    accuracy = [field_value(r, f"downstream.{task}.acc") for r in records]
+    try:
+        return fit_sigmoid(nll, accuracy, floor=chance)
+    except RuntimeError as e:  # curve_fit found no optimum
+        raise HerdError(f"the {task} sigmoid fit did not converge: {e}") from None
+
+
+def predict(records: Sequence[Record], fits: dict[str, Any], budget: float, *, n: float | None = None,
+            d: float | None = None, samples: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Predictions at `budget`: N*, D*, the loss of a run of (n, d) (default: the compute-optimal split), and per
+    downstream task the NLL and accuracy; with bootstrap intervals."""
+    records = list(records)
+    groups = budget_groups(records)
+    law = PowerLaw(fits["n_opt_law"]["coefficient"], fits["n_opt_law"]["exponent"])
+    n_opt = float(law(budget))
+    n = n or n_opt
+    d = d or budget / (6 * n)
+    surface = LossSurface(**fits["surface"])
+    n_data, d_data, loss_data = _surface_data(records)
+
+    def surface_at(idx: list[int]) -> float:
+        refit = fit_loss_surface(n_data[idx], d_data[idx], loss_data[idx], start=surface)
+        return float(refit(n, d))
+
+    def n_opt_at(idx: list[int]) -> float:
+        return float(fit_power_law(*_frontier(records, idx))(budget))
+
+    out: dict[str, Any] = {
+        "budget": budget, "n": n, "d": d,
+        "n_opt": bootstrap(groups, n_opt_at, samples=samples, seed=seed).as_dict(),
+        "d_opt": budget / (6 * n_opt),
+        "loss": bootstrap(groups, surface_at, samples=samples, seed=seed).as_dict(),
+        "downstream": {},
+    }
+    for task, fit in fits["downstream"].items():
+        if "nll_law" not in fit:
+            continue
+        nll = float(PowerLaw(**fit["nll_law"])(budget))
+        entry: dict[str, Any] = {"nll": nll}
+        if "sigmoid" in fit:
+            entry["acc"] = float(Sigmoid(**fit["sigmoid"])(nll))
+        out["downstream"][task] = entry
+    return out
+
+
+def _frontier(records: Sequence[Record], indices: Sequence[int]) -> tuple[list[float], list[float]]:
+    iso = isoflop_fits(records, indices=indices)
+    if len(iso) < 2:
+        raise HerdError("fewer than 2 budgets with a minimum")
+    return list(iso), [f.n_opt for f in iso.values()]
+
+
+def _surface_data(records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.array([r["compute_params"] for r in records], float), np.array([r["tokens"] for r in records], float),
+            np.array([r["val_loss"] for r in records], float))
+
+
+def _tasks(records: Sequence[Record]) -> list[str]:
+    return sorted({task for r in records for task in r.get("downstream", {})})
+
+
+def field_value(record: Record, key: str) -> float:
+    """A record's number at a dotted key, e.g. downstream.mmlu.nll."""
+    value: Any = record
+    for part in key.split("."):
+        value = value[part]
+    return float(value)
+
+
+def relative_error(predicted: float, measured: float) -> float:
+    return abs(predicted - measured) / abs(measured) if measured else math.inf
+
+
+__all__ = ["budget_groups", "field_value", "fit_accuracy", "fit_sweep", "isoflop_fits", "predict", "relative_error"]
