@@ -377,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=cmd_eval)
 
     pairwise = commands.add_parser("eval-pairwise", help="human-preference style: a judge compares two models' replies")
-    pairwise.add_argument("--model-a", required=True, help="anything --model takes")
-    pairwise.add_argument("--model-b", required=True, help="anything --model takes")
+    pairwise.add_argument("--model-a", required=True, help="a Meta, HF or herd directory, a Hub id, or a preset")
+    pairwise.add_argument("--model-b", required=True, help="a Meta, HF or herd directory, a Hub id, or a preset")
     pairwise.add_argument("--judge", required=True, help="a herd-loadable model, or the model name at --judge-url")
     pairwise.add_argument("--judge-url", default=None, help="an OpenAI-compatible endpoint, e.g. http://host:8000/v1")
     pairwise.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="the variable holding its API key")

@@ -13,6 +13,7 @@ from herd.checkpoint import load
 from herd.errors import HerdError
 from herd.eval import EvalOptions, encode_pair, evaluate_task, generate_until, get_task, loglikelihood_tokens, run_eval
 from herd.eval.evaluate import build_prompts
+from herd.eval.runner import markdown_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 
@@ -158,7 +159,7 @@ def test_macro_average_is_over_subjects(model_tok, data_dir):
 
 
 def test_missing_data_is_one_line_naming_the_files(tmp_path):
-    for name in ("mmlu", "arc_challenge", "gpqa", "drop", "math", "gsm8k", "bbh", "agieval"):
+    for name in ("mmlu", "arc_challenge", "gpqa", "gpqa_cot", "drop", "math", "gsm8k", "bbh", "agieval"):
         with pytest.raises(HerdError) as error:
             get_task(name).samples(tmp_path)
         assert "\n" not in str(error.value) and str(tmp_path) in str(error.value)
@@ -190,3 +191,25 @@ def test_gsm8k_scores_reference_solutions_as_correct():
     task = get_task("gsm8k")
     samples = task.samples(SHARED)[:50]
     assert all(task.score(s, s.answer)[1]["exact_match"] == 1.0 for s in samples)
+
+
+def test_gpqa_cot_uses_meta_prompt_and_scores_the_last_best_answer(data_dir):
+    task = get_task("gpqa_cot")
+    sample = task.samples(data_dir)[0]
+    choices = get_task("gpqa").samples(data_dir)[0].question.split("\n")[1:5]  # the same shuffled answers
+    assert sample.question.startswith("Given the following question and four candidate answers (A, B, C and D), "
+                                      "choose the best answer.\n\nQuestion: What is H2O?\n" + "\n".join(choices) + "\n\n")
+    assert sample.question.endswith("where the [the_answer_letter] is one of A, B, C or D.\n\nLet's think step by step.")
+    assert task.max_gen_toks == 2048 and task.chain_of_thought
+    wrong = next(letter for letter in "ABCD" if letter != sample.gold)
+    assert task.score(sample, f"## Step 1: think\nThe best answer is {wrong}, no: the best answer is {sample.gold}.") == (
+        sample.gold, {"exact_match": 1.0})
+    assert task.score(sample, f"The best answer is {wrong}.")[1] == {"exact_match": 0.0}
+    assert task.score(sample, "I cannot tell.") == (None, {"exact_match": 0.0})
+
+
+def test_results_table_marks_chain_of_thought():
+    tasks = [get_task(name) for name in ("gsm8k", "gpqa_cot", "drop", "mmlu")]
+    table = markdown_table({t.name: {t.metric: 0.5} for t in tasks}, "m", tasks)
+    assert "| gsm8k | 8 CoT | exact_match | 50.0 |" in table and "| gpqa_cot | 0 CoT | exact_match | 50.0 |" in table
+    assert "| drop | 3 | f1 | 50.0 |" in table and "| mmlu | 5 | acc (macro) | 50.0 |" in table

@@ -114,7 +114,15 @@ def test_sweep_fits_and_prediction_recover_the_truth():
     assert prediction["downstream"]["mc"]["acc"] == pytest.approx(expected_acc, abs=0.03)
 
 
-def test_a_sweep_without_minima_is_refused_with_a_reason():
-    records = [r for r in synthetic_records() if r["budget"] == BUDGETS[0]]
-    with pytest.raises(HerdError, match="at least 2"):
-        fit_sweep(records, samples=5)
+def test_without_isoflop_minima_the_frontier_comes_from_the_surface():
+    records = [r for r in synthetic_records() if r["compute_params"] > TRUE.optimal_split(r["budget"])[0] * 1.5]
+    fits = fit_sweep(records, samples=5)  # every budget's loss only rises with N: no parabola has a minimum
+    assert fits["budgets"] == [] and fits["n_opt_law"]["source"] == "surface"
+    assert fits["n_opt_law"]["exponent"] == pytest.approx(TRUE.beta / (TRUE.alpha + TRUE.beta), abs=0.03)
+    n_opt = predict(records, fits, 1e20, samples=5)["n_opt"]["value"]
+    assert n_opt == pytest.approx(TRUE.optimal_split(1e20)[0], rel=0.2)
+
+
+def test_too_few_runs_are_refused_with_a_reason():
+    with pytest.raises(HerdError, match="at least 5 runs"):
+        fit_sweep(synthetic_records()[:3], samples=5)

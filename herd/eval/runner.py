@@ -62,6 +62,6 @@ def markdown_table(results: dict[str, Any], model_name: str, tasks: Sequence[Any
     for task in tasks:
         scores = results[task.name]
         metric = f"{task.metric} ({task.average})" if task.average == "macro" else task.metric
-        cot = " CoT" if task.kind == "generate" and task.num_fewshot and task.name != "drop" else ""
+        cot = " CoT" if task.chain_of_thought else ""
         lines.append(f"| {task.name} | {task.num_fewshot}{cot} | {metric} | {100 * scores[task.metric]:.1f} |")
     return "\n".join(lines) + "\n"

@@ -10,13 +10,14 @@ from herd.eval.task import Task
 from herd.eval.tasks.agieval import AGIEval
 from herd.eval.tasks.bbh import BBH
 from herd.eval.tasks.drop import DROP
+from herd.eval.tasks.gpqa_cot import GPQACoT
 from herd.eval.tasks.gsm8k import GSM8K
 from herd.eval.tasks.humaneval import HumanEval
 from herd.eval.tasks.minerva_math import MATH
 from herd.eval.tasks.multiple_choice import GPQA, MMLU, ARCChallenge
 
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (MMLU, AGIEval, BBH, ARCChallenge, DROP, GPQA, HumanEval, GSM8K, MATH)
+    cls.name: cls for cls in (MMLU, AGIEval, BBH, ARCChallenge, DROP, GPQA, GPQACoT, HumanEval, GSM8K, MATH)
 }
 
 

@@ -22,7 +22,7 @@ def bbh_question(text: str) -> str:
 
 class BBH(Task):
     name, kind, num_fewshot, metric = "bbh", "generate", 3, "exact_match"
-    target_delimiter, stop, max_gen_toks = "\n", ("Q:", "\n\n"), 256
+    target_delimiter, stop, max_gen_toks, chain_of_thought = "\n", ("Q:", "\n\n"), 256, True
 
     def __init__(self) -> None:
         self._prompts: dict[str, tuple[str, list[Sample]]] = {}

@@ -42,7 +42,7 @@ def math_sample(problem: str, solution: str, answer: str, group: str = "") -> Sa
 
 class MATH(Task):
     name, kind, num_fewshot, metric = "math", "generate", 4, "exact_match"
-    stop, max_gen_toks = ("Problem:",), 512
+    stop, max_gen_toks, chain_of_thought = ("Problem:",), 512, True
 
     def samples(self, data_dir: Path) -> list[Sample]:
         rows = read_records(find_split(data_dir / "math", "test", source="the MATH dataset (hendrycks/math)"))

@@ -64,17 +64,21 @@ class ARCChallenge(Task):
         return self._split(data_dir, "train")
 
 
+def gpqa_questions(data_dir: Path) -> list[tuple[str, list[str], int]]:
+    """(question, the four answers shuffled by a fixed per-question seed, index of the right one) of GPQA main."""
+    path = require_file(data_dir / "gpqa" / "gpqa_main.csv", source="gpqa_main.csv of the HF dataset Idavidrein/gpqa")
+    questions = []
+    for index, row in enumerate(read_records(path)):
+        answers = [row["Correct Answer"]] + [row[f"Incorrect Answer {i}"] for i in (1, 2, 3)]
+        order = random.Random(f"gpqa:{index}").sample(range(4), 4)
+        questions.append((row["Question"], [answers[i].strip() for i in order], order.index(0)))
+    return questions
+
+
 class GPQA(Task):
-    """Idavidrein/gpqa main: DATA_DIR/gpqa/gpqa_main.csv; the four answers shuffled by a fixed per-question seed."""
+    """Idavidrein/gpqa main: DATA_DIR/gpqa/gpqa_main.csv, scored on the letters (the release's 0-shot setting)."""
 
     name, kind, num_fewshot, metric = "gpqa", "multiple_choice", 0, "acc"
 
     def samples(self, data_dir: Path) -> list[Sample]:
-        path = require_file(data_dir / "gpqa" / "gpqa_main.csv", source="gpqa_main.csv of the HF dataset Idavidrein/gpqa")
-        samples = []
-        for index, row in enumerate(read_records(path)):
-            answers = [row["Correct Answer"]] + [row[f"Incorrect Answer {i}"] for i in (1, 2, 3)]
-            order = random.Random(f"gpqa:{index}").sample(range(4), 4)
-            choices = [answers[i].strip() for i in order]
-            samples.append(letter_sample(row["Question"], choices, order.index(0)))
-        return samples
+        return [letter_sample(question, choices, gold) for question, choices, gold in gpqa_questions(data_dir)]

@@ -1,7 +1,8 @@
 """From a sweep's records to scaling laws and predictions.
 
 - per budget: the isoFLOP parabola of final validation loss in ln N and its minimum (N*, L*), D* = C / (6 N*);
-- across budgets: N*(C) = A C^alpha and D*(C) = C / (6 N*(C)) (Llama 3's "optimal number of training tokens");
+- across budgets: N*(C) = A C^alpha and D*(C) = C / (6 N*(C)) (Llama 3's "optimal number of training tokens"),
+  from the minima, or from the loss surface's closed form when fewer than 2 budgets have a minimum;
 - over every run: the loss surface L(N, D) = E + A/N^a + B/D^b, which predicts any (N, D) including a target run;
 - downstream, per task (Llama 3's two steps): (1) the compute-optimal model's normalised NLL of the correct answer
   against compute, a power law (the NLL of each budget read off its own isoFLOP parabola at N*); (2) a sigmoid
@@ -55,34 +56,53 @@ def isoflop_fits(records: Sequence[Record], key: str = "val_loss", indices: Sequ
 
 
 def fit_sweep(records: Sequence[Record], *, samples: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Every fit of the module docstring as JSON-ready values."""
+    """Every fit of the module docstring as JSON-ready values.
+
+    The frontier N*(C) comes from the isoFLOP minima when at least 2 budgets have one (Chinchilla's approach 2),
+    else from the loss surface's closed form (approach 3); `n_opt_law.source` says which.
+    """
     records = list(records)
     groups = budget_groups(records)
     iso = isoflop_fits(records)
-    if len(iso) < 2:
-        raise HerdError(f"only {len(iso)} budget(s) have an isoFLOP minimum; the frontier needs at least 2 "
-                        "(give each budget >= 3 model sizes on both sides of its optimum)")
-    law = fit_power_law(list(iso), [f.n_opt for f in iso.values()])
-    exponent = bootstrap(groups, lambda idx: fit_power_law(*_frontier(records, idx)).exponent, samples=samples, seed=seed)
-    surface = fit_loss_surface(*_surface_data(records))
+    n_data, d_data, loss_data = _surface_data(records)
+    surface = fit_loss_surface(n_data, d_data, loss_data)
+    if len(iso) >= 2:
+        law, source = fit_power_law(list(iso), [f.n_opt for f in iso.values()]), "isoflop"
+        exponent = bootstrap(groups, lambda idx: fit_power_law(*_frontier(records, idx)).exponent,
+                             samples=samples, seed=seed)
+    else:
+        law, source = _surface_frontier(surface), "surface"
+        exponent = bootstrap(groups, lambda idx: _surface_frontier(fit_loss_surface(
+            n_data[idx], d_data[idx], loss_data[idx], start=surface)).exponent, samples=samples, seed=seed)
+    n_opt = {b: f.n_opt for b, f in iso.items()} if source == "isoflop" else \
+        {b: float(law(b)) for b in sorted({r["budget"] for r in records})}
     out: dict[str, Any] = {
         "budgets": [{"budget": b, "n_opt": f.n_opt, "d_opt": b / (6 * f.n_opt), "loss_opt": f.loss_opt,
                      "parabola": [f.a, f.b, f.c]} for b, f in iso.items()],
-        "n_opt_law": {"coefficient": law.coefficient, "exponent": law.exponent, "exponent_interval": exponent.as_dict()},
+        "n_opt_law": {"coefficient": law.coefficient, "exponent": law.exponent, "source": source,
+                      "exponent_interval": exponent.as_dict()},
         "d_opt_law": {"coefficient": 1 / (6 * law.coefficient), "exponent": 1 - law.exponent},
         "surface": vars(surface),
         "downstream": {},
     }
     for task in _tasks(records):
-        out["downstream"][task] = _fit_downstream(records, task, iso)
+        out["downstream"][task] = _fit_downstream(records, task, n_opt)
     return out
 
 
-def _fit_downstream(records: Sequence[Record], task: str, iso: dict[float, IsoFlopFit]) -> dict[str, Any]:
-    """Step 1: the NLL of each budget's compute-optimal model against compute; step 2: accuracy against NLL."""
+def _surface_frontier(surface: LossSurface) -> PowerLaw:
+    """N*(C) of the loss surface: Chinchilla's closed form G (C / 6)^(beta / (alpha + beta))."""
+    exponent = surface.beta / (surface.alpha + surface.beta)
+    n_at_six, _ = surface.optimal_split(6.0)
+    return PowerLaw(n_at_six / 6.0**exponent, exponent)
+
+
+def _fit_downstream(records: Sequence[Record], task: str, n_opt: dict[float, float]) -> dict[str, Any]:
+    """Step 1: the NLL of each budget's compute-optimal model (its NLL parabola read at N*) against compute;
+    step 2: accuracy against NLL."""
     key = f"downstream.{task}.nll"
     nll_iso = isoflop_fits(records, key)
-    frontier = [(b, float(nll_iso[b].loss(iso[b].n_opt))) for b in iso if b in nll_iso]
+    frontier = [(b, float(nll_iso[b].loss(n))) for b, n in n_opt.items() if b in nll_iso]
     out: dict[str, Any] = {"frontier": [{"budget": b, "nll": v} for b, v in frontier]}
     if len(frontier) >= 2:
         law = fit_power_law(*zip(*frontier))
@@ -117,13 +137,19 @@ def predict(records: Sequence[Record], fits: dict[str, Any], budget: float, *, n
     d = d or budget / (6 * n)
     surface = LossSurface(**fits["surface"])
     n_data, d_data, loss_data = _surface_data(records)
+    if fits["n_opt_law"]["source"] == "isoflop":
+        def frontier(idx: list[int]) -> PowerLaw:
+            return fit_power_law(*_frontier(records, idx))
+    else:
+        def frontier(idx: list[int]) -> PowerLaw:
+            return _surface_frontier(fit_loss_surface(n_data[idx], d_data[idx], loss_data[idx], start=surface))
 
     def surface_at(idx: list[int]) -> float:
         refit = fit_loss_surface(n_data[idx], d_data[idx], loss_data[idx], start=surface)
         return float(refit(n, d))
 
     def n_opt_at(idx: list[int]) -> float:
-        return float(fit_power_law(*_frontier(records, idx))(budget))
+        return float(frontier(idx)(budget))
 
     out: dict[str, Any] = {
         "budget": budget, "n": n, "d": d,

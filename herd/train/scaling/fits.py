@@ -188,7 +188,7 @@ def bootstrap(
         picked = [int(i) for group in groups for i in rng.choice(np.asarray(group), size=len(group), replace=True)]
         try:
             draws.append(estimate(picked))
-        except (HerdError, RuntimeError, ValueError, np.linalg.LinAlgError):
+        except (HerdError, RuntimeError, ValueError, OverflowError, np.linalg.LinAlgError):
             continue
     if not draws:
         return Interval(value, value, value, level)
