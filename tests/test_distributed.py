@@ -1,8 +1,9 @@
 # ruff: noqa: F811 - tests take the imported `shards` fixture as an argument
 """3-D parallelism on CPU (gloo, under torchrun): each layout reproduces the single-process loss curve, DCP
-checkpoints reload on another world size, the final model exports whole, a hung collective ends every rank.
+checkpoints (written async) reload on another world size, the final model exports whole, a hung collective ends every rank.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer import losses, shards, tiny_config  # noqa: F401 - `shards` is test_trainer's fixture, shared
+from test_trainer import TINY_MODEL, losses, shards, tiny_config  # noqa: F401 - `shards` is test_trainer's fixture, shared
 
 from herd.errors import HerdError
 from herd.train.distributed import ParallelConfig
+from herd.train.metrics import read_records
 from herd.train.pretrain import pretrain
 
-COMMON = ("steps=10", "eval_interval=0", "checkpoint_interval=5", "grad_accum=2")
+COMMON = ("steps=10", "eval_interval=5", "checkpoint_interval=5", "grad_accum=2")
 GLOBAL_ROWS = 4  # rows per micro-batch over all data-parallel ranks
 TOLERANCE = 1e-4
 
@@ -59,8 +61,15 @@ def run_layout(shards, out: Path, dp: int, tp: int, pp: int, *extra: str) -> lis
 
 
 def max_relative_difference(got: list[float], expected: list[float]) -> float:
-    assert len(got) == len(expected) == 10
+    assert len(got) == len(expected)
     return max(abs(a - b) / abs(b) for a, b in zip(got, expected))
+
+
+def validation(run_dir: Path) -> list[float]:
+    """The run's validation losses and bits-per-byte (steps 5 and 10)."""
+    records = [r for r in read_records(Path(run_dir) / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in records] == [5, 10]
+    return [r[key] for r in records for key in ("val_loss", "val_bpb")]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +88,9 @@ def test_parallel_config_names_the_options_to_fix():
 
 
 def test_data_parallel_reproduces_the_curve_and_resumes_on_one_rank(shards, reference, tmp_path):
-    got = run_layout(shards, tmp_path / "dp", 2, 1, 1, "export_format=herd", "faults.sdc_interval=3")
+    got = run_layout(
+        shards, tmp_path / "dp", 2, 1, 1, "export_format=herd", "faults.sdc_interval=3", "async_checkpoint=true"
+    )
     expected = losses(reference.run_dir)
     print(f"dp=2 max relative loss difference: {max_relative_difference(got, expected):.2e}")
     assert max_relative_difference(got, expected) < TOLERANCE
@@ -120,6 +131,66 @@ def test_layout_reproduces_the_single_process_curve(shards, reference, tmp_path,
     difference = max_relative_difference(got, losses(reference.run_dir))
     print(f"dp={dp} tp={tp} pp={pp} {' '.join(extra)} max relative loss difference: {difference:.2e}")
     assert difference < TOLERANCE
+    assert max_relative_difference(validation(tmp_path / "run"), validation(reference.run_dir)) < TOLERANCE
+
+
+INIT_RANK = textwrap.dedent("""
+    import json, os, sys
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from herd.model import ModelConfig, build_model
+    from herd.train.distributed import ParallelConfig, init_distributed
+    from herd.train.parallelize import parallelize
+    from herd.train.pipeline import split_stage
+    from herd.train.pretrain import init_weights
+
+    config, (dp, tp, pp) = ModelConfig(**json.loads(sys.argv[2])), map(int, sys.argv[3:6])
+    distributed = init_distributed(ParallelConfig(dp_shard=dp, tp=tp, pp=pp), "cpu")
+    model = build_model(config, device="meta")
+    if pp > 1:
+        model = split_stage(model, distributed)
+    parallelize(model, distributed, activation_checkpointing=False, compile=False)
+    model.to_empty(device="cpu")
+    init_weights(model, config, 7, distributed)
+    whole = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    torch.save(whole, os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
+    distributed.close()
+""")
+
+
+@pytest.mark.parametrize(
+    ("dp", "tp", "pp"), [(2, 1, 1), (1, 2, 1), pytest.param(1, 1, 2, marks=pytest.mark.slow)], ids=["dp2", "tp2", "pp2"]
+)
+def test_sharded_init_equals_the_single_process_init(tmp_path, dp, tp, pp):
+    from herd.model import ModelConfig, build_model
+
+    script = tmp_path / "init.py"
+    script.write_text(INIT_RANK)
+    fields = {**TINY_MODEL, "vocab_size": 512}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={dp * tp * pp}",
+               str(script), str(tmp_path), json.dumps(fields), str(dp), str(tp), str(pp)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-6000:]
+    got = {}
+    for rank in range(dp * tp * pp):
+        got.update(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True))
+    expected = build_model(ModelConfig(**fields))
+    expected.init_weights(7)
+    assert set(got) == set(expected.state_dict())
+    for name, value in expected.state_dict().items():
+        assert torch.equal(got[name], value), name
+
+
+@pytest.mark.parametrize("numel", [16, 1000, 1001, 4099])
+def test_skipping_a_parameter_advances_the_generator_like_drawing_it(monkeypatch, numel):
+    from herd.train import weight_init
+
+    monkeypatch.setattr(weight_init, "CHUNK", 64)
+    drawn, skipped = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    torch.randn(numel, generator=drawn)
+    weight_init.skip_normal(skipped, numel)
+    assert torch.equal(torch.randn(40, generator=skipped), torch.randn(40, generator=drawn))
 
 
 FLAKY_RANK = textwrap.dedent("""

@@ -88,7 +88,7 @@ def test_bootstrap_interval_contains_the_value_and_widens_with_noise():
     x = np.geomspace(1, 100, 12)
     rng = np.random.default_rng(0)
     clean, noisy = 2 * x ** 0.5, 2 * x ** 0.5 * np.exp(rng.normal(0, 0.2, len(x)))
-    groups = [list(range(0, 6)), list(range(6, 12))]
+    groups = [list(range(6)), list(range(6, 12))]
     narrow = bootstrap(groups, lambda i: fit_power_law(x[i], clean[i]).exponent, samples=50)
     wide = bootstrap(groups, lambda i: fit_power_law(x[i], noisy[i]).exponent, samples=50)
     assert narrow.low == pytest.approx(0.5) and narrow.high == pytest.approx(0.5)

@@ -3,6 +3,7 @@ resume), and fit / predict / report / CLI on a sweep directory of runs with know
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,7 @@ from herd.cli import main
 from herd.config_overrides import from_dict
 from herd.errors import HerdError
 from herd.speedrun.tasks import SynthMathChoice
-from herd.train.scaling import ScalingConfig, fit, load_scaling_config, predict_target
+from herd.train.scaling import ScalingConfig, fit, load_scaling_config, mix, predict_target
 from herd.train.scaling.plan import plan_sweep
 from herd.train.scaling.presets import PRESETS, with_corpus_data
 from herd.train.scaling.runs import run_sweep_runs
@@ -65,6 +66,18 @@ def test_runs_train_score_and_resume(micro_sweep):
     lines = []
     again = run_sweep_runs(config, runs, log=lines.append)
     assert again == records and lines == []  # everything finished: nothing retrained
+
+
+def test_mix_experiment_picks_the_math_heavy_mix_for_math(micro_sweep):
+    config = dataclasses.replace(
+        micro_sweep[0], budgets=[1.5e9, 3e9], models={"d32": LADDER["d32"]}, target_budget=3e10,
+        mixes={"math": {"math": 0.85, "web": 0.05, "code": 0.05, "multilingual": 0.05},
+               "web": {"math": 0.05, "web": 0.85, "code": 0.05, "multilingual": 0.05}},
+    )
+    result = mix(config, log=lambda line: None)
+    assert result["chosen"] == "math" and result["task"] == "synth_math_mc"
+    assert result["mixes"]["math"]["predicted_nll"] < result["mixes"]["web"]["predicted_nll"]
+    assert "(chosen)" in (config.run_dir / "mix.md").read_text()
 
 
 def test_math_choice_task_offers_near_miss_results(micro_sweep):

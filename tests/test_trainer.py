@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,6 +284,57 @@ def test_resume_after_a_crash_is_bitwise_identical(shards, tmp_path, monkeypatch
     result = pretrain(tiny_config(shards, tmp_path / "crashed"))
     assert result.resumed_from_step == 4
     assert losses(tmp_path / "crashed") == reference  # bitwise, with the records past step 4 replaced
+
+
+def test_async_checkpoint_moves_latest_only_after_the_write(tmp_path, monkeypatch):
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    model = build_model(ModelConfig(**TINY_MODEL, vocab_size=512))
+    model.init_weights(0)
+    optimizer = torch.optim.AdamW(model.parameters())
+    manager = CheckpointManager(tmp_path, keep_last=2, async_save=True)
+    manager.save(1, model, optimizer, {"step": 1}, {})
+    manager.wait()
+    assert manager.latest().name == "step_00000001"
+
+    release, write = threading.Event(), FileSystemWriter.write_data
+    monkeypatch.setattr(FileSystemWriter, "write_data", lambda self, *a: release.wait(30) and write(self, *a))
+    saved = {name: value.clone() for name, value in model.state_dict().items()}
+    manager.save(2, model, optimizer, {"step": 2}, {})
+    with torch.no_grad():  # training goes on while the staged copy is written
+        for param in model.parameters():
+            param.add_(1.0)
+    assert (tmp_path / ".tmp-step_00000002").is_dir()
+    assert CheckpointManager(tmp_path).latest().name == "step_00000001"  # what a crash now would resume from
+    release.set()
+    manager.wait()
+    assert manager.latest().name == "step_00000002"
+    whole = CheckpointManager(tmp_path).load()
+    assert whole["step"] == 2 and all(torch.equal(whole["model"][name], value) for name, value in saved.items())
+
+    def failing(self, *args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(FileSystemWriter, "write_data", failing)
+    manager.save(3, model, optimizer, {"step": 3}, {})
+    with pytest.raises(CheckpointException, match="disk full"):
+        manager.wait()
+    assert manager.latest().name == "step_00000002"
+    monkeypatch.setattr(FileSystemWriter, "write_data", write)
+    manager.save(4, model, optimizer, {"step": 4}, {})
+    manager.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000002", "step_00000004"]  # keep-last 2
+
+
+def test_async_checkpoint_run_equals_the_synchronous_run(shards, tmp_path):
+    short = ("steps=6", "checkpoint_interval=2", "eval_interval=0")
+    sync = pretrain(tiny_config(shards, tmp_path / "sync", *short))
+    background = pretrain(tiny_config(shards, tmp_path / "async", *short, "async_checkpoint=true"))
+    assert losses(background.run_dir) == losses(sync.run_dir)
+    a = CheckpointManager(sync.run_dir / "checkpoints").load()
+    b = CheckpointManager(background.run_dir / "checkpoints").load()
+    assert b["loop"]["batches"] == a["loop"]["batches"] and all(torch.equal(b["model"][k], v) for k, v in a["model"].items())
 
 
 SUBPROCESS_RUN = """

@@ -206,26 +206,32 @@ class Transformer(nn.Module):
     def init_weights(self, seed: int = 0) -> None:
         """Fresh weights for training from scratch: truncated normals, depth-scaled output projections."""
         generator = torch.Generator().manual_seed(seed)
-
-        def normal_(weight: torch.Tensor, std: float) -> None:
-            values = torch.randn(weight.shape, generator=generator).clamp_(-3, 3) * std
-            weight.copy_(values)
-
-        normal_(self.tok_embeddings.weight, 0.02 if self.config.tie_word_embeddings else 1.0)
-        for i, layer in enumerate(self.layers):
-            depth_std = 0.02 / math.sqrt(2 * (i + 1))
-            for linear in (layer.attention.wq, layer.attention.wk, layer.attention.wv, layer.feed_forward.w1):
-                normal_(linear.weight, 0.02)
-            for linear in (layer.attention.wo, layer.feed_forward.w2, layer.feed_forward.w3):
-                normal_(linear.weight, depth_std)
-            layer.attention_norm.weight.fill_(1.0)
-            layer.ffn_norm.weight.fill_(1.0)
-        self.norm.weight.fill_(1.0)
-        if not self.config.tie_word_embeddings:
-            normal_(self.output.weight, self.config.dim**-0.5)
+        params = dict(self.named_parameters())
+        for name, std in init_plan(self.config):
+            if std is None:
+                params[name].fill_(1.0)
+            else:
+                params[name].copy_(torch.randn(params[name].shape, generator=generator).clamp_(-3, 3) * std)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def init_plan(config: ModelConfig) -> list[tuple[str, float | None]]:
+    """`init_weights`' recipe in its drawing order: (parameter name, std of its truncated normal, or None for ones)."""
+    tied = config.tie_word_embeddings
+    plan: list[tuple[str, float | None]] = [("tok_embeddings.weight", 0.02 if tied else 1.0)]
+    for i in range(config.n_layers):
+        depth_std = 0.02 / math.sqrt(2 * (i + 1))
+        plan += [(f"layers.{i}.{name}.weight", 0.02) for name in
+                 ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1")]
+        plan += [(f"layers.{i}.{name}.weight", depth_std) for name in
+                 ("attention.wo", "feed_forward.w2", "feed_forward.w3")]
+        plan += [(f"layers.{i}.attention_norm.weight", None), (f"layers.{i}.ffn_norm.weight", None)]
+    plan.append(("norm.weight", None))
+    if not tied:
+        plan.append(("output.weight", config.dim**-0.5))
+    return plan
 
 
 def build_model(

@@ -1,7 +1,9 @@
 """Resume checkpoints with torch.distributed.checkpoint (DCP): sharded model and optimizer, plus loop state.
 
 Every rank writes its own shards, and a checkpoint loads on any mesh (saved with dp=2, resumed alone). A save is
-atomic (a temp dir renamed into place, then the `latest` pointer replaced); only the last K are kept.
+atomic (a temp dir renamed into place, then the `latest` pointer replaced); only the last K are kept. An async save
+(DCP `async_save`) copies the state to CPU memory, writes it in a background thread, and commits (rename, pointer,
+pruning) only once every rank's shards are on disk.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +64,19 @@ class CheckpointManager:
     """Resume checkpoints in `directory`: step_00000100/{DCP shards of model + optimizer, state.pt, config.json}.
 
     `state.pt` holds rank 0's loop state (data position, RNG, counters); a `latest` pointer names the newest.
-    Saving and loading are collective: every rank calls them.
+    Saving, loading and `wait` are collective: every rank calls them. With `async_save`, `save` returns once the state
+    is staged; the checkpoint becomes `latest` when its background write has finished (`wait` blocks until then).
     """
 
-    def __init__(self, directory: str | Path, keep_last: int = 2, *, is_main: bool = True) -> None:
+    def __init__(self, directory: str | Path, keep_last: int = 2, *, is_main: bool = True, async_save: bool = False) -> None:
         assert keep_last >= 1, keep_last
         self.directory = Path(directory)
         self.keep_last = keep_last
         self.is_main = is_main
+        self.async_save = async_save
+        self._pending: Future | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="herd-checkpoint") if async_save else None
+        self._async_group: dist.ProcessGroup | None = None
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint, or None."""
@@ -83,36 +91,70 @@ class CheckpointManager:
     def save(
         self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], config: dict[str, Any]
     ) -> Path:
-        """Write checkpoint `step` (state: rank 0's tensors and plain values; config: JSON) and point `latest` at it."""
+        """Write checkpoint `step` (state: rank 0's tensors and plain values; config: JSON) and point `latest` at it
+        (an async save: once written, in the background; a save first waits for the one before)."""
+        self.wait()
         final = self.directory / f"step_{step:08d}"
         tmp = self.directory / f".tmp-{final.name}"
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        _barrier()
-        model_state, optim_state = get_state_dict(model, optimizer)
-        with _quiet_when_alone():
-            dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp, no_dist=not _distributed())
-        if self.is_main:
             torch.save(state, tmp / STATE_FILE)
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
-            for file in tmp.iterdir():
-                _fsync(file)
-            if final.exists():  # the same step saved again (after a rollback): replace it
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            pointer_tmp = self.directory / f".{LATEST}.tmp"
-            pointer_tmp.write_text(final.name)
-            _fsync(pointer_tmp)
-            os.replace(pointer_tmp, self.directory / LATEST)
-            _fsync(self.directory)
-            self._prune(keep=final)
         _barrier()
+        model_state, optim_state = get_state_dict(model, optimizer)
+        shards = {"model": model_state, "optimizer": optim_state}
+        with _quiet_when_alone():
+            if not self.async_save:
+                dcp.save(shards, checkpoint_id=tmp, no_dist=not _distributed())
+                if self.is_main:
+                    self._commit(tmp, final)
+                _barrier()
+                return final
+            written = dcp.async_save(
+                shards, checkpoint_id=tmp, no_dist=not _distributed(), process_group=self._background_group()
+            )
+        # DCP's coordinator (rank 0) finishes a save only after gathering every rank's write results, so rank 0's
+        # future resolving means all shards are on disk: rank 0 commits right then, in its writer thread
+        self._pending = self._writer.submit(self._finish_async, written, tmp, final)
         return final
+
+    def wait(self) -> None:
+        """Block until the pending async save (if any) is written and committed on every rank; re-raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+            _barrier()
+
+    def _finish_async(self, written: Future, tmp: Path, final: Path) -> None:
+        written.result()
+        if self.is_main:
+            self._commit(tmp, final)
+
+    def _background_group(self) -> dist.ProcessGroup | None:
+        """A gloo group of its own for the background thread's collectives (they must not interleave with training's)."""
+        if _distributed() and self._async_group is None:
+            self._async_group = dist.new_group(backend="gloo")
+        return self._async_group
+
+    def _commit(self, tmp: Path, final: Path) -> None:
+        """Rank 0: make the written `tmp` checkpoint durable, rename it to `final`, point `latest` at it, prune."""
+        for file in tmp.iterdir():
+            _fsync(file)
+        if final.exists():  # the same step saved again (after a rollback): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        pointer_tmp = self.directory / f".{LATEST}.tmp"
+        pointer_tmp.write_text(final.name)
+        _fsync(pointer_tmp)
+        os.replace(pointer_tmp, self.directory / LATEST)
+        _fsync(self.directory)
+        self._prune(keep=final)
 
     def load_into(self, model: nn.Module, optimizer: torch.optim.Optimizer, path: Path | None = None) -> dict[str, Any] | None:
         """Load checkpoint `path` (default: the latest) into this rank's shards of model and optimizer; returns the
         loop state saved with it, or None when there is no checkpoint."""
+        self.wait()
         path = path or self.latest()
         if path is None:
             return None

@@ -48,7 +48,8 @@ class DataSpec:
     val_sources: dict[str, str] | None = None
     """Held-out token shards for validation loss and bits-per-byte; None skips validation."""
     val_batches: int = 8
-    """Batches (of batch_size rows) per validation; always the same first rows of val_sources."""
+    """Batches (of batch_size rows per data-parallel rank, as in training) per validation; always the same first rows
+    of val_sources, on any mesh."""
 
 
 @dataclass
@@ -155,6 +156,9 @@ class PretrainConfig:
     """Save a resume checkpoint every this many optimizer steps and at the end; 0 only at the end."""
     keep_last: int = 2
     """Resume checkpoints kept on disk (the oldest are deleted)."""
+    async_checkpoint: bool = False
+    """Write checkpoints in a background thread (DCP async_save; training goes on once the state is copied to CPU
+    memory); `latest` moves to a checkpoint only after all its shards are written."""
     resume: bool = True
     """Continue from out_dir's latest checkpoint when there is one (auto-resume)."""
     peak_tflops: float | None = None
@@ -225,8 +229,6 @@ class PretrainConfig:
         pp = self.parallel.pp
         if pp == 1:
             return
-        if self.eval_interval:
-            raise HerdError("validation does not run under parallel.pp > 1 yet; set eval_interval=0")
         if self.stages:
             raise HerdError("stages (a changing row length) do not run under parallel.pp > 1 yet; drop stages or pp")
         fewest = min([self.grad_accum, *(self.grad_accum_schedule or {}).values()])

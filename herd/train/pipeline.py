@@ -1,6 +1,7 @@
 """Pipeline parallelism (torch.distributed.pipelining): a Transformer cut into stages, and a step's micro-batches run through them.
 
 The first stage owns the embedding, the last the final norm, head and loss; parameter names stay the Transformer's.
+Validation runs forward only through the stages.
 """
 
 from __future__ import annotations
@@ -69,15 +70,13 @@ class Pipeline:
     """
 
     def __init__(self, stage: StageModule, distributed: Distributed, schedule: str) -> None:
-        self.stage = PipelineStage(
-            stage,
-            distributed.coordinate("pp"),
-            distributed.degree("pp"),
-            distributed.device,
-            group=distributed.group("pp"),
-        )
+        place = (distributed.coordinate("pp"), distributed.degree("pp"), distributed.device)
+        group = distributed.group("pp")
+        self.stage = PipelineStage(stage, *place, group=group)
         self.schedule_class = SCHEDULES[schedule]
         self._schedules: dict[int, object] = {}
+        # forward only, one batch at a time: a stage object of its own, so the training schedule's buffers stay put
+        self._forward = ScheduleGPipe(PipelineStage(stage, *place, group=group), 1)
 
     def forward_backward(self, batches: list[Batch]) -> LossOutput:
         """Forward and backward of all `batches` (one micro-batch each); the loss total is 0 off the last stage."""
@@ -91,6 +90,14 @@ class Pipeline:
         schedule.step(*inputs, target=targets, losses=losses, return_outputs=False, doc_ids=doc_ids)
         total = torch.stack(losses).sum().detach() if losses else torch.zeros((), device=targets.device)
         return LossOutput(total, int((targets != IGNORE_INDEX).sum()), {})
+
+    def token_losses(self, batch: Batch) -> torch.Tensor | None:
+        """Forward of one batch through all stages (no backward): its next-token losses [B, T] on the last stage,
+        None on the others."""
+        tokens, targets, doc_ids = batch
+        inputs = (tokens,) if self.stage.is_first else ()
+        logits = self._forward.step(*inputs, doc_ids=doc_ids)
+        return None if logits is None else token_cross_entropy(logits, targets)
 
 
 def summed_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from herd.config_overrides import to_dict
 from herd.errors import HerdError
@@ -41,6 +40,7 @@ from herd.train.pipeline import Pipeline, split_stage
 from herd.train.schedule import grad_accum_at, learning_rate, stage_at
 from herd.train.token_shards import TokenManifest
 from herd.train.trainer import LoopConfig, LoopState, Trainer, next_token_loss, token_losses
+from herd.train.weight_init import init_sharded_weights
 
 MANIFEST = "manifest.json"
 GIB = 2**30
@@ -103,7 +103,9 @@ def _pretrain(config: PretrainConfig, distributed: Distributed) -> PretrainResul
     model.train()
     optimizer = build_optimizer(model, config.optim, device)
 
-    checkpoints = CheckpointManager(run_dir / "checkpoints", config.keep_last, is_main=distributed.is_main)
+    checkpoints = CheckpointManager(
+        run_dir / "checkpoints", config.keep_last, is_main=distributed.is_main, async_save=config.async_checkpoint
+    )
     if not config.resume and checkpoints.latest() is not None:
         raise HerdError(f"{run_dir} already holds checkpoints; pass a new out_dir, or resume=true to continue them")
     run_info = {"config": to_dict(config), "model": model_config.to_params()}
@@ -128,7 +130,7 @@ def _pretrain(config: PretrainConfig, distributed: Distributed) -> PretrainResul
     trainer = Trainer(
         model, optimizer, next_token_loss, data, loop, MetricsLog(run_dir, enabled=distributed.is_main),
         device=device, autocast_dtype=autocast, checkpoints=checkpoints, run_info=run_info,
-        evaluate=partial(validate, model, config, tokenizer, device) if config.data.val_sources else None,
+        evaluate=partial(validate, model, config, tokenizer, distributed, pipeline) if config.data.val_sources else None,
         flops_per_token=flops, peak_tflops=peak_tflops(device, config.peak_tflops),
         distributed=distributed, forward_backward=pipeline.forward_backward if pipeline else None,
     )
@@ -194,16 +196,11 @@ def _finish(
 
 
 def init_weights(model: nn.Module, config: ModelConfig, seed: int, distributed: Distributed) -> None:
-    """Fresh weights, the same values on any mesh: a sharded model (or stage) takes its slices of a whole model
-    initialized on this rank's CPU."""
+    """Fresh weights, the same values on any mesh: a sharded model (or stage) initializes only its own shards."""
     if distributed.mesh is None:
         model.init_weights(seed)
-        return
-    whole = build_model(config)
-    whole.init_weights(seed)
-    mine = set(model.state_dict())
-    values = {name: value for name, value in whole.state_dict().items() if name in mine}
-    set_model_state_dict(model, values, options=StateDictOptions(full_state_dict=True))
+    else:
+        init_sharded_weights(model, config, seed)
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
@@ -220,20 +217,32 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) 
 
 @torch.no_grad()
 def validate(
-    model: nn.Module, config: PretrainConfig, tokenizer: Tokenizer, device: torch.device
+    model: nn.Module, config: PretrainConfig, tokenizer: Tokenizer, distributed: Distributed,
+    pipeline: Pipeline | None = None,
 ) -> dict[str, float]:
-    """Validation loss (nats/token) and bits-per-byte on the first `data.val_batches` batches of `val_sources`."""
-    loader = TokenDataLoader(DataLoaderConfig(config.data.val_sources, None, config.batch_size, config.seq_len, config.seed))
+    """Validation loss (nats/token) and bits-per-byte on the first `data.val_batches` batches of `val_sources`.
+
+    The same rows on any mesh: each data-parallel replica takes its share of each batch (as in training), under
+    pipeline parallelism the batches run forward through the stages, and the figures are summed over the replicas.
+    """
+    loader = TokenDataLoader(
+        DataLoaderConfig(config.data.val_sources, None, config.batch_size, config.seq_len, config.seed),
+        rank=distributed.coordinate("dp"), world_size=distributed.degree("dp"),
+    )
     byte_lengths = token_byte_lengths(tokenizer.n_words, len(SPECIAL_TOKENS), tokenizer.token_bytes)
     nats = tokens = nats_with_bytes = n_bytes = 0.0
     for _, batch in zip(range(config.data.val_batches), loader):
-        batch = tuple(t.to(device) for t in batch)
-        losses = token_losses(model, batch).float()
+        batch = tuple(t.to(distributed.device) for t in batch)
+        losses = token_losses(model, batch) if pipeline is None else pipeline.token_losses(batch)
+        if losses is None:
+            continue  # an earlier pipeline stage: the last one counts
+        losses = losses.float()
         nats += float(losses.sum())
         tokens += int((batch[1] >= 0).sum())
         counted_nats, counted_bytes = bits_per_byte(losses, batch[1], byte_lengths)
         nats_with_bytes += counted_nats
         n_bytes += counted_bytes
+    nats, tokens, nats_with_bytes, n_bytes = distributed.sum_over_replicas([nats, tokens, nats_with_bytes, n_bytes])
     return {"val_loss": nats / max(tokens, 1), "val_bpb": nats_with_bytes / (math.log(2) * max(n_bytes, 1))}
 
 

@@ -187,6 +187,8 @@ class Trainer:
             if loop.eval_interval and self.evaluate is not None:
                 self._validate()
             self.save()
+            if self.checkpoints is not None:
+                self.checkpoints.wait()  # an async final save is committed before the run reports it
         finally:
             self.log.close()
         return self.state

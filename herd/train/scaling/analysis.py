@@ -20,10 +20,10 @@ import numpy as np
 
 from herd.errors import HerdError
 from herd.train.scaling.fits import (
-    PowerLaw,
-    Sigmoid,
     IsoFlopFit,
     LossSurface,
+    PowerLaw,
+    Sigmoid,
     bootstrap,
     fit_isoflop,
     fit_loss_surface,

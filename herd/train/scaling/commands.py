@@ -22,7 +22,7 @@ from herd.errors import HerdError
 from herd.train.scaling.analysis import field_value, fit_accuracy, fit_sweep, isoflop_fits, predict
 from herd.train.scaling.config import ScalingConfig
 from herd.train.scaling.fits import PowerLaw, Sigmoid, fit_power_law
-from herd.train.scaling.plan import plan_run, plan_sweep
+from herd.train.scaling.plan import data_tokens, plan_run, plan_sweep
 from herd.train.scaling.presets import preset, with_corpus_data
 from herd.train.scaling.report import plot_downstream, plot_frontier, plot_isoflops, render_report
 from herd.train.scaling.runs import run_sweep_runs, train_and_score
@@ -67,8 +67,8 @@ def fit(config: ScalingConfig, log: Log = print) -> dict[str, Any]:
 
 
 def predict_target(config: ScalingConfig, budget: float | None = None, *, train: bool = False, log: Log = print) -> dict[str, Any]:
-    """Predict the target budget's loss and downstream scores for the ladder model nearest N*; with `train`, train
-    that run and record the measurement next to the prediction."""
+    """Predict the target budget's loss and downstream scores for the ladder model nearest N* among those the data
+    holds (max_epochs); with `train`, train that run and record the measurement next to the prediction."""
     config = with_corpus_data(config, log)
     budget = budget or config.target_budget
     if budget is None:
@@ -79,7 +79,12 @@ def predict_target(config: ScalingConfig, budget: float | None = None, *, train:
     ladder = {**config.models, **config.target_models}
     candidates = [plan_run(config, budget, name, fields, name=f"target-{name}-C{budget:.2e}".replace("+", ""))
                   for name, fields in ladder.items()]
-    run = min(candidates, key=lambda r: abs(math.log(r.compute_params / n_opt)))
+    _, epoch = data_tokens(config.pretrain_config("probe", steps=1))
+    fitting = [r for r in candidates if r.tokens <= config.max_epochs * epoch]
+    if not fitting:
+        raise HerdError(f"every ladder model needs more than max_epochs={config.max_epochs} x {epoch:,} tokens at "
+                        f"C = {budget:.3g}; add larger target_models or more data")
+    run = min(fitting, key=lambda r: abs(math.log(r.compute_params / n_opt)))
     prediction = predict(records, fits, run.flops, n=run.compute_params, d=run.tokens, samples=config.bootstrap_samples)
     prediction["run"] = run.as_dict()
     log(f"[scaling] C = {budget:.3g}: N* = {n_opt:.3g}; nearest ladder model {run.model} (N = {run.compute_params:.3g}, "

@@ -119,7 +119,7 @@ def fit_loss_surface(
         return float(value), grad
 
     floor = float(ln_l.min())
-    starts = [(math.log(start.E), math.log(start.A), math.log(start.B), start.alpha, start.beta)] if start else \
+    starts = [(*(math.log(max(v, 1e-300)) for v in (start.E, start.A, start.B)), start.alpha, start.beta)] if start else \
         itertools.product((floor - 1.0, floor - 0.2), (0.0, 5.0, 10.0), (0.0, 5.0, 10.0), (0.2, 0.5), (0.2, 0.5))
     best = None
     for point in starts:

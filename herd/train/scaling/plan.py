@@ -66,7 +66,7 @@ def plan_run(config: ScalingConfig, budget: float, model: str, fields: dict[str,
     vocab, _ = data_tokens(probe, weights)
     params, compute_params = model_size(probe, vocab)
     tokens_per_step = probe.batch_size * probe.seq_len * probe.grad_accum
-    steps = max(int(round(budget / (6 * compute_params * tokens_per_step))), 1)
+    steps = max(round(budget / (6 * compute_params * tokens_per_step)), 1)
     tokens = steps * tokens_per_step
     name = name or (f"{mix}-" if mix else "") + f"{model}-C{budget:.2e}".replace("+", "")
     return PlannedRun(name, budget, model, mix, params, compute_params, steps, tokens, 6 * compute_params * tokens)

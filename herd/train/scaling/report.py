@@ -10,11 +10,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless backend
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from herd.train.scaling.analysis import isoflop_fits, relative_error  # noqa: E402
-from herd.train.scaling.fits import PowerLaw, Sigmoid  # noqa: E402
+from herd.train.scaling.analysis import isoflop_fits, relative_error
+from herd.train.scaling.fits import PowerLaw, Sigmoid
 
 Record = dict[str, Any]
 
@@ -100,8 +100,8 @@ def plot_downstream(records: Sequence[Record], fits: dict[str, Any], out: Path, 
 def render_report(records: Sequence[Record], skipped: Sequence[str], fits: dict[str, Any],
                   prediction: dict[str, Any] | None = None, target: Record | None = None,
                   plots: Sequence[Path] = ()) -> str:
-    lines = ["# Scaling laws", "", f"{len(records)} runs; compute parameters N = training FLOPs per token / 6, "
-             "C = 6 N D.", "", "## Runs", "",
+    lines = ["# Scaling laws", "", (f"{len(records)} runs; compute parameters N = training FLOPs per token / 6, "
+             "C = 6 N D."), "", "## Runs", "",
              "| run | C | N | D (tokens) | steps | val loss |" + "".join(f" {t} NLL | {t} acc |" for t in _tasks(records)),
              "|---|---|---|---|---|---|" + "---|---|" * len(_tasks(records))]
     for r in sorted(records, key=lambda r: (r["budget"], r["compute_params"])):
@@ -114,9 +114,9 @@ def render_report(records: Sequence[Record], skipped: Sequence[str], fits: dict[
     interval = law["exponent_interval"]
     lines += ["", "## Fits", "", "| budget C | N* | D* | loss at N* |", "|---|---|---|---|"]
     lines += [f"| {b['budget']:.3g} | {b['n_opt']:.3g} | {b['d_opt']:.3g} | {b['loss_opt']:.4f} |" for b in fits["budgets"]]
-    lines += ["", f"- N*(C) = {law['coefficient']:.3g} C^{law['exponent']:.3f} (exponent {interval['level']:.0%} "
+    lines += ["", (f"- N*(C) = {law['coefficient']:.3g} C^{law['exponent']:.3f} (exponent {interval['level']:.0%} "
               f"interval [{interval['low']:.3f}, {interval['high']:.3f}]); D*(C) = {d_law['coefficient']:.3g} "
-              f"C^{d_law['exponent']:.3f}",
+              f"C^{d_law['exponent']:.3f}"),
               f"- L(N, D) = {s['E']:.3f} + {s['A']:.3g} / N^{s['alpha']:.3f} + {s['B']:.3g} / D^{s['beta']:.3f}"]
     for task, fit in fits["downstream"].items():
         if "nll_law" in fit:
@@ -132,8 +132,8 @@ def render_report(records: Sequence[Record], skipped: Sequence[str], fits: dict[
 def _prediction_lines(prediction: dict[str, Any], target: Record | None) -> list[str]:
     loss, n_opt = prediction["loss"], prediction["n_opt"]
     lines = ["", f"## Prediction at C = {prediction['budget']:.3g}", "",
-             f"N* = {n_opt['value']:.3g} ({n_opt['level']:.0%} interval [{n_opt['low']:.3g}, {n_opt['high']:.3g}]), "
-             f"D* = {prediction['d_opt']:.3g} tokens; the run: N = {prediction['n']:.3g}, D = {prediction['d']:.3g}.", "",
+             (f"N* = {n_opt['value']:.3g} ({n_opt['level']:.0%} interval [{n_opt['low']:.3g}, {n_opt['high']:.3g}]), "
+             f"D* = {prediction['d_opt']:.3g} tokens; the run: N = {prediction['n']:.3g}, D = {prediction['d']:.3g}."), "",
              "| quantity | predicted | interval | measured | relative error |", "|---|---|---|---|---|"]
     measured = target["val_loss"] if target else None
     lines.append(f"| validation loss | {loss['value']:.4f} | [{loss['low']:.4f}, {loss['high']:.4f}] | "
