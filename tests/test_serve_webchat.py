@@ -104,3 +104,38 @@ def test_chat_page_streams_a_reply(url, browser):
                                               "args": []})
     assert reply and reply == shown
     assert browser("POST", "/execute/sync", {"script": "return document.querySelector('.msg.error')", "args": []}) is None
+
+
+def _aborts(url: str) -> float:
+    metrics = httpx.get(url + "metrics").text
+    line = next((ln for ln in metrics.splitlines() if ln.startswith('herd_requests_finished_total{finish_reason="abort"}')),
+                None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+def _run(browser, script: str):
+    return browser("POST", "/execute/sync", {"script": script, "args": []})
+
+
+def test_stop_button_ends_the_stream_and_frees_the_request(url, browser):
+    browser("POST", "/url", {"url": url})
+    _run(browser, "document.getElementById('max_tokens').value = '1000'; "
+                  "document.getElementById('temperature').value = '0';")
+    before = _aborts(url)
+    browser("POST", f"/element/{_element(browser, '#input')}/value", {"text": "Tell me a very long story"})
+    browser("POST", f"/element/{_element(browser, '#send')}/click", {})
+    _wait_for(browser, "return document.querySelector('.msg.assistant')?.textContent.length > 0")
+    assert httpx.get(url + "health").json()["running"] == 1
+    browser("POST", f"/element/{_element(browser, '#stop')}/click", {})
+    # The page is idle again at once, keeping the partial reply, and the server cancelled the generation.
+    _wait_for(browser, "return !document.getElementById('send').disabled && document.getElementById('stop').disabled")
+    shown = _run(browser, "return document.querySelector('.msg.assistant').textContent")
+    deadline = time.monotonic() + 10
+    while (health := httpx.get(url + "health").json())["running"] or health["kv_cache_usage"]:
+        assert time.monotonic() < deadline, f"the server still holds the request: {health}"
+        time.sleep(0.05)
+    assert _aborts(url) == before + 1
+    time.sleep(0.5)
+    assert _run(browser, "return document.querySelector('.msg.assistant').textContent") == shown  # no more text
+    assert _run(browser, "return dialog.length") == 2 and _run(browser, "return dialog[1].content") == shown
+    assert _run(browser, "return document.querySelector('.msg.error')") is None

@@ -57,25 +57,27 @@ def _forward(model: Transformer, kv: PagedKV, rows: list[Segment]) -> torch.Tens
     starts = torch.tensor([row.start for row in rows], device=device)
     positions = starts[:, None] + torch.arange(length, device=device)
     context = max(row.start for row in rows) + length
-    table = _slot_table(kv.block_size, [row.block_table for row in rows], context, device)
-    write = table.gather(1, positions)
+    blocks = _block_table([row.block_table for row in rows], -(-context // kv.block_size), device)
+    slots = blocks[:, :, None] * kv.block_size + torch.arange(kv.block_size, device=device)
+    write = slots.reshape(len(rows), -1).gather(1, positions)
     # A key is visible to a query at its position or before; that also hides the padding past a short row's end.
     mask = None
     if len(rows) > 1 or rows[0].start > 0:
-        mask = (torch.arange(context, device=device) <= positions[:, :, None])[:, None]
+        unseen = (torch.arange(context, device=device) > positions[:, :, None])[:, None]
+        # Additive, so SDPA does not convert a boolean mask again in every layer.
+        mask = torch.zeros(unseen.shape, dtype=model.tok_embeddings.weight.dtype, device=device)
+        mask.masked_fill_(unseen, float("-inf"))
     cos, sin = rope_cos_sin(model.rope_freqs, positions)
-    view = PagedView(kv, write, table)
+    view = PagedView(kv, write, blocks, context)
     hidden = model.tok_embeddings(tokens)
     for layer in model.layers:
         hidden = layer(hidden, cos, sin, mask, view)
     return hidden[:, -1]
 
 
-def _slot_table(block_size: int, tables: list[list[int]], length: int, device: torch.device) -> torch.Tensor:
-    """Cache slots [B, length] of positions 0..length-1 of each row (slot 0 past a row's blocks)."""
-    width = -(-length // block_size)
+def _block_table(tables: list[list[int]], width: int, device: torch.device) -> torch.Tensor:
+    """The first `width` block ids of each row [B, width] (block 0 past a row's blocks)."""
     blocks = torch.zeros(len(tables), width, dtype=torch.long)
     for row, table in enumerate(tables):
         blocks[row, : min(width, len(table))] = torch.tensor(table[:width], dtype=torch.long)
-    offsets = torch.arange(block_size)
-    return (blocks[:, :, None] * block_size + offsets).reshape(len(tables), -1)[:, :length].to(device)
+    return blocks.to(device)

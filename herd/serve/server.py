@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from herd.errors import HerdError
 from herd.model import Transformer
@@ -31,7 +32,7 @@ from herd.serve.protocol import (
 )
 from herd.serve.request import RequestParams, StepOutput
 from herd.serve.scheduler import EngineConfig
-from herd.tokenizer import Tokenizer
+from herd.tokenizer import Message, Tokenizer
 
 try:
     from fastapi import Depends, FastAPI, Header, Request
@@ -41,6 +42,9 @@ try:
     from starlette.exceptions import HTTPException
 except ImportError as error:  # pragma: no cover - depends on the install
     raise ImportError(f"herd's server needs FastAPI, uvicorn and prometheus-client: pip install 'herd[serve]' ({error})")
+
+if TYPE_CHECKING:
+    from herd.safety.guardrails import Guardrails
 
 Outputs = AsyncIterator[tuple[int, StepOutput]]
 
@@ -54,13 +58,17 @@ def create_app(
     engine_config: EngineConfig | None = None,
     max_queue: int = 64,
     max_prompt_tokens: int | None = None,
+    guardrails: Guardrails | None = None,
 ) -> FastAPI:
     """The server app for one model. Requests beyond `engine_config.max_running` running plus `max_queue`
-    waiting get 429; prompts over `max_prompt_tokens` (default: the context less one) get 400."""
+    waiting get 429; prompts over `max_prompt_tokens` (default: the context less one) get 400. `guardrails`
+    (herd.safety.guardrails) check chat requests and replies."""
     engine = Engine(model, tok, engine_config)
     metrics = ServerMetrics(engine)
     runner = AsyncEngine(engine, max_pending=engine.config.max_running + max_queue, metrics=metrics)
     limit = min(model.config.max_seq_len, engine.capacity)
+    if guardrails is not None:
+        guardrails.register(metrics.registry)
     max_prompt = min(max_prompt_tokens or limit - 1, limit - 1)
 
     @asynccontextmanager
@@ -78,7 +86,8 @@ def create_app(
             raise HTTPException(401, "invalid or missing API key; send 'Authorization: Bearer <key>'")
 
     async def complete(request: Request, body: SamplingFields, prompts: list[list[int]], chat: bool,
-                       logprobs: bool, top_logprobs: int, max_tokens: int | None) -> Response:
+                       logprobs: bool, top_logprobs: int, max_tokens: int | None,
+                       dialog: list[Message] | None = None) -> Response:
         if body.model != model_name:
             raise HTTPException(404, f"model {body.model!r} does not exist; this server serves {model_name!r}")
         requests: list[tuple[list[int], RequestParams]] = []
@@ -90,6 +99,8 @@ def create_app(
                 requests.append((prompt, params))
         call = _Call(tok, model_name, chat, len(requests), sum(len(p) for p in prompts), logprobs)
         outputs = runner.submit(requests)
+        if guardrails is not None and dialog is not None:
+            outputs = guardrails.screen(dialog, outputs, choices=len(requests), stream=body.stream)
         if body.stream:
             return StreamingResponse(call.stream(outputs, body.include_usage), media_type="text/event-stream")
         return JSONResponse(await call.collect(request, outputs))
@@ -97,8 +108,12 @@ def create_app(
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         max_tokens = body.max_completion_tokens or body.max_tokens
+        dialog: list[Message] = [{"role": m.role, "content": m.text()} for m in body.messages]
+        refusal = await guardrails.check_input(dialog) if guardrails is not None else None
+        if refusal is not None:
+            return JSONResponse(refusal, status_code=400)
         return await complete(request, body, [body.prompt(tok)], True, body.logprobs, body.top_logprobs or 0,
-                              max_tokens)
+                              max_tokens, dialog)
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(request: Request, body: CompletionRequest) -> Response:
@@ -139,10 +154,11 @@ def serve(
     max_queue: int = 64,
     max_prompt_tokens: int | None = None,
     quantize: str | None = None,
+    guardrails: Guardrails | None = None,
 ) -> None:
     """Load `model_path` (anything `herd.load` takes) and serve it until interrupted (`herd serve`).
 
-    quantize="int8" serves int8 weight-only linears (per-channel scales)."""
+    quantize="int8" serves int8 weight-only linears (per-channel scales); `guardrails` check chats."""
     import uvicorn
 
     from herd.checkpoint import load
@@ -156,7 +172,7 @@ def serve(
         quantize_int8(model)
     app = create_app(
         model, tok, model_name=model_name or Path(str(model_path)).name, api_key=api_key,
-        engine_config=engine_config, max_queue=max_queue, max_prompt_tokens=max_prompt_tokens,
+        engine_config=engine_config, max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, guardrails=guardrails,
     )
     uvicorn.run(app, host=host, port=port)
 
@@ -212,6 +228,8 @@ class _Call:
             await asyncio.wait({task}, timeout=0.25)
             if not task.done() and await request.is_disconnected():
                 task.cancel()
+        if task.cancelled():  # the client is gone and reads no answer; its generation is aborted
+            return error_body("the client disconnected")
         await task
         choices = [self._choice(i, text, logprobs[i], reasons[i], delta=False) for i, text in enumerate(self.texts)]
         return envelope(self.kind, self.id, self.model, choices, self._usage())

@@ -37,7 +37,7 @@ def run_sweep_runs(config: ScalingConfig, runs: Sequence[PlannedRun], log: Calla
             slots.put(slot)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(config.workers, mp_context=context, initializer=_take_slot,
-                                 initargs=(slots, _threads(config))) as pool:
+                                 initargs=(slots,)) as pool:
             futures = [pool.submit(train_and_score, config, run) for run in todo]
             for i, future in enumerate(as_completed(futures), 1):
                 _report(log, i, len(todo), future.result())
@@ -45,9 +45,14 @@ def run_sweep_runs(config: ScalingConfig, runs: Sequence[PlannedRun], log: Calla
 
 
 def train_and_score(config: ScalingConfig, run: PlannedRun) -> dict[str, Any]:
-    """Pretrain `run` (resuming its checkpoints) and score its final model; writes and returns its record."""
+    """Pretrain `run` (resuming its checkpoints) and score its final model; writes and returns its record.
+
+    Every run, in a worker or not, uses the same CPU threads (cores // workers): timings and results then do not
+    depend on how the run was launched, and threads never oversubscribe the cores.
+    """
     import torch
 
+    torch.set_num_threads(_threads(config))
     from herd.checkpoint import load
     from herd.train.pretrain import pretrain
     from herd.train.scaling.downstream import downstream_task, score_task
@@ -94,13 +99,10 @@ def _threads(config: ScalingConfig) -> int:
     return max((os.cpu_count() or 1) // config.workers, 1)
 
 
-def _take_slot(slots: Any, threads: int) -> None:
-    """Worker start: claim a device slot (cuda:<slot> for GPU runs) and this worker's share of the CPU threads."""
-    import torch
-
+def _take_slot(slots: Any) -> None:
+    """Worker start: claim a device slot (cuda:<slot> for GPU runs)."""
     global _SLOT
     _SLOT = slots.get()
-    torch.set_num_threads(threads)
 
 
 def _report(log: Callable[[str], None], i: int, total: int, record: dict[str, Any]) -> None:
