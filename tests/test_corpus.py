@@ -51,3 +51,18 @@ def test_eval_items_held_out_of_sft(tmp_path):
 def test_unknown_size(tmp_path):
     with pytest.raises(HerdError, match="choose from"):
         generate_corpus(tmp_path, "huge")
+
+
+def test_addition_probe_held_out_and_worked_in_columns(tmp_path):
+    from herd.corpus.math import add_steps
+
+    generate_corpus(tmp_path, "micro")
+    asked = {d["messages"][0]["content"] for d in _lines(tmp_path / "post/sft.jsonl")}
+    rows = _lines(tmp_path / "eval/addition.jsonl")
+    assert len(rows) == SIZES["micro"].eval_items and not asked & {r["question"] for r in rows}
+    for r in rows:
+        a, b = (int(x) for x in r["question"].removeprefix("What is ").rstrip("?").split(" + "))
+        assert r["gold"] == str(a + b) and r["answer"].endswith(f"#### {a + b}")
+    assert add_steps(37, 45) == "37 + 45: ones 7 + 5 = 12, write 2 carry 1; tens 3 + 4 + 1 = 8; so 82."
+    assert any(d["messages"][0]["content"].startswith("What is ") and " + " in d["messages"][0]["content"]
+               for d in _lines(tmp_path / "post/sft.jsonl"))  # SFT teaches the probe's phrasing

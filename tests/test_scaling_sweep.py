@@ -18,7 +18,7 @@ from herd.train.scaling import ScalingConfig, fit, load_scaling_config, mix, pre
 from herd.train.scaling.plan import plan_sweep
 from herd.train.scaling.presets import PRESETS, with_corpus_data
 from herd.train.scaling.runs import run_sweep_runs
-from tests.test_scaling_fits import TRUE, synthetic_records
+from test_scaling_fits import TRUE, synthetic_records
 
 LADDER = {
     "d16": {"dim": 16, "n_layers": 1, "n_heads": 1, "n_kv_heads": 1, "multiple_of": 16},

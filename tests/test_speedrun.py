@@ -37,6 +37,27 @@ def test_bad_preset_and_override():
     assert preset_config("tiny", ["pretrain.steps=7"])["pretrain"]["steps"] == 7
 
 
+def test_llama3_tokenizer_gives_uint32_shards(tmp_path):
+    """The larger presets' tokenizer: Meta's 128K BPE, copied (not trained), its shards uint32."""
+    from herd.speedrun.run import run_stages
+
+    config = preset_config("micro", ["tokenizer.source=llama3", "progress=false"])
+    assert PRESETS["gpu"]["tokenizer"]["source"] == PRESETS["node"]["tokenizer"]["source"] == "llama3"
+    ctx = RunContext(tmp_path, config)
+    run_stages(ctx, log=lambda _: None, until="tokenize")
+    assert ctx.outputs("tokenizer")["vocab_size"] == 128000
+    manifest = json.loads((Path(ctx.outputs("tokenize")["sources"]["math"]) / "manifest.json").read_text())
+    assert manifest["dtype"] == "uint32" and ctx.outputs("tokenize")["tokens"]["math"] > 1000
+
+
+def test_unknown_tokenizer_source(tmp_path):
+    from herd.speedrun.data_stages import tokenizer_stage
+
+    ctx = RunContext(tmp_path, preset_config("micro"))
+    with pytest.raises(HerdError, match="choose from: bpe, llama3"):
+        tokenizer_stage(ctx, tmp_path, {"source": "sentencepiece", "vocab_size": 512})
+
+
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("speedrun") / "run"
@@ -51,13 +72,38 @@ def test_micro_spine_manifests_and_report(micro_run):
         assert manifest["complete"] and manifest["stage"] == name and manifest["duration_s"] >= 0
     text = report.read_text()
     for section in ("## Headline", "## Stages", "## Pretraining curves", "## What the data pipelines removed",
-                    "## Evaluation", "## Sample chat transcripts", "synth_math", "unigram baseline"):
+                    "## Evaluation", "## Safety (the final model)", "## Sample chat transcripts", "synth_math",
+                    "2-digit addition probe", "unigram baseline", "Code Shield over the", "Llama Guard 2"):
         assert section in text
     assert (out / "curves.png").stat().st_size > 1000
     assert (out / "final" / "config.json").is_file() or any((out / "final").iterdir())
     anneal = json.loads((out / "06-anneal" / "speedrun.json").read_text())["outputs"]
     assert anneal["steps"] == PRESETS["micro"]["pretrain"]["steps"] + PRESETS["micro"]["anneal"]["steps"]
     assert anneal["new_tokens"] > 0  # the anneal continued pretraining's checkpoint, not a fresh run
+
+
+def test_rejection_sampled_replies_feed_sft2_and_dpo_starts_from_it(micro_run):
+    out, _ = micro_run
+    manifests = {name: json.loads((out / f"{i:02d}-{name}" / "speedrun.json").read_text())
+                 for i, name in enumerate(STAGES, start=1)}
+    kept = [json.loads(line) for line in Path(manifests["rejection"]["outputs"]["output"]).read_text().splitlines()]
+    mix_file = out / f"{list(STAGES).index('sft2') + 1:02d}-sft2" / "sft_mix.jsonl"
+    mix = [json.loads(line)["messages"] for line in mix_file.read_text().splitlines()]
+    assert manifests["sft2"]["outputs"]["rejection_dialogs"] == len(kept) > 0
+    assert all(k["messages"] in mix for k in kept)
+    dpo_config = json.loads((Path(manifests["dpo"]["outputs"]["model"]).parent / "manifest.json").read_text())["config"]
+    assert dpo_config["model"] == manifests["sft2"]["outputs"]["model"]
+
+
+def test_addition_probe_and_safety_scores(micro_run):
+    out, _ = micro_run
+    scores = json.loads((out / f"{list(STAGES).index('eval') + 1:02d}-eval" / "scores.json").read_text())["scores"]
+    assert set(scores["synth_addition"]) >= {"base", "sft", "sft2", "dpo"}
+    assert all(0.0 <= scores["synth_addition"][k] <= 1.0 for k in ("base", "sft", "sft2", "dpo"))
+    safety = json.loads((out / f"{list(STAGES).index('safety') + 1:02d}-safety" / "safety.json").read_text())
+    assert sum(safety["codeshield"]["verdicts"].values()) == safety["codeshield"]["n"] > 0
+    guard = safety["guard"]
+    assert guard["held_out"]["n"] == PRESETS["micro"]["safety"]["guard_eval"] and 0 <= guard["replies_flagged"] <= 1
 
 
 def test_final_model_loads_and_chats(micro_run):

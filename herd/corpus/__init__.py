@@ -20,7 +20,8 @@
   number, a wrong fact or a non-answer); `post/prompts.jsonl`: prompts for rejection sampling.
 - `eval/knowledge.jsonl` (4-way multiple choice on the countries never quizzed: their facts appear only in
   articles), `eval/math.jsonl` (held-out word problems, gold `#### N`), `eval/code.jsonl` (held-out functions with
-  asserts run in the sandbox): the data of the speedrun's synthetic benchmarks.
+  asserts run in the sandbox), `eval/addition.jsonl` ("What is a + b?" for 2-digit a, b never asked in SFT or
+  preference data): the data of the speedrun's synthetic benchmarks.
 - `manifest.json`: sizes, document counts per domain and planted-noise counts.
 
 Sizes: `micro` (~0.5 MB, for tests), `tiny` (~4 MB), `small` (~25 MB, for the GPU presets).
@@ -37,7 +38,7 @@ from typing import Any
 from herd.corpus.chat import preference_pair, sft_dialog
 from herd.corpus.code import DISTINCT_FUNCTIONS, function_document, make_function, stdlib_documents
 from herd.corpus.general import general_documents, knowledge_questions
-from herd.corpus.math import arithmetic_table, make_problem, math_document
+from herd.corpus.math import addition_question, arithmetic_table, make_problem, math_document
 from herd.corpus.multilingual import TEMPLATES, multilingual_document
 from herd.corpus.names import make_world
 from herd.corpus.noise import plant_noise
@@ -61,7 +62,7 @@ class CorpusSize:
 
 SIZES = {
     "micro": CorpusSize(40, 2, 120, 20, 60, 60_000, 20, 300, 150, 16, 24),
-    "tiny": CorpusSize(240, 3, 2600, 400, 900, 700_000, 200, 3000, 800, 48, 60),
+    "tiny": CorpusSize(240, 3, 2600, 400, 900, 700_000, 200, 3000, 800, 96, 60),
     "small": CorpusSize(1500, 4, 20000, 3000, 6000, 4_000_000, 1500, 20000, 5000, 256, 200),
 }
 NOISE = {"dup": 0.08, "near": 0.05, "boiler": 0.06, "junk": 0.04}
@@ -131,7 +132,13 @@ def _eval_sets(rng: random.Random, hidden: list, n: int, seen: set[str]) -> dict
         if f.name not in names:
             names.add(f.name)
             code.append({"name": f.name, "prompt": f.prompt, "tests": f.tests, "body": f.body})
-    return {"knowledge": knowledge, "math": math, "code": code}
+    addition = []
+    while len(addition) < n:
+        p = addition_question(rng.randint(10, 99), rng.randint(10, 99))
+        if p.question not in seen:
+            seen.add(p.question)
+            addition.append({"question": p.question, "answer": p.solution, "gold": str(p.answer)})
+    return {"knowledge": knowledge, "math": math, "code": code, "addition": addition}
 
 
 def _rec(text: str, domain: str) -> dict:

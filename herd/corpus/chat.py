@@ -7,7 +7,7 @@ import random
 
 from herd.corpus.code import make_function
 from herd.corpus.general import knowledge_questions
-from herd.corpus.math import make_problem
+from herd.corpus.math import addition_question, make_problem
 from herd.corpus.multilingual import TEMPLATES
 from herd.corpus.names import Country
 
@@ -23,7 +23,10 @@ def _assistant(text: str) -> dict:
 
 
 def sft_dialog(rng: random.Random, countries: list[Country]) -> dict:
-    kind = rng.choice(("math", "math", "math", "knowledge", "code", "multilingual"))
+    kind = rng.choice(("math", "math", "math", "addition", "knowledge", "code", "multilingual"))
+    if kind == "addition":
+        p = addition_question(rng.randint(10, 99), rng.randint(10, 99))
+        return {"messages": [_user(p.question), _assistant(p.solution)], "domain": "math"}
     if kind == "math":
         p = make_problem(rng)
         return {"messages": [_user(p.question), _assistant(p.solution)], "domain": kind}

@@ -18,9 +18,17 @@ class Problem:
 
 
 def add_steps(a: int, b: int) -> str:
-    """a + b by place value: the ones, the tens, then the sum (learnable by a tiny model)."""
-    ones, tens = a % 10 + b % 10, (a // 10 + b // 10) * 10
-    return f"{a} + {b}: {a % 10} + {b % 10} = {ones}, {a // 10 * 10} + {b // 10 * 10} = {tens}, {tens} + {ones} = {a + b}."
+    """a + b in columns: the ones with their carry, then the tens plus the carry; every step a one-digit sum
+    (learnable by a tiny model)."""
+    ones = a % 10 + b % 10
+    tens = a // 10 + b // 10 + ones // 10
+    return (f"{a} + {b}: ones {a % 10} + {b % 10} = {ones}, write {ones % 10} carry {ones // 10}; "
+            f"tens {a // 10} + {b // 10} + {ones // 10} = {tens}; so {a + b}.")
+
+
+def addition_question(a: int, b: int) -> Problem:
+    """The bare "What is a + b?" form (the speedrun's 2-digit addition probe asks it)."""
+    return Problem(f"What is {a} + {b}?", f"{add_steps(a, b)}\n#### {a + b}", a + b)
 
 
 def sub_steps(a: int, b: int) -> str:
@@ -36,6 +44,7 @@ def make_problem(rng: random.Random) -> Problem:
             f"{name} has {a} {item}. {name} gets {b} more {item}. How many {item} does {name} have now?",
             f"A box holds {a} {item} and another box holds {b} {item}. How many {item} are there in total?",
             f"What is {a} plus {b}?",
+            addition_question(a, b).question,
         ))
         return Problem(q, f"{add_steps(a, b)}\n#### {a + b}", a + b)
     if kind == "sub":

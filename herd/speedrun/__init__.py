@@ -1,7 +1,8 @@
 """`herd speedrun`: the whole Llama 3 recipe, end to end, on the embedded default corpus (`herd.corpus`).
 
 corpus -> data pipelines -> tokenizer -> token shards -> pretrain -> anneal -> SFT -> reward model ->
-rejection sampling -> DPO -> eval (base / SFT / DPO) -> RUN/final (chat-ready) and RUN/report.md.
+rejection sampling -> SFT round 2 (with the best sampled replies) -> DPO -> eval (base / SFT / SFT2 / DPO) ->
+safety (Code Shield, Llama Guard) -> RUN/final (chat-ready) and RUN/report.md.
 
 ```python
 from herd.speedrun import speedrun

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from herd.corpus import generate_corpus
 from herd.data.pipeline import run_pipeline
+from herd.errors import HerdError
 
 DOMAINS = ("web", "math", "multilingual", "code")
+TOKENIZER_SOURCES = ("bpe", "llama3")
 # Llama 3 cleans web text with heuristic filters and dedup, and code / math with their own pipelines.
 PIPELINES: dict[str, list[Any]] = {
     "web": ["normalize", {"gopher_quality": {"min_words": 30}}, "gopher_repetition", "c4_quality", "pii_mask",
@@ -59,7 +62,7 @@ def data_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
     return {"stats": stats, "clean_docs": counts, "planted_left": planted_left, "split": str(split)}
 
 
-def _clean_records(directory: Path):  # noqa: ANN202 - an iterator of dicts
+def _clean_records(directory: Path):
     for shard in sorted(directory.glob("*.jsonl.gz")):
         with gzip.open(shard, "rt", encoding="utf-8") as f:
             for line in f:
@@ -68,12 +71,20 @@ def _clean_records(directory: Path):  # noqa: ANN202 - an iterator of dicts
 
 
 def tokenizer_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+    """`source: bpe` trains a BPE of `vocab_size` on the training split; `llama3` copies Meta's 128K tokenizer
+    (shipped by llama-models; its ids need uint32 token shards)."""
+    from herd.tokenizer import SPECIAL_TOKENS, Tokenizer, default_tokenizer_path
     from herd.tokenizer.train_bpe import train_tokenizer
 
-    split = ctx.stage_dir("data") / "split"
-    path = train_tokenizer([split / f"{d}.jsonl" for d in DOMAINS], s["vocab_size"], out / "tokenizer.model",
-                           show_progress=False)
-    return {"tokenizer": str(path), "vocab_size": s["vocab_size"]}
+    if s["source"] not in TOKENIZER_SOURCES:
+        raise HerdError(f"unknown tokenizer.source {s['source']!r}; choose from: {', '.join(TOKENIZER_SOURCES)}")
+    path = out / "tokenizer.model"
+    if s["source"] == "llama3":
+        shutil.copyfile(default_tokenizer_path(), path)
+    else:
+        split = ctx.stage_dir("data") / "split"
+        train_tokenizer([split / f"{d}.jsonl" for d in DOMAINS], s["vocab_size"], path, show_progress=False)
+    return {"tokenizer": str(path), "source": s["source"], "vocab_size": Tokenizer(path).n_words - len(SPECIAL_TOKENS)}
 
 
 def tokenize_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Speedrun evaluation and the final model.
 
-`eval`: the base (annealed), SFT and DPO models on the synthetic benchmarks (base: 3-shot plain text; SFT / DPO:
-0-shot chat), the real benchmarks whose data is present under `data_dir`, and the reward model's mean score of the
-SFT and DPO models' greedy replies to held-out math prompts.
+`eval`: the base (annealed), SFT (round 1), SFT2 (round 2, with rejection-sampled data) and DPO models on the
+synthetic benchmarks, the 2-digit addition probe among them (base: 3-shot plain text; chat models: 0-shot chat), the
+real benchmarks whose data is present under `data_dir`, and the reward model's mean score of the chat models' greedy
+replies to held-out math prompts.
 `final`: the DPO model copied to RUN/final (`herd chat --model RUN/final`) with sample chat transcripts.
 """
 
@@ -20,8 +21,9 @@ from herd.eval.evaluate import EvalOptions, evaluate_task
 from herd.eval.runner import write_records
 from herd.speedrun.tasks import SYNTHETIC
 
-MODELS = ("base", "sft", "dpo")
-STAGE_OF = {"base": "anneal", "sft": "sft", "dpo": "dpo"}
+MODELS = ("base", "sft", "sft2", "dpo")
+CHAT_MODELS = MODELS[1:]
+STAGE_OF = {"base": "anneal", "sft": "sft", "sft2": "sft2", "dpo": "dpo"}
 
 
 def eval_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +66,7 @@ def reply_rewards(ctx: Any, s: dict[str, Any], data_dir: Path, n: int) -> dict[s
     with (data_dir / "math.jsonl").open() as f:
         questions = [json.loads(line)["question"] for line in f][:n]
     out = {}
-    for label in ("sft", "dpo"):
+    for label in CHAT_MODELS:
         model, tok = load(ctx.outputs(STAGE_OF[label])["model"], device=ctx.device)
         model.eval()
         prompts = [tok.encode_dialog([{"role": "user", "content": q}]) for q in questions]

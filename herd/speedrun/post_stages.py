@@ -1,8 +1,10 @@
-"""Speedrun post-training stages: SFT on the corpus's chat dialogs, a reward model on its preference pairs,
-rejection sampling (the SFT policy's best of K replies by reward) and DPO from the SFT model."""
+"""Speedrun post-training stages, Llama 3's round: SFT on the corpus's chat dialogs, a reward model on its
+preference pairs, rejection sampling (the SFT policy's best of K replies by reward), a second SFT round from the SFT
+model on those replies mixed with the dialogs (`sft2`), and DPO from the second round's model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +54,26 @@ def rejection_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
     return {k: done[k] for k in ("prompts", "samples", "mean_sample_reward", "mean_kept_reward", "output")}
 
 
+def sft2_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+    """SFT round 2: the rejection-sampled best replies (each repeated `rs_repeats` times) plus the round-1 dialogs."""
+    from herd.post import SFTConfig, sft
+
+    post = ctx.stage_dir("corpus") / "post"
+    kept = [json.loads(line) for line in Path(ctx.outputs("rejection")["output"]).read_text(encoding="utf-8").splitlines()]
+    data = out / "sft_mix.jsonl"
+    with data.open("w", encoding="utf-8") as f:
+        for _ in range(s["rs_repeats"]):
+            f.writelines(json.dumps({"messages": r["messages"]}) + "\n" for r in kept)
+        f.write((post / "sft.jsonl").read_text(encoding="utf-8"))
+    config = from_dict(SFTConfig, {**_common(ctx, out, s, ctx.outputs("sft")["model"]),
+                                   "data": str(data), "val_data": str(post / "sft_val.jsonl")})
+    return {**_outputs(sft(config)), "rejection_dialogs": len(kept)}
+
+
 def dpo_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
     from herd.post import DPOConfig, dpo
 
     post = ctx.stage_dir("corpus") / "post"
-    config = from_dict(DPOConfig, {**_common(ctx, out, s, ctx.outputs("sft")["model"]), "beta": s["beta"],
+    config = from_dict(DPOConfig, {**_common(ctx, out, s, ctx.outputs("sft2")["model"]), "beta": s["beta"],
                                    "data": str(post / "prefs.jsonl"), "val_data": str(post / "prefs_val.jsonl")})
     return _outputs(dpo(config))

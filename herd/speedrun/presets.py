@@ -2,7 +2,7 @@
 
 - `micro`: the whole spine in about a minute on 2 CPU cores (tests);
 - `tiny`: the default, <= 15 minutes on 2 CPU cores;
-- `gpu`: one GPU, a larger corpus, model and vocabulary;
+- `gpu`: one GPU, a larger corpus and model, Meta's 128K tokenizer (from llama-models) instead of a trained BPE;
 - `node`: a multi-GPU node under torchrun (`torchrun --nproc-per-node 8 -m herd.cli speedrun --preset node`):
   pretraining is data-parallel (FSDP2) across the node's ranks.
 """
@@ -23,19 +23,21 @@ TINY: dict[str, Any] = {
     "progress": True,
     "corpus": {"size": "tiny"},
     "data": {"workers": 2, "val_every": 40},
-    "tokenizer": {"vocab_size": 2048},
+    "tokenizer": {"source": "bpe", "vocab_size": 2048},
     "tokenize": {"workers": 2},
     "pretrain": {
-        "model": {"dim": 128, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 64, "max_seq_len": 512},
-        "steps": 360, "batch_size": 16, "seq_len": 256, "lr": 3e-3, "warmup_steps": 40, "weights": MIX,
+        "model": {"dim": 160, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 64, "max_seq_len": 512},
+        "steps": 400, "batch_size": 16, "seq_len": 256, "lr": 3e-3, "warmup_steps": 40, "weights": MIX,
         "eval_interval": 100, "val_batches": 8, "checkpoint_interval": 100,
     },
     "anneal": {"steps": 60},
-    "sft": {"steps": 160, "batch_size": 16, "seq_len": 256, "lr": 1e-3},
+    "sft": {"steps": 240, "batch_size": 16, "seq_len": 256, "lr": 1e-3},
     "rm": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 5e-4},
     "rejection": {"samples_per_prompt": 4, "max_new_tokens": 64, "temperature": 0.8},
+    "sft2": {"steps": 80, "batch_size": 16, "seq_len": 256, "lr": 5e-4, "rs_repeats": 2},
     "dpo": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 1e-4, "beta": 0.1},
     "eval": {"limit": 60, "data_dir": "data/benchmarks", "real_tasks": ["gsm8k", "humaneval"], "real_limit": 20},
+    "safety": {"guard_steps": 40, "guard_examples": 400, "guard_eval": 48, "probe_prompts": 16, "max_new_tokens": 48},
     "final": {"transcripts": 4, "max_new_tokens": 64, "rm_prompts": 24},
 }
 
@@ -59,10 +61,12 @@ MICRO = _with(TINY, {
                  "val_batches": 2, "checkpoint_interval": 15},
     "anneal": {"steps": 10},
     "sft": {"steps": 15, "batch_size": 8, "seq_len": 128},
+    "sft2": {"steps": 8, "batch_size": 8, "seq_len": 128},
     "rm": {"steps": 10, "batch_size": 8, "seq_len": 128},
     "rejection": {"samples_per_prompt": 2, "max_new_tokens": 16},
     "dpo": {"steps": 10, "batch_size": 8, "seq_len": 128},
     "eval": {"limit": 8, "real_limit": 4},
+    "safety": {"guard_steps": 6, "guard_examples": 80, "guard_eval": 8, "probe_prompts": 4, "max_new_tokens": 16},
     "final": {"transcripts": 2, "max_new_tokens": 16, "rm_prompts": 8},
 })
 
@@ -70,7 +74,7 @@ GPU = _with(TINY, {
     "device": "cuda",
     "corpus": {"size": "small"},
     "data": {"workers": 8},
-    "tokenizer": {"vocab_size": 8192},
+    "tokenizer": {"source": "llama3", "vocab_size": 128000},
     "tokenize": {"workers": 8},
     "pretrain": {"model": {"dim": 768, "n_layers": 12, "n_heads": 12, "n_kv_heads": 4, "multiple_of": 256,
                            "max_seq_len": 1024},
@@ -78,10 +82,12 @@ GPU = _with(TINY, {
                  "eval_interval": 250, "val_batches": 16, "checkpoint_interval": 500, "compile": True},
     "anneal": {"steps": 500},
     "sft": {"steps": 1500, "batch_size": 32, "seq_len": 512, "lr": 2e-4},
+    "sft2": {"steps": 500, "batch_size": 32, "seq_len": 512, "lr": 1e-4},
     "rm": {"steps": 400, "batch_size": 32, "seq_len": 512, "lr": 1e-4},
     "rejection": {"samples_per_prompt": 10, "max_new_tokens": 192},
     "dpo": {"steps": 400, "batch_size": 32, "seq_len": 512, "lr": 1e-5},
     "eval": {"limit": 200, "real_limit": 200},
+    "safety": {"guard_steps": 200, "guard_examples": 1200, "guard_eval": 400, "probe_prompts": 64, "max_new_tokens": 128},
     "final": {"transcripts": 6, "max_new_tokens": 192, "rm_prompts": 128},
 })
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from herd.speedrun.eval_stages import MODELS
 from herd.speedrun.run import STAGES
 
 TOKEN_STAGES = {"pretrain", "anneal"}
@@ -21,14 +21,16 @@ def write_report(ctx: Any, preset: str, wall_s: float) -> Path:
     lines += [f"Stage time {total / 60:.1f} min in all (this invocation: {wall_s / 60:.1f} min wall, finished stages "
               f"skipped). Device: `{ctx.device}`. Chat with the result: `herd chat --model {ctx.run / 'final'}`.", ""]
     lines += _headline(ctx)
-    lines += ["## Stages", "", "| stage | time (s) | tokens | throughput | key metrics |", "|---|---:|---:|---:|---|"]
+    lines += ["## Stages", "", ("CPU s: this process's CPU seconds (all its threads; the data stages' worker processes "
+                                "not counted), which other load on the machine hardly changes."), "",
+              "| stage | time (s) | CPU s | tokens | throughput | key metrics |", "|---|---:|---:|---:|---:|---|"]
     for name in STAGES:
         lines.append(_stage_row(name, m[name]))
     lines += [""]
     curves = _plot_curves(ctx)
     if curves:
         lines += ["## Pretraining curves", "", f"![loss and validation bits per byte]({curves.name})", ""]
-    lines += _data_section(ctx) + _eval_section(ctx) + _transcripts(ctx)
+    lines += _data_section(ctx) + _eval_section(ctx) + _safety_section(ctx) + _transcripts(ctx)
     path = ctx.run / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -51,20 +53,25 @@ def _stage_row(name: str, manifest: dict[str, Any]) -> str:
     elif name == "data":
         metrics = "clean docs " + ", ".join(f"{k} {v}" for k, v in out["clean_docs"].items())
     elif name == "tokenizer":
-        metrics = f"vocab {out['vocab_size']} + 256 special"
+        metrics = f"{out['source']}: vocab {out['vocab_size']} + 256 special"
     elif name == "tokenize":
         n = sum(out["tokens"].values())
         tokens, rate = f"{n:,}", f"{n / max(secs, 1e-9):,.0f} tok/s"
         metrics = f"{sum(out['bytes'].values()) / max(n, 1):.2f} bytes/token"
-    elif name in ("sft", "rm", "dpo"):
+    elif name in ("sft", "sft2", "rm", "dpo"):
         figures = {k: v for k, v in out["figures"].items() if isinstance(v, (int, float))}
         metrics = f"loss {_fmt(out['final_loss'])}; " + ", ".join(f"{k} {_fmt(v)}" for k, v in list(figures.items())[:4])
     elif name == "rejection":
         metrics = (f"{out['samples']} samples, mean reward {_fmt(out['mean_sample_reward'])} -> kept "
                    f"{_fmt(out['mean_kept_reward'])}")
     elif name == "eval":
-        metrics = f"{len(out['scores'])} tasks x 3 models"
-    return f"| {name} | {secs:.1f} | {tokens} | {rate} | {metrics} |"
+        metrics = f"{len(out['scores'])} tasks x {len(MODELS)} models"
+    elif name == "safety":
+        cs = out["codeshield"]
+        metrics = f"Code Shield on {cs['n']} completions: " + ", ".join(f"{k} {v}" for k, v in cs["verdicts"].items())
+        if "guard" in out:
+            metrics += f"; guard held-out F1 {_fmt(out['guard']['held_out']['f1'])}"
+    return f"| {name} | {secs:.1f} | {_fmt(manifest.get('cpu_s'), 1)} | {tokens} | {rate} | {metrics} |"
 
 
 def unigram_bpb(ctx: Any) -> float | None:
@@ -108,15 +115,22 @@ def _headline(ctx: Any) -> list[str]:
     base = unigram_bpb(ctx)
     ev = ctx.outputs("eval")
     scores, reward = ev["scores"], ev["reward"]
-    math_row = scores.get("synth_math", {})
+    math_row, add_row = scores.get("synth_math", {}), scores.get("synth_addition", {})
     lines = ["## Headline", ""]
     lines.append(f"- Validation bits per byte after annealing: **{_fmt(anneal['final_val_bpb'])}** vs a unigram "
                  f"baseline of {_fmt(base)} (pretraining alone: {_fmt(ctx.outputs('pretrain')['final_val_bpb'])}).")
-    lines.append(f"- Synthetic math (exact match): base {_pct(math_row.get('base'))} -> SFT {_pct(math_row.get('sft'))}"
-                 f" -> DPO {_pct(math_row.get('dpo'))}.")
-    lines.append(f"- Reward-model score of greedy replies to held-out math prompts: SFT {_fmt(reward.get('sft'))} -> "
-                 f"DPO {_fmt(reward.get('dpo'))}.")
+    lines.append(f"- Synthetic math (exact match): {_chain(math_row, _pct)}.")
+    lines.append(f"- 2-digit addition probe (greedy, \"What is 37 + 45?\", exact match, n={add_row.get('n', '-')}): "
+                 f"{_chain(add_row, _pct)}.")
+    lines.append(f"- Reward-model score of greedy replies to held-out math prompts: {_chain(reward, _fmt)}.")
     return lines + [""]
+
+
+LABELS = {"base": "base", "sft": "SFT", "sft2": "SFT2 (+ rejection sampling)", "dpo": "DPO"}
+
+
+def _chain(row: dict[str, Any], fmt: Any) -> str:
+    return " -> ".join(f"{LABELS[k]} {fmt(row[k])}" for k in MODELS if k in row)
 
 
 def _pct(x: float | None) -> str:
@@ -182,16 +196,36 @@ def _data_section(ctx: Any) -> list[str]:
 def _eval_section(ctx: Any) -> list[str]:
     ev = ctx.outputs("eval")
     lines = ["## Evaluation", "",
-             "Base: 3-shot plain text (knowledge 0-shot); SFT and DPO: 0-shot chat. Synthetic tasks are held out from "
-             "training (see herd/speedrun/tasks.py).", "",
-             "| benchmark | metric | n | base | SFT | DPO |", "|---|---|---:|---:|---:|---:|"]
+             ("Base: 3-shot plain text (knowledge 0-shot); SFT, SFT2 and DPO: 0-shot chat. Synthetic tasks are held "
+              "out from training (see herd/speedrun/tasks.py)."), "",
+             "| benchmark | metric | n | " + " | ".join(LABELS[k] for k in MODELS) + " |", "|---|---|---:|---:|---:|---:|---:|"]
     for name, row in ev["scores"].items():
         label = name if row.get("synthetic") else f"{name} (real, local data)"
         lines.append(f"| {label} | {row['metric']} | {row.get('n', '-')} | "
-                     + " | ".join(_pct(row.get(k)) for k in ("base", "sft", "dpo")) + " |")
-    r = ev["reward"]
-    lines += ["", f"Reward model, mean score of greedy replies to held-out math prompts: SFT {_fmt(r.get('sft'))}, "
-              f"DPO {_fmt(r.get('dpo'))}.", ""]
+                     + " | ".join(_pct(row.get(k)) for k in MODELS) + " |")
+    lines += ["", f"Reward model, mean score of greedy replies to held-out math prompts: {_chain(ev['reward'], _fmt)}.", ""]
+    return lines
+
+
+def _safety_section(ctx: Any) -> list[str]:
+    out = ctx.outputs("safety")
+    cs = out["codeshield"]
+    lines = ["## Safety (the final model)", "",
+             f"- Code Shield over the {cs['n']} functions the DPO model wrote for synth_code: "
+             + (", ".join(f"{k} {v}" for k, v in sorted(cs["verdicts"].items())) or "nothing scanned")
+             + (f"; rules fired: {', '.join(f'{k} x{v}' for k, v in cs['rules'].items())}" if cs["rules"] else
+                "; no rule fired") + "."]
+    g = out.get("guard")
+    if g is None:
+        return lines + ["- Llama Guard: skipped (safety.guard_steps=0); Code Shield only.", ""]
+    q = g["held_out"]
+    lines += [(f"- Llama Guard 2 (a small guard herd trained by its recipe: {g['train_examples']} synthetic examples, "
+               f"{g['steps']} steps) on {q['n']} held-out requests: F1 {_fmt(q['f1'])}, AUPRC {_fmt(q['auprc'])}, "
+               f"false-positive rate {_pct(q['fpr'])}."),
+              (f"- Moderating the final model on {g['probe_prompts']} held-out requests ({g['harmful_prompts']} "
+               f"harmful): inputs flagged {_pct(g['inputs_flagged_harmful'])} of harmful, "
+               f"{_pct(g['inputs_flagged_benign'])} of benign; the model's replies flagged unsafe: "
+               f"{_pct(g['replies_flagged'])}."), ""]
     return lines
 
 

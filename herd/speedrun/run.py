@@ -1,5 +1,5 @@
 """The speedrun's driver: stages in order, each in its own RUN/NN-name directory with a `speedrun.json` manifest
-(stage, config, duration, outputs). A stage whose manifest is complete with the same config chain is skipped;
+(stage, config, duration, CPU seconds of this process: a figure other load on the machine hardly moves, outputs). A stage whose manifest is complete with the same config chain is skipped;
 an interrupted one runs again and its library function resumes from what is on disk (pipeline shards,
 token shards, training checkpoints)."""
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from herd.speedrun import data_stages, eval_stages, post_stages, train_stages
+from herd.speedrun import data_stages, eval_stages, post_stages, safety_stage, train_stages
 
 MANIFEST = "speedrun.json"
 StageFn = Callable[[Any, Path, dict[str, Any]], dict[str, Any]]
@@ -28,8 +28,10 @@ STAGES: dict[str, StageFn] = {
     "sft": post_stages.sft_stage,
     "rm": post_stages.rm_stage,
     "rejection": post_stages.rejection_stage,
+    "sft2": post_stages.sft2_stage,
     "dpo": post_stages.dpo_stage,
     "eval": eval_stages.eval_stage,
+    "safety": safety_stage.safety_stage,
     "final": eval_stages.final_stage,
 }
 
@@ -80,10 +82,11 @@ def run_stages(ctx: RunContext, log: Callable[[str], None] = print, *, until: st
                 continue
         log(f"[speedrun] {name}: running in {out}")
         out.mkdir(parents=True, exist_ok=True)
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         outputs = fn(ctx, out, settings)
         manifest = {"stage": name, "complete": True, "chain": chain, "config": settings, "seed": ctx.seed,
-                    "device": ctx.device, "started": started, "duration_s": time.time() - started, "outputs": outputs}
+                    "device": ctx.device, "started": started, "duration_s": time.time() - started,
+                    "cpu_s": time.process_time() - cpu, "outputs": outputs}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=1, default=str))
         os.replace(tmp, path)

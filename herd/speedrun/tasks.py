@@ -5,6 +5,8 @@
 - `synth_math`: held-out word problems, chain of thought, exact match on `#### N` (GSM8K-like);
 - `synth_code`: complete a function from its signature and docstring; pass@1 of its asserts in the sandbox
   (HumanEval-like);
+- `synth_addition`: the 2-digit addition probe, "What is 37 + 45?" (never asked in training), greedy, exact match
+  on the number (`#### N`, else the reply's last number);
 - `synth_math_mc`: the held-out word problems as 4-way multiple choice between the worked solution and copies
   whose final result is off by 1 or 10 (accuracy by loglikelihood: graded enough for the tiny models of a
   scaling sweep, where exact match stays at 0).
@@ -48,6 +50,7 @@ class SynthKnowledge(Task):
 class SynthMath(Task):
     name, kind, metric, max_gen_toks = "synth_math", "generate", "exact_match", 96
     stop = ("\n\n", "Question:")
+    file, fallback_last_number = "math", False
 
     def __init__(self, chat: bool = False) -> None:
         self.chat = chat
@@ -57,15 +60,19 @@ class SynthMath(Task):
         return Sample(question if self.chat else f"Question: {question}\nAnswer:", answer, gold=gold)
 
     def samples(self, data_dir: Path) -> list[Sample]:
-        return [self._sample(r["question"], r["answer"], r["gold"]) for r in _rows(data_dir, "math")]
+        return [self._sample(r["question"], r["answer"], r["gold"]) for r in _rows(data_dir, self.file)]
 
     def fewshot_pool(self, data_dir: Path, group: str) -> list[Sample]:
         rng = random.Random(1234)
         return [self._sample(p.question, p.solution, str(p.answer)) for p in (make_problem(rng) for _ in range(3))]
 
     def score(self, sample: Sample, output: str) -> tuple[Any, dict[str, float]]:
-        answer = extract_answer(output, GSM8K_ANSWER_PATTERNS[:1])
+        answer = extract_answer(output, GSM8K_ANSWER_PATTERNS[:1], fallback_last_number=self.fallback_last_number)
         return answer, {"exact_match": exact_match(answer, sample.gold, normalize_number)}
+
+
+class SynthAddition(SynthMath):
+    name, file, fallback_last_number = "synth_addition", "addition", True
 
 
 class SynthCode(Task):
@@ -90,11 +97,13 @@ class SynthCode(Task):
 
     target_delimiter = ""
 
+    def completion(self, sample: Sample, output: str) -> str:
+        """The function the model wrote: its output without code fences, after the prompt unless it restates it."""
+        code = re.sub(r"^```(?:python)?\n|```\s*$", "", output.strip("\n"), flags=re.MULTILINE)
+        return code if f"def {sample.gold}(" in code else sample.meta["prompt"] + code
+
     def program(self, sample: Sample, output: str) -> str:
-        code = re.sub(r"^```(?:python)?\n|```\s*$", "", output.strip("\n"), flags=re.M)
-        if f"def {sample.gold}(" not in code:
-            code = sample.meta["prompt"] + code
-        return code + "\n\n" + sample.meta["tests"] + "\n"
+        return self.completion(sample, output) + "\n\n" + sample.meta["tests"] + "\n"
 
     def score(self, sample: Sample, output: str) -> tuple[Any, dict[str, float]]:
         result = run_program(self.program(sample, output), self.limits)
@@ -122,6 +131,6 @@ def _with_result(solution: str, gold: str, wrong: str) -> str:
     return head + wrong.join([""] + tails) if len(tails) == 2 else solution.replace(gold, wrong)
 
 
-SYNTHETIC = (SynthKnowledge, SynthMath, SynthCode)
-SCALING_SYNTHETIC = (*SYNTHETIC, SynthMathChoice)
+SYNTHETIC = (SynthKnowledge, SynthMath, SynthAddition, SynthCode)
+SCALING_SYNTHETIC = (SynthKnowledge, SynthMath, SynthCode, SynthMathChoice)
 """Synthetic tasks a scaling sweep can score (SYNTHETIC are the speedrun's)."""
