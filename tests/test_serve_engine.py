@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import herd
 from herd.errors import HerdError
 from herd.generation import generate_tokens
 from herd.serve import Engine, EngineConfig, RequestParams
+from herd.serve.model_runner import Segment, _cuts, run_segments
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +138,29 @@ def test_abort_frees_blocks_and_bad_requests_raise(tiny):
         RequestParams(max_tokens=0)
     with pytest.raises(HerdError, match="top_p"):
         RequestParams(max_tokens=1, top_p=0)
+
+
+def test_mixed_step_equals_its_segments_run_apart(tiny):
+    model, tok = tiny
+    engine = Engine(model, tok, EngineConfig(block_size=4))
+    prompts = _prompts(tok)
+    for i, prompt in enumerate(prompts[:3]):
+        engine.add_request(str(i), prompt, RequestParams(max_tokens=8))
+    engine.step()  # all three prefilled; the next step would decode them
+    seqs = engine.scheduler.running
+    for seq in seqs:
+        engine.scheduler._grow(seq)
+    decodes = [Segment(seq.tokens[-1:], seq.num_computed, seq.blocks, True) for seq in seqs]
+    first = seqs[0]  # its prompt again from 0 as a prefill chunk, beside the decodes
+    prefill = Segment(first.tokens[:-1], 0, first.blocks, True)
+    ready, logits = run_segments(model, engine.kv, [*decodes, prefill])
+    assert sorted(ready) == [0, 1, 2, 3]
+    apart = {i: run_segments(model, engine.kv, [segment])[1][0] for i, segment in enumerate([*decodes, prefill])}
+    for row, i in enumerate(ready):
+        assert torch.allclose(logits[row], apart[i], atol=1e-4), f"segment {i}"
+
+
+def test_decodes_split_into_attention_groups_by_context_length():
+    assert _cuts([]) == [0]
+    assert _cuts([3, 3, 4, 4]) == [0, 4]  # alike: one group
+    assert _cuts([2, 2, 2, 2, 40, 40, 40, 40]) == [0, 4, 8]  # far apart: no short context padded to 40 blocks

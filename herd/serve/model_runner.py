@@ -1,20 +1,27 @@
-"""One engine step's forward: the model's own blocks run over segments of many sequences on the paged cache.
+"""One engine step's forward: decodes and prefill chunks of many sequences in one pass over the weights.
 
-The `Transformer`'s layers are reused as they are; only the loop around them is the engine's, since a paged
-step has per-row positions and contexts: `PagedView` stands in for the dense `KVCache` (it has the same
-`update` contract), so every numeric path (norms, RoPE, GQA attention, SwiGLU, quantized linears) is the model's.
-One-token segments (decodes) run as one batch; each longer prefill chunk runs as its own row.
+Every new token of the step is one row of the residual stream [N, dim], so the step makes one pass over the
+weights and one round of per-layer calls however many sequences prefill in it (a forward per prefill chunk made
+one pass each). Attention alone runs per group on the paged cache: each prefill chunk on its own, and the
+decodes in a few groups of similar context length, so a short context is not padded to the longest one.
+
+The loop mirrors `TransformerBlock.forward` and `Attention.forward`, reusing the model's own submodules (norms,
+projections, quantized linears, SwiGLU) and RoPE; it is written out here because a mixed step attends per
+group while the model's attention takes one rectangular batch. `PagedView` gathers each group's context.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from herd.model import Transformer
-from herd.model.rope import rope_cos_sin
+from herd.model.rope import apply_rope, rope_cos_sin
+from herd.model.transformer import Attention
 from herd.serve.paged_cache import PagedKV, PagedView
 
 
@@ -29,31 +36,105 @@ class Segment:
     """Whether the step samples after it (the segment ends the sequence's known tokens)."""
 
 
+@dataclass
+class _Group:
+    """Rows [B] of equally many new tokens [T]: their attention inputs on the paged cache."""
+
+    rows: int
+    length: int
+    view: PagedView
+    mask: torch.Tensor | None
+
+
 @torch.inference_mode()
-def run_segments(
-    model: Transformer, kv: PagedKV, segments: Sequence[Segment]
-) -> tuple[list[int], torch.Tensor | None]:
+def run_segments(model: Transformer, kv: PagedKV, segments: Sequence[Segment]) -> tuple[list[int], torch.Tensor | None]:
     """Write every segment's keys/values into the cache; return the indices of the segments that want logits
     and their next-token logits [N, vocab] in that order (None when none does)."""
-    decodes = [i for i, s in enumerate(segments) if len(s.tokens) == 1]
-    groups = [decodes] if decodes else []
-    groups += [[i] for i, s in enumerate(segments) if len(s.tokens) > 1]
-    indices, hidden = [], []
-    for group in groups:
-        rows = [segments[i] for i in group]
-        wanted = [j for j, row in enumerate(rows) if row.wants_logits]
-        last = _forward(model, kv, rows)
-        if wanted:
-            indices += [group[j] for j in wanted]
-            hidden.append(last[wanted])
-    return indices, model.output(model.norm(torch.cat(hidden))) if hidden else None
+    if not segments:
+        return [], None
+    decodes = sorted((i for i, s in enumerate(segments) if len(s.tokens) == 1), key=lambda i: segments[i].start)
+    prefills = [i for i, s in enumerate(segments) if len(s.tokens) > 1]
+    order = decodes + prefills
+    cuts = _cuts([segments[i].start // kv.block_size + 1 for i in decodes])
+    groups = [[segments[i] for i in decodes[a:b]] for a, b in itertools.pairwise(cuts)] + [
+        [segments[i]] for i in prefills
+    ]
+    device = model.rope_freqs.device
+    tokens = torch.tensor([t for i in order for t in segments[i].tokens], device=device)
+    positions = torch.tensor(
+        [segments[i].start + j for i in order for j in range(len(segments[i].tokens))], device=device
+    )
+    cos, sin = rope_cos_sin(model.rope_freqs, positions)
+    plans = [_plan(model, kv, rows) for rows in groups]
+    hidden = model.tok_embeddings(tokens)[None]
+    for layer in model.layers:
+        hidden = hidden + _attention(layer.attention, layer.attention_norm(hidden), cos, sin, plans)
+        hidden = hidden + layer.feed_forward(layer.ffn_norm(hidden))
+    ends, indices, offset = [], [], 0
+    for i in order:
+        offset += len(segments[i].tokens)
+        if segments[i].wants_logits:
+            ends.append(offset - 1)
+            indices.append(i)
+    if not ends:
+        return [], None
+    return indices, model.output(model.norm(hidden[0, ends]))
 
 
-def _forward(model: Transformer, kv: PagedKV, rows: list[Segment]) -> torch.Tensor:
-    """Hidden states [B, dim] at the last new token of each row (all rows have the same number of new tokens)."""
+def _attention(
+    attn: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plans: list[_Group]
+) -> torch.Tensor:
+    """`Attention.forward` over the step's rows x [1, N, dim], attending group by group."""
+    n, head_dim = x.shape[1], attn.head_dim
+    q = apply_rope(attn.wq(x).view(1, n, -1, head_dim), cos, sin)[0]
+    k = apply_rope(attn.wk(x).view(1, n, -1, head_dim), cos, sin)[0]
+    v = attn.wv(x).view(n, -1, head_dim)
+    outs, first = [], 0
+    for group in plans:
+        rows, length = group.rows, group.length
+        span = slice(first, first + rows * length)
+        first += rows * length
+        qg, kg, vg = (t[span].view(rows, length, -1, head_dim).transpose(1, 2) for t in (q, k, v))
+        kg, vg = group.view.update(attn.layer_id, kg, vg)
+        out = F.scaled_dot_product_attention(
+            qg,
+            kg,
+            vg,
+            attn_mask=group.mask,
+            is_causal=group.mask is None and length > 1,
+            enable_gqa=attn.n_kv_heads != attn.n_heads,
+        )
+        outs.append(out.transpose(1, 2).reshape(rows * length, -1))
+    return attn.wo(torch.cat(outs) if len(outs) > 1 else outs[0])[None]
+
+
+def _cuts(widths: list[int]) -> list[int]:
+    """Where to split decodes sorted by context (`widths` in blocks) into attention groups: 0, ..., len(widths).
+
+    A group gathers and attends over its longest context for every row; each group also costs a few calls per
+    layer, counted as `_GROUP_COST` block-rows. The split minimising the total is found by dynamic programming.
+    """
+    best, back = [0] + [float("inf")] * len(widths), [0] * (len(widths) + 1)
+    for end in range(1, len(widths) + 1):
+        for start in range(end):
+            cost = best[start] + (end - start) * widths[end - 1] + _GROUP_COST
+            if cost < best[end]:
+                best[end], back[end] = cost, start
+    cuts = [len(widths)]
+    while cuts[-1]:
+        cuts.append(back[cuts[-1]])
+    return cuts[::-1]
+
+
+_GROUP_COST = 8
+"""One more attention group per layer (a gather and an SDPA call) costs about as much on a CPU as gathering and
+attending over this many blocks of one row more."""
+
+
+def _plan(model: Transformer, kv: PagedKV, rows: list[Segment]) -> _Group:
+    """Write slots, block table, context and mask of rows that all have the same number of new tokens."""
     device = model.rope_freqs.device
     length = len(rows[0].tokens)
-    tokens = torch.tensor([row.tokens for row in rows], device=device)
     starts = torch.tensor([row.start for row in rows], device=device)
     positions = starts[:, None] + torch.arange(length, device=device)
     context = max(row.start for row in rows) + length
@@ -67,12 +148,7 @@ def _forward(model: Transformer, kv: PagedKV, rows: list[Segment]) -> torch.Tens
         # Additive, so SDPA does not convert a boolean mask again in every layer.
         mask = torch.zeros(unseen.shape, dtype=model.tok_embeddings.weight.dtype, device=device)
         mask.masked_fill_(unseen, float("-inf"))
-    cos, sin = rope_cos_sin(model.rope_freqs, positions)
-    view = PagedView(kv, write, blocks, context)
-    hidden = model.tok_embeddings(tokens)
-    for layer in model.layers:
-        hidden = layer(hidden, cos, sin, mask, view)
-    return hidden[:, -1]
+    return _Group(len(rows), length, PagedView(kv, write, blocks, context), mask)
 
 
 def _block_table(tables: list[list[int]], width: int, device: torch.device) -> torch.Tensor:
