@@ -4,11 +4,9 @@ tiny models judged by a herd model and by a model behind herd's OpenAI-compatibl
 
 import json
 import re
-import socket
-import threading
-import time
 
 import pytest
+from live_server import live_server
 
 import herd
 from herd.cli import main
@@ -149,25 +147,14 @@ def test_cli_end_to_end_with_a_herd_judge(model_b, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def judge_server():
     """herd's OpenAI-compatible server with the tiny model on a free loopback port."""
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     pytest.importorskip("openai")
     from herd.serve.server import create_app
 
     model, tok = herd.load("tiny")
     app = create_app(model, tok, model_name="tiny-judge")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(app) as base:
+        yield base + "/v1"
 
 
 def test_end_to_end_with_a_judge_behind_an_openai_endpoint(model_b, judge_server, tmp_path):

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
-import threading
-import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
 import torch
+from live_server import live_server
 
 import herd
 from herd.post.sft import SFTConfig
@@ -51,30 +48,6 @@ def guard_dir(tmp_path_factory):
                        seq_len=512, device="cpu", progress=False, checkpoint_interval=0)
     config.optim.lr, config.optim.warmup_steps = 1e-2, 3
     return train_guard(config)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def live_server(app):
-    """`app` served on a free loopback port; yields its base URL."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _metric(url: str, line_start: str) -> float:

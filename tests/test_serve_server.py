@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import httpx
@@ -14,17 +12,13 @@ import herd
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
+from live_server import live_server
+
 from herd.serve import EngineConfig
 from herd.serve.server import create_app
 
 API_KEY = "test-key"
 MODEL = "tiny"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +29,8 @@ def server():
         model, tok, model_name=MODEL, api_key=API_KEY, max_queue=1, max_prompt_tokens=512,
         engine_config=EngineConfig(max_running=2, max_step_tokens=64, block_size=8),
     )
-    port = _free_port()
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "app": app, "tok": tok, "model": model}
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with live_server(app) as url:
+        yield {"url": url, "app": app, "tok": tok, "model": model}
 
 
 @pytest.fixture

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import threading
-import time
 
 import pytest
 
@@ -15,32 +12,19 @@ import herd
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("httpx")
 
+from live_server import live_server
+
 from herd.serve import EngineConfig
 from herd.serve.server import create_app
 from herd.serve.soak import soak, wait_idle
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def url():
     model, tok = herd.load("tiny")
     app = create_app(model, tok, model_name="tiny", engine_config=EngineConfig(max_running=8, block_size=8))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(app) as base:
+        yield base
 
 
 class _Records(logging.Handler):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from live_server import free_port, live_server
 
 import herd
 
@@ -22,32 +21,19 @@ pytestmark = pytest.mark.skipif(
 uvicorn = pytest.importorskip("uvicorn")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def url():
     from herd.serve.server import create_app
 
     model, tok = herd.load("tiny")
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(model, tok, model_name="tiny"), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(create_app(model, tok, model_name="tiny")) as base:
+        yield base + "/"
 
 
 @pytest.fixture(scope="module")
 def browser():
     """A WebDriver session on headless Chromium: a function (method, path, body) -> the call's value."""
-    port = _free_port()
+    port = free_port()
     driver = subprocess.Popen(["chromedriver", f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     http = httpx.Client(timeout=60)
