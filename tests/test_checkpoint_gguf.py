@@ -12,15 +12,16 @@ import torch
 from gguf import GGMLQuantizationType as QType
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from safetensors.torch import load_file
+from test_checkpoint import small_config
+from test_checkpoint import tok as shared_tok
 
 import herd.checkpoint as ckpt
 from herd.checkpoint.gguf_format import gguf_name, vocabulary
 from herd.errors import HerdError
 from herd.model import ModelConfig, RopeScaling, build_model
 from herd.model.rope import rope_frequencies
-from herd.tokenizer import PAT_STR, Tokenizer, load_tokenizer, write_bpe_file
+from herd.tokenizer import PAT_STR, Tokenizer, load_tokenizer
 
-MERGES = [b"th", b"he", b"the", b" t", b" the", b"in", b"er", b"an"]
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/text/tinyshakespeare.txt"
 TRICKY_TEXTS = [
     "Hello world! It's 2024: 3.14159, 1234567 and  double  spaces.\n\n\tTabs\r\nand CRLF",
@@ -30,27 +31,7 @@ TRICKY_TEXTS = [
     "'''''''```````\"\"\"\"......!!!!!!?????? ------======= \u00a0non-breaking\u3000ideographic",
 ]
 
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Tokenizer:
-    """A 264-rank byte-level BPE (520 ids with the specials)."""
-    ranks = {bytes([b]): b for b in range(256)} | {m: 256 + i for i, m in enumerate(MERGES)}
-    return Tokenizer(write_bpe_file(ranks, tmp_path_factory.mktemp("tok") / "tokenizer.model"))
-
-
-def small_config(**changes) -> ModelConfig:
-    base = ModelConfig(
-        dim=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        vocab_size=520,
-        multiple_of=32,
-        ffn_dim_multiplier=None,
-        rope_scaling=RopeScaling(factor=8.0, original_max_position_embeddings=64),
-        max_seq_len=512,
-    )
-    return base.replace(**changes)
+tok = shared_tok  # the same 264-rank BPE fixture as test_checkpoint
 
 
 def random_model(config: ModelConfig, dtype: torch.dtype = torch.float32):

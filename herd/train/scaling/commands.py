@@ -77,9 +77,9 @@ def predict_target(config: ScalingConfig, budget: float | None = None, *, train:
     fits = fit_sweep(records, samples=config.bootstrap_samples)
     n_opt = float(PowerLaw(fits["n_opt_law"]["coefficient"], fits["n_opt_law"]["exponent"])(budget))
     ladder = {**config.models, **config.target_models}
-    candidates = [plan_run(config, budget, name, fields, name=f"target-{name}-C{budget:.2e}".replace("+", ""))
+    vocab, epoch = data_tokens(config.pretrain_config("probe", steps=1))
+    candidates = [plan_run(config, budget, name, fields, vocab=vocab, name=f"target-{name}-C{budget:.2e}".replace("+", ""))
                   for name, fields in ladder.items()]
-    _, epoch = data_tokens(config.pretrain_config("probe", steps=1))
     fitting = [r for r in candidates if r.tokens <= config.max_epochs * epoch]
     if not fitting:
         raise HerdError(f"every ladder model needs more than max_epochs={config.max_epochs} x {epoch:,} tokens at "

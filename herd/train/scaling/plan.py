@@ -59,11 +59,10 @@ def data_tokens(config: PretrainConfig, weights: dict[str, float] | None = None)
 
 
 def plan_run(config: ScalingConfig, budget: float, model: str, fields: dict[str, Any], mix: str | None = None,
-             *, name: str | None = None) -> PlannedRun:
-    """The run of `model` (ladder fields) that spends `budget` FLOPs."""
+             *, vocab: int, name: str | None = None) -> PlannedRun:
+    """The run of `model` (ladder fields) that spends `budget` FLOPs on data of `vocab` ids."""
     weights = config.mixes[mix] if mix else None
     probe = config.pretrain_config("probe", steps=1, fields=fields, weights=weights)
-    vocab, _ = data_tokens(probe, weights)
     params, compute_params = model_size(probe, vocab)
     tokens_per_step = probe.batch_size * probe.seq_len * probe.grad_accum
     steps = max(round(budget / (6 * compute_params * tokens_per_step)), 1)
@@ -77,10 +76,10 @@ def plan_sweep(config: ScalingConfig, mixes: list[str | None] | None = None) -> 
     runs, skipped = [], []
     for mix in mixes or [None]:
         weights = config.mixes[mix] if mix else None
-        _, epoch = data_tokens(config.pretrain_config("probe", steps=1, weights=weights), weights)
+        vocab, epoch = data_tokens(config.pretrain_config("probe", steps=1, weights=weights), weights)
         for budget in sorted(config.budgets):
             for model, fields in config.models.items():
-                run = plan_run(config, budget, model, fields, mix)
+                run = plan_run(config, budget, model, fields, mix, vocab=vocab)
                 ratio = run.tokens / run.compute_params
                 low, high = config.tokens_per_param
                 if run.steps < config.min_steps:
