@@ -66,3 +66,16 @@ def test_addition_probe_held_out_and_worked_in_columns(tmp_path):
     assert add_steps(37, 45) == "37 + 45: ones 7 + 5 = 12, write 2 carry 1; tens 3 + 4 + 1 = 8; so 82."
     assert any(d["messages"][0]["content"].startswith("What is ") and " + " in d["messages"][0]["content"]
                for d in _lines(tmp_path / "post/sft.jsonl"))  # SFT teaches the probe's phrasing
+
+
+def test_stdlib_corpus_is_this_interpreters_source_split_by_path(tmp_path):
+    from herd.corpus.stdlib import VAL_SHARE, stdlib_files, write_stdlib_corpus
+
+    counts = write_stdlib_corpus(tmp_path / "a")
+    files = stdlib_files()
+    assert counts["train"] + counts["val"] >= 0.99 * len(files) > 500
+    assert 0.5 / VAL_SHARE < counts["val"] / len(files) < 2 / VAL_SHARE
+    first = json.loads((tmp_path / "a" / "train.jsonl").open().readline())["text"]
+    assert first in {p.read_text(encoding="utf-8") for p in files[:5]}
+    write_stdlib_corpus(tmp_path / "b")
+    assert (tmp_path / "a" / "val.jsonl").read_bytes() == (tmp_path / "b" / "val.jsonl").read_bytes()

@@ -61,6 +61,17 @@ def test_shared_prefix_matches_reference_path_at_any_batch_size(model_tok):
         assert max(abs(a.logprob - b.logprob) for a, b in zip(got, reference)) < 1e-4
 
 
+def test_a_long_context_and_a_long_continuation_batch_within_the_model_context(model_tok):
+    model, tok = model_tok
+    fits = model.config.max_seq_len
+    long_context = ([tok.bos_id] + [7] * (fits - 4), [8, 9, 10])
+    long_continuation = ([tok.bos_id, 5], [11] * (fits - 2))
+    pairs = [long_context, long_continuation, long_context]
+    reference = loglikelihood_tokens(model, pairs, batch_size=1, share_prefix=False)
+    got = loglikelihood_tokens(model, pairs, batch_size=8)
+    assert max(abs(a.logprob - b.logprob) for a, b in zip(got, reference)) < 1e-3
+
+
 def test_greedy_generate_until_does_not_depend_on_batch_size(model_tok):
     model, tok = model_tok
     prompts = [tok.encode(t, bos=True) for t in ("Hello", "The capital of France is a long", "1 2 3", "Q:")]

@@ -57,6 +57,14 @@ def test_isoflop_without_a_minimum_is_refused():
         fit_isoflop([1e6, 1e7], [3.0, 2.5])
 
 
+def test_a_bracketed_minimum_must_lie_between_the_sizes_run():
+    n = np.geomspace(1e6, 1e7, 4)
+    loss = 2.0 + 0.05 * (np.log(n) - math.log(5e5)) ** 2  # the minimum lies left of every run
+    assert fit_isoflop(n, loss).n_opt == pytest.approx(5e5, rel=1e-6)
+    with pytest.raises(HerdError, match="outside the sizes run"):
+        fit_isoflop(n, loss, bracketed=True)
+
+
 def test_power_law_recovers_coefficient_and_exponent():
     x = np.geomspace(1e15, 1e20, 6)
     law = fit_power_law(x, 0.3 * x ** 0.52)

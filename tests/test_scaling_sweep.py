@@ -9,16 +9,17 @@ import math
 from pathlib import Path
 
 import pytest
+from test_scaling_fits import TRUE, synthetic_records
 
 from herd.cli import main
 from herd.config_overrides import from_dict
 from herd.errors import HerdError
 from herd.speedrun.tasks import SynthMathChoice
 from herd.train.scaling import ScalingConfig, fit, load_scaling_config, mix, predict_target
+from herd.train.scaling.downstream import downstream_task
 from herd.train.scaling.plan import plan_sweep
 from herd.train.scaling.presets import PRESETS, with_corpus_data
 from herd.train.scaling.runs import run_sweep_runs
-from test_scaling_fits import TRUE, synthetic_records
 
 LADDER = {
     "d16": {"dim": 16, "n_layers": 1, "n_heads": 1, "n_kv_heads": 1, "multiple_of": 16},
@@ -148,3 +149,20 @@ def test_predict_needs_a_budget(tmp_path):
     config = ScalingConfig(out_dir=str(tmp_path), budgets=[1e18], models={"m": {}})
     with pytest.raises(HerdError, match="no target budget"):
         predict_target(config)
+
+
+def test_stdlib_corpus_data_is_built_once_and_feeds_code_cloze(tmp_path):
+    lines = []
+    config = with_corpus_data(micro_config(tmp_path, corpus="stdlib", downstream={"tasks": ["code_cloze"]}),
+                              log=lines.append)
+    data = config.train["data"]
+    assert set(data["sources"]) == {"code"} and set(data["val_sources"]) == {"val"}
+    assert "stdlib corpus:" in lines[0] and config.corpus is None
+    manifest = json.loads((tmp_path / "data" / "stdlib" / "data.json").read_text())
+    assert manifest["vocab_size"] == 512 and manifest["tokens"]["code"] > 1_000_000
+    assert len(downstream_task("code_cloze").samples(Path(config.downstream.data_dir))) > 100
+    again = []
+    assert with_corpus_data(micro_config(tmp_path, corpus="stdlib"), log=again.append).train["data"] == data
+    assert again == []
+    with pytest.raises(HerdError, match="unknown corpus 'web'; choose from: stdlib, micro"):
+        with_corpus_data(micro_config(tmp_path, corpus="web"))

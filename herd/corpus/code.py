@@ -4,9 +4,9 @@ with docstrings and unit tests."""
 from __future__ import annotations
 
 import random
-import sysconfig
 from dataclasses import dataclass
-from pathlib import Path
+
+from herd.corpus.stdlib import stdlib_root
 
 OPS = (
     ("plus", "return x + {k}", "Return x plus {k}.", lambda x, k: x + k),
@@ -51,8 +51,7 @@ def function_document(rng: random.Random, n: int = 4) -> str:
 
 def stdlib_documents(rng: random.Random, max_chars: int, chunk_chars: int = 6000) -> list[str]:
     """Chunks of this interpreter's pure-Python stdlib modules (a seeded choice of files), up to `max_chars`."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
+    files = sorted(p for p in stdlib_root().glob("*.py") if not p.name.startswith("_"))
     rng.shuffle(files)
     docs, total = [], 0
     for path in files:

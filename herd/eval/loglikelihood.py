@@ -74,8 +74,7 @@ def loglikelihood_tokens(
     else:
         groups = [[i] for i in sorted(range(len(fitted)), key=lambda i: -sum(map(len, fitted[i])))]
     results: list[Loglikelihood | None] = [None] * len(fitted)
-    for start in range(0, len(groups), batch_size):
-        batch = groups[start : start + batch_size]
+    for batch in _batches(groups, fitted, batch_size, model.config.max_seq_len if share_prefix else None):
         if share_prefix:
             scored = _score_shared(model, [[fitted[i] for i in g] for g in batch])
         else:
@@ -85,6 +84,23 @@ def loglikelihood_tokens(
         if on_done is not None:
             on_done(sum(map(len, batch)))
     return results  # type: ignore[return-value]
+
+
+def _batches(groups: list[list[int]], pairs: list[TokenPair], size: int, max_len: int | None) -> list[list[list[int]]]:
+    """Consecutive groups, `size` at a time; with `max_len`, a batch also ends before its widest context plus its
+    longest continuation (the shared path pads every row to both) would exceed max_len + 1 tokens."""
+    batches: list[list[list[int]]] = []
+    context = longest = 0
+    for group in groups:
+        ctx, cont = len(pairs[group[0]][0]), max(len(pairs[i][1]) for i in group)
+        fits = max_len is None or max(context, ctx) + max(longest, cont) - 1 <= max_len
+        if batches and len(batches[-1]) < size and fits:
+            batches[-1].append(group)
+            context, longest = max(context, ctx), max(longest, cont)
+        else:
+            batches.append([group])
+            context, longest = ctx, cont
+    return batches
 
 
 def _fit(context: list[int], continuation: list[int], max_len: int) -> TokenPair:

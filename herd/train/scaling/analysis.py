@@ -40,8 +40,10 @@ def budget_groups(records: Sequence[Record]) -> list[list[int]]:
     return [[i for i, r in enumerate(records) if r["budget"] == b] for b in budgets]
 
 
-def isoflop_fits(records: Sequence[Record], key: str = "val_loss", indices: Sequence[int] | None = None) -> dict[float, IsoFlopFit]:
-    """Budget -> the parabola of `key` in ln N, for every budget with >= 3 sizes and a minimum."""
+def isoflop_fits(records: Sequence[Record], key: str = "val_loss", indices: Sequence[int] | None = None, *,
+                 bracketed: bool = False) -> dict[float, IsoFlopFit]:
+    """Budget -> the parabola of `key` in ln N, for every budget with >= 3 sizes and a minimum (with `bracketed`,
+    one inside the sizes run: the frontier takes only minima the runs surround)."""
     picked = [records[i] for i in (indices if indices is not None else range(len(records)))]
     fits = {}
     for budget in sorted({r["budget"] for r in picked}):
@@ -49,7 +51,8 @@ def isoflop_fits(records: Sequence[Record], key: str = "val_loss", indices: Sequ
         if len({r["compute_params"] for r in mine}) < 3:
             continue
         try:
-            fits[budget] = fit_isoflop([r["compute_params"] for r in mine], [field_value(r, key) for r in mine])
+            fits[budget] = fit_isoflop([r["compute_params"] for r in mine], [field_value(r, key) for r in mine],
+                                       bracketed=bracketed)
         except HerdError:
             continue
     return fits
@@ -63,7 +66,7 @@ def fit_sweep(records: Sequence[Record], *, samples: int = 200, seed: int = 0) -
     """
     records = list(records)
     groups = budget_groups(records)
-    iso = isoflop_fits(records)
+    iso = isoflop_fits(records, bracketed=True)
     n_data, d_data, loss_data = _surface_data(records)
     surface = fit_loss_surface(n_data, d_data, loss_data)
     if len(iso) >= 2:
@@ -170,7 +173,7 @@ def predict(records: Sequence[Record], fits: dict[str, Any], budget: float, *, n
 
 
 def _frontier(records: Sequence[Record], indices: Sequence[int]) -> tuple[list[float], list[float]]:
-    iso = isoflop_fits(records, indices=indices)
+    iso = isoflop_fits(records, indices=indices, bracketed=True)
     if len(iso) < 2:
         raise HerdError("fewer than 2 budgets with a minimum")
     return list(iso), [f.n_opt for f in iso.values()]

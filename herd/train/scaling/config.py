@@ -21,9 +21,9 @@ class DownstreamSpec:
     """Benchmarks scored on every run's final model: NLL of the correct answer and accuracy."""
 
     tasks: list[str] = field(default_factory=list)
-    """herd eval task names (mmlu, arc_challenge, ...) or the embedded corpus's synth_knowledge."""
+    """herd eval task names (mmlu, arc_challenge, code_cloze, humaneval_mc, ...) or the embedded corpus's synth_*."""
     data_dir: str = "data/benchmarks"
-    """Where the tasks' data is; with `corpus` set, synth_* tasks read the embedded corpus's eval files."""
+    """Where the tasks' data is; with `corpus` set, the corpus's eval files (synth_* tasks, code_cloze)."""
     limit: int | None = 200
     """Samples per task (the first ones); None: all."""
     batch_size: int = 16
@@ -61,8 +61,9 @@ class ScalingConfig:
     mixes: dict[str, dict[str, float]] = field(default_factory=dict)
     """`herd scaling mix`: candidate mixes, name -> {source: weight} over train.data.sources."""
     corpus: str | None = None
-    """micro | tiny | small: build the token data from herd's embedded corpus into out_dir/data (train.data is
-    filled in); None: train.data names existing token shards."""
+    """stdlib: the source of Python's standard library (real code; herd.corpus.stdlib); micro | tiny | small:
+    herd's generated corpus. Either is tokenized into out_dir/data and train.data filled in; None: train.data
+    names existing token shards."""
     vocab_size: int = 2048
     """With `corpus`: the BPE vocabulary trained on it."""
     bootstrap_samples: int = 200

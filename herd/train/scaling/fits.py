@@ -44,15 +44,20 @@ class IsoFlopFit:
         return self.a * x * x + self.b * x + self.c
 
 
-def fit_isoflop(n: Sequence[float], loss: Sequence[float]) -> IsoFlopFit:
-    """The parabola in ln N through one budget's (model size, final loss) points; needs >= 3 sizes and a minimum."""
+def fit_isoflop(n: Sequence[float], loss: Sequence[float], *, bracketed: bool = False) -> IsoFlopFit:
+    """The parabola in ln N through one budget's (model size, final loss) points; needs >= 3 sizes and a minimum,
+    and with `bracketed` a minimum between the smallest and largest size (not extrapolated past the points)."""
     if len(n) < 3:
         raise HerdError(f"an isoFLOP fit needs at least 3 model sizes per budget, got {len(n)}")
     a, b, c = np.polyfit(np.log(np.asarray(n, float)), np.asarray(loss, float), 2)
     if a <= 0:
         raise HerdError("the isoFLOP points have no minimum (loss keeps falling or rising with size); "
                         "add smaller and larger models around the optimum")
-    return IsoFlopFit(float(a), float(b), float(c))
+    fit = IsoFlopFit(float(a), float(b), float(c))
+    if bracketed and not min(n) <= fit.n_opt <= max(n):
+        raise HerdError(f"the isoFLOP minimum N = {fit.n_opt:.3g} lies outside the sizes run "
+                        f"[{min(n):.3g}, {max(n):.3g}]; add models on that side")
+    return fit
 
 
 @dataclass(frozen=True)

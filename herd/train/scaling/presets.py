@@ -1,7 +1,8 @@
 """Scaling presets and the embedded-corpus data behind them.
 
-- `micro`: tiny Llama models on herd's embedded corpus, 2 CPU cores; the sweep fits in about 20 minutes and its
-  target budget is 10x the largest sweep budget;
+- `micro`: tiny Llama models on 2 CPU cores, trained on the source of Python's standard library (real text that
+  every machine has; see herd.corpus.stdlib) and scored on code_cloze over its held-out files; the sweep fits in about
+  20 minutes and its target budget is 10x the largest sweep budget;
 - `gpu`: the same commands at GPU scale (one run per GPU with workers = GPUs), on the embedded corpus's
   `small` size or any token shards set in train.data.
 """
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import time
 from typing import Any
 
 from herd.errors import HerdError
 from herd.train.scaling.config import ScalingConfig
 
 DOMAINS = ("web", "math", "code", "multilingual")
+EMBEDDED_SIZES = ("micro", "tiny", "small")
 
 
 def _ladder(shapes: list[tuple[int, int]], head_dim: int = 32) -> dict[str, dict[str, Any]]:
@@ -30,24 +34,25 @@ def _ladder(shapes: list[tuple[int, int]], head_dim: int = 32) -> dict[str, dict
 
 MICRO: dict[str, Any] = {
     "out_dir": "runs/scaling-micro",
-    "corpus": "small",
+    "corpus": "stdlib",
     "vocab_size": 1024,
-    "budgets": [1.5e11, 3e11, 6e11, 1.2e12],
-    "target_budget": 1.2e13,
+    "budgets": [1e11, 2e11, 4e11, 8e11, 1.6e12],
+    "target_budget": 1.6e13,
     "models": _ladder([(16, 2), (24, 2), (32, 2), (40, 2), (48, 2), (64, 2), (80, 3), (96, 3), (128, 4)]),
     "target_models": _ladder([(160, 5), (192, 6), (256, 6)]),
     "train": {"model": {"preset": "tiny", "fields": {"max_seq_len": 256}}, "batch_size": 4, "seq_len": 128,
               "optim": {"lr": 3e-3}, "device": "cpu", "data": {"val_batches": 16}},
     "warmup_fraction": 0.05,
     "min_steps": 200,
-    "tokens_per_param": [1.0, 60.0],
+    "tokens_per_param": [0.5, 1000.0],
     "workers": 2,
-    "downstream": {"tasks": ["synth_math_mc"], "limit": 200},
+    "downstream": {"tasks": ["code_cloze"], "limit": 300},
 }
 
 GPU: dict[str, Any] = {
     **copy.deepcopy(MICRO),
     "out_dir": "runs/scaling-gpu",
+    "corpus": "small",
     "vocab_size": 8192,
     "budgets": [1e16, 3e16, 1e17, 3e17],
     "target_budget": 3e18,
@@ -56,7 +61,7 @@ GPU: dict[str, Any] = {
     "train": {"model": {"preset": "tiny", "fields": {"max_seq_len": 1024}}, "batch_size": 32, "seq_len": 1024,
               "optim": {"lr": 1e-3}, "device": "cuda", "compile": True, "data": {"val_batches": 32}},
     "workers": 1,
-    "downstream": {"tasks": ["synth_math_mc", "synth_knowledge"], "limit": 500},
+    "downstream": {"tasks": ["synth_math_mc", "synth_knowledge", "humaneval_mc"], "limit": 500},
 }
 
 PRESETS = {"micro": MICRO, "gpu": GPU}
@@ -69,10 +74,29 @@ def preset(name: str) -> dict[str, Any]:
 
 
 def with_corpus_data(config: ScalingConfig, log: Any = print) -> ScalingConfig:
-    """With `corpus` set: build the embedded corpus's token shards in out_dir/data (skipped when already built) and
-    return the config pointing train.data at them and synth_* tasks at its eval files; else the config as is."""
+    """With `corpus` set: build its token shards in out_dir/data (skipped when already built) and return the config
+    pointing train.data at them (and the downstream tasks at the corpus's eval files); else the config as is."""
     if config.corpus is None:
         return config
+    if config.corpus == "stdlib":
+        sources, eval_dir = _stdlib_data(config, log)
+    elif config.corpus in EMBEDDED_SIZES:
+        sources, eval_dir = _embedded_data(config, log)
+    else:
+        raise HerdError(f"unknown corpus {config.corpus!r}; choose from: stdlib, {', '.join(EMBEDDED_SIZES)}")
+    val = {"val": sources.pop("val")}
+    train = copy.deepcopy(config.train)
+    data = train.setdefault("data", {})
+    data.setdefault("sources", sources)
+    data.setdefault("val_sources", val)
+    downstream = config.downstream
+    if eval_dir is not None and downstream.data_dir == "data/benchmarks":
+        downstream = dataclasses.replace(downstream, data_dir=eval_dir)
+    return dataclasses.replace(config, train=train, downstream=downstream, corpus=None)
+
+
+def _embedded_data(config: ScalingConfig, log: Any) -> tuple[dict[str, str], str]:
+    """herd's generated corpus through the speedrun's data stages: its sources (and val) and its eval directory."""
     from herd.speedrun.presets import preset_config
     from herd.speedrun.run import RunContext, run_stages
 
@@ -81,14 +105,36 @@ def with_corpus_data(config: ScalingConfig, log: Any = print) -> ScalingConfig:
     ctx = RunContext(config.run_dir / "data", settings)
     run_stages(ctx, log, until="tokenize")
     sources = ctx.outputs("tokenize")["sources"]
-    train = copy.deepcopy(config.train)
-    data = train.setdefault("data", {})
-    data.setdefault("sources", {d: sources[d] for d in DOMAINS})
-    data.setdefault("val_sources", {"val": sources["val"]})
-    downstream = config.downstream
-    if downstream.data_dir == "data/benchmarks":
-        downstream = dataclasses.replace(downstream, data_dir=str(ctx.stage_dir("corpus") / "eval"))
-    return dataclasses.replace(config, train=train, downstream=downstream, corpus=None)
+    return {d: sources[d] for d in (*DOMAINS, "val")}, str(ctx.stage_dir("corpus") / "eval")
+
+
+def _stdlib_data(config: ScalingConfig, log: Any) -> tuple[dict[str, str], str]:
+    """The standard library's source as `code` (and `val`) token shards under a BPE of vocab_size trained on it,
+    and the directory of its text splits (code_cloze reads the held-out files there)."""
+    import os
+
+    from herd.corpus.stdlib import write_stdlib_corpus
+    from herd.tokenizer.train_bpe import train_tokenizer
+    from herd.train.token_shards import tokenize_corpus
+
+    out = config.run_dir / "data" / "stdlib"
+    done = out / "data.json"
+    shards = {"code": str(out / "train"), "val": str(out / "val")}
+    if done.exists() and json.loads(done.read_text())["vocab_size"] == config.vocab_size:
+        return shards, str(out / "split")
+    start = time.perf_counter()
+    files = write_stdlib_corpus(out / "split")
+    tokenizer = train_tokenizer([out / "split" / "train.jsonl"], config.vocab_size, out / "tokenizer.model",
+                                show_progress=False)
+    tokens = {}
+    for name, split in (("code", "train"), ("val", "val")):
+        manifest = tokenize_corpus([out / "split" / f"{split}.jsonl"], tokenizer, shards[name], os.cpu_count(),
+                                   show_progress=False)
+        tokens[name] = sum(shard.num_tokens for shard in manifest.shards)
+    done.write_text(json.dumps({"vocab_size": config.vocab_size, "files": files, "tokens": tokens}))
+    log(f"[scaling] stdlib corpus: {files['train']} + {files['val']} files, {tokens['code']:,} training and "
+        f"{tokens['val']:,} validation tokens ({time.perf_counter() - start:.0f} s)")
+    return shards, str(out / "split")
 
 
 __all__ = ["PRESETS", "preset", "with_corpus_data"]

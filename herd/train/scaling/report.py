@@ -22,7 +22,7 @@ Record = dict[str, Any]
 def plot_isoflops(records: Sequence[Record], fits: dict[str, Any], out: Path, target: Record | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.cm.viridis(np.linspace(0, 0.85, len({r["budget"] for r in records})))
-    iso = isoflop_fits(records)
+    iso, minima = isoflop_fits(records), isoflop_fits(records, bracketed=True)
     for color, budget in zip(colors, sorted({r["budget"] for r in records})):
         mine = sorted((r for r in records if r["budget"] == budget), key=lambda r: r["compute_params"])
         n = [r["compute_params"] for r in mine]
@@ -30,12 +30,13 @@ def plot_isoflops(records: Sequence[Record], fits: dict[str, Any], out: Path, ta
         if budget in iso:
             grid = np.geomspace(min(n), max(n), 60)
             ax.plot(grid, iso[budget].loss(grid), "-", color=color, alpha=0.7)
+        if budget in minima:
             ax.plot(iso[budget].n_opt, iso[budget].loss_opt, "*", color=color, markersize=13, markeredgecolor="k")
     if target is not None:
         ax.plot(target["compute_params"], target["val_loss"], "D", color="tab:red",
                 label=f"held-out C = {target['budget']:.2g} (measured)")
     ax.set(xscale="log", xlabel="compute parameters N (training FLOPs per token / 6)", ylabel="final validation loss",
-           title="isoFLOP curves (stars: loss-optimal N per budget)")
+           title="isoFLOP curves (stars: loss-optimal N, where the runs bracket it)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, out)

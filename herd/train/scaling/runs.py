@@ -39,8 +39,12 @@ def run_sweep_runs(config: ScalingConfig, runs: Sequence[PlannedRun], log: Calla
         with ProcessPoolExecutor(config.workers, mp_context=context, initializer=_take_slot,
                                  initargs=(slots,)) as pool:
             futures = [pool.submit(train_and_score, config, run) for run in todo]
-            for i, future in enumerate(as_completed(futures), 1):
-                _report(log, i, len(todo), future.result())
+            try:
+                for i, future in enumerate(as_completed(futures), 1):
+                    _report(log, i, len(todo), future.result())
+            except BaseException:  # a failed run stops the sweep now, not after every queued run has trained
+                pool.shutdown(cancel_futures=True)
+                raise
     return [_cached(config, run) for run in runs]  # type: ignore[misc]
 
 
