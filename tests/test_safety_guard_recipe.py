@@ -3,6 +3,8 @@ lists its category and safe under one that does not), and SFT records carry the 
 
 import json
 
+import pytest
+
 from herd.safety.guard_recipe import (
     ACTS,
     EXTRA_CATEGORIES,
@@ -48,3 +50,51 @@ def test_sft_records_use_the_guard_template(tmp_path):
     assert user == {"role": "user", "content": render_prompt([{"role": "user", "content": example.text}], taxonomy)}
     assert reply["content"] == ("unsafe\n" + ",".join(labelled(example, taxonomy)) if labelled(example, taxonomy)
                                 else "safe")
+
+
+@pytest.mark.slow
+def test_a_trained_guard_honours_a_custom_taxonomy(tmp_path):
+    """Trained on taxonomies drawn per record, a tiny guard flags violent text only while Violent Crimes is listed
+    (removed: it no longer triggers) and gambling text only while the custom Gambling category is (added: it does,
+    with that category's code)."""
+    import random
+
+    import torch
+
+    from herd.post.sft import SFTConfig
+    from herd.safety.guard_recipe import build_base, train_guard
+    from herd.safety.llama_guard import LlamaGuard
+    from herd.safety.taxonomy import Category
+
+    words = {"Violent Crimes": ["stab", "kill", "murder", "shoot", "knife", "gun", "blood", "strangle"],
+             "Gambling": ["casino", "poker", "roulette", "jackpot", "slots", "wager", "dice", "bookie"],
+             None: ["bread", "flour", "garden", "flowers", "tea", "music", "poem", "butter"]}
+    universe = (LLAMA_GUARD_2[0], Category("Gambling"), LLAMA_GUARD_2[5], LLAMA_GUARD_2[8])
+    rng = random.Random(0)
+
+    def example(category):
+        return Example(" ".join(rng.choice(words[category]) for _ in range(12)), category)
+
+    torch.manual_seed(0)
+    records = guard_records([example(rng.choice(list(words))) for _ in range(2000)], universe, max_size=3,
+                            listed_share=0.5, seed=0)
+    data = write_sft_data(records, tmp_path / "guard.jsonl")
+    # Reading the policy takes depth: 2-layer guards never learn it (they flag by the text alone), 4 layers do
+    # after ~500 steps.
+    base = build_base(data, tmp_path, vocab_size=300, dim=64, n_layers=4, max_seq_len=512)
+    config = SFTConfig(out_dir=str(tmp_path / "run"), model=str(base), data=str(data), steps=600, batch_size=16,
+                       seq_len=512, device="cpu", progress=False, checkpoint_interval=0)
+    config.optim.lr, config.optim.warmup_steps = 3e-3, 10
+    guard = LlamaGuard.load(train_guard(config))
+
+    def verdicts(category, taxonomy):
+        return guard.moderate([[{"role": "user", "content": example(category).text}] for _ in range(10)], taxonomy)
+
+    with_violence, without = (LLAMA_GUARD_2[0], LLAMA_GUARD_2[5]), (LLAMA_GUARD_2[5], LLAMA_GUARD_2[8])
+    assert sum(v.verdict == "unsafe" for v in verdicts("Violent Crimes", with_violence)) >= 9
+    assert sum(v.verdict == "safe" for v in verdicts("Violent Crimes", without)) >= 9  # removed: no longer triggers
+    added = (LLAMA_GUARD_2[8], Category("Gambling"))
+    flagged = verdicts("Gambling", added)
+    assert sum(v.verdict == "unsafe" and v.codes == ["S2"] for v in flagged) >= 9  # added: triggers with its code
+    assert sum(v.verdict == "safe" for v in verdicts("Gambling", without)) >= 9
+    assert sum(v.verdict == "safe" for v in verdicts(None, added + with_violence)) >= 9
