@@ -3,7 +3,7 @@ in herd's sandbox. Plain mode continues the function; chat mode takes the reply'
 
 `humaneval_mc` asks the same problems as multiple choice (the canonical solution among three other problems'
 solutions, scored by loglikelihood per character): a graded signal for models far too small to pass any test,
-which scaling-law sweeps use for their downstream prediction.
+as scaling-law sweeps need downstream (the `gpu` scaling preset scores it).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Scaling presets and the embedded-corpus data behind them.
+"""Scaling presets and the corpus data behind them (Python's standard library, or herd's generated corpus).
 
 - `micro`: tiny Llama models on 2 CPU cores, trained on the source of Python's standard library (real text that
   every machine has; see herd.corpus.stdlib) and scored on code_cloze over its held-out files; the sweep fits in about
@@ -90,7 +90,7 @@ def with_corpus_data(config: ScalingConfig, log: Any = print) -> ScalingConfig:
     data.setdefault("sources", sources)
     data.setdefault("val_sources", val)
     downstream = config.downstream
-    if eval_dir is not None and downstream.data_dir == "data/benchmarks":
+    if downstream.data_dir == "data/benchmarks":
         downstream = dataclasses.replace(downstream, data_dir=eval_dir)
     return dataclasses.replace(config, train=train, downstream=downstream, corpus=None)
 
