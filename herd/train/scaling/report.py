@@ -22,7 +22,8 @@ Record = dict[str, Any]
 def plot_isoflops(records: Sequence[Record], fits: dict[str, Any], out: Path, target: Record | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.cm.viridis(np.linspace(0, 0.85, len({r["budget"] for r in records})))
-    iso, minima = isoflop_fits(records), isoflop_fits(records, bracketed=True)
+    iso = isoflop_fits(records)
+    minima = {b["budget"]: b for b in fits["budgets"]}  # the frontier's bracketed minima
     for color, budget in zip(colors, sorted({r["budget"] for r in records})):
         mine = sorted((r for r in records if r["budget"] == budget), key=lambda r: r["compute_params"])
         n = [r["compute_params"] for r in mine]
@@ -31,7 +32,8 @@ def plot_isoflops(records: Sequence[Record], fits: dict[str, Any], out: Path, ta
             grid = np.geomspace(min(n), max(n), 60)
             ax.plot(grid, iso[budget].loss(grid), "-", color=color, alpha=0.7)
         if budget in minima:
-            ax.plot(iso[budget].n_opt, iso[budget].loss_opt, "*", color=color, markersize=13, markeredgecolor="k")
+            best = minima[budget]
+            ax.plot(best["n_opt"], best["loss_opt"], "*", color=color, markersize=13, markeredgecolor="k")
     if target is not None:
         ax.plot(target["compute_params"], target["val_loss"], "D", color="tab:red",
                 label=f"held-out C = {target['budget']:.2g} (measured)")
