@@ -7,6 +7,7 @@ Meta format loads without a mapping; HF names are mapped in `herd.checkpoint.hf_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -215,6 +216,15 @@ class Transformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def replace_linears(self, make: Callable[[nn.Linear], nn.Module]) -> None:
+        """Replace each projection of the attention and feed-forward blocks, and the head, by `make(linear)`."""
+        for layer in self.layers:
+            for parent in (layer.attention, layer.feed_forward):
+                for name, child in list(parent.named_children()):
+                    if isinstance(child, nn.Linear):
+                        setattr(parent, name, make(child))
+        self.output = make(self.output)
 
 
 def init_plan(config: ModelConfig) -> list[tuple[str, float | None]]:

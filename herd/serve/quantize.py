@@ -37,10 +37,5 @@ class Int8Linear(nn.Module):
 @torch.no_grad()
 def quantize_int8(model: Transformer) -> Transformer:
     """Replace the attention, feed-forward and output linears of `model` in place; returns it."""
-    for layer in model.layers:
-        for parent in (layer.attention, layer.feed_forward):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, Int8Linear(child))
-    model.output = Int8Linear(model.output)
+    model.replace_linears(Int8Linear)
     return model

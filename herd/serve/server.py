@@ -21,6 +21,7 @@ from herd.model import Transformer
 from herd.serve.async_engine import AsyncEngine, EngineBusy, EngineFailed
 from herd.serve.engine import Engine
 from herd.serve.metrics import ServerMetrics
+from herd.serve.packed import pack_linears
 from herd.serve.protocol import (
     ChatCompletionRequest,
     ChoiceLogprobs,
@@ -158,13 +159,16 @@ def serve(
 ) -> None:
     """Load `model_path` (anything `herd.load` takes) and serve it until interrupted (`herd serve`).
 
-    quantize="int8" serves int8 weight-only linears (per-channel scales); `guardrails` check chats."""
+    quantize="int8" serves int8 weight-only linears (per-channel scales); otherwise a CPU model serves prepacked
+    linears (`pack_linears`). `guardrails` check chats."""
     import uvicorn
 
     from herd.checkpoint import load
 
     model, tok = load(model_path)
-    if quantize is not None:
+    if quantize is None:
+        pack_linears(model)
+    else:
         from herd.serve.quantize import quantize_int8
 
         if quantize != "int8":
