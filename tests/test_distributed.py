@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer import TINY_MODEL, losses, shards, tiny_config  # noqa: F401 - `shards` is test_trainer's fixture, shared
+from test_trainer import STAGES, TINY_MODEL, losses, shards, tiny_config  # noqa: F401 - `shards` is test_trainer's fixture, shared
 
 from herd.errors import HerdError
 from herd.train.distributed import ParallelConfig
@@ -85,6 +85,16 @@ def test_parallel_config_names_the_options_to_fix():
         ParallelConfig(dp_shard=2, tp=2).degrees(2)
     with pytest.raises(HerdError, match="parallel.pp"):
         ParallelConfig(pp=0)
+    with pytest.raises(HerdError, match="runs 2 or more stage.* parallel.pp_stages_per_rank=1"):
+        ParallelConfig(pp=2, pp_schedule="Interleaved1F1B")
+    with pytest.raises(HerdError, match="runs 1 stage.* parallel.pp_stages_per_rank=2"):
+        ParallelConfig(pp=2, pp_stages_per_rank=2)
+    interleaved = ParallelConfig(pp=2, pp_schedule="Interleaved1F1B", pp_stages_per_rank=2)
+    interleaved.check_micro_batches([1, 2, 3, 4, 6])
+    with pytest.raises(HerdError, match="divisible by max.* = 2, got 5"):
+        interleaved.check_micro_batches([4, 5])
+    with pytest.raises(HerdError, match="1F1B needs micro-batches .* >= parallel.pp=2, got 1"):
+        ParallelConfig(pp=2).check_micro_batches([2, 1])
 
 
 def test_data_parallel_reproduces_the_curve_and_resumes_on_one_rank(shards, reference, tmp_path):
@@ -156,6 +166,48 @@ INIT_RANK = textwrap.dedent("""
     torch.save(whole, os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
     distributed.close()
 """)
+
+
+FOUR_LAYERS = "model.fields.n_layers=4"  # two stages on each of two pipeline ranks
+
+
+@pytest.fixture(scope="module")
+def reference_four_layers(shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single4") / "run"
+    return pretrain(tiny_config(shards, out, *COMMON, f"batch_size={GLOBAL_ROWS}", FOUR_LAYERS, "export_format=herd"))
+
+
+@pytest.mark.parametrize(
+    ("dp", "schedule"),
+    [(1, "Interleaved1F1B"), pytest.param(1, "LoopedBFS", marks=pytest.mark.slow),
+     pytest.param(2, "Interleaved1F1B", marks=pytest.mark.slow)],
+    ids=["pp2-interleaved", "pp2-looped-bfs", "dp2xpp2-interleaved"],
+)
+def test_multi_stage_schedules_reproduce_the_single_process_curve(shards, reference_four_layers, tmp_path, dp, schedule):
+    run = tmp_path / "run"
+    got = run_layout(shards, run, dp, 1, 2, FOUR_LAYERS, f"parallel.pp_schedule={schedule}",
+                     "parallel.pp_stages_per_rank=2", "export_format=herd")
+    expected = reference_four_layers.run_dir
+    print(f"dp={dp} pp=2x2 {schedule} max relative loss difference: {max_relative_difference(got, losses(expected)):.2e}")
+    assert max_relative_difference(got, losses(expected)) < TOLERANCE
+    assert max_relative_difference(validation(run), validation(expected)) < TOLERANCE
+
+    from herd.checkpoint import load
+
+    exported, _ = load(run / "model")  # every rank's stages, under the single-process names
+    for name, value in load(reference_four_layers.model_dir)[0].state_dict().items():
+        torch.testing.assert_close(exported.state_dict()[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_sequence_length_stages_run_under_pipeline_parallelism(shards, tmp_path):
+    common = ("steps=10", "eval_interval=5", "checkpoint_interval=5", STAGES)  # 2 micro-batches a step, then 4
+    expected = losses(pretrain(tiny_config(shards, tmp_path / "single", *common, f"batch_size={GLOBAL_ROWS}")).run_dir)
+    overrides = [*common, f"batch_size={GLOBAL_ROWS}", "parallel.pp=2"]
+    tiny_config(shards, tmp_path / "pp", *overrides)
+    torchrun(2, tmp_path / "pp.json", *overrides)
+    got = losses(tmp_path / "pp")
+    print(f"pp=2 with sequence-length stages: max relative loss difference {max_relative_difference(got, expected):.2e}")
+    assert max_relative_difference(got, expected) < TOLERANCE
 
 
 @pytest.mark.parametrize(

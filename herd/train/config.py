@@ -226,17 +226,8 @@ class PretrainConfig:
                 )
 
     def _check_pipeline(self) -> None:
-        pp = self.parallel.pp
-        if pp == 1:
-            return
-        if self.stages:
-            raise HerdError("stages (a changing row length) do not run under parallel.pp > 1 yet; drop stages or pp")
-        fewest = min([self.grad_accum, *(self.grad_accum_schedule or {}).values()])
-        if self.parallel.pp_schedule == "1F1B" and fewest < pp:
-            raise HerdError(
-                f"parallel.pp_schedule=1F1B needs grad_accum (micro-batches) >= parallel.pp={pp}, got {fewest}; "
-                "raise grad_accum or use parallel.pp_schedule=GPipe"
-            )
+        if not self.stages:  # stages' micro-batch counts depend on the data-parallel degree: checked at launch
+            self.parallel.check_micro_batches([self.grad_accum, *(self.grad_accum_schedule or {}).values()])
 
     def _get(self, dotted: str) -> Any:
         value: Any = self

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -22,6 +22,8 @@ from torch.distributed.tensor import DTensor
 from herd.errors import HerdError
 
 MESH_DIMS = ("pp", "dp", "tp")
+MULTI_STAGE_SCHEDULES = ("Interleaved1F1B", "LoopedBFS")
+"""Pipeline schedules that run several stages on each rank."""
 
 
 @dataclass
@@ -36,8 +38,12 @@ class ParallelConfig:
     """Pipeline-parallel degree: the layers split into pp stages, a step's grad_accum micro-batches flow through them."""
     sequence_parallel: bool = True
     """Under tp, split the residual stream and norms along the sequence too (less activation memory, same traffic)."""
-    pp_schedule: Literal["1F1B", "GPipe"] = "1F1B"
-    """Pipeline schedule; 1F1B holds fewer activations and needs grad_accum >= pp."""
+    pp_schedule: Literal["1F1B", "GPipe", "Interleaved1F1B", "LoopedBFS"] = "1F1B"
+    """Pipeline schedule. 1F1B holds fewer activations than GPipe and needs micro-batches >= pp. Interleaved1F1B
+    and LoopedBFS run pp_stages_per_rank >= 2 stages on each rank (rank r holds stages r, r + pp, ...): interleaving
+    shrinks the pipeline bubble by that factor."""
+    pp_stages_per_rank: int = 1
+    """Pipeline stages on each rank: 1 for 1F1B and GPipe, 2 or more for Interleaved1F1B and LoopedBFS."""
     timeout_s: float = 600.0
     """A collective waiting longer than this fails the job (torchrun can then restart it)."""
 
@@ -49,6 +55,30 @@ class ParallelConfig:
             raise HerdError(f"parallel.dp_shard must be at least 1, or -1 for the ranks left, got {self.dp_shard}")
         if self.timeout_s <= 0:
             raise HerdError(f"parallel.timeout_s must be positive, got {self.timeout_s}")
+        multi = self.pp_schedule in MULTI_STAGE_SCHEDULES
+        if multi != (self.pp_stages_per_rank > 1) or self.pp_stages_per_rank < 1:
+            want = "2 or more" if multi else "1"
+            raise HerdError(
+                f"parallel.pp_schedule={self.pp_schedule} runs {want} stage(s) per rank, got parallel.pp_stages_per_rank="
+                f"{self.pp_stages_per_rank}; change one (multi-stage schedules: {', '.join(MULTI_STAGE_SCHEDULES)})"
+            )
+
+    def check_micro_batches(self, counts: Iterable[int]) -> None:
+        """Fail, naming what to change, when the pipeline schedule cannot run a step of one of these micro-batch counts."""
+        if self.pp == 1:
+            return
+        for count in counts:
+            if self.pp_schedule == "1F1B" and count < self.pp:
+                raise HerdError(
+                    f"parallel.pp_schedule=1F1B needs micro-batches (grad_accum) >= parallel.pp={self.pp}, got {count}; "
+                    "raise grad_accum or use parallel.pp_schedule=GPipe"
+                )
+            rounds = max(1, count // self.pp)
+            if self.pp_schedule == "Interleaved1F1B" and count % rounds:
+                raise HerdError(
+                    f"parallel.pp_schedule=Interleaved1F1B needs micro-batches (grad_accum) divisible by "
+                    f"max(1, micro-batches // parallel.pp) = {rounds}, got {count}; use a multiple of parallel.pp={self.pp}"
+                )
 
     def degrees(self, world_size: int) -> tuple[int, int, int]:
         """(pp, dp, tp) for a job of `world_size` ranks."""

@@ -9,7 +9,7 @@ from functools import partial
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
@@ -57,7 +57,7 @@ def block_plan(sequence_parallel: bool) -> dict[str, object]:
     }
 
 
-def check_layout(config: ModelConfig, distributed: Distributed) -> None:
+def check_layout(config: ModelConfig, distributed: Distributed, stages_per_rank: int = 1) -> None:
     """Fail with the option to change when the model cannot be split the way the mesh asks."""
     tp, pp = distributed.degree("tp"), distributed.degree("pp")
     for name, size in (
@@ -67,8 +67,11 @@ def check_layout(config: ModelConfig, distributed: Distributed) -> None:
     ):
         if size % tp:
             raise HerdError(f"parallel.tp={tp} does not divide the model's {name} ({size}); pick a tp that does")
-    if config.n_layers < pp:
-        raise HerdError(f"parallel.pp={pp} exceeds the model's {config.n_layers} layers; lower parallel.pp")
+    if config.n_layers < pp * stages_per_rank:
+        raise HerdError(
+            f"parallel.pp={pp} x parallel.pp_stages_per_rank={stages_per_rank} stages exceed the model's "
+            f"{config.n_layers} layers; lower them"
+        )
     if config.tie_word_embeddings and tp * pp > 1:
         raise HerdError(
             "tied word embeddings are not supported with parallel.tp or parallel.pp above 1; untie or set them to 1"
@@ -118,12 +121,12 @@ def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, sequence_parallel:
 
 
 def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) -> None:
-    """FSDP2 per block (gathered one block at a time) and at the root (embedding, norm, head)."""
+    """FSDP2 per block (gathered one block at a time) and at each root the loop calls (embedding, norm, head): the
+    model, or each of a pipeline rank's stage modules."""
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for block in model.layers.children():
-        fully_shard(block, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.set_gradient_divide_factor(1.0)
-            module.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
+    blocks = list(model.layers.children())
+    roots = getattr(model, "stage_modules", [model])
+    for module in [*blocks, *roots]:
+        fully_shard(module, mesh=mesh, mp_policy=policy)
+        module.set_gradient_divide_factor(1.0)
+        module.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)

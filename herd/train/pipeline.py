@@ -1,23 +1,33 @@
 """Pipeline parallelism (torch.distributed.pipelining): a Transformer cut into stages, and a step's micro-batches run through them.
 
-The first stage owns the embedding, the last the final norm, head and loss; parameter names stay the Transformer's.
-Validation runs forward only through the stages.
+The layers split into pp x pp_stages_per_rank stages; rank r holds stages r, r + pp, ... (one for 1F1B and GPipe,
+several for the interleaved schedules). The first stage owns the embedding, the last the final norm, head and loss.
+A rank's `PipelineRank` keeps the Transformer's parameter names for its stages together, so init, the optimizer and
+checkpoints see one model whatever the layout. Validation runs forward only through the stages.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+from torch.distributed.pipelining import (
+    PipelineStage,
+    Schedule1F1B,
+    ScheduleGPipe,
+    ScheduleInterleaved1F1B,
+    ScheduleLoopedBFS,
+)
 
 from herd.model import Transformer
 from herd.model.masking import packed_mask_and_positions
 from herd.model.rope import rope_cos_sin, rope_frequencies
-from herd.train.distributed import Distributed
+from herd.train.distributed import MULTI_STAGE_SCHEDULES, Distributed
 from herd.train.packing import IGNORE_INDEX
 from herd.train.trainer import Batch, LossOutput, token_cross_entropy
 
-SCHEDULES = {"1F1B": Schedule1F1B, "GPipe": ScheduleGPipe}
+SCHEDULES = {
+    "1F1B": Schedule1F1B, "GPipe": ScheduleGPipe, "Interleaved1F1B": ScheduleInterleaved1F1B, "LoopedBFS": ScheduleLoopedBFS
+}
 
 
 def stage_layers(n_layers: int, stages: int, stage: int) -> range:
@@ -56,37 +66,62 @@ class StageModule(nn.Module):
         return h
 
 
-def split_stage(model: Transformer, distributed: Distributed) -> StageModule:
-    """This rank's stage of `model` (built on the meta device; the other stages' layers are dropped with it)."""
-    stages, stage = distributed.degree("pp"), distributed.coordinate("pp")
-    return StageModule(model, stage_layers(model.config.n_layers, stages, stage))
+class PipelineRank(nn.Module):
+    """One rank's stages of a Transformer under the Transformer's parameter names (`layers.N...`, the embedding
+    when stage 0 is here, norm and head when the last stage is). `stage_ids` and `stage_modules` (not registered as
+    submodules: they share these) are what the schedule runs; wrappers that need a module the loop calls (FSDP's
+    roots) take the stage modules."""
+
+    def __init__(self, model: Transformer, stage_ids: list[int], num_stages: int) -> None:
+        super().__init__()
+        n_layers = model.config.n_layers
+        modules = [StageModule(model, stage_layers(n_layers, num_stages, stage)) for stage in stage_ids]
+        self.config, self.stage_ids, self.num_stages = model.config, stage_ids, num_stages
+        self.tok_embeddings = modules[0].tok_embeddings
+        self.layers = nn.ModuleDict({name: layer for module in modules for name, layer in module.layers.items()})
+        self.norm, self.output = modules[-1].norm, modules[-1].output
+        self.stage_modules = modules  # a plain list: the parameters are registered above, once
+
+
+def split_stage(model: Transformer, distributed: Distributed, stages_per_rank: int = 1) -> PipelineRank:
+    """This rank's stages of `model` (built on the meta device; the other stages' layers are dropped with it)."""
+    pp, rank = distributed.degree("pp"), distributed.coordinate("pp")
+    return PipelineRank(model, [rank + k * pp for k in range(stages_per_rank)], pp * stages_per_rank)
 
 
 class Pipeline:
-    """Runs an optimizer step's micro-batches through this rank's stage with a pipeline schedule.
+    """Runs an optimizer step's micro-batches through this rank's stages with a pipeline schedule.
 
     Micro-batches are the step's grad-accumulation batches; each one's loss is a sum over its targets (no scaling),
-    so the trainer divides the gradients by the step's token count exactly as without pipelining.
+    so the trainer divides the gradients by the step's token count exactly as without pipelining. A schedule's
+    stages fix the shapes that travel between ranks, so each micro-batch count and shape (sequence-length stages
+    change both) gets schedules of its own.
     """
 
-    def __init__(self, stage: StageModule, distributed: Distributed, schedule: str) -> None:
-        place = (distributed.coordinate("pp"), distributed.degree("pp"), distributed.device)
-        group = distributed.group("pp")
-        self.stage = PipelineStage(stage, *place, group=group)
+    def __init__(self, rank: PipelineRank, distributed: Distributed, schedule: str) -> None:
+        self.rank, self.distributed = rank, distributed
         self.schedule_class = SCHEDULES[schedule]
-        self._schedules: dict[int, object] = {}
-        # forward only, one batch at a time: a stage object of its own, so the training schedule's buffers stay put
-        self._forward = ScheduleGPipe(PipelineStage(stage, *place, group=group), 1)
+        self.multi_stage = schedule in MULTI_STAGE_SCHEDULES
+        self.is_first = rank.stage_ids[0] == 0
+        self._schedules: dict[tuple, object] = {}
+
+    def _stages(self) -> list[PipelineStage] | PipelineStage:
+        stages = [
+            PipelineStage(module, stage, self.rank.num_stages, self.distributed.device, group=self.distributed.group("pp"))
+            for module, stage in zip(self.rank.stage_modules, self.rank.stage_ids, strict=True)
+        ]
+        return stages if self.multi_stage else stages[0]
 
     def forward_backward(self, batches: list[Batch]) -> LossOutput:
         """Forward and backward of all `batches` (one micro-batch each); the loss total is 0 off the last stage."""
-        schedule = self._schedules.get(len(batches))
+        key = ("train", len(batches), tuple(batches[0][0].shape))
+        schedule = self._schedules.get(key)
         if schedule is None:
-            schedule = self.schedule_class(self.stage, len(batches), loss_fn=summed_loss, scale_grads=False)
-            self._schedules[len(batches)] = schedule
+            schedule = self.schedule_class(self._stages(), len(batches), loss_fn=summed_loss, scale_grads=False)
+            self._schedules[key] = schedule
         tokens, targets, doc_ids = (torch.cat(parts) for parts in zip(*batches))
         losses: list[torch.Tensor] = []
-        inputs = (tokens,) if self.stage.is_first else ()
+        inputs = (tokens,) if self.is_first else ()
         schedule.step(*inputs, target=targets, losses=losses, return_outputs=False, doc_ids=doc_ids)
         total = torch.stack(losses).sum().detach() if losses else torch.zeros((), device=targets.device)
         return LossOutput(total, int((targets != IGNORE_INDEX).sum()), {})
@@ -95,8 +130,12 @@ class Pipeline:
         """Forward of one batch through all stages (no backward): its next-token losses [B, T] on the last stage,
         None on the others."""
         tokens, targets, doc_ids = batch
-        inputs = (tokens,) if self.stage.is_first else ()
-        logits = self._forward.step(*inputs, doc_ids=doc_ids)
+        key = ("forward", tuple(tokens.shape))
+        schedule = self._schedules.get(key)
+        if schedule is None:  # stage objects of its own, so the training schedule's buffers stay put
+            schedule = (ScheduleLoopedBFS if self.multi_stage else ScheduleGPipe)(self._stages(), 1)
+            self._schedules[key] = schedule
+        logits = schedule.step(*((tokens,) if self.is_first else ()), doc_ids=doc_ids)
         return None if logits is None else token_cross_entropy(logits, targets)
 
 

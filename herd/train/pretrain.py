@@ -84,13 +84,13 @@ def _pretrain(config: PretrainConfig, distributed: Distributed) -> PretrainResul
     model_config = config.model.resolve(data.n_words)
     if config.seq_len > model_config.max_seq_len:
         raise HerdError(f"seq_len {config.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len}; lower seq_len")
-    check_layout(model_config, distributed)
+    check_layout(model_config, distributed, config.parallel.pp_stages_per_rank)
     check_memory(model_config, config, device, autocast, shards=distributed.world_size)
 
     model = build_model(model_config, device="meta")
     pipeline_parallel = distributed.degree("pp") > 1
     if pipeline_parallel:
-        model = split_stage(model, distributed)
+        model = split_stage(model, distributed, config.parallel.pp_stages_per_rank)
     fsdp = distributed.degree("dp") > 1
     parallelize(
         model, distributed, activation_checkpointing=config.activation_checkpointing, compile=config.compile,
@@ -158,6 +158,7 @@ def _schedule(
                 f"stages[{i}].batch_tokens={stage.batch_tokens} must be a multiple of batch_size x seq_len x {dp} "
                 f"data-parallel ranks = {step_tokens}; change it or batch_size"
             )
+    config.parallel.check_micro_batches(stage.batch_tokens // step_tokens for stage in config.stages)
     flops = {stage.seq_len: flops_per_token(model_config, stage.seq_len) for stage in config.stages}
     return (
         lambda step: stage_at(step, config.stages).batch_tokens // step_tokens,
