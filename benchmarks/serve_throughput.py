@@ -6,9 +6,9 @@
 Model: a ~48M-parameter Llama-architecture decoder (random weights, fp32, a 32K vocabulary so no Llama 3 stop
 token can come out: every request runs to its fixed length). Workload: random prompts of 32..160 tokens, output
 lengths spread uniformly over 16..256, the same requests for both. At concurrency c herd's engine keeps c
-requests in flight (a new one is sent as soon as one finishes, as benchmark_serving's --max-concurrency does);
-HF runs the same requests in static batches of c, each batch generating its longest request's length. Times
-are taken in-process at every new token: TTFT from a request's send (herd) or its batch's start (HF) to its
+requests in flight (a new one is sent as soon as one finishes, as benchmark_serving's --max-concurrency does),
+with the prepacked linears `herd serve` uses on CPU (`--unpacked`: plain F.linear). HF runs the same requests in
+static batches of c, each batch generating its longest request's length. Times are taken in-process at every new token: TTFT from a request's send (herd) or its batch's start (HF) to its
 first token, TPOT = (latency - TTFT) / (tokens - 1) per request, ITL = every gap between consecutive tokens,
 output tokens/s = the requests' tokens / wall time. Each level runs herd then HF, `--runs` times interleaved;
 the table shows medians over runs. The headline is concurrency 16 (target: herd >= 2x HF's output tokens/s
@@ -35,6 +35,7 @@ from transformers import LlamaForCausalLM, StoppingCriteria, StoppingCriteriaLis
 import herd.checkpoint as ckpt
 from herd.model import ModelConfig, build_model
 from herd.serve import Engine, EngineConfig, RequestParams
+from herd.serve.packed import pack_linears
 from herd.tokenizer import Tokenizer, default_tokenizer_path
 
 CONFIG = ModelConfig(
@@ -147,15 +148,20 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=2, help="requests per level: this many static batches")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--unpacked", action="store_true", help="herd without prepacked linears (plain F.linear)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tok = Tokenizer(default_tokenizer_path())
     model = build_model(CONFIG).eval()
     model.init_weights(0)
     levels = [int(c) for c in args.concurrency.split(",")]
+    params = model.num_params()
     with tempfile.TemporaryDirectory() as directory:
         hf = hf_model(model, tok, directory)
-    print(f"{model.num_params() / 1e6:.1f}M-parameter Llama, fp32, {args.threads} thread(s), torch "
+    if not args.unpacked:
+        pack_linears(model)  # as `herd serve` does on CPU
+    print(f"{params / 1e6:.1f}M-parameter Llama, fp32, {'plain' if args.unpacked else 'prepacked'} linears, "
+          f"{args.threads} thread(s), torch "
           f"{torch.__version__}, transformers {transformers.__version__}; prompts 32..160, outputs 16..256 tokens; "
           f"median of {args.runs} runs")
     engines = {c: Engine(model, tok, EngineConfig(max_running=c, max_step_tokens=max(256, c))) for c in levels}
