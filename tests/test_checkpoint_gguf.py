@@ -277,3 +277,25 @@ def test_cli_convert_to_gguf(tmp_path, tok):
     )
     assert result.returncode == 0, result.stderr
     assert field(gguf.GGUFReader(out), "general.file_type") == 7
+
+
+def test_llama_cpp_runs_the_export_to_herds_greedy_tokens(tmp_path, tok):
+    """llama.cpp itself (through llama-cpp-python, a source build) loads the f32 export: its next-token logits match
+    herd's and greedy decoding picks the same 12 tokens."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds from source)")
+    model = random_model(small_config())
+    src = ckpt.save(model, tok, tmp_path / "src")
+    path = ckpt.convert(src, tmp_path / "model.gguf", to="gguf")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+    prompt = tok.encode("Hello world, the", bos=True)
+    ours, theirs = list(prompt), list(prompt)
+    llm.eval(theirs)
+    with torch.inference_mode():
+        first = model(torch.tensor([ours]))[0, -1]
+    np.testing.assert_allclose(llm.scores[llm.n_tokens - 1], first.numpy(), rtol=1e-3, atol=1e-3)
+    for _ in range(12):
+        with torch.inference_mode():
+            ours.append(int(model(torch.tensor([ours]))[0, -1].argmax()))
+        theirs.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval(theirs[-1:])
+    assert theirs == ours
