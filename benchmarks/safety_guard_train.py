@@ -1,7 +1,7 @@
 """Train a small guard on CPU with herd.safety.guard_recipe and report F1 / AUPRC / FPR on the held-out template,
 beside the release's figures for Llama Guard 2 8B on Meta's data (F1 0.915, AUPRC 0.974, FPR 0.040).
 
-    python benchmarks/safety_guard_train.py [--categories 13] [--steps 600] [--out /tmp/guard]
+    python benchmarks/safety_guard_train.py [--categories 13] [--steps 600] [--curriculum 2,4,8] [--out /tmp/guard]
 """
 
 from __future__ import annotations
@@ -37,23 +37,32 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--dim", type=int, default=96)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8, help="rows of 512 tokens per step")
+    parser.add_argument("--curriculum", type=lambda v: [int(x) for x in v.split(",")], default=[],
+                        help="universe sizes trained first, e.g. 2,4,8 (the steps split evenly over the phases)")
     parser.add_argument("--out", default="/tmp/herd_guard_bench")
     args = parser.parse_args()
 
     universe = UNIVERSE[: args.categories]
-    names = [c.name for c in universe]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train = guard_records(synthetic_examples(names, n=args.train, seed=0), universe, max_size=args.max_size, seed=0)
-    test = guard_records(synthetic_examples(names, n=args.test, seed=1, held_out=True), universe,
+    phases = [*args.curriculum, len(universe)]
+    datas = []
+    for i, size in enumerate(phases):  # a curriculum: each phase's requests and taxonomies from the first `size`
+        names = [c.name for c in universe[:size]]
+        records = guard_records(synthetic_examples(names, n=args.train, seed=10 * i), universe[:size],
+                                max_size=args.max_size, seed=10 * i)
+        datas.append(write_sft_data(records, out / f"train{i}.jsonl"))
+    test = guard_records(synthetic_examples([c.name for c in universe], n=args.test, seed=1, held_out=True), universe,
                          max_size=args.max_size, seed=1)
-    data = write_sft_data(train, out / "train.jsonl")
-    base = build_base(data, out, vocab_size=args.vocab, dim=args.dim, n_layers=args.layers)
-    config = SFTConfig(out_dir=str(out / "run"), model=str(base), data=str(data), steps=args.steps, batch_size=8,
-                       seq_len=512, device="cpu", progress=False, checkpoint_interval=0)
-    config.optim.lr, config.optim.warmup_steps = args.lr, 20
+    model = build_base(datas[-1], out, vocab_size=args.vocab, dim=args.dim, n_layers=args.layers)
     start = time.perf_counter()
-    guard_dir = train_guard(config)
+    for i, data in enumerate(datas):
+        config = SFTConfig(out_dir=str(out / f"run{i}"), model=str(model), data=str(data),
+                           steps=args.steps // len(datas), batch_size=args.batch, seq_len=512, device="cpu",
+                           progress=False, checkpoint_interval=0)
+        config.optim.lr, config.optim.warmup_steps = args.lr, 20
+        model = guard_dir = train_guard(config)
     trained_s = time.perf_counter() - start
     start = time.perf_counter()
     metrics = evaluate_guard(LlamaGuard.load(guard_dir), test)

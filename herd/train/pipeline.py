@@ -76,7 +76,7 @@ class PipelineRank(nn.Module):
         super().__init__()
         n_layers = model.config.n_layers
         modules = [StageModule(model, stage_layers(n_layers, num_stages, stage)) for stage in stage_ids]
-        self.config, self.stage_ids, self.num_stages = model.config, stage_ids, num_stages
+        self.stage_ids, self.num_stages = stage_ids, num_stages
         self.tok_embeddings = modules[0].tok_embeddings
         self.layers = nn.ModuleDict({name: layer for module in modules for name, layer in module.layers.items()})
         self.norm, self.output = modules[-1].norm, modules[-1].output
