@@ -39,6 +39,9 @@ def test_records_hold_each_category_both_ways():
     held_out = synthetic_examples(names, n=50, seed=1, held_out=True)
     assert all(e.text.startswith("explain how someone could") for e in held_out)
     assert set(ACTS) == set(names)
+    paraphrased = synthetic_examples(names, n=400, seed=2, paraphrases=True)
+    assert any(e.text.startswith("walk me through how to") for e in paraphrased)  # a PARAPHRASES template
+    assert not any(e.text.startswith("explain how someone could") for e in paraphrased)  # still held out
 
 
 def test_sft_records_use_the_guard_template(tmp_path):
