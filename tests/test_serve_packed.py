@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from test_serve_engine import _run, _tokens
 
 import herd
 from herd.serve import Engine, EngineConfig, RequestParams
@@ -43,16 +44,11 @@ def test_packing_replaces_every_linear_and_keeps_a_tied_embedding():
 def test_a_packed_engine_serves_the_plain_engines_greedy_tokens():
     model, tok = herd.load("tiny")
     prompts = [tok.encode(text, bos=True) for text in ("Hello there, how are you?", "Tell me about the sea. " * 6)]
+    params = RequestParams(max_tokens=12)
     results = []
     for candidate in (model, pack_linears(copy.deepcopy(model))):
         engine = Engine(candidate, tok, EngineConfig(block_size=4, max_running=4, max_step_tokens=16))
-        for i, prompt in enumerate(prompts):
-            engine.add_request(str(i), prompt, RequestParams(max_tokens=12))
-        tokens: dict[str, list[int]] = {str(i): [] for i in range(len(prompts))}
-        while engine.has_unfinished():
-            for out in engine.step():
-                if out.token_id is not None:
-                    tokens[out.request_id].append(out.token_id)
-        results.append(tokens)
+        outputs = _run(engine, {0: [(str(i), prompt, params) for i, prompt in enumerate(prompts)]})
+        results.append({request: _tokens(outs) for request, outs in outputs.items()})
     assert results[0] == results[1]
     assert all(len(t) == 12 for t in results[0].values())

@@ -1,11 +1,9 @@
-"""Prepacked linears for serving on CPU: each weight reordered once into oneDNN's blocked layout.
+"""Prepacked linears for serving on CPU: each weight reordered once into oneDNN's blocked layout (`herd.model.prepack`).
 
-`F.linear` multiplies the weight as stored ([out, in], row-major) at every call. oneDNN can reorder it once
-(`torch.ops.mkldnn._reorder_linear_weight`, the reorder inductor's CPU freezing applies) and then multiply
-with `_linear_pointwise`; the math and the dtype stay the same. On this project's 2-core AVX-512 machine, at the
-16 rows of a decode step and 1 thread, that took a 512x1536 projection from 338 to 243 us and a 32K-vocab head
-from 15.9 to 6.7 ms (`benchmarks/serve_throughput.py` measures the engine end to end). Serving only: the
-reordered weight has no autograd, so a packed model does inference, never training.
+On this project's 2-core AVX-512 machine, at the 16 rows of a decode step and 1 thread, that took a 512x1536
+projection from 338 to 243 us and a 32K-vocab head from 15.9 to 6.7 ms (`benchmarks/serve_throughput.py`
+measures the engine end to end). Serving only: the reordered weight has no autograd, so a packed model does
+inference, never training.
 """
 
 from __future__ import annotations
@@ -14,10 +12,10 @@ import torch
 from torch import nn
 
 from herd.model import Transformer
+from herd.model.prepack import can_prepack, prepack, prepacked_matmul
 
 _PACK_HINT = 16
 """The row count oneDNN tunes the layout for; any row count works, and 1..256 rows ran within 10% of their best."""
-
 
 _ROW_BLOCK = 16
 """Rows go to oneDNN as a multiple of this plus a remainder below it. oneDNN (and ideep) cache a primitive for every
@@ -31,20 +29,17 @@ class PackedLinear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), _PACK_HINT)
+        self.packed = prepack(linear.weight, _PACK_HINT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).contiguous()
+        flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
         body = rows - rows % _ROW_BLOCK
         if 0 < body < rows:
-            out = torch.cat([self._multiply(flat[:body]), self._multiply(flat[body:])])
+            out = torch.cat([prepacked_matmul(flat[:body], self.packed), prepacked_matmul(flat[body:], self.packed)])
         else:
-            out = self._multiply(flat)
+            out = prepacked_matmul(flat, self.packed)
         return out.reshape(*x.shape[:-1], self.out_features)
-
-    def _multiply(self, rows: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(rows, self.packed, None, "none", [], "")
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -52,13 +47,7 @@ class PackedLinear(nn.Module):
 
 def can_pack(model: Transformer) -> bool:
     """Whether `model`'s linears can be packed: plain fp32/bf16 linears on a CPU torch built with oneDNN."""
-    weight = model.output.weight if isinstance(model.output, nn.Linear) else None
-    return (
-        weight is not None
-        and weight.device.type == "cpu"
-        and weight.dtype in (torch.float32, torch.bfloat16)
-        and torch.backends.mkldnn.is_available()
-    )
+    return isinstance(model.output, nn.Linear) and can_prepack(model.output.weight)
 
 
 @torch.no_grad()

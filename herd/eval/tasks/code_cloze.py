@@ -41,11 +41,11 @@ class CodeCloze(Task):
             starts = [i for i in _snippet_starts(lines) if offsets[i] >= CONTEXT_CHARS]
             for i in sorted(rng.sample(starts, min(PER_DOCUMENT, len(starts)))):
                 snippet = lines[i : i + SNIPPET_LINES]
+                gold = "".join(snippet)
                 orders = ["".join(order) for order in itertools.permutations(snippet)][1:]
-                choices = ["".join(snippet), *rng.sample(orders, 3)]
+                choices = [gold, *rng.sample(orders, 3)]
                 rng.shuffle(choices)
                 context = "".join(lines[:i])[-CONTEXT_CHARS:]
-                gold = "".join(snippet)
                 out.append(Sample(context, gold, tuple(choices), choices.index(gold), group=str(d)))
         if not out:
             raise HerdError(f"code_cloze found no {SNIPPET_LINES} distinct non-blank lines after {CONTEXT_CHARS} "
