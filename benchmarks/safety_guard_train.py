@@ -1,7 +1,7 @@
 """Train a small guard on CPU with herd.safety.guard_recipe and report F1 / AUPRC / FPR on the held-out template,
 beside the release's figures for Llama Guard 2 8B on Meta's data (F1 0.915, AUPRC 0.974, FPR 0.040).
 
-    python benchmarks/safety_guard_train.py [--categories 13] [--steps 600] [--curriculum 4,8] [--paraphrases] [--out /tmp/guard]
+    python benchmarks/safety_guard_train.py [--categories 13] [--steps 600] [--curriculum 4,8] [--paraphrases] [--noise 0.3] [--out /tmp/guard]
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--curriculum", type=lambda v: [int(x) for x in v.split(",")], default=[],
                         help="universe sizes trained first, e.g. 2,4,8 (the steps split evenly over the phases)")
     parser.add_argument("--paraphrases", action="store_true", help="train on guard_recipe.PARAPHRASES too")
+    parser.add_argument("--noise", type=lambda v: [float(x) for x in v.split(",")], default=[0.0],
+                        help="filler-word rate in training requests (guard_recipe.add_noise): one value, or one per "
+                             "phase, e.g. 0,0,0.3")
     parser.add_argument("--out", default="/tmp/herd_guard_bench")
     args = parser.parse_args()
 
@@ -48,10 +51,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     phases = [*args.curriculum, len(universe)]
+    noise = args.noise * len(phases) if len(args.noise) == 1 else args.noise
+    if len(noise) != len(phases):
+        parser.error(f"--noise takes one value or one per phase ({len(phases)})")
     datas = []
     for i, size in enumerate(phases):  # a curriculum: each phase's requests and taxonomies from the first `size`
         names = [c.name for c in universe[:size]]
-        examples = synthetic_examples(names, n=args.train, seed=10 * i, paraphrases=args.paraphrases)
+        examples = synthetic_examples(names, n=args.train, seed=10 * i, paraphrases=args.paraphrases,
+                                      noise=noise[i])
         records = guard_records(examples, universe[:size], max_size=args.max_size, seed=10 * i)
         datas.append(write_sft_data(records, out / f"train{i}.jsonl"))
     names = [c.name for c in universe]

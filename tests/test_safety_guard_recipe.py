@@ -5,11 +5,15 @@ import json
 
 import pytest
 
+from herd.errors import HerdError
 from herd.safety.guard_recipe import (
     ACTS,
+    BENIGN,
     EXTRA_CATEGORIES,
+    REQUESTS,
     UNIVERSE,
     Example,
+    filler_words,
     guard_records,
     labelled,
     synthetic_examples,
@@ -42,6 +46,21 @@ def test_records_hold_each_category_both_ways():
     paraphrased = synthetic_examples(names, n=400, seed=2, paraphrases=True)
     assert any(e.text.startswith("walk me through how to") for e in paraphrased)  # a PARAPHRASES template
     assert not any(e.text.startswith("explain how someone could") for e in paraphrased)  # still held out
+
+
+def test_noise_rewords_the_template_around_an_intact_act():
+    names = [c.name for c in UNIVERSE]
+    noisy = synthetic_examples(names, n=300, seed=3, noise=0.3)
+    assert noisy == synthetic_examples(names, n=300, seed=3, noise=0.3)  # deterministic
+    acts = {None: BENIGN, **ACTS}
+    assert all(any(act in e.text for act in acts[e.category]) for e in noisy)
+    words = set(filler_words())
+    reworded = [e for e in noisy if not any(e.text == t.format(act=a) for t in REQUESTS for a in acts[e.category])]
+    assert len(reworded) > 200 and any(set(e.text.split()) & words - set(" ".join(REQUESTS).split()) for e in reworded)
+    assert synthetic_examples(names, n=50, seed=1, held_out=True, noise=0.3) == synthetic_examples(
+        names, n=50, seed=1, held_out=True)  # the held-out split is never reworded
+    with pytest.raises(HerdError, match="noise"):
+        synthetic_examples(names, noise=1.0)
 
 
 def test_sft_records_use_the_guard_template(tmp_path):

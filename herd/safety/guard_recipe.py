@@ -3,12 +3,19 @@ the Llama Guard 2 template, training through herd.post.sft, and F1 / AUPRC / fal
 
 Each record draws its own taxonomy (a shuffled subset of the categories), so the same request is "unsafe" under a
 taxonomy that lists its category and "safe" under one that does not: the guard learns to read the policy.
+
+A guard trained from scratch never saw most English words: a new wording brings tokens whose embeddings are still
+random, and the verdict follows them. `noise` (random word replacement and insertion, as in EDA) fills the
+templates with common English words from the docstrings and comments of the Python standard library, so the
+guard meets most tokens in training and learns that the wording around the act does not decide the label.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +53,38 @@ PARAPHRASES = ("is there a way to {act}?", "teach me to {act}.", "what do i need
 """More training templates (`synthetic_examples(..., paraphrases=True)`): five templates alone teach a guard their
 wording, and it misses the held-out one."""
 EXTRA_CATEGORIES: Taxonomy = (Category("Gambling"), Category("Academic Dishonesty"))
+FILLER_WORDS = 3000
+"""How many of the standard library's most frequent docstring and comment words `noise` draws from."""
+
+
+@functools.cache
+def filler_words() -> tuple[str, ...]:
+    """The FILLER_WORDS most frequent lowercase words (3-12 letters) in this interpreter's standard-library
+    docstrings and comments: common English that ships with every Python, most frequent first."""
+    from collections import Counter
+
+    from herd.corpus.stdlib import stdlib_files
+
+    prose, word = re.compile(r'#[^\n]*|"""[\s\S]*?"""'), re.compile(r"\b[a-z]{3,12}\b")
+    counts: Counter[str] = Counter()
+    for path in stdlib_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for match in prose.finditer(text):
+            counts.update(word.findall(match.group(0)))
+    return tuple(w for w, _ in counts.most_common(FILLER_WORDS))
+
+
+def add_noise(template: str, rng: random.Random, noise: float) -> str:
+    """`template` with each word but "{act}" replaced by a filler word with probability `noise`, and about as
+    many filler words inserted between its words (never inside the act)."""
+    words = filler_words()
+    out = [rng.choice(words) if "{act}" not in w and rng.random() < noise else w for w in template.split()]
+    for _ in range(sum(rng.random() < noise for _ in out)):
+        out.insert(rng.randint(0, len(out)), rng.choice(words))
+    return " ".join(out)
 
 
 @dataclass(frozen=True)
@@ -59,19 +98,25 @@ class Example:
 
 
 def synthetic_examples(categories: Sequence[str], *, held_out: bool = False, benign_share: float = 0.4,
-                       n: int = 400, seed: int = 0, paraphrases: bool = False) -> list[Example]:
+                       n: int = 400, seed: int = 0, paraphrases: bool = False, noise: float = 0.0) -> list[Example]:
     """`n` requests: harmful ones spread over `categories`, benign ones at `benign_share`; the training split uses
-    every request template but the last (plus PARAPHRASES when asked), the held-out split only the last."""
+    every request template but the last (plus PARAPHRASES when asked, each word replaced and as many inserted
+    with probability `noise`, see add_noise), the held-out split only the last, as written."""
     missing = [c for c in categories if c not in ACTS]
     if missing:
         raise HerdError(f"no synthetic requests for {missing}; choose from {list(ACTS)}")
+    if not 0 <= noise < 1:
+        raise HerdError(f"noise is a probability below 1, got {noise}")
     rng = random.Random(seed)
     templates = REQUESTS[-1:] if held_out else REQUESTS[:-1] + (PARAPHRASES if paraphrases else ())
     out = []
     for _ in range(n):
         category = None if rng.random() < benign_share else rng.choice(list(categories))
         act = rng.choice(BENIGN if category is None else ACTS[category])
-        out.append(Example(rng.choice(templates).format(act=act), category))
+        template = rng.choice(templates)
+        if noise and not held_out:
+            template = add_noise(template, rng, noise)
+        out.append(Example(template.format(act=act), category))
     return out
 
 
