@@ -1,7 +1,8 @@
 """Train a small guard on CPU with herd.safety.guard_recipe and report F1 / AUPRC / FPR on the held-out template,
 beside the release's figures for Llama Guard 2 8B on Meta's data (F1 0.915, AUPRC 0.974, FPR 0.040).
 
-    python benchmarks/safety_guard_train.py [--categories 13] [--steps 600] [--curriculum 4,8] [--paraphrases] [--noise 0.3] [--out /tmp/guard]
+    python benchmarks/safety_guard_train.py [--categories 13] [--steps 600] [--curriculum 4,8] [--paraphrases]
+        [--noise 0.15] [--seed 0] [--out /tmp/guard]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--noise", type=lambda v: [float(x) for x in v.split(",")], default=[0.0],
                         help="filler-word rate in training requests (guard_recipe.add_noise): one value, or one per "
                              "phase, e.g. 0,0,0.3")
+    parser.add_argument("--seed", type=int, default=0, help="training data, initial weights and batch order")
     parser.add_argument("--out", default="/tmp/herd_guard_bench")
     args = parser.parse_args()
 
@@ -56,10 +58,9 @@ def main() -> None:
         parser.error(f"--noise takes one value or one per phase ({len(phases)})")
     datas = []
     for i, size in enumerate(phases):  # a curriculum: each phase's requests and taxonomies from the first `size`
-        names = [c.name for c in universe[:size]]
-        examples = synthetic_examples(names, n=args.train, seed=10 * i, paraphrases=args.paraphrases,
-                                      noise=noise[i])
-        records = guard_records(examples, universe[:size], max_size=args.max_size, seed=10 * i)
+        names, seed = [c.name for c in universe[:size]], 10 * i + 100 * args.seed
+        examples = synthetic_examples(names, n=args.train, seed=seed, paraphrases=args.paraphrases, noise=noise[i])
+        records = guard_records(examples, universe[:size], max_size=args.max_size, seed=seed)
         datas.append(write_sft_data(records, out / f"train{i}.jsonl"))
     names = [c.name for c in universe]
     tests = {  # the held-out template, and new draws of the training templates (new taxonomies for known wording)
@@ -68,12 +69,12 @@ def main() -> None:
         "training templates": guard_records(synthetic_examples(names, n=args.test, seed=7), universe,
                                             max_size=args.max_size, seed=7),
     }
-    model = build_base(datas[-1], out, vocab_size=args.vocab, dim=args.dim, n_layers=args.layers)
+    model = build_base(datas[-1], out, vocab_size=args.vocab, dim=args.dim, n_layers=args.layers, seed=args.seed)
     start = time.perf_counter()
     for i, data in enumerate(datas):
         config = SFTConfig(out_dir=str(out / f"run{i}"), model=str(model), data=str(data),
-                           steps=args.steps // len(datas), batch_size=args.batch, seq_len=512, device="cpu",
-                           progress=False, checkpoint_interval=0)
+                           steps=args.steps // len(datas), batch_size=args.batch, seq_len=512, seed=args.seed,
+                           device="cpu", progress=False, checkpoint_interval=0)
         config.optim.lr, config.optim.warmup_steps = args.lr, 20
         model = guard_dir = train_guard(config)
     trained_s = time.perf_counter() - start
