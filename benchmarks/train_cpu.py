@@ -1,13 +1,17 @@
 """Training tokens/s on CPU (fp32): herd's training step vs a plain HF `LlamaForCausalLM` + torch AdamW loop.
 
 Same shapes and batch for both (weights differ); each side runs `--runs` timed runs of `--steps` steps after warm-up,
-interleaved, and the medians are compared. Usage: python benchmarks/train_cpu.py [--dim 256 --layers 4 ...]
+interleaved, each run in a fresh process (as each side's users run it: herd's trainer sets process-wide allocator
+options), and the medians are compared. Usage: python benchmarks/train_cpu.py [--dim 256 --layers 4 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -90,6 +94,29 @@ def tokens_per_s(step: Callable[[], None], tokens: int, steps: int) -> tuple[flo
     return tokens * steps / (time.perf_counter() - wall), tokens * steps / (time.process_time() - cpu)
 
 
+SIDES = ("herd", "hf", "hf+retain")
+"""hf+retain: the HF loop with herd's host-memory setting (herd.train.host_memory), to show that part of the lead."""
+
+
+def run_side(args: argparse.Namespace) -> None:
+    """One timed run of one side in this process: warm-up, then `--steps` steps; prints its two rates as JSON."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tokens = torch.randint(0, args.vocab, (args.batch_size, args.seq_len + 1))
+    # one document per row: the same causal attention on both sides
+    batch = (tokens[:, :-1], tokens[:, 1:].clone(), torch.zeros(args.batch_size, args.seq_len, dtype=torch.long))
+    if args.side == "hf+retain":
+        from herd.train.host_memory import retain_freed_memory
+
+        retain_freed_memory()
+    step = herd_step(args, batch) if args.side == "herd" else hf_step(args, batch)
+    for _ in range(2):  # warm-up (allocator, compile)
+        step()
+    wall, cpu = tokens_per_s(step, args.batch_size * args.seq_len, args.steps)
+    print(json.dumps({"wall": wall, "cpu": cpu, "threads": torch.get_num_threads()}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=256)
@@ -103,33 +130,28 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="torch.compile herd's blocks")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    tokens = torch.randint(0, args.vocab, (args.batch_size, args.seq_len + 1))
-    # one document per row: the same causal attention on both sides
-    batch = (tokens[:, :-1], tokens[:, 1:].clone(), torch.zeros(args.batch_size, args.seq_len, dtype=torch.long))
-    steps = {"herd": herd_step(args, batch), "hf": hf_step(args, batch)}
-    n_tokens = args.batch_size * args.seq_len
-    for step in steps.values():  # warm-up (allocator, compile)
-        for _ in range(2):
-            step()
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
-    for _ in range(args.runs):
-        for name, step in steps.items():
-            results[name].append(tokens_per_s(step, n_tokens, args.steps))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model dim {args.dim} x {args.layers} layers, "
-          f"vocab {args.vocab}, batch {args.batch_size} x {args.seq_len}, fp32, {args.runs} runs of {args.steps} steps"
-          f"{', herd compiled' if args.compile else ''}")
-    print(f"{'':>5}  {'tokens/s (wall)':>16}  {'tokens/CPU-s':>13}  runs (wall)")
+    if args.side:
+        return run_side(args)
+    results: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
+    for _ in range(args.runs):  # interleaved; each run a fresh process, as each side's users run it
+        for side in SIDES:
+            child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", side], check=True,
+                                   capture_output=True, text=True)
+            results[side].append(json.loads(child.stdout.strip().splitlines()[-1]))
+    print(f"torch {torch.__version__}, {results['herd'][0]['threads']} threads; model dim {args.dim} x {args.layers} "
+          f"layers, vocab {args.vocab}, batch {args.batch_size} x {args.seq_len}, fp32, {args.runs} runs of "
+          f"{args.steps} steps, one process per run{', herd compiled' if args.compile else ''}")
+    print(f"{'':>9}  {'tokens/s (wall)':>16}  {'tokens/CPU-s':>13}  runs (wall)")
     medians = {}
-    for name, values in results.items():
-        medians[name] = [statistics.median(v[i] for v in values) for i in (0, 1)]
-        runs = ", ".join(f"{v[0]:.0f}" for v in values)
-        print(f"{name:>5}  {medians[name][0]:16.0f}  {medians[name][1]:13.0f}  {runs}")
-    wall, cpu = (medians["herd"][i] / medians["hf"][i] for i in (0, 1))
-    print(f"ratio herd / hf: {wall:.2f}x wall-clock, {cpu:.2f}x per CPU-second")
+    for side, runs in results.items():
+        medians[side] = {key: statistics.median(r[key] for r in runs) for key in ("wall", "cpu")}
+        listed = ", ".join(f"{r['wall']:.0f}" for r in runs)
+        print(f"{side:>9}  {medians[side]['wall']:16.0f}  {medians[side]['cpu']:13.0f}  {listed}")
+    for baseline in SIDES[1:]:
+        wall, cpu = (medians["herd"][key] / medians[baseline][key] for key in ("wall", "cpu"))
+        print(f"ratio herd / {baseline}: {wall:.2f}x wall-clock, {cpu:.2f}x per CPU-second")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from herd.train.checkpointing import CheckpointManager, rng_state, set_rng_state
 from herd.train.config import FaultConfig
 from herd.train.distributed import Distributed, clip_grad_norm_, grad_groups, hang_watchdog
 from herd.train.fused_loss import linear_cross_entropy
+from herd.train.host_memory import retain_freed_memory
 from herd.train.metrics import MetricsLog, memory_gib
 from herd.train.packing import IGNORE_INDEX
 
@@ -153,6 +154,8 @@ class Trainer:
         self.flops_per_token, self.peak_tflops = flops_per_token, peak_tflops
         self.state = LoopState()
         self.params = [p for p in model.parameters() if p.requires_grad]
+        if device.type == "cpu":
+            retain_freed_memory()  # no page faults on each step's fresh buffers (see herd.train.host_memory)
 
     # --- resume state -------------------------------------------------------------------------------
     def loop_state_dict(self) -> dict[str, Any]:
