@@ -1,8 +1,11 @@
 """Train a small guard on CPU with herd.safety.guard_recipe and report F1 / AUPRC / FPR on the held-out template,
 beside the release's figures for Llama Guard 2 8B on Meta's data (F1 0.915, AUPRC 0.974, FPR 0.040).
 
-    python benchmarks/safety_guard_train.py [--categories 13] [--steps 600] [--curriculum 4,8] [--paraphrases]
-        [--noise 0.15] [--seed 0] [--out /tmp/guard]
+    python benchmarks/safety_guard_train.py [--seed 0] [--out /tmp/guard]
+
+The defaults are the recipe (about 20 minutes on 2 cores): a 4-layer, dim-64 guard trained for 3,000 steps of 16
+rows in a curriculum of 4, 8 and then all 13 categories, on requests reworded with filler-word noise 0.15. Options
+change it: --categories, --steps, --curriculum 2,4,8, --paraphrases, --noise 0 (or one rate per phase), --layers ...
 """
 
 from __future__ import annotations
@@ -31,18 +34,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--categories", type=int, default=len(UNIVERSE), help="first N categories of the universe")
     parser.add_argument("--max-size", type=int, default=4, help="most categories in one prompt's taxonomy")
-    parser.add_argument("--train", type=int, default=3000)
+    parser.add_argument("--train", type=int, default=4000, help="records per phase")
     parser.add_argument("--test", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=3000, help="in all, split evenly over the phases")
     parser.add_argument("--vocab", type=int, default=900, help="BPE vocabulary (900: about one token per word)")
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--dim", type=int, default=96)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8, help="rows of 512 tokens per step")
-    parser.add_argument("--curriculum", type=lambda v: [int(x) for x in v.split(",")], default=[],
-                        help="universe sizes trained first, e.g. 2,4,8 (the steps split evenly over the phases)")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=4, help="2-layer guards never learn to read the taxonomy")
+    parser.add_argument("--batch", type=int, default=16, help="rows of 512 tokens per step")
+    parser.add_argument("--curriculum", type=lambda v: [int(x) for x in v.split(",") if x], default=[4, 8],
+                        help="universe sizes trained first, e.g. 2,4,8 (\"\": none; the steps split evenly over the phases)")
     parser.add_argument("--paraphrases", action="store_true", help="train on guard_recipe.PARAPHRASES too")
-    parser.add_argument("--noise", type=lambda v: [float(x) for x in v.split(",")], default=[0.0],
+    parser.add_argument("--noise", type=lambda v: [float(x) for x in v.split(",")], default=[0.15],
                         help="filler-word rate in training requests (guard_recipe.add_noise): one value, or one per "
                              "phase, e.g. 0,0,0.3")
     parser.add_argument("--seed", type=int, default=0, help="training data, initial weights and batch order")
