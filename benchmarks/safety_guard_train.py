@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4, help="2-layer guards never learn to read the taxonomy")
     parser.add_argument("--batch", type=int, default=16, help="rows of 512 tokens per step")
     parser.add_argument("--curriculum", type=lambda v: [int(x) for x in v.split(",") if x], default=[4, 8],
-                        help='universe sizes trained first, e.g. 2,4,8 ("": none); the steps split evenly over the phases')
+                        help='universe sizes trained first, e.g. 2,4,8 ("": none); the steps split over the phases')
     parser.add_argument("--paraphrases", action="store_true", help="train on guard_recipe.PARAPHRASES too")
     parser.add_argument("--noise", type=lambda v: [float(x) for x in v.split(",")], default=[0.15],
                         help="filler-word rate in training requests (guard_recipe.add_noise): one value, or one per "
