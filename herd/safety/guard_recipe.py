@@ -100,8 +100,8 @@ class Example:
 def synthetic_examples(categories: Sequence[str], *, held_out: bool = False, benign_share: float = 0.4,
                        n: int = 400, seed: int = 0, paraphrases: bool = False, noise: float = 0.0) -> list[Example]:
     """`n` requests: harmful ones spread over `categories`, benign ones at `benign_share`; the training split uses
-    every request template but the last (plus PARAPHRASES when asked, each word replaced and as many inserted
-    with probability `noise`, see add_noise), the held-out split only the last, as written."""
+    every request template but the last (plus PARAPHRASES when asked), reworded by add_noise at rate `noise`; the
+    held-out split only the last, as written."""
     missing = [c for c in categories if c not in ACTS]
     if missing:
         raise HerdError(f"no synthetic requests for {missing}; choose from {list(ACTS)}")

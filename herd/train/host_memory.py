@@ -3,7 +3,7 @@
 A training step allocates and frees the same activation and gradient buffers every step. glibc's malloc serves
 blocks above its mmap threshold (128 KB, rising to at most 32 MB as such blocks are freed) with fresh mappings and
 returns a freed heap top to the OS, so each step faults those pages in again and the kernel zero-fills them:
-about 5,500 minor faults per step for herd's CPU benchmark step, 38,000 for the HF loop it is compared with. Two
+5,500 to 8,300 minor faults per step for herd's CPU benchmark step, 38,000 for the HF loop it is compared with. Two
 `mallopt` settings keep the memory for reuse instead, as CUDA's caching allocator does on GPUs and Intel's CPU
 launcher does by preloading jemalloc or tcmalloc. Hand-written because torch exposes no host allocator setting.
 The cost: the process keeps its peak heap until it exits.
