@@ -24,11 +24,10 @@ def retain_freed_memory() -> bool:
     """Serve large blocks from the heap and never trim it; whether it applied (False off Linux/glibc)."""
     if not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt, _ = libc.mallopt, libc.gnu_get_libc_version  # glibc only (musl has no mallopt tuning)
-    except (OSError, AttributeError):
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only (musl has no mallopt tuning)
         return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     if not any(mallopt(M_MMAP_THRESHOLD, size) for size in MMAP_THRESHOLDS):
         return False
