@@ -190,6 +190,10 @@ def test_linear_cross_entropy_equals_the_plain_head_and_loss(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # matmuls in bf16, softmax in fp32
         low = fused_loss.linear_cross_entropy(hidden, weight, targets)
     assert low.dtype == torch.float32 and low.item() == pytest.approx(plain.item(), rel=2e-2)
+    again = fused_loss.linear_cross_entropy(hidden, weight, targets)
+    again.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass per forward"):  # its gradients were scaled in place
+        again.backward()
 
 
 def test_next_token_loss_takes_the_chunked_path_with_the_same_gradients():

@@ -8,6 +8,8 @@ logits, log-softmax or gradient tensors (on CPU those fresh 32 MB+ buffers are p
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from herd.model.prepack import can_prepack, prepack, prepacked_matmul
@@ -53,7 +55,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             safe = torch.where(valid, t, 0)[:, None]
             picked = logits.gather(1, safe)[:, 0]
             peak = logits.amax(dim=-1, keepdim=True)
-            exps = logits.sub_(peak).exp_()  # in place: the chunk's only exp pass
+            exps = _exp_(logits.sub_(peak))  # in place: the chunk's only exp pass
             sums = exps.sum(dim=-1)
             total += torch.where(valid, peak[:, 0] + sums.log() - picked, 0.0).sum()
             if not (want_hidden or want_weight):
@@ -69,16 +71,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_weight.addmm_(grad.T, h)
                 else:
                     grad_weight.add_(grad.T @ h)
-        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.grads = grad_hidden, grad_weight
         ctx.weight_dtype = weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        """The gradients formed in the forward pass, scaled in place (one backward per forward: they are dropped)."""
+        if ctx.grads is None:
+            raise RuntimeError("linear_cross_entropy supports one backward pass per forward (no retain_graph)")
+        grad_hidden, grad_weight = ctx.grads
+        ctx.grads = None
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
+            grad_hidden.mul_(grad_total.to(grad_hidden.dtype))
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+            grad_weight = grad_weight.mul_(grad_total).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None
+
+
+def _exp_(x: torch.Tensor) -> torch.Tensor:
+    """exp of x in place. On CPU as 2^(x log2 e): torch's fp32 exp_ takes 0.87 ms per 256 x 8192 chunk on 2 cores,
+    the multiply and exp2_ 0.3 ms, within 1e-6 relative; on GPUs the pass is memory-bound and the extra multiply a cost."""
+    return x.mul_(math.log2(math.e)).exp2_() if x.device.type == "cpu" else x.exp_()
 
