@@ -196,9 +196,10 @@ def grad_groups(params: Sequence[nn.Parameter]) -> list[list[nn.Parameter]]:
 
 
 def clip_grad_norm_(
-    groups: list[list[nn.Parameter]], max_norm: float, pp_group: dist.ProcessGroup | None
+    groups: list[list[nn.Parameter]], max_norm: float, pp_group: dist.ProcessGroup | None, divide_by: float = 1.0
 ) -> torch.Tensor:
-    """Clip the gradients of `grad_groups` to a global L2 norm `max_norm` (inf: no clipping); returns that norm.
+    """Divide the gradients of `grad_groups` by `divide_by` and clip them to a global L2 norm `max_norm` (inf: no
+    clipping), in one multiply; returns their norm after the division.
 
     The norm spans every shard: DTensor norms are made whole over their mesh, then stages add up over `pp_group`.
     """
@@ -213,8 +214,10 @@ def clip_grad_norm_(
         squared = total.double() ** 2
         dist.all_reduce(squared, group=pp_group)
         total = squared.sqrt().to(total.dtype)
+    total = total / divide_by
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0) / divide_by  # torch's clipping coefficient, then the division
     for group in groups:
-        torch.nn.utils.clip_grads_with_norm_(group, max_norm, total, foreach=True)
+        torch._foreach_mul_([p.grad for p in group], scale)
     return total
 
 

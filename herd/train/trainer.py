@@ -233,12 +233,9 @@ class Trainer:
         total, count, *values = self.distributed.sum_over_replicas([out.total, out.count, *out.metrics.values()])
         extra = dict(zip(out.metrics, values))
         tokens = sum(batch[0].numel() for batch in batches) * self.distributed.degree("dp")
-        groups = grad_groups(self.params)
-        if count:  # the mean over every unit of the step (all replicas), not a mean of means
-            for group in groups:
-                torch._foreach_div_([p.grad for p in group], float(count))
         clip = self.loop.grad_clip if self.loop.grad_clip > 0 else math.inf
-        grad_norm = float(clip_grad_norm_(groups, clip, self.distributed.group("pp")))
+        # the mean over every unit of the step (all replicas), not a mean of means; divided in the clipping pass
+        grad_norm = float(clip_grad_norm_(grad_groups(self.params), clip, self.distributed.group("pp"), count or 1))
         loss = total / max(count, 1)
         problem = self._problem(loss, grad_norm)
         if problem is None:
