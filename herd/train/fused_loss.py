@@ -15,7 +15,11 @@ import torch
 from herd.model.prepack import can_prepack, prepack, prepacked_matmul
 from herd.train.packing import IGNORE_INDEX
 
-CHUNK_ELEMENTS = {"cpu": 2**21, "cuda": 2**27}  # logits per chunk: 8 MB fp32 on CPU, 512 MB on GPU
+CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**27}  # logits per chunk: 16 MB fp32 on CPU, 512 MB on GPU
+MIN_CHUNK_ROWS = 256
+"""Rows per chunk at least, whatever the vocabulary: fewer make the head's GEMMs slow. A training step of dim 256 x 4
+layers on 2 CPU cores is 6% faster with a 32K vocabulary in 256-row chunks than in 64-row ones, and 1.3% faster with
+a vocab of 8,192 in 512-row chunks than in 256-row ones (steps alternated in one process, medians of 30)."""
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -33,7 +37,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         hidden, weight = hidden.to(dtype), weight.to(dtype)
     elif hidden.dtype != weight.dtype:
         hidden = hidden.to(weight.dtype)
-    rows = max(1, CHUNK_ELEMENTS.get(device, CHUNK_ELEMENTS["cuda"]) // weight.shape[0])
+    rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS.get(device, CHUNK_ELEMENTS["cuda"]) // weight.shape[0])
     with torch.autocast(device, enabled=False):
         return _LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, targets.flatten(), rows)
 
