@@ -126,8 +126,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per run")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--compile", action="store_true", help="torch.compile herd's blocks")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)  # one run, in a child process
