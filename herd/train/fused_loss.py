@@ -49,8 +49,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        # on CPU the head's weight is reordered for oneDNN once per call: 1.6x faster per 256-row chunk of a
-        # vocab-8192 head on 2 cores, for a 1 ms reorder a step
+        # on CPU the head's weight is reordered for oneDNN once per call: the forward and backward of a vocab-8192
+        # head over 1,024 rows take 76 ms instead of 83 on 2 cores, reorder included
         packed = prepack(weight, rows) if can_prepack(weight) else None
         for start in range(0, hidden.shape[0], rows):
             h, t = hidden[start : start + rows], targets[start : start + rows]
