@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from herd.errors import HerdError
+from herd.model.blocked_attention import blocked_attention, blocked_attention_applies
 from herd.model.config import ModelConfig
 from herd.model.kv_cache import KVCache
 from herd.model.masking import cache_mask, cache_positions, packed_mask_and_positions
@@ -63,10 +64,12 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_id, k, v) if slot is None else cache.write(self.layer_id, k, v, slot)
-        is_causal = mask is None and length > 1
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
-        )
+        if cache is None and blocked_attention_applies(q):
+            out = blocked_attention(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None and length > 1, enable_gqa=self.n_kv_heads != self.n_heads
+            )
         return self.wo(out.transpose(1, 2).reshape(batch, length, -1))
 
 

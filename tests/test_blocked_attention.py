@@ -1,0 +1,80 @@
+"""Blocked CPU training attention: equal to torch SDPA (outputs and gradients), and used only where it should be."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import herd.model.transformer as transformer
+from herd.model import ModelConfig, build_model
+from herd.model.blocked_attention import MAX_LENGTH, blocked_attention, blocked_attention_applies
+from herd.model.masking import document_mask
+
+
+def _qkv(batch, heads, kv_heads, length, dim, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    # q as the model makes it: a [B, H, T, D] view of a [B, T, H, D] projection
+    q = torch.randn(batch, length, heads, dim, generator=generator).transpose(1, 2).requires_grad_()
+    k = torch.randn(batch, kv_heads, length, dim, generator=generator).requires_grad_()
+    v = torch.randn(batch, kv_heads, length, dim, generator=generator).requires_grad_()
+    return q, k, v, torch.randn(batch, heads, length, dim, generator=generator)
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "length", "dim", "documents"),
+    [(8, 4, 256, 32, False), (4, 4, 150, 16, False), (6, 2, 130, 8, True), (4, 1, 64, 16, True), (2, 2, 2, 8, False)],
+)
+def test_equals_sdpa_with_gradients(heads, kv_heads, length, dim, documents):
+    q, k, v, grad = _qkv(2, heads, kv_heads, length, dim)
+    mask = None
+    if documents:
+        doc_ids = torch.zeros(2, length, dtype=torch.long)
+        doc_ids[0, length // 3 :] = 1
+        doc_ids[1, length // 2 :] = 1
+        doc_ids[1, length - 5 :] = 2
+        mask = document_mask(doc_ids)
+    results = []
+    for attend in (
+        lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True),
+        lambda: blocked_attention(q, k, v, mask),
+    ):
+        out = attend()
+        (out * grad).sum().backward()
+        results.append([out.detach(), *(t.grad for t in (q, k, v))])
+        for t in (q, k, v):
+            t.grad = None
+    for expected, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-5)
+
+
+def test_applies_to_fp32_cpu_training_only():
+    q = torch.randn(1, 2, 16, 8, requires_grad=True)
+    assert blocked_attention_applies(q)
+    assert not blocked_attention_applies(q.detach())
+    with torch.no_grad():
+        assert not blocked_attention_applies(q)
+    assert not blocked_attention_applies(torch.randn(1, 2, 16, 8, dtype=torch.bfloat16, requires_grad=True))
+    assert not blocked_attention_applies(torch.randn(1, 2, 1, 8, requires_grad=True))
+    assert not blocked_attention_applies(torch.randn(1, 1, MAX_LENGTH + 1, 8, requires_grad=True))
+
+
+def test_model_gradients_match_sdpa(monkeypatch):
+    """The model's training forward takes the blocked path; its loss and gradients are SDPA's."""
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=96)
+    model = build_model(config)
+    model.init_weights(0)
+    tokens = torch.randint(0, 128, (2, 96), generator=torch.Generator().manual_seed(1))
+    doc_ids = (torch.arange(96) >= 40).long().expand(2, 96)
+    runs = []
+    for applies in (blocked_attention_applies, lambda q: False):
+        monkeypatch.setattr(transformer, "blocked_attention_applies", applies)
+        calls = []
+        monkeypatch.setattr(transformer, "blocked_attention", lambda *a, calls=calls: calls.append(1) or blocked_attention(*a))
+        model.zero_grad()
+        loss = sum(F.cross_entropy(model(tokens, doc_ids=d).flatten(0, 1), tokens.flatten()) for d in (None, doc_ids))
+        loss.backward()
+        runs.append((len(calls), loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (blocked_calls, blocked_loss, blocked_grads), (sdpa_calls, sdpa_loss, sdpa_grads) = runs
+    assert (blocked_calls, sdpa_calls) == (2 * config.n_layers, 0)
+    torch.testing.assert_close(blocked_loss, sdpa_loss, rtol=1e-6, atol=1e-6)
+    for got, expected in zip(blocked_grads, sdpa_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
