@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import herd.model.transformer as transformer
-from herd.model import ModelConfig, build_model
+from herd.model import ModelConfig, build_model, transformer
 from herd.model.blocked_attention import MAX_LENGTH, blocked_attention, blocked_attention_applies
 from herd.model.masking import document_mask
 
