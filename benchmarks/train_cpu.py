@@ -1,8 +1,10 @@
 """Training tokens/s on CPU (fp32): herd's training step vs a plain HF `LlamaForCausalLM` + torch AdamW loop.
 
-Same shapes and batch for both (weights differ); each side runs `--runs` timed runs of `--steps` steps after warm-up,
-interleaved, each run in a fresh process (as each side's users run it: herd's trainer sets process-wide allocator
-options), and the medians are compared. Usage: python benchmarks/train_cpu.py [--dim 256 --layers 4 ...]
+Same shapes and batch for both (weights differ). Each side lives in its own process (as each side's users run it:
+herd's trainer sets process-wide allocator options); after warm-up the processes take turns, `--steps` steps each,
+for `--rounds` rounds, so the machine's drifts between fast and slow phases hit every side alike. Reported: each
+side's median rate, and the median over rounds of each round's ratio (the steadier figure on a noisy machine).
+Usage: python benchmarks/train_cpu.py [--dim 256 --layers 4 ...]
 """
 
 from __future__ import annotations
@@ -98,8 +100,9 @@ SIDES = ("herd", "hf", "hf+retain")
 """hf+retain: the HF loop with herd's host-memory setting (herd.train.host_memory), to show that part of the lead."""
 
 
-def run_side(args: argparse.Namespace) -> None:
-    """One timed run of one side in this process: warm-up, then `--steps` steps; prints its two rates as JSON."""
+def serve_side(args: argparse.Namespace) -> None:
+    """One side in this process: build and warm up, then for each line on stdin time `--steps` steps and print its
+    two rates as JSON; until stdin closes."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -113,8 +116,20 @@ def run_side(args: argparse.Namespace) -> None:
     step = herd_step(args, batch) if args.side == "herd" else hf_step(args, batch)
     for _ in range(2):  # warm-up (allocator, compile)
         step()
-    wall, cpu = tokens_per_s(step, args.batch_size * args.seq_len, args.steps)
-    print(json.dumps({"wall": wall, "cpu": cpu, "threads": torch.get_num_threads()}))
+    print(json.dumps({"ready": True, "threads": torch.get_num_threads()}), flush=True)
+    for _ in sys.stdin:
+        wall, cpu = tokens_per_s(step, args.batch_size * args.seq_len, args.steps)
+        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
+
+
+def _ask(child: subprocess.Popen, request: str | None = None) -> dict:
+    if request is not None:
+        child.stdin.write(request + "\n")
+        child.stdin.flush()
+    line = child.stdout.readline()
+    if not line:
+        raise RuntimeError(f"a benchmark process exited early: {child.args}")
+    return json.loads(line)
 
 
 def main() -> None:
@@ -126,32 +141,37 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=3, help="steps per side per round")
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--compile", action="store_true", help="torch.compile herd's blocks")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)  # one run, in a child process
+    parser.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)  # one side, in a child process
     args = parser.parse_args()
     if args.side:
-        return run_side(args)
+        return serve_side(args)
+    children = {side: subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--side", side], text=True,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE) for side in SIDES}
+    ready = [_ask(child) for child in children.values()]  # each warms up in turn
+    threads = ready[0]["threads"]
     results: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
-    for _ in range(args.runs):  # interleaved; each run a fresh process, as each side's users run it
-        for side in SIDES:
-            child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", side], check=True,
-                                   capture_output=True, text=True)
-            results[side].append(json.loads(child.stdout.strip().splitlines()[-1]))
-    print(f"torch {torch.__version__}, {results['herd'][0]['threads']} threads; model dim {args.dim} x {args.layers} "
-          f"layers, vocab {args.vocab}, batch {args.batch_size} x {args.seq_len}, fp32, {args.runs} runs of "
-          f"{args.steps} steps, one process per run{', herd compiled' if args.compile else ''}")
-    print(f"{'':>9}  {'tokens/s (wall)':>16}  {'tokens/CPU-s':>13}  runs (wall)")
-    medians = {}
+    for _ in range(args.rounds):
+        for side, child in children.items():
+            results[side].append(_ask(child, "run"))
+    for child in children.values():
+        child.stdin.close()
+        child.wait()
+    print(f"torch {torch.__version__}, {threads} threads; model dim {args.dim} x {args.layers} layers, vocab "
+          f"{args.vocab}, batch {args.batch_size} x {args.seq_len}, fp32, {args.rounds} rounds of {args.steps} steps "
+          f"per side, one process per side{', herd compiled' if args.compile else ''}")
+    print(f"{'':>9}  {'tokens/s (wall)':>16}  {'tokens/CPU-s':>13}  rounds (wall)")
     for side, runs in results.items():
-        medians[side] = {key: statistics.median(r[key] for r in runs) for key in ("wall", "cpu")}
+        medians = {key: statistics.median(r[key] for r in runs) for key in ("wall", "cpu")}
         listed = ", ".join(f"{r['wall']:.0f}" for r in runs)
-        print(f"{side:>9}  {medians[side]['wall']:16.0f}  {medians[side]['cpu']:13.0f}  {listed}")
+        print(f"{side:>9}  {medians['wall']:16.0f}  {medians['cpu']:13.0f}  {listed}")
     for baseline in SIDES[1:]:
-        wall, cpu = (medians["herd"][key] / medians[baseline][key] for key in ("wall", "cpu"))
-        print(f"ratio herd / {baseline}: {wall:.2f}x wall-clock, {cpu:.2f}x per CPU-second")
+        wall, cpu = (statistics.median(h[key] / b[key] for h, b in zip(results["herd"], results[baseline], strict=True))
+                     for key in ("wall", "cpu"))
+        print(f"ratio herd / {baseline} (median over rounds): {wall:.2f}x wall-clock, {cpu:.2f}x per CPU-second")
 
 
 if __name__ == "__main__":
