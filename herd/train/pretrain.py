@@ -256,9 +256,9 @@ def estimate_memory(
 
     Activations per block and token: ~9 x dim + 3 x kv_dim + 4 x ffn_hidden values saved for the backward
     (norms, q/k/v before and after RoPE, attention output, SwiGLU's three hidden tensors), plus the
-    attention-probability matrix where the attention kernel materializes it (a masked CPU SDPA), plus the
-    logits (compute dtype, fp32 copy and gradient). Checkpointing keeps one block's activations and every
-    block's input.
+    attention-probability matrix where attention materializes it (on CPU: herd.model.blocked_attention, or a
+    masked SDPA), plus the logits (compute dtype, fp32 copy and gradient). Checkpointing keeps one block's
+    activations and every block's input.
     """
     params = model.num_params()
     tokens = batch_size * seq_len
