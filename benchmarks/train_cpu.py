@@ -1,4 +1,4 @@
-"""Training tokens/s on CPU (fp32): herd's training step vs a plain HF `LlamaForCausalLM` + torch AdamW loop.
+"""Training tokens/s on CPU (fp32): herd's step, eager and compiled, vs a plain HF `LlamaForCausalLM` + AdamW loop.
 
 Same shapes and batch for both (weights differ). Each side lives in its own process (as each side's users run it:
 herd's trainer sets process-wide allocator options); after warm-up the processes take turns, `--steps` steps each,
@@ -10,6 +10,7 @@ Usage: python benchmarks/train_cpu.py [--dim 256 --layers 4 ...]
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -21,7 +22,7 @@ from collections.abc import Callable
 import torch
 
 
-def herd_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...]) -> Callable[[], None]:
+def herd_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...], compile: bool) -> Callable[[], None]:
     from herd.model import ModelConfig, build_model
     from herd.train.config import FaultConfig, OptimConfig
     from herd.train.distributed import Distributed
@@ -36,7 +37,7 @@ def herd_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...]) -> Call
     )
     device = torch.device("cpu")
     model = build_model(config, device="meta")
-    parallelize(model, Distributed(0, 1, device), activation_checkpointing=False, compile=args.compile)
+    parallelize(model, Distributed(0, 1, device), activation_checkpointing=False, compile=compile)
     model.to_empty(device="cpu")
     model.init_weights(0)
     loop = LoopConfig(steps=10**9, lr_at=lambda step: 1e-4, accum_at=lambda step: 1, faults=FaultConfig(), progress=False)
@@ -96,8 +97,9 @@ def tokens_per_s(step: Callable[[], None], tokens: int, steps: int) -> tuple[flo
     return tokens * steps / (time.perf_counter() - wall), tokens * steps / (time.process_time() - cpu)
 
 
-SIDES = ("herd", "hf", "hf+retain")
-"""hf+retain: the HF loop with herd's host-memory setting (herd.train.host_memory), to show that part of the lead."""
+SIDES = ("herd", "herd+compile", "hf", "hf+retain")
+"""herd+compile: herd with `compile=true` (blocks compiled by torch.compile). hf+retain: the HF loop with herd's
+host-memory setting (herd.train.host_memory), to show that part of the lead."""
 
 
 def serve_side(args: argparse.Namespace) -> None:
@@ -113,7 +115,10 @@ def serve_side(args: argparse.Namespace) -> None:
         from herd.train.host_memory import retain_freed_memory
 
         retain_freed_memory()
-    step = herd_step(args, batch) if args.side == "herd" else hf_step(args, batch)
+    if args.side.startswith("herd"):
+        step = herd_step(args, batch, compile=args.side == "herd+compile")
+    else:
+        step = hf_step(args, batch)
     for _ in range(2):  # warm-up (allocator, compile)
         step()
     print(json.dumps({"ready": True, "threads": torch.get_num_threads()}), flush=True)
@@ -143,7 +148,6 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3, help="steps per side per round")
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--compile", action="store_true", help="torch.compile herd's blocks")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)  # one side, in a child process
     args = parser.parse_args()
@@ -162,16 +166,16 @@ def main() -> None:
         child.wait()
     print(f"torch {torch.__version__}, {threads} threads; model dim {args.dim} x {args.layers} layers, vocab "
           f"{args.vocab}, batch {args.batch_size} x {args.seq_len}, fp32, {args.rounds} rounds of {args.steps} steps "
-          f"per side, one process per side{', herd compiled' if args.compile else ''}")
-    print(f"{'':>9}  {'tokens/s (wall)':>16}  {'tokens/CPU-s':>13}  rounds (wall)")
+          f"per side, one process per side")
+    print(f"{'':>12}  {'tokens/s (wall)':>16}  {'tokens/CPU-s':>13}  rounds (wall)")
     for side, runs in results.items():
         medians = {key: statistics.median(r[key] for r in runs) for key in ("wall", "cpu")}
         listed = ", ".join(f"{r['wall']:.0f}" for r in runs)
-        print(f"{side:>9}  {medians['wall']:16.0f}  {medians['cpu']:13.0f}  {listed}")
-    for baseline in SIDES[1:]:
-        wall, cpu = (statistics.median(h[key] / b[key] for h, b in zip(results["herd"], results[baseline], strict=True))
+        print(f"{side:>12}  {medians['wall']:16.0f}  {medians['cpu']:13.0f}  {listed}")
+    for ours, baseline in itertools.product(SIDES[:2], SIDES[2:]):
+        wall, cpu = (statistics.median(h[key] / b[key] for h, b in zip(results[ours], results[baseline], strict=True))
                      for key in ("wall", "cpu"))
-        print(f"ratio herd / {baseline} (median over rounds): {wall:.2f}x wall-clock, {cpu:.2f}x per CPU-second")
+        print(f"ratio {ours} / {baseline} (median over rounds): {wall:.2f}x wall-clock, {cpu:.2f}x per CPU-second")
 
 
 if __name__ == "__main__":

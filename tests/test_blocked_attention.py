@@ -77,3 +77,22 @@ def test_model_gradients_match_sdpa(monkeypatch):
     torch.testing.assert_close(blocked_loss, sdpa_loss, rtol=1e-6, atol=1e-6)
     for got, expected in zip(blocked_grads, sdpa_grads, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_blocks_match_eager():
+    """torch.compile traces the blocked attention (compile=true keeps it): same loss and gradients as eager."""
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=80)
+    models = [build_model(config) for _ in range(2)]
+    for model in models:
+        model.init_weights(0)
+    for block in models[1].layers:
+        block.compile()
+    tokens = torch.randint(0, 128, (2, 80), generator=torch.Generator().manual_seed(2))
+    losses = []
+    for model in models:
+        loss = F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for (name, compiled), eager in zip(models[1].named_parameters(), models[0].parameters(), strict=True):
+        torch.testing.assert_close(compiled.grad, eager.grad, rtol=1e-4, atol=1e-6, msg=name)

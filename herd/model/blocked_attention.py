@@ -23,7 +23,7 @@ def blocked_attention_applies(q: torch.Tensor) -> bool:
     """Whether `blocked_attention` should replace SDPA for queries q [B, H, T, head_dim] (fp32 CPU training)."""
     return (
         q.device.type == "cpu" and q.dtype == torch.float32 and q.requires_grad and torch.is_grad_enabled()
-        and 1 < q.shape[2] <= MAX_LENGTH and not torch.compiler.is_compiling()
+        and 1 < q.shape[2] <= MAX_LENGTH
     )
 
 
@@ -38,9 +38,10 @@ def _grouped(x: torch.Tensor, kv_heads: int, scale: float = 1.0) -> torch.Tensor
     """[B, H, T, D] -> [B * KV, T * G, D]: each key-value head's queries, rows ordered (position, head in group)."""
     batch, heads, length, dim = x.shape
     view = x.transpose(1, 2).reshape(batch, length, kv_heads, heads // kv_heads, dim).permute(0, 2, 1, 3, 4)
-    out = torch.empty(view.shape, dtype=x.dtype, device=x.device)
-    torch.mul(view, scale, out=out)
-    return out.view(batch * kv_heads, length * (heads // kv_heads), dim)
+    grouped = view.clone(memory_format=torch.contiguous_format)
+    if scale != 1.0:
+        grouped.mul_(scale)
+    return grouped.view(batch * kv_heads, length * (heads // kv_heads), dim)
 
 
 class _BlockedAttention(torch.autograd.Function):
