@@ -121,7 +121,7 @@ def serve_side(args: argparse.Namespace) -> None:
         step = hf_step(args, batch)
     for _ in range(2):  # warm-up (allocator, compile)
         step()
-    print(json.dumps({"ready": True, "threads": torch.get_num_threads()}), flush=True)
+    print(json.dumps({"threads": torch.get_num_threads()}), flush=True)  # ready
     for _ in sys.stdin:
         wall, cpu = tokens_per_s(step, args.batch_size * args.seq_len, args.steps)
         print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)

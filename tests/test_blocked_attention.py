@@ -67,7 +67,12 @@ def test_model_gradients_match_sdpa(monkeypatch):
     for applies in (blocked_attention_applies, lambda q: False):
         monkeypatch.setattr(transformer, "blocked_attention_applies", applies)
         calls = []
-        monkeypatch.setattr(transformer, "blocked_attention", lambda *a, calls=calls: calls.append(1) or blocked_attention(*a))
+
+        def counted(*args, calls=calls):
+            calls.append(1)
+            return blocked_attention(*args)
+
+        monkeypatch.setattr(transformer, "blocked_attention", counted)
         model.zero_grad()
         loss = sum(F.cross_entropy(model(tokens, doc_ids=d).flatten(0, 1), tokens.flatten()) for d in (None, doc_ids))
         loss.backward()

@@ -32,7 +32,8 @@ def test_lora_reference_is_the_base_model_sharing_its_weights(tok, tiny_model_di
     assert isinstance(reference, WithoutAdapters) and reference.model is policy  # no weights of its own
     pairs = [PreferencePair([{"role": "user", "content": f"what is {c}"}], f"good {c}", f"bad {c}") for c in COLORS[:3]]
     tokens, targets, _ = pair_batch(encode_pairs(tok, pairs, 64), [0, 1, 2], tok.eos_id)
-    with torch.no_grad():  # both without gradients: training attention takes another kernel (herd.model.blocked_attention)
+    # both without gradients: training attention takes another kernel (herd.model.blocked_attention)
+    with torch.no_grad():
         base = token_logps(make_model(tok), tokens, targets)
         assert torch.equal(token_logps(reference, tokens, targets), base)
         assert not torch.allclose(token_logps(policy, tokens, targets), base, atol=1e-3)  # adapters back on

@@ -32,7 +32,7 @@ def blocked_attention_applies(q: torch.Tensor) -> bool:
 def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Causal softmax attention of q [B, H, T, D] over k, v [B, KV, T, D] (H a multiple of KV), as SDPA computes it
     with `is_causal=True` when mask is None, else with the boolean mask [B, 1, T, T] (True where attention is
-    allowed; no row may be fully masked). Returns [B, H, T, D]."""
+    allowed): a causal one, such as a document mask, with no row fully masked. Returns [B, H, T, D]."""
     return _BlockedAttention.apply(q, k, v, mask)
 
 
@@ -70,7 +70,6 @@ class _BlockedAttention(torch.autograd.Function):
                 batch, kv_heads, end - start, group, dim).transpose(1, 2)
             probs.append(block_probs)
         ctx.save_for_backward(queries, keys, values, out, *probs)
-        ctx.heads = heads
         return out.view(batch, length, heads, dim).transpose(1, 2)
 
     @staticmethod
@@ -92,5 +91,5 @@ class _BlockedAttention(torch.autograd.Function):
             grad_q[:, start:end] = torch.bmm(grad_scores, keys[:, :end]).view(
                 batch, kv_heads, end - start, group, dim).transpose(1, 2)
             grad_k[:, :end] += torch.bmm(grad_scores.transpose(1, 2), queries[:, rows])
-        grad_q = grad_q.mul_(dim**-0.5).view(batch, length, ctx.heads, dim).transpose(1, 2)
+        grad_q = grad_q.mul_(dim**-0.5).view(batch, length, kv_heads * group, dim).transpose(1, 2)
         return grad_q, grad_k.view(batch, kv_heads, length, dim), grad_v.view(batch, kv_heads, length, dim), None

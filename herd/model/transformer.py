@@ -68,7 +68,8 @@ class Attention(nn.Module):
             out = blocked_attention(q, k, v, mask)
         else:
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None and length > 1, enable_gqa=self.n_kv_heads != self.n_heads
+                q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
+                enable_gqa=self.n_kv_heads != self.n_heads,
             )
         return self.wo(out.transpose(1, 2).reshape(batch, length, -1))
 

@@ -89,12 +89,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             raise RuntimeError("linear_cross_entropy supports one backward pass per forward (no retain_graph)")
         grad_hidden, grad_weight = ctx.grads
         ctx.grads = None
-        if grad_total.device.type == "cpu" and float(grad_total) == 1.0:
-            return grad_hidden, None if grad_weight is None else grad_weight.to(ctx.weight_dtype), None, None
-        if grad_hidden is not None:
+        unit = grad_total.device.type == "cpu" and float(grad_total) == 1.0
+        if grad_hidden is not None and not unit:
             grad_hidden.mul_(grad_total.to(grad_hidden.dtype))
         if grad_weight is not None:
-            grad_weight = grad_weight.mul_(grad_total).to(ctx.weight_dtype)
+            grad_weight = (grad_weight if unit else grad_weight.mul_(grad_total)).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None
 
 
