@@ -1,9 +1,10 @@
-"""Training tokens/s on CPU (fp32): herd's step, eager and compiled, vs a plain HF `LlamaForCausalLM` + AdamW loop.
+"""Training tokens/s on CPU: herd's step, eager and compiled, vs a plain HF `LlamaForCausalLM` + AdamW loop.
 
 Same shapes and batch for both (weights differ). Each side lives in its own process (as each side's users run it:
 herd's trainer sets process-wide allocator options); after warm-up the processes take turns, `--steps` steps each,
 for `--rounds` rounds, so the machine's drifts between fast and slow phases hit every side alike. Reported: each
 side's median rate, and the median over rounds of each round's ratio (the steadier figure on a noisy machine).
+fp32 by default; `--dtype bfloat16` runs every side under bf16 autocast (fp32 weights), for CPUs with native bf16.
 Usage: python benchmarks/train_cpu.py [--dim 256 --layers 4 ...]
 """
 
@@ -43,7 +44,7 @@ def herd_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...], compile
     loop = LoopConfig(steps=10**9, lr_at=lambda step: 1e-4, accum_at=lambda step: 1, faults=FaultConfig(), progress=False)
     trainer = Trainer(
         model, build_optimizer(model, OptimConfig(), device), next_token_loss, _repeat(batch), loop,
-        MetricsLog(tempfile.mkdtemp()), device=device,
+        MetricsLog(tempfile.mkdtemp()), device=device, autocast_dtype=AUTOCAST[args.dtype],
     )
     return trainer.train_step
 
@@ -65,7 +66,8 @@ def hf_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...]) -> Callab
     tokens, labels = batch[0], torch.cat([batch[0][:, :1], batch[1]], dim=1)[:, :-1]  # HF shifts labels itself
 
     def step() -> None:
-        loss = model(input_ids=tokens, labels=labels).loss
+        with torch.autocast("cpu", dtype=AUTOCAST[args.dtype], enabled=AUTOCAST[args.dtype] is not None):
+            loss = model(input_ids=tokens, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -97,6 +99,7 @@ def tokens_per_s(step: Callable[[], None], tokens: int, steps: int) -> tuple[flo
     return tokens * steps / (time.perf_counter() - wall), tokens * steps / (time.process_time() - cpu)
 
 
+AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}
 SIDES = ("herd", "herd+compile", "hf", "hf+retain")
 """herd+compile: herd with `compile=true` (blocks compiled by torch.compile). hf+retain: the HF loop with herd's
 host-memory setting (herd.train.host_memory), to show that part of the lead."""
@@ -148,6 +151,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3, help="steps per side per round")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--dtype", choices=list(AUTOCAST), default="float32", help="bfloat16: autocast on every side")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)  # one side, in a child process
     args = parser.parse_args()
@@ -165,8 +169,8 @@ def main() -> None:
         child.stdin.close()
         child.wait()
     print(f"torch {torch.__version__}, {threads} threads; model dim {args.dim} x {args.layers} layers, vocab "
-          f"{args.vocab}, batch {args.batch_size} x {args.seq_len}, fp32, {args.rounds} rounds of {args.steps} steps "
-          f"per side, one process per side")
+          f"{args.vocab}, batch {args.batch_size} x {args.seq_len}, {args.dtype}, {args.rounds} rounds of {args.steps} "
+          f"steps per side, one process per side")
     print(f"{'':>12}  {'tokens/s (wall)':>16}  {'tokens/CPU-s':>13}  rounds (wall)")
     for side, runs in results.items():
         medians = {key: statistics.median(r[key] for r in runs) for key in ("wall", "cpu")}

@@ -45,19 +45,41 @@ def test_equals_sdpa_with_gradients(heads, kv_heads, length, dim, documents):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-5)
 
 
-def test_applies_to_fp32_cpu_training_only():
+def test_applies_to_fp32_and_bf16_cpu_training_only():
     q = torch.randn(1, 2, 16, 8, requires_grad=True)
     assert blocked_attention_applies(q)
     assert not blocked_attention_applies(q.detach())
     with torch.no_grad():
         assert not blocked_attention_applies(q)
-    assert not blocked_attention_applies(torch.randn(1, 2, 16, 8, dtype=torch.bfloat16, requires_grad=True))
+    assert not blocked_attention_applies(torch.randn(1, 2, 16, 8, dtype=torch.float16, requires_grad=True))
     assert not blocked_attention_applies(torch.randn(1, 2, 1, 8, requires_grad=True))
-    assert not blocked_attention_applies(torch.randn(1, 1, MAX_LENGTH + 1, 8, requires_grad=True))
+    for dtype, longest in MAX_LENGTH.items():
+        assert blocked_attention_applies(torch.randn(1, 1, longest, 8, dtype=dtype, requires_grad=True))
+        assert not blocked_attention_applies(torch.randn(1, 1, longest + 1, 8, dtype=dtype, requires_grad=True))
 
 
-def test_model_gradients_match_sdpa(monkeypatch):
-    """The model's training forward takes the blocked path; its loss and gradients are SDPA's."""
+def test_bf16_inputs_are_computed_in_fp32():
+    """bf16 q, k, v: the fp32 result rounded to bf16, gradients too; CPU autocast does not lower the kernel's GEMMs."""
+    q, k, v, grad = _qkv(2, 4, 2, 100, 16)
+    mask = document_mask((torch.arange(100) >= 30).long().expand(2, 100))
+    out = blocked_attention(q, k, v, mask)
+    expected = [out.detach(), *torch.autograd.grad(out, (q, k, v), grad)]
+    low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    out = blocked_attention(*low, mask)
+    got = [out.detach(), *torch.autograd.grad(out, low, grad.bfloat16())]
+    for tensor, reference in zip(got, expected, strict=True):
+        assert tensor.dtype == torch.bfloat16
+        torch.testing.assert_close(tensor.float(), reference, rtol=2e-2, atol=2e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = blocked_attention(q, k, v, mask)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("autocast", "rtol"), [(None, 1e-4), (torch.bfloat16, 3e-2)])
+def test_model_gradients_match_sdpa(monkeypatch, autocast, rtol):
+    """The model's training forward takes the blocked path, under bf16 autocast too; its loss and gradients are
+    SDPA's (to bf16's precision under autocast, where the blocked path is the more exact one)."""
     config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=96)
     model = build_model(config)
     model.init_weights(0)
@@ -74,14 +96,16 @@ def test_model_gradients_match_sdpa(monkeypatch):
 
         monkeypatch.setattr(transformer, "blocked_attention", counted)
         model.zero_grad()
-        loss = sum(F.cross_entropy(model(tokens, doc_ids=d).flatten(0, 1), tokens.flatten()) for d in (None, doc_ids))
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            logits = [model(tokens, doc_ids=d).float().flatten(0, 1) for d in (None, doc_ids)]
+        loss = sum(F.cross_entropy(scores, tokens.flatten()) for scores in logits)
         loss.backward()
         runs.append((len(calls), loss.detach(), [p.grad.clone() for p in model.parameters()]))
     (blocked_calls, blocked_loss, blocked_grads), (sdpa_calls, sdpa_loss, sdpa_grads) = runs
     assert (blocked_calls, sdpa_calls) == (2 * config.n_layers, 0)
-    torch.testing.assert_close(blocked_loss, sdpa_loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(blocked_loss, sdpa_loss, rtol=rtol / 100, atol=1e-6)
     for got, expected in zip(blocked_grads, sdpa_grads, strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol / 100)
 
 
 def test_compiled_blocks_match_eager():
