@@ -188,9 +188,15 @@ def test_linear_cross_entropy_equals_the_plain_head_and_loss(monkeypatch):
     torch.testing.assert_close(grads[1], weight.grad, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(fused_loss.linear_cross_entropy(hidden, weight, targets), plain.detach())
+    hidden.grad = weight.grad = None
     with torch.autocast("cpu", dtype=torch.bfloat16):  # matmuls in bf16, softmax in fp32
         low = fused_loss.linear_cross_entropy(hidden, weight, targets)
     assert low.dtype == torch.float32 and low.item() == pytest.approx(plain.item(), rel=2e-2)
+    low.backward()
+    assert hidden.grad.dtype == weight.grad.dtype == torch.float32
+    assert (weight.grad - grads[1] / 2).norm() < 2e-2 * weight.grad.norm()
+    # the weight gradient sums its chunks in fp32 and is never rounded to bf16
+    assert not torch.equal(weight.grad, weight.grad.bfloat16().float())
     again = fused_loss.linear_cross_entropy(hidden, weight, targets)
     again.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward pass per forward"):  # its gradients were scaled in place

@@ -32,20 +32,22 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     device = hidden.device.type
     if not torch.is_grad_enabled():
         hidden, weight = hidden.detach(), weight.detach()
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
-    elif hidden.dtype != weight.dtype:
-        hidden = hidden.to(weight.dtype)
+    compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS.get(device, CHUNK_ELEMENTS["cuda"]) // weight.shape[0])
     with torch.autocast(device, enabled=False):
-        return _LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, targets.flatten(), rows)
+        return _LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, targets.flatten(), rows, compute)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
+    def forward(
+        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, compute: torch.dtype
+    ) -> torch.Tensor:
+        """Casts to the compute dtype happen here, not in autograd: the weight gradient sums chunks in fp32 and is
+        returned in the weight's dtype, never rounded to bf16 on the way."""
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        hidden_dtype, weight_dtype = hidden.dtype, weight.dtype
+        hidden, weight = hidden.to(compute), weight.to(compute)
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -75,8 +77,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_weight.addmm_(grad.T, h)
                 else:
                     grad_weight.add_(grad.T @ h)
-        ctx.grads = grad_hidden, grad_weight
-        ctx.weight_dtype = weight.dtype
+        ctx.grads = (
+            None if grad_hidden is None else grad_hidden.to(hidden_dtype),
+            None if grad_weight is None else grad_weight.to(weight_dtype),
+        )
         return total
 
     @staticmethod
@@ -92,9 +96,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         unit = grad_total.device.type == "cpu" and float(grad_total) == 1.0
         if grad_hidden is not None and not unit:
             grad_hidden.mul_(grad_total.to(grad_hidden.dtype))
-        if grad_weight is not None:
-            grad_weight = (grad_weight if unit else grad_weight.mul_(grad_total)).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None
+        if grad_weight is not None and not unit:
+            grad_weight.mul_(grad_total.to(grad_weight.dtype))
+        return grad_hidden, grad_weight, None, None, None
 
 
 def _exp_(x: torch.Tensor) -> torch.Tensor:
