@@ -37,6 +37,15 @@ def test_bad_preset_and_override():
     assert preset_config("tiny", ["pretrain.steps=7"])["pretrain"]["steps"] == 7
 
 
+def test_pretraining_dtype_override_reaches_the_pretrain_config(tmp_path):
+    config = preset_config("tiny", ["pretrain.dtype=bfloat16"])
+    ctx = RunContext(tmp_path, config)
+    sources = {d: str(tmp_path / d) for d in (*config["pretrain"]["weights"], "val")}
+    ctx.manifests["tokenize"] = {"outputs": {"sources": sources}}
+    assert pretrain_config(ctx, tmp_path, config["pretrain"], steps=100).dtype == "bfloat16"
+    assert pretrain_config(ctx, tmp_path, preset_config("tiny")["pretrain"], steps=100).dtype == "auto"
+
+
 def test_llama3_tokenizer_gives_uint32_shards(tmp_path):
     """The larger presets' tokenizer: Meta's 128K BPE, copied (not trained), its shards uint32."""
     from herd.speedrun.run import run_stages
