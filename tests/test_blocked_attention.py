@@ -20,7 +20,8 @@ def _qkv(batch, heads, kv_heads, length, dim, seed=0):
 
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "length", "dim", "documents"),
-    [(8, 4, 256, 32, False), (4, 4, 150, 16, False), (6, 2, 130, 8, True), (4, 1, 64, 16, True), (2, 2, 2, 8, False)],
+    [(8, 4, 256, 32, False), (4, 4, 150, 16, False), (6, 2, 130, 8, True), (4, 1, 64, 16, True), (2, 2, 2, 8, False),
+     (4, 2, 300, 16, True)],  # documents: later blocks skip the keys before their first query's document
 )
 def test_equals_sdpa_with_gradients(heads, kv_heads, length, dim, documents):
     q, k, v, grad = _qkv(2, heads, kv_heads, length, dim)
@@ -109,7 +110,8 @@ def test_model_gradients_match_sdpa(monkeypatch, autocast, rtol):
 
 
 def test_compiled_blocks_match_eager():
-    """torch.compile traces the blocked attention (compile=true keeps it): same loss and gradients as eager."""
+    """torch.compile traces the blocked attention (compile=true keeps it), with and without a document mask: same
+    loss and gradients as eager (which skips keys under the mask)."""
     config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=80)
     models = [build_model(config) for _ in range(2)]
     for model in models:
@@ -117,9 +119,10 @@ def test_compiled_blocks_match_eager():
     for block in models[1].layers:
         block.compile()
     tokens = torch.randint(0, 128, (2, 80), generator=torch.Generator().manual_seed(2))
+    doc_ids = (torch.arange(80) >= 60).long().expand(2, 80)  # the last block (64..79) lies in the second document
     losses = []
     for model in models:
-        loss = F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+        loss = sum(F.cross_entropy(model(tokens, doc_ids=d).flatten(0, 1), tokens.flatten()) for d in (None, doc_ids))
         loss.backward()
         losses.append(loss.detach())
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
