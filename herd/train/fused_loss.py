@@ -44,7 +44,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, compute: torch.dtype
     ) -> torch.Tensor:
         """Casts to the compute dtype happen here, not in autograd: the weight gradient sums chunks in fp32 and is
-        returned in the weight's dtype, never rounded to bf16 on the way."""
+        scaled in fp32, then cast to the weight's dtype (an fp32 weight's gradient is never rounded to bf16)."""
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         hidden_dtype, weight_dtype = hidden.dtype, weight.dtype
         hidden, weight = hidden.to(compute), weight.to(compute)
@@ -77,10 +77,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_weight.addmm_(grad.T, h)
                 else:
                     grad_weight.add_(grad.T @ h)
-        ctx.grads = (
-            None if grad_hidden is None else grad_hidden.to(hidden_dtype),
-            None if grad_weight is None else grad_weight.to(weight_dtype),
-        )
+        ctx.grads, ctx.dtypes = (grad_hidden, grad_weight), (hidden_dtype, weight_dtype)
         return total
 
     @staticmethod
@@ -91,14 +88,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         """
         if ctx.grads is None:
             raise RuntimeError("linear_cross_entropy supports one backward pass per forward (no retain_graph)")
-        grad_hidden, grad_weight = ctx.grads
+        grads = ctx.grads
         ctx.grads = None
         unit = grad_total.device.type == "cpu" and float(grad_total) == 1.0
-        if grad_hidden is not None and not unit:
-            grad_hidden.mul_(grad_total.to(grad_hidden.dtype))
-        if grad_weight is not None and not unit:
-            grad_weight.mul_(grad_total.to(grad_weight.dtype))
-        return grad_hidden, grad_weight, None, None, None
+        hidden_grad, weight_grad = (
+            None if grad is None else (grad if unit else grad.mul_(grad_total.to(grad.dtype))).to(dtype)
+            for grad, dtype in zip(grads, ctx.dtypes, strict=True)
+        )
+        return hidden_grad, weight_grad, None, None, None
 
 
 def _exp_(x: torch.Tensor) -> torch.Tensor:
