@@ -10,6 +10,7 @@ from herd.config_overrides import from_dict
 from herd.errors import HerdError
 from herd.model import ModelConfig, preset
 from herd.speedrun import PRESETS, STAGES, preset_config, speedrun
+from herd.speedrun.post_stages import stage_fields
 from herd.speedrun.run import RunContext
 from herd.speedrun.train_stages import pretrain_config
 
@@ -37,13 +38,15 @@ def test_bad_preset_and_override():
     assert preset_config("tiny", ["pretrain.steps=7"])["pretrain"]["steps"] == 7
 
 
-def test_pretraining_dtype_override_reaches_the_pretrain_config(tmp_path):
-    config = preset_config("tiny", ["pretrain.dtype=bfloat16"])
+def test_dtype_reaches_every_training_stage(tmp_path):
+    config = preset_config("tiny", ["dtype=bfloat16"])
     ctx = RunContext(tmp_path, config)
     sources = {d: str(tmp_path / d) for d in (*config["pretrain"]["weights"], "val")}
     ctx.manifests["tokenize"] = {"outputs": {"sources": sources}}
+    ctx.manifests["anneal"] = {"outputs": {"model": str(tmp_path / "model")}}
     assert pretrain_config(ctx, tmp_path, config["pretrain"], steps=100).dtype == "bfloat16"
-    assert pretrain_config(ctx, tmp_path, preset_config("tiny")["pretrain"], steps=100).dtype == "auto"
+    assert stage_fields(ctx, tmp_path, config["sft"], str(tmp_path / "model"))["dtype"] == "bfloat16"
+    assert RunContext(tmp_path, preset_config("tiny")).dtype == "auto"
 
 
 def test_llama3_tokenizer_gives_uint32_shards(tmp_path):

@@ -11,11 +11,14 @@ from typing import Any
 from herd.config_overrides import from_dict
 
 
-def _common(ctx: Any, out: Path, s: dict[str, Any], model: str) -> dict[str, Any]:
-    return {"out_dir": str(out), "model": model, "steps": s["steps"], "batch_size": s["batch_size"],
-            "seq_len": s["seq_len"], "seed": ctx.seed, "device": ctx.device, "progress": ctx.progress,
-            "optim": {"lr": s["lr"], "warmup_steps": min(10, s["steps"] // 5), "anneal_steps": 0},
-            "checkpoint_interval": max(s["steps"] // 2, 1), "keep_last": 1}
+def stage_fields(ctx: Any, out: Path, s: dict[str, Any], model: str) -> dict[str, Any]:
+    """The fields every post-training stage's config shares: run dir, model, shapes, seed, device, dtype, schedule."""
+    return {
+        "out_dir": str(out), "model": model, "steps": s["steps"], "batch_size": s["batch_size"],
+        "seq_len": s["seq_len"], "seed": ctx.seed, "device": ctx.device, "dtype": ctx.dtype, "progress": ctx.progress,
+        "optim": {"lr": s["lr"], "warmup_steps": min(10, s["steps"] // 5), "anneal_steps": 0},
+        "checkpoint_interval": max(s["steps"] // 2, 1), "keep_last": 1,
+    }
 
 
 def _outputs(result: Any) -> dict[str, Any]:
@@ -27,7 +30,7 @@ def sft_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
     from herd.post import SFTConfig, sft
 
     post = ctx.stage_dir("corpus") / "post"
-    config = from_dict(SFTConfig, {**_common(ctx, out, s, ctx.outputs("anneal")["model"]),
+    config = from_dict(SFTConfig, {**stage_fields(ctx, out, s, ctx.outputs("anneal")["model"]),
                                    "data": str(post / "sft.jsonl"), "val_data": str(post / "sft_val.jsonl")})
     return _outputs(sft(config))
 
@@ -36,7 +39,7 @@ def rm_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
     from herd.post import RewardConfig, train_reward_model
 
     post = ctx.stage_dir("corpus") / "post"
-    config = from_dict(RewardConfig, {**_common(ctx, out, s, ctx.outputs("sft")["model"]),
+    config = from_dict(RewardConfig, {**stage_fields(ctx, out, s, ctx.outputs("sft")["model"]),
                                       "data": str(post / "prefs.jsonl"), "val_data": str(post / "prefs_val.jsonl")})
     return _outputs(train_reward_model(config))
 
@@ -65,7 +68,7 @@ def sft2_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
         for _ in range(s["rs_repeats"]):
             f.writelines(json.dumps({"messages": r["messages"]}) + "\n" for r in kept)
         f.write((post / "sft.jsonl").read_text(encoding="utf-8"))
-    config = from_dict(SFTConfig, {**_common(ctx, out, s, ctx.outputs("sft")["model"]),
+    config = from_dict(SFTConfig, {**stage_fields(ctx, out, s, ctx.outputs("sft")["model"]),
                                    "data": str(data), "val_data": str(post / "sft_val.jsonl")})
     return {**_outputs(sft(config)), "rejection_dialogs": len(kept)}
 
@@ -74,6 +77,6 @@ def dpo_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
     from herd.post import DPOConfig, dpo
 
     post = ctx.stage_dir("corpus") / "post"
-    config = from_dict(DPOConfig, {**_common(ctx, out, s, ctx.outputs("sft2")["model"]), "beta": s["beta"],
+    config = from_dict(DPOConfig, {**stage_fields(ctx, out, s, ctx.outputs("sft2")["model"]), "beta": s["beta"],
                                    "data": str(post / "prefs.jsonl"), "val_data": str(post / "prefs_val.jsonl")})
     return _outputs(dpo(config))

@@ -20,6 +20,7 @@ MIX = {"web": 0.40, "math": 0.30, "code": 0.17, "multilingual": 0.13}
 TINY: dict[str, Any] = {
     "seed": 0,
     "device": "cpu",
+    "dtype": "auto",  # of every training stage: fp32 on CPU, bf16 on GPU; bfloat16 is ~1.5x faster on CPUs with bf16
     "progress": True,
     "corpus": {"size": "tiny"},
     "data": {"workers": 2, "val_every": 40},
@@ -29,7 +30,6 @@ TINY: dict[str, Any] = {
         "model": {"dim": 160, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 64, "max_seq_len": 512},
         "steps": 400, "batch_size": 16, "seq_len": 256, "lr": 3e-3, "warmup_steps": 40, "weights": MIX,
         "eval_interval": 100, "val_batches": 8, "checkpoint_interval": 100,
-        "dtype": "auto",  # fp32 on CPU, bf16 on GPU; bfloat16 trains ~1.5x faster on CPUs with native bf16
     },
     "anneal": {"steps": 60},
     "sft": {"steps": 240, "batch_size": 16, "seq_len": 256, "lr": 1e-3},

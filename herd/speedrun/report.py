@@ -19,7 +19,8 @@ def write_report(ctx: Any, preset: str, wall_s: float) -> Path:
     lines = [f"# herd speedrun report card: preset `{preset}`", ""]
     total = sum(x["duration_s"] for x in m.values())
     lines += [f"Stage time {total / 60:.1f} min in all (this invocation: {wall_s / 60:.1f} min wall, finished stages "
-              f"skipped). Device: `{ctx.device}`. Chat with the result: `herd chat --model {ctx.run / 'final'}`.", ""]
+              f"skipped). Device: `{ctx.device}`, dtype `{ctx.dtype}`. Chat with the result: "
+              f"`herd chat --model {ctx.run / 'final'}`.", ""]
     lines += _headline(ctx)
     lines += ["## Stages", "", ("CPU s: this process's CPU seconds (all its threads; the data stages' worker processes "
                                 "not counted), which other load on the machine hardly changes."), "",

@@ -51,6 +51,11 @@ class RunContext:
         return self.config["device"]
 
     @property
+    def dtype(self) -> str:
+        """Compute dtype of the training stages (`PretrainConfig.dtype`); older run configs have none: auto."""
+        return self.config.get("dtype", "auto")
+
+    @property
     def progress(self) -> bool:
         return bool(self.config.get("progress", True))
 
@@ -71,7 +76,8 @@ def run_stages(ctx: RunContext, log: Callable[[str], None] = print, *, until: st
         if until is not None and list(STAGES).index(name) > list(STAGES).index(until):
             return
         settings = ctx.settings(name)
-        chain = hashlib.sha256(json.dumps([chain, name, settings, ctx.seed, ctx.device], sort_keys=True).encode()).hexdigest()
+        identity = [chain, name, settings, ctx.seed, ctx.device] + ([ctx.dtype] if ctx.dtype != "auto" else [])
+        chain = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         out = ctx.stage_dir(name)
         path = out / MANIFEST
         if path.is_file():
@@ -85,7 +91,7 @@ def run_stages(ctx: RunContext, log: Callable[[str], None] = print, *, until: st
         started, cpu = time.time(), time.process_time()
         outputs = fn(ctx, out, settings)
         manifest = {"stage": name, "complete": True, "chain": chain, "config": settings, "seed": ctx.seed,
-                    "device": ctx.device, "started": started, "duration_s": time.time() - started,
+                    "device": ctx.device, "dtype": ctx.dtype, "started": started, "duration_s": time.time() - started,
                     "cpu_s": time.process_time() - cpu, "outputs": outputs}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=1, default=str))

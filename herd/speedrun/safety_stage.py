@@ -71,8 +71,8 @@ def guard_report(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
     data = write_sft_data([(e, LLAMA_GUARD_2) for e in examples], out / "guard_sft.jsonl")
     base = build_base(data, out / "guard", vocab_size=512, seed=ctx.seed)
     config = SFTConfig(out_dir=str(out / "guard" / "run"), model=str(base), data=str(data), steps=s["guard_steps"],
-                       batch_size=8, seq_len=512, seed=ctx.seed, device=ctx.device, progress=ctx.progress,
-                       checkpoint_interval=0)
+                       batch_size=8, seq_len=512, seed=ctx.seed, device=ctx.device, dtype=ctx.dtype,
+                       progress=ctx.progress, checkpoint_interval=0)
     config.optim.lr, config.optim.warmup_steps = 3e-3, 5
     guard = LlamaGuard.load(train_guard(config), max_new_tokens=GUARD_ANSWER_TOKENS)
     held_out = synthetic_examples(categories, held_out=True, n=s["guard_eval"], seed=ctx.seed + 1)

@@ -18,12 +18,12 @@ def pretrain_config(ctx: Any, out: Path, s: dict[str, Any], *, steps: int, annea
     tokens = ctx.outputs("tokenize")["sources"]
     data = {"sources": {d: tokens[d] for d in DOMAINS}, "weights": s["weights"], "val_sources": {"val": tokens["val"]},
             "val_batches": s["val_batches"]}
-    extra = {k: s[k] for k in ("compile", "activation_checkpointing", "dtype") if k in s}
+    extra = {k: s[k] for k in ("compile", "activation_checkpointing") if k in s}
     return from_dict(PretrainConfig, {
         "out_dir": str(out), "model": {"preset": "tiny", "fields": s["model"]}, "data": data,
         "optim": {"lr": s["lr"], "warmup_steps": s["warmup_steps"], "anneal_steps": anneal},
         "steps": steps, "batch_size": s["batch_size"], "seq_len": s["seq_len"], "seed": ctx.seed,
-        "device": ctx.device, "eval_interval": s["eval_interval"], "checkpoint_interval": s["checkpoint_interval"],
+        "device": ctx.device, "dtype": ctx.dtype, "eval_interval": s["eval_interval"], "checkpoint_interval": s["checkpoint_interval"],
         "keep_last": 1, "progress": ctx.progress, **extra,
     })
 
