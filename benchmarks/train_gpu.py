@@ -3,7 +3,7 @@
 herd's own training step (Trainer, FSDP2 mixed precision, compiled blocks) on a fixed batch; reports the median
 tokens/s and MFU (model FLOPs incl. attention / the device's bf16 peak) over `--runs` timed runs of `--steps` steps.
 `--dry-run` runs the same code path on CPU (gloo, a tiny model, fp32) to check it without a GPU.
-Usage: python benchmarks/train_gpu.py [--layers 6 --seq-len 8192 --batch-size 1] | --dry-run
+Usage: python benchmarks/train_gpu.py [--layers 6 --seq-len 8192 --batch-size 1 --documents 1] | --dry-run
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def build(args: argparse.Namespace) -> tuple[ModelConfig, Trainer, torch.device]
     init_sharded_weights(model, config, seed=0)
     loop = LoopConfig(steps=10**9, lr_at=lambda step: 1e-5, accum_at=lambda step: 1, faults=FaultConfig(), progress=False)
     tokens = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
-    batch = (tokens[:, :-1], tokens[:, 1:].contiguous(), torch.zeros_like(tokens[:, :-1]))
+    # --documents N: N equal documents per row, so attention runs under a document mask, not the causal kernel
+    doc_ids = (torch.arange(args.seq_len, device=device) * args.documents // args.seq_len).expand(args.batch_size, -1)
+    batch = (tokens[:, :-1], tokens[:, 1:].contiguous(), doc_ids.contiguous())
     trainer = Trainer(model, build_optimizer(model, OptimConfig(), device), next_token_loss, Repeat(batch), loop,
                       MetricsLog(tempfile.mkdtemp(), enabled=False), device=device)
     return config, trainer, device
@@ -90,6 +92,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
+    parser.add_argument("--documents", type=int, default=1, help="documents packed per row (document-masked attention)")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak (default: herd's table)")
@@ -111,7 +114,7 @@ def main() -> None:
     memory = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else float("nan")
     print(f"device: {name}; model: llama3-8b architecture, {config.n_layers} layers, {config.num_params() / 1e9:.2f}B "
           f"params; batch {args.batch_size} x seq {args.seq_len}, {'fp32' if args.dry_run else 'bf16'} FSDP2, "
-          f"compile={not args.no_compile}, "
+          f"{args.documents} document(s) per row, compile={not args.no_compile}, "
           f"activation checkpointing={args.activation_checkpointing}")
     print("| tokens/s (median) | runs | TFLOPS | peak TFLOPS | MFU | peak memory GiB |")
     print("|---|---|---|---|---|---|")

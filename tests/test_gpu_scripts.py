@@ -9,7 +9,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 DRY_RUNS = {
-    "train_gpu.py": (["--dry-run"], "| tokens/s (median) |"),
+    "train_gpu.py": (["--dry-run", "--documents", "3"], "3 document(s) per row"),
     "serve_gpu.py": (["--dry-run"], "herd / HF output tokens/s"),
     "post_lora_gpu.py": (["--dry-run"], "losses:"),
     "decode_gpu.py": (["--device", "cpu", "--preset", "tiny"], "herd compiled"),
