@@ -20,7 +20,7 @@ MIX = {"web": 0.40, "math": 0.30, "code": 0.17, "multilingual": 0.13}
 TINY: dict[str, Any] = {
     "seed": 0,
     "device": "cpu",
-    "dtype": "auto",  # of every training stage: fp32 on CPU, bf16 on GPU; bfloat16 is ~1.5x faster on CPUs with bf16
+    "dtype": "auto",  # of every training stage: fp32 on CPU, bf16 on GPU; bfloat16 is 1.3-1.5x faster on CPUs with bf16
     "progress": True,
     "corpus": {"size": "tiny"},
     "data": {"workers": 2, "val_every": 40},
