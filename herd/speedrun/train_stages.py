@@ -23,8 +23,8 @@ def pretrain_config(ctx: Any, out: Path, s: dict[str, Any], *, steps: int, annea
         "out_dir": str(out), "model": {"preset": "tiny", "fields": s["model"]}, "data": data,
         "optim": {"lr": s["lr"], "warmup_steps": s["warmup_steps"], "anneal_steps": anneal},
         "steps": steps, "batch_size": s["batch_size"], "seq_len": s["seq_len"], "seed": ctx.seed,
-        "device": ctx.device, "dtype": ctx.dtype, "eval_interval": s["eval_interval"], "checkpoint_interval": s["checkpoint_interval"],
-        "keep_last": 1, "progress": ctx.progress, **extra,
+        "device": ctx.device, "dtype": ctx.dtype, "eval_interval": s["eval_interval"],
+        "checkpoint_interval": s["checkpoint_interval"], "keep_last": 1, "progress": ctx.progress, **extra,
     })
 
 

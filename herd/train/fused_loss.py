@@ -88,14 +88,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         """
         if ctx.grads is None:
             raise RuntimeError("linear_cross_entropy supports one backward pass per forward (no retain_graph)")
-        grads = ctx.grads
+        (grad_hidden, grad_weight), (hidden_dtype, weight_dtype) = ctx.grads, ctx.dtypes
         ctx.grads = None
         unit = grad_total.device.type == "cpu" and float(grad_total) == 1.0
-        hidden_grad, weight_grad = (
-            None if grad is None else (grad if unit else grad.mul_(grad_total.to(grad.dtype))).to(dtype)
-            for grad, dtype in zip(grads, ctx.dtypes, strict=True)
-        )
-        return hidden_grad, weight_grad, None, None, None
+
+        def finish(grad: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+            """Scaled in its accumulation dtype, then cast to its input's dtype."""
+            if grad is None:
+                return None
+            if not unit:
+                grad.mul_(grad_total.to(grad.dtype))
+            return grad.to(dtype)
+
+        return finish(grad_hidden, hidden_dtype), finish(grad_weight, weight_dtype), None, None, None
 
 
 def _exp_(x: torch.Tensor) -> torch.Tensor:
