@@ -49,7 +49,8 @@ def build(args: argparse.Namespace) -> tuple[ModelConfig, Trainer, torch.device]
     init_sharded_weights(model, config, seed=0)
     loop = LoopConfig(steps=10**9, lr_at=lambda step: 1e-5, accum_at=lambda step: 1, faults=FaultConfig(), progress=False)
     tokens = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
-    # --documents N: N equal documents per row, so attention runs under a document mask, not the causal kernel
+    # --documents N: N equal documents per row, so attention runs under a document mask (FlexAttention on CUDA), not
+    # the causal kernel
     doc_ids = (torch.arange(args.seq_len, device=device) * args.documents // args.seq_len).expand(args.batch_size, -1)
     batch = (tokens[:, :-1], tokens[:, 1:].contiguous(), doc_ids.contiguous())
     trainer = Trainer(model, build_optimizer(model, OptimConfig(), device), next_token_loss, Repeat(batch), loop,

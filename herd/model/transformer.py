@@ -12,10 +12,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 
 from herd.errors import HerdError
 from herd.model.blocked_attention import blocked_attention, blocked_attention_applies
 from herd.model.config import ModelConfig
+from herd.model.flex_attention import flex_document_attention
 from herd.model.kv_cache import KVCache
 from herd.model.masking import cache_mask, cache_positions, packed_mask_and_positions
 from herd.model.rope import apply_rope, rope_cos_sin, rope_frequencies
@@ -36,7 +38,8 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention with RoPE through torch SDPA."""
+    """Grouped-query self-attention with RoPE through torch SDPA (FlexAttention for packed documents on CUDA,
+    herd.model.blocked_attention for CPU training)."""
 
     def __init__(self, config: ModelConfig, layer_id: int) -> None:
         super().__init__()
@@ -52,7 +55,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor | BlockMask | None,
         cache: KVCache | None,
         slot: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -64,7 +67,9 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_id, k, v) if slot is None else cache.write(self.layer_id, k, v, slot)
-        if cache is None and blocked_attention_applies(q):
+        if isinstance(mask, BlockMask):  # packed documents on CUDA
+            out = flex_document_attention(q, k, v, mask)
+        elif cache is None and blocked_attention_applies(q):
             out = blocked_attention(q, k, v, mask)
         else:
             out = F.scaled_dot_product_attention(
@@ -174,7 +179,7 @@ class Transformer(nn.Module):
     def _run(
         self,
         tokens: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor | BlockMask | None,
         positions: torch.Tensor,
         cache: KVCache | None,
         slot: torch.Tensor | None,
@@ -190,7 +195,7 @@ class Transformer(nn.Module):
 
     def _mask_and_positions(
         self, tokens: torch.Tensor, doc_ids: torch.Tensor | None, cache: KVCache | None
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    ) -> tuple[torch.Tensor | BlockMask | None, torch.Tensor]:
         length = tokens.shape[1]
         if doc_ids is not None:
             if cache is not None:
