@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -96,12 +96,26 @@ def parallelize(
         apply_tensor_parallel(model, distributed.mesh["tp"], sequence_parallel)
     for block in model.layers.children():
         if activation_checkpointing:
-            block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+            block.forward = checkpointed(block.forward)
         if compile:
             block.compile()
     if distributed.degree("dp") > 1:
         apply_fsdp(model, distributed.mesh["dp"], param_dtype)
     return model
+
+
+def checkpointed(forward: Callable) -> Callable:
+    """`forward` recomputed in the backward pass instead of keeping its activations.
+
+    A function of herd's, not a functools.partial of torch's `checkpoint`: torch.compile never traces torch's own
+    frames, so a compiled block whose forward began in torch's code compiled nothing (silently); from this frame it
+    traces the checkpoint as one region of the graph.
+    """
+
+    def checkpointed_forward(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return checkpointed_forward
 
 
 def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, sequence_parallel: bool) -> None:
