@@ -137,12 +137,15 @@ class Transformer(nn.Module):
         doc_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        head: bool = True,
     ) -> torch.Tensor:
         """Logits for `tokens` [B, T].
 
         doc_ids [B, T]: document index of each token in packed rows; attention never crosses a
         document and positions restart at each one. cache: decode incrementally after the cached
-        tokens. last_only: compute the head for the final position only (prefill).
+        tokens. last_only: compute the head for the final position only (prefill). head=False: the
+        final-normed hidden states [B, T, dim] that `self.output` maps to logits instead, for losses that
+        apply the head themselves (chunked cross-entropy); through `forward`, so FSDP's hooks gather the weights.
         """
         start = cache.length if cache is not None else 0
         self._check_length(tokens, start)
@@ -150,14 +153,7 @@ class Transformer(nn.Module):
         hidden = self._run(tokens, mask, positions, cache, None, last_only)
         if cache is not None:
             cache.length += tokens.shape[1]
-        return self.output(hidden)
-
-    def features(self, tokens: torch.Tensor, *, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The final-normed hidden states [B, T, dim] that `self.output` maps to logits, for losses that apply the
-        head themselves (chunked cross-entropy): `forward(tokens, doc_ids=d)` is `output(features(tokens, doc_ids=d))`."""
-        self._check_length(tokens, 0)
-        mask, positions = self._mask_and_positions(tokens, doc_ids, None)
-        return self._run(tokens, mask, positions, None, None, False)
+        return self.output(hidden) if head else hidden
 
     def _check_length(self, tokens: torch.Tensor, start: int) -> None:
         if tokens.dim() != 2:

@@ -33,9 +33,14 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if not torch.is_grad_enabled():
         hidden, weight = hidden.detach(), weight.detach()
     compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-    rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS.get(device, CHUNK_ELEMENTS["cuda"]) // weight.shape[0])
+    rows = chunk_rows(weight.shape[0], device)
     with torch.autocast(device, enabled=False):
         return _LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, targets.flatten(), rows, compute)
+
+
+def chunk_rows(vocab_size: int, device_type: str) -> int:
+    """Rows of hidden states that go through the head together, for a vocabulary of `vocab_size` on a device type."""
+    return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS.get(device_type, CHUNK_ELEMENTS["cuda"]) // vocab_size)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

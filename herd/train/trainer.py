@@ -63,15 +63,19 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 def next_token_loss(model: nn.Module, batch: Batch) -> LossOutput:
     """Pretraining's loss: cross-entropy summed over the targets that are not IGNORE_INDEX.
 
-    A plain (unsharded) Transformer takes the chunked head + loss, which never holds the whole logits; a sharded
-    model (FSDP / tensor parallel, whose head's forward hooks gather its weights) or another module goes through
-    its forward and `token_cross_entropy`.
+    A Transformer takes the chunked head + loss, which never holds the whole logits. Under FSDP2 too: the model is
+    the root FSDP module, whose weights (head included) stay gathered from its forward until its backward. A head
+    sharded by tensor parallelism (a DTensor weight), or another module, goes through the whole logits and
+    `token_cross_entropy`.
     """
     tokens, targets, doc_ids = batch
     count = int((targets != IGNORE_INDEX).sum())
-    if isinstance(model, Transformer) and type(model.output) is nn.Linear and not isinstance(model.output.weight, DTensor):
-        return LossOutput(linear_cross_entropy(model.features(tokens, doc_ids=doc_ids), model.output.weight, targets), count, {})
-    return LossOutput(token_losses(model, batch).sum(), count, {})
+    if not (isinstance(model, Transformer) and type(model.output) is nn.Linear):
+        return LossOutput(token_losses(model, batch).sum(), count, {})
+    hidden = model(tokens, doc_ids=doc_ids, head=False)
+    if isinstance(model.output.weight, DTensor):
+        return LossOutput(token_cross_entropy(model.output(hidden), targets).sum(), count, {})
+    return LossOutput(linear_cross_entropy(hidden, model.output.weight, targets), count, {})
 
 
 @dataclass
