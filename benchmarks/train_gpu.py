@@ -3,7 +3,9 @@
 herd's own training step (Trainer, FSDP2 mixed precision, compiled blocks) on a fixed batch; reports the median
 tokens/s and MFU (model FLOPs incl. attention / the device's bf16 peak) over `--runs` timed runs of `--steps` steps.
 `--dry-run` runs the same code path on CPU (gloo, a tiny model, fp32) to check it without a GPU.
-Usage: python benchmarks/train_gpu.py [--layers 6 --seq-len 8192 --batch-size 1 --documents 1] | --dry-run
+`--documents N` packs N documents per row: document-masked attention (FlexAttention; `--dense-mask`: SDPA with a
+dense mask, for the side-by-side).
+Usage: python benchmarks/train_gpu.py [--layers 6 --seq-len 8192 --batch-size 1 --documents 1 --dense-mask] | --dry-run
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from herd.model import ModelConfig, build_model, preset
+from herd.model import ModelConfig, build_model, flex_attention, preset
 from herd.train.config import FaultConfig, OptimConfig
 from herd.train.distributed import Distributed
 from herd.train.fused_loss import chunk_rows
@@ -96,6 +98,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
     parser.add_argument("--documents", type=int, default=1, help="documents packed per row (document-masked attention)")
+    parser.add_argument("--dense-mask", action="store_true",
+                        help="document masks through SDPA with a dense [B, 1, T, T] mask instead of FlexAttention")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak (default: herd's table)")
@@ -105,6 +109,8 @@ def main() -> None:
         args.seq_len, args.steps, args.runs, args.warmup = 128, 2, 2, 1
     elif not torch.cuda.is_available():
         parser.error("no CUDA GPU visible; use --dry-run to check the code path on CPU")
+    if args.dense_mask:
+        flex_attention.FLEX_DEVICES = ()
     config, trainer, device = build(args)
     tokens = args.batch_size * args.seq_len
     for _ in range(args.warmup):
@@ -117,7 +123,8 @@ def main() -> None:
     memory = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else float("nan")
     print(f"device: {name}; model: llama3-8b architecture, {config.n_layers} layers, {config.num_params() / 1e9:.2f}B "
           f"params; batch {args.batch_size} x seq {args.seq_len}, {'fp32' if args.dry_run else 'bf16'} FSDP2, "
-          f"{args.documents} document(s) per row, compile={not args.no_compile}, "
+          f"{args.documents} document(s) per row{' (dense SDPA mask)' if args.dense_mask else ''}, "
+          f"compile={not args.no_compile}, "
           f"activation checkpointing={args.activation_checkpointing}")
     print("| tokens/s (median) | runs | TFLOPS | peak TFLOPS | MFU | peak memory GiB |")
     print("|---|---|---|---|---|---|")
