@@ -119,7 +119,8 @@ def checkpointed(forward: Callable) -> Callable:
 
 
 def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, sequence_parallel: bool) -> None:
-    """Shard the embedding by vocabulary rows, the head by output rows (logits gathered whole), each block per
+    """Shard the embedding by vocabulary rows, the head by output rows (its forward gathers the logits whole; the
+    training loss, herd.train.fused_loss, works on each rank's rows instead), each block per
     `block_plan`; with sequence parallelism the hidden states between blocks (and stages) are split along the sequence."""
     between = Shard(1) if sequence_parallel else Replicate()
     plan = {}

@@ -86,7 +86,7 @@ def _pretrain(config: PretrainConfig, distributed: Distributed) -> PretrainResul
     if config.seq_len > model_config.max_seq_len:
         raise HerdError(f"seq_len {config.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len}; lower seq_len")
     check_layout(model_config, distributed, config.parallel.pp_stages_per_rank)
-    whole_logits = distributed.degree("tp") > 1 or distributed.degree("pp") > 1
+    whole_logits = distributed.degree("pp") > 1  # the last stage's loss takes its logits
     check_memory(model_config, config, device, autocast, shards=distributed.world_size, whole_logits=whole_logits)
 
     model = build_model(model_config, device="meta")
@@ -260,9 +260,9 @@ def estimate_memory(
     (norms, q/k/v before and after RoPE, attention output, SwiGLU's three hidden tensors), plus the
     attention-probability matrix where attention materializes it (on CPU: herd.model.blocked_attention, or a
     masked SDPA), plus the head and loss: with `head_chunk_rows` (herd.train.fused_loss) one chunk's fp32 logits and
-    their gradient, the hidden states' gradient and the head's fp32 gradient sum; with None (a head sharded by tensor
-    parallelism, a pipeline's last stage) the whole logits (compute dtype, fp32 copy and gradient). Checkpointing
-    keeps one block's activations and every block's input.
+    their gradient, the hidden states' gradient and the head's fp32 gradient sum (whole-vocabulary chunks, an upper
+    bound under tensor parallelism); with None (a pipeline's last stage) the whole logits (compute dtype, fp32 copy
+    and gradient). Checkpointing keeps one block's activations and every block's input.
     """
     params = model.num_params()
     tokens = batch_size * seq_len
@@ -287,7 +287,7 @@ def check_memory(
     """Print the per-rank memory estimate and fail at once when it exceeds what the device has.
 
     Parameters, gradients and optimizer state are split over the `shards` ranks; activations are counted whole.
-    whole_logits: the loss takes the whole logits (tensor or pipeline parallelism), not the chunked head.
+    whole_logits: the loss takes the whole logits (pipeline parallelism), not the chunked head.
     """
     estimate = estimate_memory(
         model, batch_size=config.batch_size, seq_len=config.seq_len, compute_bytes=2 if autocast else 4,

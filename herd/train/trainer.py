@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from herd.errors import HerdError
@@ -63,9 +62,9 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 def next_token_loss(model: nn.Module, batch: Batch) -> LossOutput:
     """Pretraining's loss: cross-entropy summed over the targets that are not IGNORE_INDEX.
 
-    A Transformer takes the chunked head + loss, which never holds the whole logits. Under FSDP2 too: the model is
-    the root FSDP module, whose weights (head included) stay gathered from its forward until its backward. A head
-    sharded by tensor parallelism (a DTensor weight), or another module, goes through the whole logits and
+    A Transformer takes the chunked head + loss, which never holds the whole logits: under FSDP2 too (the model is
+    the root FSDP module, whose weights, head included, stay gathered from its forward until its backward), and
+    under tensor parallelism on each rank's vocabulary rows. Another module goes through its logits and
     `token_cross_entropy`.
     """
     tokens, targets, doc_ids = batch
@@ -73,8 +72,6 @@ def next_token_loss(model: nn.Module, batch: Batch) -> LossOutput:
     if not (isinstance(model, Transformer) and type(model.output) is nn.Linear):
         return LossOutput(token_losses(model, batch).sum(), count, {})
     hidden = model(tokens, doc_ids=doc_ids, head=False)
-    if isinstance(model.output.weight, DTensor):
-        return LossOutput(token_cross_entropy(model.output(hidden), targets).sum(), count, {})
     return LossOutput(linear_cross_entropy(hidden, model.output.weight, targets), count, {})
 
 
