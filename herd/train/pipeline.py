@@ -22,6 +22,7 @@ from herd.model import Transformer
 from herd.model.masking import packed_mask_and_positions
 from herd.model.rope import rope_cos_sin, rope_frequencies
 from herd.train.distributed import MULTI_STAGE_SCHEDULES, Distributed
+from herd.train.fused_loss import linear_cross_entropy
 from herd.train.packing import IGNORE_INDEX
 from herd.train.trainer import Batch, LossOutput, token_cross_entropy
 
@@ -39,7 +40,9 @@ class StageModule(nn.Module):
     """The layers `layer_ids` of a Transformer, plus its embedding on the first stage and norm + head on the last.
 
     `forward(tokens or hidden, doc_ids)`: packed rows' document masks and positions are rebuilt from doc_ids on
-    every stage (as Transformer.forward does), so only the hidden states travel between stages.
+    every stage (as Transformer.forward does), so only the hidden states travel between stages. The last stage
+    returns logits, or with `head = False` its final-normed hidden states, for the training loss to apply the head
+    in chunks (herd.train.fused_loss) instead of holding the whole logits.
     """
 
     def __init__(self, model: Transformer, layer_ids: range) -> None:
@@ -50,6 +53,7 @@ class StageModule(nn.Module):
         self.layers = nn.ModuleDict({str(i): model.layers[i] for i in layer_ids})
         self.norm = model.norm if last else None
         self.output = model.output if last else None
+        self.head = True
         self._rope_freqs = rope_frequencies(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
 
     def forward(self, h: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor:
@@ -62,7 +66,8 @@ class StageModule(nn.Module):
         for layer in self.layers.values():
             h = layer(h, cos, sin, mask, None)
         if self.output is not None:
-            h = self.output(self.norm(h))
+            h = self.norm(h)
+            return self.output(h) if self.head else h
         return h
 
 
@@ -116,13 +121,23 @@ class Pipeline:
         """Forward and backward of all `batches` (one micro-batch each); the loss total is 0 off the last stage."""
         key = ("train", len(batches), tuple(batches[0][0].shape))
         schedule = self._schedules.get(key)
+        last = self.rank.stage_modules[-1]
         if schedule is None:
-            schedule = self.schedule_class(self._stages(), len(batches), loss_fn=summed_loss, scale_grads=False)
+
+            def loss_fn(hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+                # the weight read at each call: under FSDP it is the gathered one only after the stage's forward
+                return linear_cross_entropy(hidden, last.output.weight, targets)
+
+            schedule = self.schedule_class(self._stages(), len(batches), loss_fn=loss_fn, scale_grads=False)
             self._schedules[key] = schedule
+        last.head = False
         tokens, targets, doc_ids = (torch.cat(parts) for parts in zip(*batches))
         losses: list[torch.Tensor] = []
         inputs = (tokens,) if self.is_first else ()
-        schedule.step(*inputs, target=targets, losses=losses, return_outputs=False, doc_ids=doc_ids)
+        try:
+            schedule.step(*inputs, target=targets, losses=losses, return_outputs=False, doc_ids=doc_ids)
+        finally:
+            last.head = True
         total = torch.stack(losses).sum().detach() if losses else torch.zeros((), device=targets.device)
         return LossOutput(total, int((targets != IGNORE_INDEX).sum()), {})
 
@@ -138,7 +153,3 @@ class Pipeline:
         logits = schedule.step(*((tokens,) if self.is_first else ()), doc_ids=doc_ids)
         return None if logits is None else token_cross_entropy(logits, targets)
 
-
-def summed_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """A micro-batch's loss for the schedule: next-token cross-entropy summed over its targets."""
-    return token_cross_entropy(logits, targets).sum()

@@ -86,8 +86,7 @@ def _pretrain(config: PretrainConfig, distributed: Distributed) -> PretrainResul
     if config.seq_len > model_config.max_seq_len:
         raise HerdError(f"seq_len {config.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len}; lower seq_len")
     check_layout(model_config, distributed, config.parallel.pp_stages_per_rank)
-    whole_logits = distributed.degree("pp") > 1  # the last stage's loss takes its logits
-    check_memory(model_config, config, device, autocast, shards=distributed.world_size, whole_logits=whole_logits)
+    check_memory(model_config, config, device, autocast, shards=distributed.world_size)
 
     model = build_model(model_config, device="meta")
     pipeline_parallel = distributed.degree("pp") > 1
@@ -252,17 +251,16 @@ def validate(
 # --- memory ----------------------------------------------------------------------------------------------
 def estimate_memory(
     model: ModelConfig, *, batch_size: int, seq_len: int, compute_bytes: int, activation_checkpointing: bool,
-    materialized_attention: bool, head_chunk_rows: int | None,
+    materialized_attention: bool, head_chunk_rows: int,
 ) -> dict[str, float]:
     """Bytes per rank: fp32 parameters, fp32 gradients, AdamW's two fp32 moments and one micro-batch's activations.
 
     Activations per block and token: ~9 x dim + 3 x kv_dim + 4 x ffn_hidden values saved for the backward
     (norms, q/k/v before and after RoPE, attention output, SwiGLU's three hidden tensors), plus the
     attention-probability matrix where attention materializes it (on CPU: herd.model.blocked_attention, or a
-    masked SDPA), plus the head and loss: with `head_chunk_rows` (herd.train.fused_loss) one chunk's fp32 logits and
-    their gradient, the hidden states' gradient and the head's fp32 gradient sum (whole-vocabulary chunks, an upper
-    bound under tensor parallelism); with None (a pipeline's last stage) the whole logits (compute dtype, fp32 copy
-    and gradient). Checkpointing keeps one block's activations and every block's input.
+    masked SDPA), plus the chunked head and loss (herd.train.fused_loss): one chunk of `head_chunk_rows` rows' fp32
+    logits and their gradient (whole-vocabulary rows, an upper bound under tensor parallelism), the hidden states'
+    gradient and the head's fp32 gradient sum. Checkpointing keeps one block's activations and every block's input.
     """
     params = model.num_params()
     tokens = batch_size * seq_len
@@ -272,27 +270,22 @@ def estimate_memory(
         per_block += 2 * batch_size * model.n_heads * seq_len * seq_len * 4
     blocks = per_block + (model.n_layers - 1) * tokens * model.dim * compute_bytes if activation_checkpointing \
         else model.n_layers * per_block
-    if head_chunk_rows is None:
-        logits = tokens * model.vocab_size * (compute_bytes + 8)
-    else:
-        chunk = min(tokens, head_chunk_rows) * model.vocab_size * (4 + compute_bytes)
-        logits = chunk + tokens * model.dim * compute_bytes + model.vocab_size * model.dim * 4
-    return {"parameters": params * 4, "gradients": params * 4, "optimizer": params * 8, "activations": blocks + logits}
+    chunk = min(tokens, head_chunk_rows) * model.vocab_size * (4 + compute_bytes)
+    head = chunk + tokens * model.dim * compute_bytes + model.vocab_size * model.dim * 4
+    return {"parameters": params * 4, "gradients": params * 4, "optimizer": params * 8, "activations": blocks + head}
 
 
 def check_memory(
-    model: ModelConfig, config: PretrainConfig, device: torch.device, autocast: torch.dtype | None, *, shards: int = 1,
-    whole_logits: bool = False,
+    model: ModelConfig, config: PretrainConfig, device: torch.device, autocast: torch.dtype | None, *, shards: int = 1
 ) -> None:
     """Print the per-rank memory estimate and fail at once when it exceeds what the device has.
 
     Parameters, gradients and optimizer state are split over the `shards` ranks; activations are counted whole.
-    whole_logits: the loss takes the whole logits (pipeline parallelism), not the chunked head.
     """
     estimate = estimate_memory(
         model, batch_size=config.batch_size, seq_len=config.seq_len, compute_bytes=2 if autocast else 4,
         activation_checkpointing=config.activation_checkpointing, materialized_attention=device.type != "cuda",
-        head_chunk_rows=None if whole_logits else chunk_rows(model.vocab_size, device.type),
+        head_chunk_rows=chunk_rows(model.vocab_size, device.type),
     )
     for part in ("parameters", "gradients", "optimizer"):
         estimate[part] /= shards
