@@ -43,17 +43,25 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         hidden, weight = hidden.detach(), weight.detach()
     group, start = None, 0
     if isinstance(weight, DTensor):
-        mesh = weight.device_mesh
-        if mesh.ndim != 1 or tuple(weight.placements) != (Shard(0),):
-            raise HerdError(f"a sharded head must split its vocabulary rows over one mesh dim, not {weight.placements}")
-        # DTensor's Shard(0) splits as torch.chunk does: every rank but the last holds ceil(vocab / ranks) rows
-        group, start = mesh.get_group(), mesh.get_local_rank() * -(-weight.shape[0] // mesh.size())
-        hidden = hidden.full_tensor() if isinstance(hidden, DTensor) else hidden
-        weight = weight.to_local()
+        hidden, weight, group, start = _vocab_shard(hidden, weight)
     compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     rows = chunk_rows(weight.shape[0], device)
     with torch.autocast(device, enabled=False):
         return _LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, targets.flatten(), rows, compute, group, start)
+
+
+def _vocab_shard(
+    hidden: torch.Tensor, weight: DTensor
+) -> tuple[torch.Tensor, torch.Tensor, dist.ProcessGroup, int]:
+    """For a head sharded by vocabulary rows: the whole hidden states, this rank's rows of the weight, the group the
+    rows are split over and the vocabulary index of this rank's first row."""
+    mesh = weight.device_mesh
+    if mesh.ndim != 1 or tuple(weight.placements) != (Shard(0),):
+        raise HerdError(f"a sharded head must split its vocabulary rows over one mesh dim, not {weight.placements}")
+    # DTensor's Shard(0) splits as torch.chunk does: every rank but the last holds ceil(vocab / ranks) rows
+    start = mesh.get_local_rank() * -(-weight.shape[0] // mesh.size())
+    whole = hidden.full_tensor() if isinstance(hidden, DTensor) else hidden
+    return whole, weight.to_local(), mesh.get_group(), start
 
 
 def chunk_rows(vocab_size: int, device_type: str) -> int:
