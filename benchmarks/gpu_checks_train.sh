@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 3's GPU checks in one device call (~8 min on one H100 or H200, compile included): the CUDA-only tests of
-# document-masked attention (FlexAttention), then benchmarks/train_gpu.py's MFU on causal rows and on rows of 4
-# packed documents, through FlexAttention and through SDPA with a dense mask. Needs no installed herd (PYTHONPATH)
+# document-masked attention (FlexAttention), the head + loss side by side (benchmarks/loss_gpu.py), then
+# benchmarks/train_gpu.py's MFU on causal rows and on rows of 4 packed documents, through FlexAttention and through
+# SDPA with a dense mask. Needs no installed herd (PYTHONPATH)
 # and no wheels: the device image has herd's imports. Each step has a time limit, so the call ends within 10 min.
 # Usage (repo root, on the GPU machine): bash benchmarks/gpu_checks_train.sh [output folder]
 set -uo pipefail
@@ -9,7 +10,8 @@ out=${1:-${OUT:-/tmp}}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 timeout 90 python3 -m pytest -q -rs -p no:cacheprovider tests/test_flex_attention.py 2>&1 | tail -5 | tee "$out/tests.txt"
+timeout 75 python3 benchmarks/loss_gpu.py 2>&1 | tail -8 | tee "$out/loss_gpu.txt"
 for run in "--documents 1" "--documents 4" "--documents 4 --dense-mask"; do
   name=$(echo "$run" | tr -d ' -')
-  timeout 165 python3 benchmarks/train_gpu.py $run 2>&1 | tail -8 | tee "$out/train_gpu_$name.txt"
+  timeout 140 python3 benchmarks/train_gpu.py $run 2>&1 | tail -8 | tee "$out/train_gpu_$name.txt"
 done

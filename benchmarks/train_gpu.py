@@ -23,7 +23,6 @@ from torch.distributed.device_mesh import init_device_mesh
 from herd.model import ModelConfig, build_model, flex_attention, preset
 from herd.train.config import FaultConfig, OptimConfig
 from herd.train.distributed import Distributed
-from herd.train.fused_loss import chunk_rows
 from herd.train.metrics import MetricsLog, flops_per_token, peak_tflops
 from herd.train.parallelize import apply_fsdp, parallelize
 from herd.train.pretrain import GIB, build_optimizer, estimate_memory
@@ -40,7 +39,7 @@ def build(args: argparse.Namespace) -> tuple[ModelConfig, Trainer, torch.device]
     config = dataclasses.replace(preset("llama3-8b"), **fields, max_seq_len=args.seq_len)
     estimate = estimate_memory(config, batch_size=args.batch_size, seq_len=args.seq_len, compute_bytes=2,
                                activation_checkpointing=args.activation_checkpointing, materialized_attention=False,
-                               head_chunk_rows=chunk_rows(config.vocab_size, device.type))
+                               device_type=device.type)
     print(f"{config.num_params() / 1e9:.2f}B parameters, ~{sum(estimate.values()) / GIB:.1f} GiB estimated", flush=True)
     store = f"file://{tempfile.mkdtemp()}/store"
     dist.init_process_group("gloo" if args.dry_run else "nccl", init_method=store, rank=0, world_size=1)

@@ -13,6 +13,7 @@ DRY_RUNS = {
     "serve_gpu.py": (["--dry-run"], "herd / HF output tokens/s"),
     "post_lora_gpu.py": (["--dry-run"], "losses:"),
     "decode_gpu.py": (["--device", "cpu", "--preset", "tiny"], "herd compiled"),
+    "loss_gpu.py": (["--dry-run"], "| herd (compiled chunks) |"),
 }
 
 

@@ -22,7 +22,7 @@ import torch
 
 from herd.config_overrides import load_config, to_dict
 from herd.errors import HerdError
-from herd.model import ModelConfig, build_model
+from herd.model import ModelConfig, build_model, lazy_compile
 from herd.tokenizer import write_bpe_file
 from herd.train import fused_loss
 from herd.train import pretrain as pretrain_mod
@@ -167,9 +167,13 @@ def test_flops_per_token_counts_matmuls_and_attention():
 
 
 # --- the chunked head + loss ------------------------------------------------------------------------------
-def test_linear_cross_entropy_equals_the_plain_head_and_loss(monkeypatch):
-    monkeypatch.setitem(fused_loss.CHUNK_ELEMENTS, "cpu", 100 * 13)  # 13-row chunks: several, the last one short
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])  # compiled: as on CUDA
+def test_linear_cross_entropy_equals_the_plain_head_and_loss(monkeypatch, compiled):
+    monkeypatch.setitem(fused_loss.CHUNK_ELEMENTS, "cpu", 100 * 13)  # 13-row chunks (26 compiled): the last one short
     monkeypatch.setattr(fused_loss, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(fused_loss, "COMPILED_DEVICES", ("cpu",) if compiled else ())
+    compiles = []
+    monkeypatch.setattr(fused_loss, "compiled", lambda fn, **kw: compiles.append(fn) or lazy_compile.compiled(fn, **kw))
     torch.manual_seed(0)
     hidden = torch.randn(3, 50, 16, requires_grad=True)
     weight = torch.randn(100, 16, requires_grad=True)
@@ -201,6 +205,7 @@ def test_linear_cross_entropy_equals_the_plain_head_and_loss(monkeypatch):
     again.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward pass per forward"):  # its gradients were scaled in place
         again.backward()
+    assert bool(compiles) == compiled
 
 
 def test_next_token_loss_takes_the_chunked_path_with_the_same_gradients():

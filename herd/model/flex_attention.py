@@ -6,27 +6,20 @@ may see (across documents, and in the causal future), in one fused kernel forwar
 rows are trained on GPUs (torchtitan's "block_causal" masks do the same). On CPU, torch 2.13's FlexAttention has no
 backward pass, so CPU training keeps herd.model.blocked_attention and SDPA.
 
-flex_attention is compiled on its own (eager, it materializes every score), so it runs fused whether or not the
-blocks around it are compiled. The BlockMask is built once per batch and shared by every layer, by a compiled
-create_block_mask, which never materializes the [B, T, T] mask (as torch's documentation advises).
+flex_attention is compiled on its own, at first use (eager, it materializes every score), so it runs fused whether
+or not the blocks around it are compiled. The BlockMask is built once per batch and shared by every layer, by a
+compiled create_block_mask, which never materializes the [B, T, T] mask (as torch's documentation advises).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
+from herd.model.lazy_compile import compiled
+
 FLEX_DEVICES = ("cuda",)
 """Device types whose packed (document-masked) rows run through FlexAttention."""
-
-
-@functools.cache
-def _compiled(function: Callable) -> Callable:
-    """`function` compiled once, at first use (torch.compile's import costs ~2 s that most herd commands never need)."""
-    return torch.compile(function, dynamic=False)
 
 
 def flex_applies(device: torch.device) -> bool:
@@ -42,9 +35,9 @@ def document_block_mask(doc_ids: torch.Tensor) -> BlockMask:
     def same_document_causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         return (q >= kv) & (doc_ids[b, q] == doc_ids[b, kv])
 
-    return _compiled(create_block_mask)(same_document_causal, batch, None, length, length, device=doc_ids.device)
+    return compiled(create_block_mask)(same_document_causal, batch, None, length, length, device=doc_ids.device)
 
 
 def flex_document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:
     """Softmax attention of q [B, H, T, D] over k, v [B, KV, T, D] (H a multiple of KV) under `block_mask`."""
-    return _compiled(flex_attention)(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+    return compiled(flex_attention)(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])

@@ -26,7 +26,7 @@ from herd.train.checkpointing import CheckpointManager
 from herd.train.config import OptimConfig, PretrainConfig
 from herd.train.data_loader import DataLoaderConfig, TokenDataLoader
 from herd.train.distributed import Distributed, init_distributed
-from herd.train.fused_loss import chunk_rows
+from herd.train.fused_loss import chunk_bytes
 from herd.train.metrics import (
     MetricsLog,
     bits_per_byte,
@@ -251,15 +251,15 @@ def validate(
 # --- memory ----------------------------------------------------------------------------------------------
 def estimate_memory(
     model: ModelConfig, *, batch_size: int, seq_len: int, compute_bytes: int, activation_checkpointing: bool,
-    materialized_attention: bool, head_chunk_rows: int,
+    materialized_attention: bool, device_type: str,
 ) -> dict[str, float]:
     """Bytes per rank: fp32 parameters, fp32 gradients, AdamW's two fp32 moments and one micro-batch's activations.
 
     Activations per block and token: ~9 x dim + 3 x kv_dim + 4 x ffn_hidden values saved for the backward
     (norms, q/k/v before and after RoPE, attention output, SwiGLU's three hidden tensors), plus the
     attention-probability matrix where attention materializes it (on CPU: herd.model.blocked_attention, or a
-    masked SDPA), plus the chunked head and loss (herd.train.fused_loss): one chunk of `head_chunk_rows` rows' fp32
-    logits and their gradient (whole-vocabulary rows, an upper bound under tensor parallelism), the hidden states'
+    masked SDPA), plus the chunked head and loss (herd.train.fused_loss): one chunk's logits and their gradient on
+    `device_type` (whole-vocabulary rows, an upper bound under tensor parallelism), the hidden states'
     gradient and the head's fp32 gradient sum. Checkpointing keeps one block's activations and every block's input.
     """
     params = model.num_params()
@@ -270,7 +270,7 @@ def estimate_memory(
         per_block += 2 * batch_size * model.n_heads * seq_len * seq_len * 4
     blocks = per_block + (model.n_layers - 1) * tokens * model.dim * compute_bytes if activation_checkpointing \
         else model.n_layers * per_block
-    chunk = min(tokens, head_chunk_rows) * model.vocab_size * (4 + compute_bytes)
+    chunk = chunk_bytes(tokens, model.vocab_size, device_type, compute_bytes)
     head = chunk + tokens * model.dim * compute_bytes + model.vocab_size * model.dim * 4
     return {"parameters": params * 4, "gradients": params * 4, "optimizer": params * 8, "activations": blocks + head}
 
@@ -285,7 +285,7 @@ def check_memory(
     estimate = estimate_memory(
         model, batch_size=config.batch_size, seq_len=config.seq_len, compute_bytes=2 if autocast else 4,
         activation_checkpointing=config.activation_checkpointing, materialized_attention=device.type != "cuda",
-        head_chunk_rows=chunk_rows(model.vocab_size, device.type),
+        device_type=device.type,
     )
     for part in ("parameters", "gradients", "optimizer"):
         estimate[part] /= shards
