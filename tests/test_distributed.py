@@ -16,7 +16,7 @@ import torch
 from test_trainer import STAGES, TINY_MODEL, losses, shards, tiny_config  # noqa: F401 - `shards` is test_trainer's fixture, shared
 
 from herd.errors import HerdError
-from herd.train.distributed import ParallelConfig
+from herd.train.distributed import ParallelConfig, clip_scale, step_scaled
 from herd.train.metrics import read_records
 from herd.train.pretrain import pretrain
 
@@ -149,7 +149,7 @@ INIT_RANK = textwrap.dedent("""
     import torch
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from herd.model import ModelConfig, build_model
-    from herd.train.distributed import ParallelConfig, init_distributed
+    from herd.train.distributed import ParallelConfig, clip_scale, step_scaled, init_distributed
     from herd.train.parallelize import parallelize
     from herd.train.pipeline import split_stage
     from herd.train.pretrain import init_weights
@@ -243,6 +243,19 @@ def test_skipping_a_parameter_advances_the_generator_like_drawing_it(monkeypatch
     torch.randn(numel, generator=drawn)
     weight_init.skip_normal(skipped, numel)
     assert torch.equal(torch.randn(40, generator=skipped), torch.randn(40, generator=drawn))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])
+def test_optimizer_steps_on_the_clipped_and_divided_gradients(fused):
+    param = torch.nn.Parameter(torch.zeros(2))
+    param.grad = torch.tensor([30.0, 40.0])  # norm 50: divided by 10 to 5, clipped to 1
+    groups = [[param]]
+    norm, scale = clip_scale(groups, 1.0, None, divide_by=10.0)
+    assert norm.item() == pytest.approx(5.0) and scale.item() == pytest.approx(0.02)
+    optimizer = torch.optim.SGD([param], lr=1.0, fused=fused, foreach=not fused)  # plain SGD: the update is the grad
+    step_scaled(optimizer, groups, scale)
+    torch.testing.assert_close(param.detach(), torch.tensor([-0.6, -0.8]))
+    assert not hasattr(optimizer, "grad_scale")
 
 
 FLAKY_RANK = textwrap.dedent("""

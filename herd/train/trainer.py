@@ -22,7 +22,7 @@ from herd.errors import HerdError
 from herd.model import Transformer
 from herd.train.checkpointing import CheckpointManager, rng_state, set_rng_state
 from herd.train.config import FaultConfig
-from herd.train.distributed import Distributed, clip_grad_norm_, grad_groups, hang_watchdog
+from herd.train.distributed import Distributed, clip_scale, grad_groups, hang_watchdog, step_scaled
 from herd.train.fused_loss import linear_cross_entropy
 from herd.train.host_memory import retain_freed_memory
 from herd.train.metrics import MetricsLog, memory_gib
@@ -235,12 +235,14 @@ class Trainer:
         extra = dict(zip(out.metrics, values))
         tokens = sum(batch[0].numel() for batch in batches) * self.distributed.degree("dp")
         clip = self.loop.grad_clip if self.loop.grad_clip > 0 else math.inf
-        # the mean over every unit of the step (all replicas), not a mean of means; divided in the clipping pass
-        grad_norm = float(clip_grad_norm_(grad_groups(self.params), clip, self.distributed.group("pp"), count or 1))
+        # the mean over every unit of the step (all replicas), not a mean of means: divided with the clipping
+        groups = grad_groups(self.params)
+        norm, scale = clip_scale(groups, clip, self.distributed.group("pp"), count or 1)
+        grad_norm = float(norm)
         loss = total / max(count, 1)
         problem = self._problem(loss, grad_norm)
         if problem is None:
-            self.optimizer.step()
+            step_scaled(self.optimizer, groups, scale)
             self.state.step += 1
             self.state.tokens += tokens
             self.state.bad_in_a_row = 0
