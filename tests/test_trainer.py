@@ -206,6 +206,9 @@ def test_linear_cross_entropy_equals_the_plain_head_and_loss(monkeypatch, compil
     with pytest.raises(RuntimeError, match="one backward pass per forward"):  # its gradients were scaled in place
         again.backward()
     assert bool(compiles) == compiled
+    weight.grad = None
+    fused_loss.linear_cross_entropy(hidden[:, :0], weight, targets[:, :0]).backward()  # no rows: zero gradient
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
 
 
 def test_next_token_loss_takes_the_chunked_path_with_the_same_gradients():

@@ -102,7 +102,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         hidden_dtype, weight_dtype = hidden.dtype, weight.dtype
         hidden, weight = hidden.to(compute), weight.to(compute)
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+        grad_weight = None  # the first chunk's product, then the others added to it
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         # on CPU the head's weight is reordered for oneDNN once per call: the forward and backward of a vocab-8192
         # head over 1,024 rows take 76 ms instead of 83 on 2 cores, reorder included
@@ -119,10 +119,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if want_hidden:
                 torch.mm(grad, weight, out=grad_hidden[first : first + rows])
             if want_weight:
-                if grad_weight.dtype == h.dtype:
+                if grad_weight is None:
+                    grad_weight = (grad.T @ h).float()
+                elif grad_weight.dtype == h.dtype:
                     grad_weight.addmm_(grad.T, h)
                 else:
                     grad_weight.add_(grad.T @ h)
+        if want_weight and grad_weight is None:  # no rows
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         if want_hidden and group is not None:
             dist.all_reduce(grad_hidden, group=group)  # each shard's rows add their part
         ctx.grads, ctx.dtypes = (grad_hidden, grad_weight), (hidden_dtype, weight_dtype)
