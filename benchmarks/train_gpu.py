@@ -5,6 +5,7 @@ tokens/s and MFU (model FLOPs incl. attention / the device's bf16 peak) over `--
 `--dry-run` runs the same code path on CPU (gloo, a tiny model, fp32) to check it without a GPU.
 `--documents N` packs N documents per row: document-masked attention (FlexAttention; `--dense-mask`: SDPA with a
 dense mask, for the side-by-side).
+`--eager-loss`: the chunked head + loss with eager chunks (compiled on CUDA by default).
 Usage: python benchmarks/train_gpu.py [--layers 6 --seq-len 8192 --batch-size 1 --documents 1 --dense-mask] | --dry-run
 """
 
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 from herd.model import ModelConfig, build_model, flex_attention, preset
+from herd.train import fused_loss
 from herd.train.config import FaultConfig, OptimConfig
 from herd.train.distributed import Distributed
 from herd.train.metrics import MetricsLog, flops_per_token, peak_tflops
@@ -99,6 +101,8 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=1, help="documents packed per row (document-masked attention)")
     parser.add_argument("--dense-mask", action="store_true",
                         help="document masks through SDPA with a dense [B, 1, T, T] mask instead of FlexAttention")
+    parser.add_argument("--eager-loss", action="store_true",
+                        help="the chunked loss with eager chunks instead of compiled ones (herd.train.fused_loss)")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak (default: herd's table)")
@@ -110,6 +114,8 @@ def main() -> None:
         parser.error("no CUDA GPU visible; use --dry-run to check the code path on CPU")
     if args.dense_mask:
         flex_attention.FLEX_DEVICES = ()
+    if args.eager_loss:
+        fused_loss.COMPILED_DEVICES = ()
     config, trainer, device = build(args)
     tokens = args.batch_size * args.seq_len
     for _ in range(args.warmup):
@@ -123,7 +129,7 @@ def main() -> None:
     print(f"device: {name}; model: llama3-8b architecture, {config.n_layers} layers, {config.num_params() / 1e9:.2f}B "
           f"params; batch {args.batch_size} x seq {args.seq_len}, {'fp32' if args.dry_run else 'bf16'} FSDP2, "
           f"{args.documents} document(s) per row{' (dense SDPA mask)' if args.dense_mask else ''}, "
-          f"compile={not args.no_compile}, "
+          f"compile={not args.no_compile}{' (loss chunks eager)' if args.eager_loss else ''}, "
           f"activation checkpointing={args.activation_checkpointing}")
     print("| tokens/s (median) | runs | TFLOPS | peak TFLOPS | MFU | peak memory GiB |")
     print("|---|---|---|---|---|---|")
