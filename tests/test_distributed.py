@@ -149,7 +149,7 @@ INIT_RANK = textwrap.dedent("""
     import torch
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from herd.model import ModelConfig, build_model
-    from herd.train.distributed import ParallelConfig, clip_scale, step_scaled, init_distributed
+    from herd.train.distributed import ParallelConfig, init_distributed
     from herd.train.parallelize import parallelize
     from herd.train.pipeline import split_stage
     from herd.train.pretrain import init_weights
