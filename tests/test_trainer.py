@@ -33,7 +33,7 @@ from herd.train.packing import IGNORE_INDEX
 from herd.train.pretrain import pretrain
 from herd.train.schedule import grad_accum_at, learning_rate
 from herd.train.token_shards import tokenize_corpus
-from herd.train.trainer import next_token_loss, token_losses
+from herd.train.trainer import next_token_loss, token_cross_entropy, token_losses
 
 GOLDEN = Path(__file__).parent / "golden" / "pretrain_tiny.json"
 TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32, "max_seq_len": 64}
@@ -209,6 +209,23 @@ def test_linear_cross_entropy_equals_the_plain_head_and_loss(monkeypatch, compil
     weight.grad = None
     fused_loss.linear_cross_entropy(hidden[:, :0], weight, targets[:, :0]).backward()  # no rows: zero gradient
     assert torch.equal(weight.grad, torch.zeros_like(weight))
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_token_losses_in_chunks_equal_the_whole_logits(monkeypatch, compiled):
+    monkeypatch.setitem(fused_loss.CHUNK_ELEMENTS, "cpu", 100 * 13)  # 13-row chunks (26 compiled), the last one short
+    monkeypatch.setattr(fused_loss, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(fused_loss, "COMPILED_DEVICES", ("cpu",) if compiled else ())
+    hidden, weight = torch.randn(3, 50, 16), torch.randn(100, 16, requires_grad=True)
+    targets = torch.randint(0, 100, (3, 50))
+    targets[0, :20] = IGNORE_INDEX
+    got = fused_loss.linear_token_losses(hidden, weight, targets)
+    want = token_cross_entropy(torch.nn.functional.linear(hidden, weight), targets)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-6, atol=1e-6)
+    assert got.shape == (3, 50) and torch.all(got[0, :20] == 0) and not got.requires_grad
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the head in bf16, the softmax in fp32
+        low = fused_loss.linear_token_losses(hidden, weight, targets)
+    assert low.dtype == torch.float32 and torch.allclose(low, got, rtol=3e-2, atol=3e-2)
 
 
 def test_next_token_loss_takes_the_chunked_path_with_the_same_gradients():

@@ -17,6 +17,8 @@ its context manager too, which the shared training loop does not enter.)
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -47,20 +49,58 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     reduction="sum")`, gradients included. A DTensor weight sharded by vocabulary rows (a tensor-parallel head) gives
     the same loss on every rank of its mesh, from the hidden states all of them hold.
     """
-    device = hidden.device.type
     if not torch.is_grad_enabled():
         hidden, weight = hidden.detach(), weight.detach()
+    hidden, weight, chunking = _chunking(hidden, weight)
+    with torch.autocast(chunking.device, enabled=False):
+        return _LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, targets.flatten(), chunking)
+
+
+@torch.no_grad()
+def linear_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (fp32) of hidden @ weight.T at every position of targets [...], 0 where ignored: the chunks of
+    `linear_cross_entropy` without gradients, for validation (a sharded head too). The losses of 8 x 512 tokens of a
+    32K-vocabulary model (dim 256, 2 layers) on 2 CPU cores: 77 MB of peak memory above the model instead of 1.03 GB
+    for the whole logits, in 0.54 s instead of 0.59 (medians of 7)."""
+    hidden, weight, chunking = _chunking(hidden, weight)
+    with torch.autocast(chunking.device, enabled=False):
+        hidden, weight = hidden.flatten(0, -2).to(chunking.compute), weight.to(chunking.compute)
+        losses = [chunking.softmax(logits, chunk_targets, False)[0]
+                  for _, _, chunk_targets, logits in _chunks(hidden, weight, targets.flatten(), chunking.rows)]
+    return torch.cat(losses).view(targets.shape) if losses else torch.zeros(targets.shape, device=hidden.device)
+
+
+@dataclass(frozen=True)
+class _Chunking:
+    """How a call's chunks run: device type, compute dtype, rows per chunk, compiled or eager, and for a sharded
+    head the group its rows are split over and the vocabulary index of this rank's first row."""
+
+    device: str
+    compute: torch.dtype
+    rows: int
+    fused: bool
+    group: dist.ProcessGroup | None
+    start: int
+
+    def softmax(
+        self, logits: torch.Tensor, targets: torch.Tensor, want_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """`_chunk_softmax` of one chunk, compiled where `fused` (its rows vary: the last chunk is short)."""
+        function = compiled(_chunk_softmax, dynamic=None) if self.fused else _chunk_softmax
+        return function(logits, targets, self.start, self.group, want_grad)
+
+
+def _chunking(hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, _Chunking]:
+    """The hidden states and weight rows this rank computes with (for a head sharded by vocabulary rows: the whole
+    hidden states, its own rows), and how its chunks run."""
+    device = hidden.device.type
     group, start = None, 0
     if isinstance(weight, DTensor):
         hidden, weight, group, start = _vocab_shard(hidden, weight)
     compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     # sharded heads all-reduce inside the chunk's math, so they run it eager
     fused = device in COMPILED_DEVICES and group is None and not torch.compiler.is_compiling()
-    rows = chunk_rows(weight.shape[0], device, fused)
-    with torch.autocast(device, enabled=False):
-        return _LinearCrossEntropy.apply(
-            hidden.flatten(0, -2), weight, targets.flatten(), rows, compute, group, start, fused
-        )
+    return hidden, weight, _Chunking(device, compute, chunk_rows(weight.shape[0], device, fused), fused, group, start)
 
 
 def _vocab_shard(
@@ -92,32 +132,23 @@ def chunk_bytes(tokens: int, vocab_size: int, device_type: str, compute_bytes: i
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, compute: torch.dtype,
-        group: dist.ProcessGroup | None, start: int, fused: bool,
-    ) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunking: _Chunking):
         """Casts to the compute dtype happen here, not in autograd: the weight gradient sums chunks in fp32 and is
         scaled in fp32, then cast to the weight's dtype (an fp32 weight's gradient is never rounded to bf16)."""
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         hidden_dtype, weight_dtype = hidden.dtype, weight.dtype
-        hidden, weight = hidden.to(compute), weight.to(compute)
+        hidden, weight = hidden.to(chunking.compute), weight.to(chunking.compute)
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = None  # the first chunk's product, then the others added to it
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        # on CPU the head's weight is reordered for oneDNN once per call: the forward and backward of a vocab-8192
-        # head over 1,024 rows take 76 ms instead of 83 on 2 cores, reorder included
-        packed = prepack(weight, rows) if can_prepack(weight) else None
-        softmax = compiled(_chunk_softmax, dynamic=None) if fused else _chunk_softmax  # rows vary: last chunk
-        for first in range(0, hidden.shape[0], rows):
-            h, t = hidden[first : first + rows], targets[first : first + rows]
-            logits = h @ weight.T if packed is None else prepacked_matmul(h, packed)
-            loss, grad, safe, mine = softmax(logits, t, start, group, want_hidden or want_weight)
-            total += loss
+        for first, h, t, logits in _chunks(hidden, weight, targets, chunking.rows):
+            losses, grad, safe, mine = chunking.softmax(logits, t, want_hidden or want_weight)
+            total += losses.sum()
             if grad is None:
                 continue
             grad.scatter_add_(1, safe, -mine.to(grad.dtype)[:, None])  # minus the one-hot target
             if want_hidden:
-                torch.mm(grad, weight, out=grad_hidden[first : first + rows])
+                torch.mm(grad, weight, out=grad_hidden[first : first + len(h)])
             if want_weight:
                 if grad_weight is None:
                     grad_weight = (grad.T @ h).float()
@@ -127,8 +158,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_weight.add_(grad.T @ h)
         if want_weight and grad_weight is None:  # no rows
             grad_weight = torch.zeros_like(weight, dtype=torch.float32)
-        if want_hidden and group is not None:
-            dist.all_reduce(grad_hidden, group=group)  # each shard's rows add their part
+        if want_hidden and chunking.group is not None:
+            dist.all_reduce(grad_hidden, group=chunking.group)  # each shard's rows add their part
         ctx.grads, ctx.dtypes = (grad_hidden, grad_weight), (hidden_dtype, weight_dtype)
         return total
 
@@ -152,15 +183,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad.mul_(grad_total.to(grad.dtype))
             return grad.to(dtype)
 
-        return finish(grad_hidden, hidden_dtype), finish(grad_weight, weight_dtype), None, None, None, None, None, None
+        return finish(grad_hidden, hidden_dtype), finish(grad_weight, weight_dtype), None, None
+
+
+def _chunks(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Each chunk of `rows` rows: its first row's index, hidden states, targets and logits (hidden @ weight.T).
+
+    On CPU the weight is reordered for oneDNN once per call: the forward and backward of a vocab-8192 head over 1,024
+    rows take 76 ms instead of 83 on 2 cores, reorder included.
+    """
+    packed = prepack(weight, rows) if can_prepack(weight) else None
+    for first in range(0, hidden.shape[0], rows):
+        h = hidden[first : first + rows]
+        yield first, h, targets[first : first + rows], h @ weight.T if packed is None else prepacked_matmul(h, packed)
 
 
 def _chunk_softmax(
     logits: torch.Tensor, targets: torch.Tensor, start: int, group: dist.ProcessGroup | None, want_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """One chunk's summed loss, in fp32, from its logits [rows, vocab (this shard's)] in the compute dtype; with
-    want_grad its softmax in that dtype (zero on ignored rows), the gradient once the caller subtracts the one-hot
-    target: each row's target column in this shard and whether the shard holds it are returned for that."""
+    """One chunk's losses per row, in fp32 (0 where ignored), from its logits [rows, vocab (this shard's)] in the
+    compute dtype; with want_grad its softmax in that dtype (zero on ignored rows), the gradient once the caller
+    subtracts the one-hot target: each row's target column in this shard and whether the shard holds it are returned
+    for that."""
     dtype, logits = logits.dtype, logits.float()
     valid = targets != IGNORE_INDEX
     mine = valid & (targets >= start) & (targets < start + logits.shape[1])  # targets among this shard's rows
@@ -174,11 +220,11 @@ def _chunk_softmax(
     sums = exps.sum(dim=-1)
     if group is not None:
         dist.all_reduce(sums, group=group)
-    loss = torch.where(valid, peak[:, 0] + sums.log() - picked, 0.0).sum()
+    losses = torch.where(valid, peak[:, 0] + sums.log() - picked, 0.0)
     if not want_grad:
-        return loss, None, safe, mine
+        return losses, None, safe, mine
     softmax = exps.mul_((valid / sums)[:, None])
-    return loss, softmax.to(dtype), safe, mine
+    return losses, softmax.to(dtype), safe, mine
 
 
 def _exp_(x: torch.Tensor) -> torch.Tensor:

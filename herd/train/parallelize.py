@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
@@ -116,6 +117,21 @@ def checkpointed(forward: Callable) -> Callable:
         return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
     return checkpointed_forward
+
+
+@contextlib.contextmanager
+def gathered(module: nn.Module) -> Iterator[None]:
+    """`module`'s own FSDP-sharded weights gathered whole in the body, sharded again after (nothing to do where FSDP
+    does not wrap it). For code that reads a root's weights outside its forward: without gradients, FSDP may have
+    sharded them again when the forward ended (a pipeline stage's, for one)."""
+    if not isinstance(module, FSDPModule):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
 
 
 def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, sequence_parallel: bool) -> None:

@@ -8,6 +8,9 @@ checkpoints see one model whatever the layout. Validation runs forward only thro
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.distributed.pipelining import (
@@ -22,9 +25,10 @@ from herd.model import Transformer
 from herd.model.masking import packed_mask_and_positions
 from herd.model.rope import rope_cos_sin, rope_frequencies
 from herd.train.distributed import MULTI_STAGE_SCHEDULES, Distributed
-from herd.train.fused_loss import linear_cross_entropy
+from herd.train.fused_loss import linear_cross_entropy, linear_token_losses
 from herd.train.packing import IGNORE_INDEX
-from herd.train.trainer import Batch, LossOutput, token_cross_entropy
+from herd.train.parallelize import gathered
+from herd.train.trainer import Batch, LossOutput
 
 SCHEDULES = {
     "1F1B": Schedule1F1B, "GPipe": ScheduleGPipe, "Interleaved1F1B": ScheduleInterleaved1F1B, "LoopedBFS": ScheduleLoopedBFS
@@ -41,8 +45,8 @@ class StageModule(nn.Module):
 
     `forward(tokens or hidden, doc_ids)`: packed rows' document masks and positions are rebuilt from doc_ids on
     every stage (as Transformer.forward does), so only the hidden states travel between stages. The last stage
-    returns logits, or with `head = False` its final-normed hidden states, for the training loss to apply the head
-    in chunks (herd.train.fused_loss) instead of holding the whole logits.
+    returns logits, or with `head = False` its final-normed hidden states, for the training and validation losses to
+    apply the head in chunks instead of holding the whole logits.
     """
 
     def __init__(self, model: Transformer, layer_ids: range) -> None:
@@ -130,14 +134,11 @@ class Pipeline:
 
             schedule = self.schedule_class(self._stages(), len(batches), loss_fn=loss_fn, scale_grads=False)
             self._schedules[key] = schedule
-        last.head = False
         tokens, targets, doc_ids = (torch.cat(parts) for parts in zip(*batches))
         losses: list[torch.Tensor] = []
         inputs = (tokens,) if self.is_first else ()
-        try:
+        with self._hidden_states_out():
             schedule.step(*inputs, target=targets, losses=losses, return_outputs=False, doc_ids=doc_ids)
-        finally:
-            last.head = True
         total = torch.stack(losses).sum().detach() if losses else torch.zeros((), device=targets.device)
         return LossOutput(total, int((targets != IGNORE_INDEX).sum()), {})
 
@@ -150,6 +151,21 @@ class Pipeline:
         if schedule is None:  # stage objects of its own, so the training schedule's buffers stay put
             schedule = (ScheduleLoopedBFS if self.multi_stage else ScheduleGPipe)(self._stages(), 1)
             self._schedules[key] = schedule
-        logits = schedule.step(*((tokens,) if self.is_first else ()), doc_ids=doc_ids)
-        return None if logits is None else token_cross_entropy(logits, targets)
+        with self._hidden_states_out():
+            hidden = schedule.step(*((tokens,) if self.is_first else ()), doc_ids=doc_ids)
+        if hidden is None:
+            return None
+        last = self.rank.stage_modules[-1]
+        with gathered(last):
+            return linear_token_losses(hidden, last.output.weight, targets)
+
+    @contextlib.contextmanager
+    def _hidden_states_out(self) -> Iterator[None]:
+        """The last stage returns its final-normed hidden states, not logits: the losses apply the head in chunks."""
+        last = self.rank.stage_modules[-1]
+        last.head = False
+        try:
+            yield
+        finally:
+            last.head = True
 

@@ -23,10 +23,11 @@ from herd.model import Transformer
 from herd.train.checkpointing import CheckpointManager, rng_state, set_rng_state
 from herd.train.config import FaultConfig
 from herd.train.distributed import Distributed, clip_scale, grad_groups, hang_watchdog, step_scaled
-from herd.train.fused_loss import linear_cross_entropy
+from herd.train.fused_loss import linear_cross_entropy, linear_token_losses
 from herd.train.host_memory import retain_freed_memory
 from herd.train.metrics import MetricsLog, memory_gib
 from herd.train.packing import IGNORE_INDEX
+from herd.train.parallelize import gathered
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -46,9 +47,15 @@ LossFn = Callable[[nn.Module, Batch], LossOutput]
 
 
 def token_losses(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Next-token cross-entropy (nats) of every position [B, T] of a packed (tokens, targets, doc_ids) batch; 0 where ignored."""
+    """Next-token cross-entropy (nats) of every position [B, T] of a packed (tokens, targets, doc_ids) batch; 0 where
+    ignored. Without gradients (validation) a Transformer's head goes a chunk of rows at a time
+    (herd.train.fused_loss), never holding the whole logits."""
     tokens, targets, doc_ids = batch
-    return token_cross_entropy(model(tokens, doc_ids=doc_ids), targets)
+    if torch.is_grad_enabled() or not _applies_its_head(model):
+        return token_cross_entropy(model(tokens, doc_ids=doc_ids), targets)
+    hidden = model(tokens, doc_ids=doc_ids, head=False)
+    with gathered(model):
+        return linear_token_losses(hidden, model.output.weight, targets)
 
 
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -69,10 +76,15 @@ def next_token_loss(model: nn.Module, batch: Batch) -> LossOutput:
     """
     tokens, targets, doc_ids = batch
     count = int((targets != IGNORE_INDEX).sum())
-    if not (isinstance(model, Transformer) and type(model.output) is nn.Linear):
+    if not _applies_its_head(model):
         return LossOutput(token_losses(model, batch).sum(), count, {})
     hidden = model(tokens, doc_ids=doc_ids, head=False)
     return LossOutput(linear_cross_entropy(hidden, model.output.weight, targets), count, {})
+
+
+def _applies_its_head(model: nn.Module) -> bool:
+    """Whether `model` is a Transformer whose head the losses apply themselves (`forward(head=False)`)."""
+    return isinstance(model, Transformer) and type(model.output) is nn.Linear
 
 
 @dataclass
