@@ -117,17 +117,18 @@ def _vocab_shard(
     return whole, weight.to_local(), mesh.get_group(), start
 
 
-def chunk_rows(vocab_size: int, device_type: str, compiled: bool) -> int:
-    """Rows of hidden states that go through the head together, for a vocabulary of `vocab_size` on a device type."""
-    elements = CHUNK_ELEMENTS.get(device_type, CHUNK_ELEMENTS["cuda"]) * (2 if compiled else 1)
+def chunk_rows(vocab_size: int, device_type: str, fused: bool) -> int:
+    """Rows of hidden states that go through the head together, for a vocabulary of `vocab_size` on a device type,
+    in compiled chunks (`fused`) or eager ones."""
+    elements = CHUNK_ELEMENTS.get(device_type, CHUNK_ELEMENTS["cuda"]) * (2 if fused else 1)
     return max(MIN_CHUNK_ROWS, elements // vocab_size)
 
 
 def chunk_bytes(tokens: int, vocab_size: int, device_type: str, compute_bytes: int) -> int:
     """Peak bytes of one chunk of the head + loss over `tokens` rows on one device (logits and their gradient)."""
-    compiled = device_type in COMPILED_DEVICES
-    rows = min(tokens, chunk_rows(vocab_size, device_type, compiled))
-    return rows * vocab_size * (2 * compute_bytes if compiled else 4 + compute_bytes)
+    fused = device_type in COMPILED_DEVICES
+    rows = min(tokens, chunk_rows(vocab_size, device_type, fused))
+    return rows * vocab_size * (2 * compute_bytes if fused else 4 + compute_bytes)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
