@@ -332,6 +332,7 @@ VOCAB_PARALLEL_RANK = textwrap.dedent("""
     from herd.train import fused_loss
     from herd.train.fused_loss import linear_cross_entropy
     fused_loss.CHUNK_ELEMENTS["cpu"] = 1  # chunks of MIN_CHUNK_ROWS (256) rows: three here
+    fused_loss.COMPILED_DEVICES = ("cpu",) if sys.argv[1] == "compiled" else ()  # compiled: as on CUDA
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("tp",))
     generator = torch.Generator().manual_seed(0)  # the same tensors on both ranks
@@ -349,17 +350,20 @@ VOCAB_PARALLEL_RANK = textwrap.dedent("""
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(hidden.grad, expected_hidden.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(sharded.grad.full_tensor(), expected_weight.grad, rtol=1e-4, atol=1e-5)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs == (2 if fused_loss.COMPILED_DEVICES else 0), graphs  # a full chunk and the short last one
     print(f"rank {dist.get_rank()} ok", flush=True)
     dist.destroy_process_group()
 """)
 
 
-def test_vocab_parallel_loss_equals_the_whole_logits_loss(tmp_path):
+@pytest.mark.parametrize("chunks", ["eager", "compiled"])
+def test_vocab_parallel_loss_equals_the_whole_logits_loss(tmp_path, chunks):
     """The chunked loss on a head split by vocabulary rows over two ranks (uneven shards, ignored targets, several
-    chunks): the loss and gradients of the whole logits, on every rank."""
+    chunks; compiled, with the all-reduces in the graph): the loss and gradients of the whole logits, on every rank."""
     script = tmp_path / "vocab_parallel.py"
     script.write_text(VOCAB_PARALLEL_RANK)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), chunks]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             check=False)
     assert result.returncode == 0, result.stderr[-4000:]

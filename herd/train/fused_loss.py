@@ -98,8 +98,8 @@ def _chunking(hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor,
     if isinstance(weight, DTensor):
         hidden, weight, group, start = _vocab_shard(hidden, weight)
     compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-    # sharded heads all-reduce inside the chunk's math, so they run it eager
-    fused = device in COMPILED_DEVICES and group is None and not torch.compiler.is_compiling()
+    # a sharded head's all-reduces are traced into the compiled chunk (torch's functional collectives)
+    fused = device in COMPILED_DEVICES and not torch.compiler.is_compiling()
     return hidden, weight, _Chunking(device, compute, chunk_rows(weight.shape[0], device, fused), fused, group, start)
 
 
