@@ -212,17 +212,26 @@ def test_linear_cross_entropy_equals_the_plain_head_and_loss(monkeypatch, compil
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_token_losses_in_chunks_equal_the_whole_logits(monkeypatch, compiled):
+def test_token_losses_in_chunks_equal_the_whole_logits_gradients_included(monkeypatch, compiled):
     monkeypatch.setitem(fused_loss.CHUNK_ELEMENTS, "cpu", 100 * 13)  # 13-row chunks (26 compiled), the last one short
     monkeypatch.setattr(fused_loss, "MIN_CHUNK_ROWS", 1)
     monkeypatch.setattr(fused_loss, "COMPILED_DEVICES", ("cpu",) if compiled else ())
-    hidden, weight = torch.randn(3, 50, 16), torch.randn(100, 16, requires_grad=True)
+    hidden, weight = torch.randn(3, 50, 16, requires_grad=True), torch.randn(100, 16, requires_grad=True)
     targets = torch.randint(0, 100, (3, 50))
     targets[0, :20] = IGNORE_INDEX
+    upstream = torch.randn(3, 50)  # a different weight per position, as DPO's sums give
     got = fused_loss.linear_token_losses(hidden, weight, targets)
+    (got * upstream).sum().backward()  # the backward pass recomputes the chunks' logits
+    grads = hidden.grad, weight.grad
+    hidden.grad = weight.grad = None
     want = token_cross_entropy(torch.nn.functional.linear(hidden, weight), targets)
-    torch.testing.assert_close(got, want.detach(), rtol=1e-6, atol=1e-6)
-    assert got.shape == (3, 50) and torch.all(got[0, :20] == 0) and not got.requires_grad
+    (want * upstream).sum().backward()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert got.shape == (3, 50) and torch.all(got[0, :20] == 0)
+    torch.testing.assert_close(grads[0], hidden.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], weight.grad, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert not fused_loss.linear_token_losses(hidden, weight, targets).requires_grad
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the head in bf16, the softmax in fp32
         low = fused_loss.linear_token_losses(hidden, weight, targets)
     assert low.dtype == torch.float32 and torch.allclose(low, got, rtol=3e-2, atol=3e-2)

@@ -23,8 +23,9 @@ from herd.post.batches import Batches, PairTensors, encode_pairs, pair_batch
 from herd.post.data import read_preferences
 from herd.post.lora import WithoutAdapters
 from herd.post.stage import PostConfig, PostResult, export_trained, finished, load_start, reference_model, train_stage
+from herd.train.fused_loss import linear_token_losses
 from herd.train.packing import IGNORE_INDEX
-from herd.train.trainer import Batch, LossOutput, token_cross_entropy
+from herd.train.trainer import Batch, LossOutput, applies_its_head, token_cross_entropy
 
 
 @dataclass
@@ -61,8 +62,12 @@ Model = nn.Module | Callable[..., torch.Tensor]
 
 
 def token_logps(model: Model, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p of each target token [B, T] (fp32); 0 where the target is IGNORE_INDEX."""
-    return -token_cross_entropy(model(tokens), targets)
+    """log p of each target token [B, T] (fp32); 0 where the target is IGNORE_INDEX. A Transformer's head (a LoRA
+    reference's too) goes a chunk of rows at a time (herd.train.fused_loss), never holding the whole logits."""
+    transformer = model.model if isinstance(model, WithoutAdapters) else model
+    if not applies_its_head(transformer):
+        return -token_cross_entropy(model(tokens), targets)
+    return -linear_token_losses(model(tokens, head=False), transformer.output.weight, targets)
 
 
 def dpo_loss(

@@ -56,18 +56,16 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         return _LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, targets.flatten(), chunking)
 
 
-@torch.no_grad()
 def linear_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy (fp32) of hidden @ weight.T at every position of targets [...], 0 where ignored: the chunks of
-    `linear_cross_entropy` without gradients, for validation (a sharded head too). The losses of 8 x 512 tokens of a
-    32K-vocabulary model (dim 256, 2 layers) on 2 CPU cores: 77 MB of peak memory above the model instead of 1.03 GB
-    for the whole logits, in 0.54 s instead of 0.59 (medians of 7)."""
+    """Cross-entropy (fp32) of hidden @ weight.T at every position of targets [...], 0 where ignored, from the chunks
+    of `linear_cross_entropy` (a sharded head too). Gradients flow: the backward pass recomputes each chunk's logits
+    instead of keeping them. The losses of 8 x 512 tokens of a 32K-vocabulary model (dim 256, 2 layers) on 2 CPU
+    cores, without gradients: 77 MB of peak memory above the model instead of 1.03 GB for the whole logits, in 0.54 s
+    instead of 0.59 (medians of 7)."""
     hidden, weight, chunking = _chunking(hidden, weight)
     with torch.autocast(chunking.device, enabled=False):
-        hidden, weight = hidden.flatten(0, -2).to(chunking.compute), weight.to(chunking.compute)
-        losses = [chunking.softmax(logits, chunk_targets, False)[0]
-                  for _, _, chunk_targets, logits in _chunks(hidden, weight, targets.flatten(), chunking.rows)]
-    return torch.cat(losses).view(targets.shape) if losses else torch.zeros(targets.shape, device=hidden.device)
+        losses = _LinearTokenLosses.apply(hidden.flatten(0, -2), weight, targets.flatten(), chunking)
+    return losses.view(targets.shape)
 
 
 @dataclass(frozen=True)
@@ -137,30 +135,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         """Casts to the compute dtype happen here, not in autograd: the weight gradient sums chunks in fp32 and is
         scaled in fp32, then cast to the weight's dtype (an fp32 weight's gradient is never rounded to bf16)."""
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        total, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, targets, chunking, want_hidden, want_weight)
         hidden_dtype, weight_dtype = hidden.dtype, weight.dtype
-        hidden, weight = hidden.to(chunking.compute), weight.to(chunking.compute)
-        grad_hidden = torch.empty_like(hidden) if want_hidden else None
-        grad_weight = None  # the first chunk's product, then the others added to it
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for first, h, t, logits in _chunks(hidden, weight, targets, chunking.rows):
-            losses, grad, safe, mine = chunking.softmax(logits, t, want_hidden or want_weight)
-            total += losses.sum()
-            if grad is None:
-                continue
-            grad.scatter_add_(1, safe, -mine.to(grad.dtype)[:, None])  # minus the one-hot target
-            if want_hidden:
-                torch.mm(grad, weight, out=grad_hidden[first : first + len(h)])
-            if want_weight:
-                if grad_weight is None:
-                    grad_weight = (grad.T @ h).float()
-                elif grad_weight.dtype == h.dtype:
-                    grad_weight.addmm_(grad.T, h)
-                else:
-                    grad_weight.add_(grad.T @ h)
-        if want_weight and grad_weight is None:  # no rows
-            grad_weight = torch.zeros_like(weight, dtype=torch.float32)
-        if want_hidden and chunking.group is not None:
-            dist.all_reduce(grad_hidden, group=chunking.group)  # each shard's rows add their part
         ctx.grads, ctx.dtypes = (grad_hidden, grad_weight), (hidden_dtype, weight_dtype)
         return total
 
@@ -199,6 +175,62 @@ def _chunks(
     for first in range(0, hidden.shape[0], rows):
         h = hidden[first : first + rows]
         yield first, h, targets[first : first + rows], h @ weight.T if packed is None else prepacked_matmul(h, packed)
+
+
+def _loss_and_grads(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunking: _Chunking, want_hidden: bool,
+    want_weight: bool, row_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The summed loss (fp32) and, as asked, the gradients of the hidden states (compute dtype) and of the weight
+    (summed over chunks in fp32) of each row's loss times `row_scale` (1 when None), a chunk at a time."""
+    hidden, weight = hidden.to(chunking.compute), weight.to(chunking.compute)
+    grad_hidden = torch.empty_like(hidden) if want_hidden else None
+    grad_weight = None  # the first chunk's product, then the others added to it
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for first, h, t, logits in _chunks(hidden, weight, targets, chunking.rows):
+        losses, grad, safe, mine = chunking.softmax(logits, t, want_hidden or want_weight)
+        total += losses.sum()
+        if grad is None:
+            continue
+        grad.scatter_add_(1, safe, -mine.to(grad.dtype)[:, None])  # minus the one-hot target
+        if row_scale is not None:
+            grad.mul_(row_scale[first : first + len(h), None].to(grad.dtype))
+        if want_hidden:
+            torch.mm(grad, weight, out=grad_hidden[first : first + len(h)])
+        if want_weight:
+            if grad_weight is None:
+                grad_weight = (grad.T @ h).float()
+            elif grad_weight.dtype == h.dtype:
+                grad_weight.addmm_(grad.T, h)
+            else:
+                grad_weight.add_(grad.T @ h)
+    if want_weight and grad_weight is None:  # no rows
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+    if want_hidden and chunking.group is not None:
+        dist.all_reduce(grad_hidden, group=chunking.group)  # each shard's rows add their part
+    return total, grad_hidden, grad_weight
+
+
+class _LinearTokenLosses(torch.autograd.Function):
+    """Each row's loss; the backward pass recomputes each chunk's logits (the forward keeps none of them)."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunking: _Chunking):
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.chunking = chunking
+        compute_hidden, compute_weight = hidden.to(chunking.compute), weight.to(chunking.compute)
+        losses = [chunking.softmax(logits, chunk_targets, False)[0]
+                  for _, _, chunk_targets, logits in _chunks(compute_hidden, compute_weight, targets, chunking.rows)]
+        return torch.cat(losses) if losses else torch.zeros(targets.shape, device=hidden.device)
+
+    @staticmethod
+    def backward(ctx, grad_losses: torch.Tensor):
+        hidden, weight, targets = ctx.saved_tensors
+        _, grad_hidden, grad_weight = _loss_and_grads(
+            hidden, weight, targets, ctx.chunking, ctx.needs_input_grad[0], ctx.needs_input_grad[1], grad_losses
+        )
+        return (None if grad_hidden is None else grad_hidden.to(hidden.dtype),
+                None if grad_weight is None else grad_weight.to(weight.dtype), None, None)
 
 
 def _chunk_softmax(

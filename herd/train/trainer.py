@@ -48,12 +48,14 @@ LossFn = Callable[[nn.Module, Batch], LossOutput]
 
 def token_losses(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Next-token cross-entropy (nats) of every position [B, T] of a packed (tokens, targets, doc_ids) batch; 0 where
-    ignored. Without gradients (validation) a Transformer's head goes a chunk of rows at a time
-    (herd.train.fused_loss), never holding the whole logits."""
+    ignored. A Transformer's head goes a chunk of rows at a time (herd.train.fused_loss.linear_token_losses), never
+    holding the whole logits; with gradients, its backward pass recomputes them."""
     tokens, targets, doc_ids = batch
-    if torch.is_grad_enabled() or not _applies_its_head(model):
+    if not applies_its_head(model):
         return token_cross_entropy(model(tokens, doc_ids=doc_ids), targets)
     hidden = model(tokens, doc_ids=doc_ids, head=False)
+    if torch.is_grad_enabled():  # FSDP keeps a root's weights gathered until its backward
+        return linear_token_losses(hidden, model.output.weight, targets)
     with gathered(model):
         return linear_token_losses(hidden, model.output.weight, targets)
 
@@ -76,13 +78,13 @@ def next_token_loss(model: nn.Module, batch: Batch) -> LossOutput:
     """
     tokens, targets, doc_ids = batch
     count = int((targets != IGNORE_INDEX).sum())
-    if not _applies_its_head(model):
+    if not applies_its_head(model):
         return LossOutput(token_losses(model, batch).sum(), count, {})
     hidden = model(tokens, doc_ids=doc_ids, head=False)
     return LossOutput(linear_cross_entropy(hidden, model.output.weight, targets), count, {})
 
 
-def _applies_its_head(model: nn.Module) -> bool:
+def applies_its_head(model: object) -> bool:
     """Whether `model` is a Transformer whose head the losses apply themselves (`forward(head=False)`)."""
     return isinstance(model, Transformer) and type(model.output) is nn.Linear
 
