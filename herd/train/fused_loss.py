@@ -8,6 +8,9 @@ On CUDA each chunk's softmax and gradient are one compiled function: inductor fu
 compute-dtype logits and write their gradient, where eager ops make an fp32 copy and pass over it ~6 times (for the
 8B head's 128K vocabulary, ~5 GB of memory traffic per 1,000 rows).
 
+Per-position losses (validation, DPO's log-probabilities) come from the same chunks; there the gradient of each row
+is weighted differently, so their backward pass recomputes each chunk's logits instead of forming it in the forward.
+
 A head sharded by vocabulary rows (tensor parallelism) runs the same loop on its own rows, Megatron-style: each
 chunk's max, sum of exponentials and target logit are all-reduced over the shard group, and the hidden states'
 gradient is summed over it; the logits are never gathered. (torch's `loss_parallel` needs the backward pass inside
