@@ -21,11 +21,10 @@ from herd.checkpoint import save
 from herd.errors import HerdError
 from herd.post.batches import Batches, PairTensors, encode_pairs, pair_batch
 from herd.post.data import read_preferences
-from herd.post.lora import WithoutAdapters
+from herd.post.lora import WithoutAdapters, adapters_disabled
 from herd.post.stage import PostConfig, PostResult, export_trained, finished, load_start, reference_model, train_stage
-from herd.train.fused_loss import linear_token_losses
 from herd.train.packing import IGNORE_INDEX
-from herd.train.trainer import Batch, LossOutput, applies_its_head, token_cross_entropy
+from herd.train.trainer import Batch, LossOutput, applies_its_head, token_cross_entropy, token_losses
 
 
 @dataclass
@@ -64,10 +63,12 @@ Model = nn.Module | Callable[..., torch.Tensor]
 def token_logps(model: Model, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p of each target token [B, T] (fp32); 0 where the target is IGNORE_INDEX. A Transformer's head (a LoRA
     reference's too) goes a chunk of rows at a time (herd.train.fused_loss), never holding the whole logits."""
-    transformer = model.model if isinstance(model, WithoutAdapters) else model
-    if not applies_its_head(transformer):
+    if isinstance(model, WithoutAdapters):
+        with adapters_disabled(model.model):
+            return token_logps(model.model, tokens, targets)
+    if not applies_its_head(model):
         return -token_cross_entropy(model(tokens), targets)
-    return -linear_token_losses(model(tokens, head=False), transformer.output.weight, targets)
+    return -token_losses(model, (tokens, targets, None))
 
 
 def dpo_loss(

@@ -138,10 +138,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         """Casts to the compute dtype happen here, not in autograd: the weight gradient sums chunks in fp32 and is
         scaled in fp32, then cast to the weight's dtype (an fp32 weight's gradient is never rounded to bf16)."""
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        total, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, targets, chunking, want_hidden, want_weight)
+        losses, grad_hidden, grad_weight = _losses_and_grads(hidden, weight, targets, chunking, want_hidden, want_weight)
         hidden_dtype, weight_dtype = hidden.dtype, weight.dtype
         ctx.grads, ctx.dtypes = (grad_hidden, grad_weight), (hidden_dtype, weight_dtype)
-        return total
+        return losses.sum()
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
@@ -180,19 +180,19 @@ def _chunks(
         yield first, h, targets[first : first + rows], h @ weight.T if packed is None else prepacked_matmul(h, packed)
 
 
-def _loss_and_grads(
+def _losses_and_grads(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunking: _Chunking, want_hidden: bool,
     want_weight: bool, row_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """The summed loss (fp32) and, as asked, the gradients of the hidden states (compute dtype) and of the weight
-    (summed over chunks in fp32) of each row's loss times `row_scale` (1 when None), a chunk at a time."""
+    """Each row's loss (fp32) and, as asked, the gradients of the hidden states (compute dtype) and of the weight
+    (summed over chunks in fp32) of the rows' losses times `row_scale` (1 when None), a chunk at a time."""
     hidden, weight = hidden.to(chunking.compute), weight.to(chunking.compute)
     grad_hidden = torch.empty_like(hidden) if want_hidden else None
     grad_weight = None  # the first chunk's product, then the others added to it
-    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    losses = []
     for first, h, t, logits in _chunks(hidden, weight, targets, chunking.rows):
-        losses, grad, safe, mine = chunking.softmax(logits, t, want_hidden or want_weight)
-        total += losses.sum()
+        chunk_losses, grad, safe, mine = chunking.softmax(logits, t, want_hidden or want_weight)
+        losses.append(chunk_losses)
         if grad is None:
             continue
         grad.scatter_add_(1, safe, -mine.to(grad.dtype)[:, None])  # minus the one-hot target
@@ -211,7 +211,7 @@ def _loss_and_grads(
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
     if want_hidden and chunking.group is not None:
         dist.all_reduce(grad_hidden, group=chunking.group)  # each shard's rows add their part
-    return total, grad_hidden, grad_weight
+    return torch.cat(losses) if losses else targets.new_zeros(0, dtype=torch.float32), grad_hidden, grad_weight
 
 
 class _LinearTokenLosses(torch.autograd.Function):
@@ -221,15 +221,12 @@ class _LinearTokenLosses(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunking: _Chunking):
         ctx.save_for_backward(hidden, weight, targets)
         ctx.chunking = chunking
-        compute_hidden, compute_weight = hidden.to(chunking.compute), weight.to(chunking.compute)
-        losses = [chunking.softmax(logits, chunk_targets, False)[0]
-                  for _, _, chunk_targets, logits in _chunks(compute_hidden, compute_weight, targets, chunking.rows)]
-        return torch.cat(losses) if losses else torch.zeros(targets.shape, device=hidden.device)
+        return _losses_and_grads(hidden, weight, targets, chunking, False, False)[0]
 
     @staticmethod
     def backward(ctx, grad_losses: torch.Tensor):
         hidden, weight, targets = ctx.saved_tensors
-        _, grad_hidden, grad_weight = _loss_and_grads(
+        _, grad_hidden, grad_weight = _losses_and_grads(
             hidden, weight, targets, ctx.chunking, ctx.needs_input_grad[0], ctx.needs_input_grad[1], grad_losses
         )
         return (None if grad_hidden is None else grad_hidden.to(hidden.dtype),

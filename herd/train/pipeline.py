@@ -125,12 +125,11 @@ class Pipeline:
         """Forward and backward of all `batches` (one micro-batch each); the loss total is 0 off the last stage."""
         key = ("train", len(batches), tuple(batches[0][0].shape))
         schedule = self._schedules.get(key)
-        last = self.rank.stage_modules[-1]
         if schedule is None:
 
             def loss_fn(hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
                 # the weight read at each call: under FSDP it is the gathered one only after the stage's forward
-                return linear_cross_entropy(hidden, last.output.weight, targets)
+                return linear_cross_entropy(hidden, self._last.output.weight, targets)
 
             schedule = self.schedule_class(self._stages(), len(batches), loss_fn=loss_fn, scale_grads=False)
             self._schedules[key] = schedule
@@ -155,17 +154,20 @@ class Pipeline:
             hidden = schedule.step(*((tokens,) if self.is_first else ()), doc_ids=doc_ids)
         if hidden is None:
             return None
-        last = self.rank.stage_modules[-1]
-        with gathered(last):
-            return linear_token_losses(hidden, last.output.weight, targets)
+        with gathered(self._last):
+            return linear_token_losses(hidden, self._last.output.weight, targets)
+
+    @property
+    def _last(self) -> StageModule:
+        """This rank's last stage module (the model's last stage, with its norm and head, on the last rank)."""
+        return self.rank.stage_modules[-1]
 
     @contextlib.contextmanager
     def _hidden_states_out(self) -> Iterator[None]:
         """The last stage returns its final-normed hidden states, not logits: the losses apply the head in chunks."""
-        last = self.rank.stage_modules[-1]
-        last.head = False
+        self._last.head = False
         try:
             yield
         finally:
-            last.head = True
+            self._last.head = True
 

@@ -54,9 +54,8 @@ def token_losses(model: nn.Module, batch: Batch) -> torch.Tensor:
     if not applies_its_head(model):
         return token_cross_entropy(model(tokens, doc_ids=doc_ids), targets)
     hidden = model(tokens, doc_ids=doc_ids, head=False)
-    if torch.is_grad_enabled():  # FSDP keeps a root's weights gathered until its backward
-        return linear_token_losses(hidden, model.output.weight, targets)
-    with gathered(model):
+    # with gradients FSDP keeps a root's weights gathered until its backward (which reads them again)
+    with contextlib.nullcontext() if torch.is_grad_enabled() else gathered(model):
         return linear_token_losses(hidden, model.output.weight, targets)
 
 
