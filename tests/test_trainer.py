@@ -211,6 +211,18 @@ def test_linear_cross_entropy_equals_the_plain_head_and_loss(monkeypatch, compil
     assert torch.equal(weight.grad, torch.zeros_like(weight))
 
 
+def test_compiled_chunk_leaves_its_fp32_logits_alone():
+    """fp32 logits reach the compiled chunk uncopied (`.float()` aliases them): writing them in place there made
+    torch 2.11's inductor read the target logits after the shift, every loss off by its row's max."""
+    logits, targets = torch.randn(26, 100), torch.randint(0, 100, (26,))
+    before = logits.clone()
+    eager = fused_loss._chunk_softmax(before.clone(), targets, 0, None, True)
+    got = lazy_compile.compiled(fused_loss._chunk_softmax, dynamic=None)(logits, targets, 0, None, True)
+    assert torch.equal(logits, before)
+    torch.testing.assert_close(got[0], eager[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got[1], eager[1], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_token_losses_in_chunks_equal_the_whole_logits_gradients_included(monkeypatch, compiled):
     monkeypatch.setitem(fused_loss.CHUNK_ELEMENTS, "cpu", 100 * 13)  # 13-row chunks (26 compiled), the last one short

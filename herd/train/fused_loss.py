@@ -249,7 +249,12 @@ def _chunk_softmax(
     if group is not None:
         dist.all_reduce(picked, group=group)
         dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
-    exps = _exp_(logits.sub_(peak))  # in place: the chunk's only exp pass
+    if torch.compiler.is_compiling():
+        # out of place: inductor fuses it anyway, and writing the input (fp32 logits: `.float()` aliases them) costs
+        # a copy back and, in torch 2.11, read the targets' logits after the shift
+        exps = (logits - peak).exp()
+    else:
+        exps = _exp_(logits.sub_(peak))  # in place: the chunk's only exp pass
     sums = exps.sum(dim=-1)
     if group is not None:
         dist.all_reduce(sums, group=group)
