@@ -2,7 +2,7 @@
 # Issue 3's GPU checks in one device call (~8 min on one H100 or H200, compile included): the CUDA-only tests of
 # document-masked attention (FlexAttention), the head + loss side by side (benchmarks/loss_gpu.py), then
 # benchmarks/train_gpu.py's MFU on causal rows and on rows of 4 packed documents, through FlexAttention and through
-# SDPA with a dense mask. Needs no installed herd (PYTHONPATH)
+# SDPA with a dense mask (each prints its first and last loss). Needs no installed herd (PYTHONPATH)
 # and no wheels: the device image has herd's imports. Each step has a time limit, so the call ends within 10 min.
 # Usage (repo root, on the GPU machine): bash benchmarks/gpu_checks_train.sh [output folder]
 set -uo pipefail

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 import tempfile
 import time
@@ -79,15 +80,16 @@ class Repeat:
         return {}
 
 
-def timed_tokens_per_s(trainer: Trainer, device: torch.device, tokens: int, steps: int) -> float:
+def timed_tokens_per_s(trainer: Trainer, device: torch.device, tokens: int, steps: int) -> tuple[float, float]:
+    """Tokens/s over `steps` steps, and the last step's loss."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        trainer.train_step()  # ends in a host sync (the loss and grad norm are read)
+        loss = trainer.train_step()["loss"]  # ends in a host sync (the loss and grad norm are read)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return tokens * steps / (time.perf_counter() - start)
+    return tokens * steps / (time.perf_counter() - start), loss
 
 
 def main() -> None:
@@ -118,9 +120,10 @@ def main() -> None:
         fused_loss.COMPILED_DEVICES = ()
     config, trainer, device = build(args)
     tokens = args.batch_size * args.seq_len
-    for _ in range(args.warmup):
+    first_loss = trainer.train_step()["loss"]
+    for _ in range(args.warmup - 1):
         trainer.train_step()
-    rates = [timed_tokens_per_s(trainer, device, tokens, args.steps) for _ in range(args.runs)]
+    rates, losses = zip(*(timed_tokens_per_s(trainer, device, tokens, args.steps) for _ in range(args.runs)))
     rate = statistics.median(rates)
     peak = peak_tflops(device, args.peak_tflops)
     tflops = flops_per_token(config, args.seq_len) * rate / 1e12
@@ -131,6 +134,9 @@ def main() -> None:
           f"{args.documents} document(s) per row{' (dense SDPA mask)' if args.dense_mask else ''}, "
           f"compile={not args.no_compile}{' (loss chunks eager)' if args.eager_loss else ''}, "
           f"activation checkpointing={args.activation_checkpointing}")
+    # a check on the numbers the step computes: a fresh model (logits of unit variance) starts ~0.5 above ln(vocab)
+    print(f"loss: step 1 {first_loss:.3f} (ln vocab {math.log(config.vocab_size):.3f}), step "
+          f"{args.warmup + args.runs * args.steps} {losses[-1]:.3f}")
     print("| tokens/s (median) | runs | TFLOPS | peak TFLOPS | MFU | peak memory GiB |")
     print("|---|---|---|---|---|---|")
     mfu = f"{tflops / peak:.1%}" if peak else "n/a"
