@@ -16,7 +16,7 @@ import torch
 from test_trainer import STAGES, TINY_MODEL, losses, shards, tiny_config  # noqa: F401 - `shards` is test_trainer's fixture, shared
 
 from herd.errors import HerdError
-from herd.train.distributed import ParallelConfig, clip_scale, step_scaled
+from herd.train.distributed import PIPELINE_MIN_TORCH, ParallelConfig, clip_scale, step_scaled
 from herd.train.metrics import read_records
 from herd.train.pretrain import pretrain
 
@@ -79,6 +79,11 @@ def reference(shards, tmp_path_factory):
     return pretrain(tiny_config(shards, out, *COMMON, f"batch_size={GLOBAL_ROWS}", "export_format=herd"))
 
 
+PIPELINE = pytest.mark.skipif(torch.__version__ < PIPELINE_MIN_TORCH,
+                              reason=f"pipeline parallelism needs torch >= {PIPELINE_MIN_TORCH}")
+
+
+@PIPELINE
 def test_parallel_config_names_the_options_to_fix():
     assert ParallelConfig(tp=2).degrees(8) == (1, 4, 2)
     with pytest.raises(HerdError, match=r"parallel.dp_shard=2 x parallel.tp=2 x parallel.pp=1 must equal the 2 rank"):
@@ -95,6 +100,13 @@ def test_parallel_config_names_the_options_to_fix():
         interleaved.check_micro_batches([4, 5])
     with pytest.raises(HerdError, match="1F1B needs micro-batches .* >= parallel.pp=2, got 1"):
         ParallelConfig(pp=2).check_micro_batches([2, 1])
+
+
+def test_pipeline_parallelism_names_the_torch_it_needs(monkeypatch):
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.9.1+cu128"))
+    with pytest.raises(HerdError, match=r"parallel.pp=2 needs torch >= 2.11 \(this is 2.9.1\+cu128\)"):
+        ParallelConfig(pp=2)
+    ParallelConfig(tp=2)  # the other layouts run on it
 
 
 def test_data_parallel_reproduces_the_curve_and_resumes_on_one_rank(shards, reference, tmp_path):
@@ -129,10 +141,10 @@ def test_data_parallel_reproduces_the_curve_and_resumes_on_one_rank(shards, refe
     ("dp", "tp", "pp", "extra"),
     [
         (1, 2, 1, ()),  # sequence parallel (the default)
-        (1, 1, 2, ()),  # 1F1B, two micro-batches
+        pytest.param(1, 1, 2, (), marks=PIPELINE),  # 1F1B, two micro-batches
         pytest.param(2, 2, 1, ("parallel.sequence_parallel=false",), marks=pytest.mark.slow),
-        pytest.param(2, 1, 2, ("activation_checkpointing=true",), marks=pytest.mark.slow),
-        pytest.param(2, 2, 2, (), marks=pytest.mark.slow),  # 8 ranks
+        pytest.param(2, 1, 2, ("activation_checkpointing=true",), marks=[pytest.mark.slow, PIPELINE]),
+        pytest.param(2, 2, 2, (), marks=[pytest.mark.slow, PIPELINE]),  # 8 ranks
     ],
     ids=["tp2", "pp2", "dp2xtp2", "dp2xpp2", "dp2xtp2xpp2"],
 )
@@ -183,6 +195,7 @@ def reference_four_layers(shards, tmp_path_factory):
      pytest.param(2, "Interleaved1F1B", marks=pytest.mark.slow)],
     ids=["pp2-interleaved", "pp2-looped-bfs", "dp2xpp2-interleaved"],
 )
+@PIPELINE
 def test_multi_stage_schedules_reproduce_the_single_process_curve(shards, reference_four_layers, tmp_path, dp, schedule):
     run = tmp_path / "run"
     got = run_layout(shards, run, dp, 1, 2, FOUR_LAYERS, f"parallel.pp_schedule={schedule}",
@@ -199,6 +212,7 @@ def test_multi_stage_schedules_reproduce_the_single_process_curve(shards, refere
         torch.testing.assert_close(exported.state_dict()[name], value, rtol=1e-4, atol=1e-5)
 
 
+@PIPELINE
 def test_sequence_length_stages_run_under_pipeline_parallelism(shards, tmp_path):
     common = ("steps=10", "eval_interval=5", "checkpoint_interval=5", STAGES)  # 2 micro-batches a step, then 4
     expected = losses(pretrain(tiny_config(shards, tmp_path / "single", *common, f"batch_size={GLOBAL_ROWS}")).run_dir)
@@ -211,7 +225,8 @@ def test_sequence_length_stages_run_under_pipeline_parallelism(shards, tmp_path)
 
 
 @pytest.mark.parametrize(
-    ("dp", "tp", "pp"), [(2, 1, 1), (1, 2, 1), pytest.param(1, 1, 2, marks=pytest.mark.slow)], ids=["dp2", "tp2", "pp2"]
+    ("dp", "tp", "pp"), [(2, 1, 1), (1, 2, 1), pytest.param(1, 1, 2, marks=[pytest.mark.slow, PIPELINE])],
+    ids=["dp2", "tp2", "pp2"],
 )
 def test_sharded_init_equals_the_single_process_init(tmp_path, dp, tp, pp):
     from herd.model import ModelConfig, build_model

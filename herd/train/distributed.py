@@ -24,6 +24,9 @@ from herd.errors import HerdError
 MESH_DIMS = ("pp", "dp", "tp")
 MULTI_STAGE_SCHEDULES = ("Interleaved1F1B", "LoopedBFS")
 """Pipeline schedules that run several stages on each rank."""
+PIPELINE_MIN_TORCH = "2.11"
+"""The oldest torch whose pipelining herd's tests pass on (2.11 and 2.13 tested): under 2.9.1 the stages' first shape
+exchange fails (gloo: "Received data size doesn't match expected size"); 2.10 is untested."""
 
 
 @dataclass
@@ -55,6 +58,11 @@ class ParallelConfig:
             raise HerdError(f"parallel.dp_shard must be at least 1, or -1 for the ranks left, got {self.dp_shard}")
         if self.timeout_s <= 0:
             raise HerdError(f"parallel.timeout_s must be positive, got {self.timeout_s}")
+        if self.pp > 1 and torch.__version__ < PIPELINE_MIN_TORCH:
+            raise HerdError(
+                f"parallel.pp={self.pp} needs torch >= {PIPELINE_MIN_TORCH} (this is {torch.__version__}); upgrade "
+                "torch or set parallel.pp=1"
+            )
         multi = self.pp_schedule in MULTI_STAGE_SCHEDULES
         if multi != (self.pp_stages_per_rank > 1) or self.pp_stages_per_rank < 1:
             want = "2 or more" if multi else "1"
