@@ -4,9 +4,12 @@ torch 2.13 has no FlexAttention backward on CPU, so these run without gradients;
 BlockMask, the GQA call and the model's routing are herd's.
 """
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask
 
 from herd.model import ModelConfig, build_model
@@ -93,3 +96,23 @@ def test_gradients_equal_sdpa_with_the_dense_mask_on_cuda():
         results.append([out, *torch.autograd.grad(out, inputs, grad_out)])
     for got, expected in zip(*results, strict=True):
         assert (got - expected).abs().max() < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="SDPA's CUDA kernels")
+def test_dense_document_masks_on_cuda_keep_a_fused_kernel(monkeypatch):
+    """Dense masks with GQA on CUDA (FlexAttention off) run a fused SDPA kernel, forward and backward: the math
+    kernel, which would hold [B, H, T, T] scores per layer, is ruled out here and the call must still succeed."""
+    monkeypatch.setattr(flex, "FLEX_DEVICES", ())
+    config = ModelConfig(dim=128, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=300, multiple_of=16,
+                         ffn_dim_multiplier=None, max_seq_len=512)
+    model = build_model(config)
+    model.init_weights(seed=1)
+    on_gpu = copy.deepcopy(model).cuda()
+    doc_ids = packed_doc_ids(ROWS)
+    tokens = torch.randint(0, config.vocab_size, doc_ids.shape)
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
+        logits = on_gpu(tokens.cuda(), doc_ids=doc_ids.cuda())
+        logits.square().mean().backward()
+    with torch.no_grad():
+        expected = model(tokens, doc_ids=doc_ids)
+    assert (logits.detach().cpu() - expected).abs().max() < 1e-4

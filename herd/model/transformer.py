@@ -72,9 +72,12 @@ class Attention(nn.Module):
         elif cache is None and blocked_attention_applies(q):
             out = blocked_attention(q, k, v, mask)
         else:
+            if mask is not None and cache is None and q.device.type == "cuda" and k.shape[1] != q.shape[1]:
+                # SDPA's CUDA kernels take a mask without GQA (memory-efficient) or GQA without a mask (flash):
+                # expanding the key-value heads keeps a fused kernel instead of the math one's [B, H, T, T] scores
+                k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
-                enable_gqa=self.n_kv_heads != self.n_heads,
+                q, k, v, attn_mask=mask, is_causal=mask is None and length > 1, enable_gqa=k.shape[1] != q.shape[1],
             )
         return self.wo(out.transpose(1, 2).reshape(batch, length, -1))
 
