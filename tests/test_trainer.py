@@ -217,7 +217,8 @@ def test_compiled_chunk_leaves_its_fp32_logits_alone():
     logits, targets = torch.randn(26, 100), torch.randint(0, 100, (26,))
     before = logits.clone()
     eager = fused_loss._chunk_softmax(before.clone(), targets, 0, None, True)
-    got = lazy_compile.compiled(fused_loss._chunk_softmax, dynamic=None)(logits, targets, 0, None, True)
+    chunking = fused_loss._Chunking("cpu", torch.float32, rows=26, fused=True, group=None, start=0)
+    got = chunking.softmax(logits, targets, True)  # the compiled path CUDA takes
     assert torch.equal(logits, before)
     torch.testing.assert_close(got[0], eager[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got[1], eager[1], rtol=1e-6, atol=1e-7)
