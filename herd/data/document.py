@@ -1,6 +1,7 @@
 """The unit that flows through a data pipeline: a document's text, its id and free-form metadata.
 
-Also the `BadRecord` a reader yields for input it cannot turn into a document (with its file:line).
+Also the `BadRecord` a reader yields for input it cannot turn into a document (with its file:line), and the
+`DamagedInput` it yields last for a file that breaks off or is corrupt.
 """
 
 from __future__ import annotations
@@ -31,3 +32,19 @@ class BadRecord:
     location: str
     reason: str
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DamagedInput(BadRecord):
+    """A file that breaks off (`truncated_file`) or is corrupt (`damaged_file`), the last item its reader yields:
+    every line (row) before `line` was read, nothing from it on. `offset`: the file byte where reading stopped
+    (the cut line's start in a plain file; the compressed bytes read when the decoder failed); None for Parquet."""
+
+    path: str = ""
+    line: int = 0
+    offset: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-ready entry stats.json and report.md list."""
+        return {"file": self.path, "reason": self.reason, "line": self.line, "offset": self.offset,
+                "detail": self.detail}

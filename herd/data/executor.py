@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from herd.data.document import BadRecord, Document
+from herd.data.document import BadRecord, DamagedInput, Document
 from herd.data.readers import InputConfig, InputPart, open_binary, read_file
 from herd.data.stage import GlobalStage, Stage, StageContext
 from herd.data.stats import StageStats, merge_stats, render_report
@@ -195,6 +195,8 @@ def _read_inputs(spec: RunSpec, shard: int, stats: StageStats, errors: ShardWrit
             if isinstance(item, BadRecord):
                 stats.drop(item.reason)
                 errors.write({"location": item.location, "reason": item.reason, "detail": item.detail})
+                if isinstance(item, DamagedInput):
+                    stats.damaged.append(item.summary())
             else:
                 yield item
 

@@ -5,6 +5,7 @@ Stage entries in YAML are a stage name, or a one-key mapping of name to options 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,9 @@ class PipelineConfig:
     """Tokenizer file for token counts; None: Meta's 128K Llama 3 tokenizer."""
     write_dropped: bool = False
     """Write every dropped document, with its reason, under `_run/dropped/<stage>/`."""
+    allow_damaged_inputs: bool = False
+    """Finish with success although input files break off or are corrupt; either way their records before the
+    damage are kept and stats.json / report.md list them. False: the run ends in an error naming them."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -142,7 +146,23 @@ def run_pipeline(
         tokenizer=config.tokenizer,
         write_dropped=config.write_dropped,
     )
-    return execute(spec, config.workers, config.executor, config.ray_address)
+    stats = execute(spec, config.workers, config.executor, config.ray_address)
+    damaged = [entry for s in stats for entry in s.damaged]
+    if damaged and not config.allow_damaged_inputs:
+        raise HerdError(
+            f"{_damage_summary(damaged)}; the records before the damage were kept and the run finished (see "
+            "stats.json and report.md); replace the file(s), or set allow_damaged_inputs: true to accept the loss"
+        )
+    if damaged:
+        warnings.warn(f"{_damage_summary(damaged)}, accepted (allow_damaged_inputs: true)", stacklevel=2)
+    return stats
+
+
+def _damage_summary(damaged: list[dict[str, Any]], shown: int = 3) -> str:
+    """The damaged inputs in a few words: how many, the first `shown` with where each breaks off."""
+    named = ", ".join(f"{d['file']} ({d['reason']} at line {d['line']:,})" for d in damaged[:shown])
+    more = f" and {len(damaged) - shown} more" if len(damaged) > shown else ""
+    return f"{len(damaged)} damaged input file(s): {named}{more}"
 
 
 def _labels(stages: Sequence[Stage]) -> list[str]:

@@ -1,6 +1,7 @@
 """Readers: JSONL (plain, .gz, .zst), Parquet, text files and HF `datasets` saved to disk, into Documents.
 
-Bad input never raises: a line or row that is not a usable document comes out as a `BadRecord` with its location.
+Bad input never raises: a line or row that is not a usable document comes out as a `BadRecord` with its location,
+and a file that breaks off or is corrupt yields the records before the damage, then a `DamagedInput`.
 Large plain JSONL and Parquet files are read as several `InputPart`s (line-aligned byte ranges, row-group ranges).
 """
 
@@ -13,12 +14,14 @@ import itertools
 import json
 import math
 import mmap
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from herd.data.document import BadRecord, Document
+from herd.data.document import BadRecord, DamagedInput, Document
 from herd.errors import HerdError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".ndjson")
@@ -27,6 +30,7 @@ TEXT_SUFFIXES = (".txt",)
 HF_DISK_MARKERS = ("state.json", "dataset_dict.json")  # what `Dataset.save_to_disk` leaves in its directory
 Format = Literal["auto", "jsonl", "parquet", "text", "hf_disk"]
 _SCAN_BYTES = 1 << 24  # newlines are counted this many bytes at a time
+_ZSTD_READ_BYTES = 1 << 16  # compressed bytes a .zst reader decodes at a time
 
 
 @dataclass
@@ -146,53 +150,131 @@ def read_texts(config: InputConfig, sources: Iterable[Path | InputPart]) -> Iter
                 )
 
 
-def open_binary(path: Path) -> BinaryIO:
-    """`path` opened for binary reading, decompressing .gz and .zst."""
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.name.endswith(".zst"):
-        zstandard = _import("zstandard", "reading .zst files")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
+@contextmanager
+def open_binary(path: Path) -> Iterator[BinaryIO]:
+    """`path` opened for binary reading, decompressing .gz and .zst; a stream that breaks off raises EOFError."""
+    with open(path, "rb") as raw, _decoded(raw, path.name) as stream:
+        yield stream
+
+
+class StreamDamaged(ValueError):
+    """A compressed stream the decoder rejects (the zstd counterpart of gzip's BadGzipFile and zlib.error)."""
+
+
+_STREAM_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, StreamDamaged)
+
+
+def _decoded(raw: BinaryIO, name: str) -> BinaryIO:
+    """`raw` decompressed by its name's suffix (.gz, .zst), else itself; closing the result leaves `raw` open."""
+    if name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if name.endswith(".zst"):
+        return io.BufferedReader(_ZstdFrames(raw))
+    return raw
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The frames of a .zst stream, decoded one after another. Hand-written because zstandard's `stream_reader`
+    ends quietly at a frame cut short (its reader has no end-of-frame check); this raises EOFError there, as gzip
+    does, and StreamDamaged for data the decoder rejects."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._zstd = _import("zstandard", "reading .zst files")
+        self._decompressor = self._zstd.ZstdDecompressor()
+        self._frame = self._decompressor.decompressobj()
+        self._in_frame = False  # part of the current frame has been fed
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out:
+            chunk = self._raw.read(_ZSTD_READ_BYTES)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("the zstd stream ends inside a frame")
+                return 0
+            self._out = memoryview(self._feed(chunk))
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _feed(self, chunk: bytes) -> bytes:
+        out = []
+        while chunk:
+            try:
+                out.append(self._frame.decompress(chunk))
+            except self._zstd.ZstdError as e:
+                raise StreamDamaged(str(e)) from None
+            self._in_frame = not self._frame.eof
+            if self._in_frame:
+                break
+            chunk = self._frame.unused_data  # the next frame starts here
+            self._frame = self._decompressor.decompressobj()
+        return b"".join(out)
 
 
 def _read_jsonl(part: InputPart, config: InputConfig) -> Iterator[Document | BadRecord]:
-    path, position = part.path, part.start
-    with open_binary(path) as stream:
+    path, position, lineno = part.path, part.start, part.first
+    with open(path, "rb") as raw, _decoded(raw, path.name) as stream:
         if position:
             stream.seek(position)
-        for lineno, raw in enumerate(stream, start=part.first):
-            if part.stop is not None and position >= part.stop:
-                break
-            position += len(raw)
-            where = f"{path}:{lineno}"
-            if not raw.strip():
-                continue  # a blank line holds no record
-            if len(raw) > config.max_doc_bytes:
-                yield BadRecord(where, "too_large", f"{len(raw)} bytes > input.max_doc_bytes={config.max_doc_bytes}")
-                continue
+        lines = iter(stream)
+        while part.stop is None or position < part.stop:
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield BadRecord(where, "invalid_utf8", str(e))
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield BadRecord(where, "invalid_json", f"{e.msg}: {line[:80]!r}")
-                continue
-            yield _document(record, where, config)
+                line = next(lines, None)
+            except _STREAM_ERRORS as e:
+                reason = "truncated_file" if isinstance(e, EOFError) else "damaged_file"
+                detail = f"{e} (after {raw.tell():,} compressed bytes)"
+                yield DamagedInput(f"{path}:{lineno}", reason, detail, str(path), lineno, raw.tell())
+                return
+            if line is None:
+                return
+            item = _parse_line(line, f"{path}:{lineno}", config)
+            if isinstance(item, BadRecord) and not line.endswith(b"\n"):  # the last line, cut short
+                offset = raw.tell() if stream is not raw else position
+                detail = f"the last line breaks off without a newline ({item.reason}: {item.detail})"
+                yield DamagedInput(item.location, "truncated_file", detail, str(path), lineno, offset)
+                return
+            if item is not None:
+                yield item
+            position += len(line)
+            lineno += 1
+
+
+def _parse_line(raw: bytes, where: str, config: InputConfig) -> Document | BadRecord | None:
+    """The document one JSONL line holds; None for a blank line."""
+    if not raw.strip():
+        return None
+    if len(raw) > config.max_doc_bytes:
+        return BadRecord(where, "too_large", f"{len(raw)} bytes > input.max_doc_bytes={config.max_doc_bytes}")
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return BadRecord(where, "invalid_utf8", str(e))
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        return BadRecord(where, "invalid_json", f"{e.msg}: {line[:80]!r}")
+    return _document(record, where, config)
 
 
 def _read_parquet(part: InputPart, config: InputConfig) -> Iterator[Document | BadRecord]:
     pq = _import("pyarrow.parquet", "reading Parquet files", package="pyarrow")
-    file = pq.ParquetFile(part.path)
-    groups = range(part.start, file.num_row_groups if part.stop is None else part.stop)
-    row = part.first - 1
-    for batch in file.iter_batches(batch_size=1024, row_groups=list(groups)):
-        for record in batch.to_pylist():
-            row += 1
-            yield _document(record, f"{part.path}:{row}", config)
+    arrow_error = _import("pyarrow", "reading Parquet files").ArrowException
+    row = part.first
+    try:
+        file = pq.ParquetFile(part.path)
+        groups = range(part.start, file.num_row_groups if part.stop is None else part.stop)
+        for batch in file.iter_batches(batch_size=1024, row_groups=list(groups)):
+            for record in batch.to_pylist():
+                yield _document(record, f"{part.path}:{row}", config)
+                row += 1
+    except arrow_error as e:
+        yield DamagedInput(f"{part.path}:{row}", "damaged_file", str(e), str(part.path), row)
 
 
 def _splittable(path: Path, config: InputConfig) -> bool:
@@ -225,7 +307,10 @@ def _count_newlines(data: mmap.mmap, start: int, stop: int) -> int:
 def _row_group_parts(path: Path, n: int) -> list[InputPart]:
     """Up to `n` parts of consecutive row groups, about equal in count; `first` is each part's first row."""
     pq = _import("pyarrow.parquet", "reading Parquet files", package="pyarrow")
-    metadata = pq.ParquetFile(path).metadata
+    try:
+        metadata = pq.ParquetFile(path).metadata
+    except _import("pyarrow", "reading Parquet files").ArrowException:  # stays whole; its reader reports the damage
+        return [InputPart(path)]
     groups = metadata.num_row_groups
     bounds = sorted({groups * k // n for k in range(n)} | {groups})
     parts, first = [], 1
@@ -300,9 +385,13 @@ def _import(module: str, purpose: str, package: str | None = None) -> Any:
 
 
 def read_documents(paths: Sequence[str | Path], **options: Any) -> Iterator[Document]:
-    """The good documents under `paths` (files or directories), skipping bad records; for quick scripts."""
+    """The good documents under `paths` (files or directories), skipping bad records; for quick scripts.
+
+    A damaged file raises a HerdError naming it once its readable documents are out."""
     config = InputConfig(paths=[str(p) for p in paths], **options)
     for path in input_files(config):
         for item in read_file(path, config):
+            if isinstance(item, DamagedInput):
+                raise HerdError(f"{item.location}: {item.reason} ({item.detail}); the records before it were read")
             if isinstance(item, Document):
                 yield item

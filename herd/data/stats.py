@@ -26,6 +26,8 @@ class StageStats:
     """Reason code -> documents dropped for it."""
     modified: int = 0
     """Documents kept with their text changed (normalised, masked, lines removed)."""
+    damaged: list[dict[str, Any]] = field(default_factory=list)
+    """Input files that break off or are corrupt (`DamagedInput.summary()`), in input order; each is also one drop."""
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -35,10 +37,13 @@ class StageStats:
         for name in ("docs_in", "docs_out", "bytes_in", "bytes_out", "tokens_in", "tokens_out", "modified"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.dropped = dict(Counter(self.dropped) + Counter(other.dropped))
+        self.damaged = self.damaged + other.damaged
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["dropped"] = dict(sorted(self.dropped.items(), key=lambda kv: (-kv[1], kv[0])))
+        if not self.damaged:  # stats.json stays as it was for intact inputs
+            del out["damaged"]
         return out
 
 
@@ -56,7 +61,8 @@ def merge_stats(per_task: Iterable[list[dict[str, Any]]]) -> list[StageStats]:
 
 
 def render_report(stages: list[StageStats], title: str = "Data pipeline report") -> str:
-    """A Markdown report: one table row per stage, then the drop reasons of each stage that dropped documents."""
+    """A Markdown report: one table row per stage, the damaged input files, then the drop reasons of each stage
+    that dropped documents."""
     lines = [
         f"# {title}",
         "",
@@ -69,6 +75,14 @@ def render_report(stages: list[StageStats], title: str = "Data pipeline report")
             f"| {s.name} | {s.docs_in:,} | {s.docs_out:,} | {kept} | {s.modified:,} | {s.tokens_in:,} | "
             f"{s.tokens_out:,} | {s.bytes_in / 1e6:.2f} | {s.bytes_out / 1e6:.2f} |"
         )
+    damaged = [entry for s in stages for entry in s.damaged]
+    if damaged:
+        lines += ["", "## Damaged inputs: records from the damage on are lost", ""]
+        lines += ["| file | reason | from line | byte | detail |", "|---|---|---:|---:|---|"]
+        for d in damaged:
+            offset = "-" if d["offset"] is None else f"{d['offset']:,}"
+            detail = d["detail"].replace("|", "\\|")
+            lines.append(f"| {d['file']} | {d['reason']} | {d['line']:,} | {offset} | {detail} |")
     for s in stages:
         if s.dropped:
             lines += ["", f"## {s.name}: dropped", "", "| reason | docs | share of input |", "|---|---:|---:|"]
