@@ -12,6 +12,7 @@ import pytest
 
 from herd.cli import main
 from herd.data import InputConfig, OutputConfig, PipelineConfig, read_documents, run_pipeline
+from herd.data.readers import input_files, read_texts
 from herd.errors import HerdError
 
 zstandard = pytest.importorskip("zstandard")
@@ -164,3 +165,16 @@ def test_intact_compressed_inputs_read_as_before(tmp_path):
         results[name] = files
     assert results["a.jsonl.zst"] == results["a.jsonl"] == results["a.jsonl.gz"]
     assert b"damaged" not in results["a.jsonl"]["stats.json"] and b"Damaged" not in results["a.jsonl"]["report.md"]
+
+
+def test_readers_outside_the_pipeline_raise_on_damage_after_the_readable_records(tmp_path):
+    """Mixing, quality sampling, tokenizer training and read_documents read through these: no silent loss."""
+    compressed = COMPRESS[".jsonl.gz"](JSONL)
+    src = write(tmp_path / "in", "a.jsonl.gz", compressed[: len(compressed) // 2])
+    expected = recoverable_lines(".jsonl.gz", compressed[: len(compressed) // 2])
+    cfg = InputConfig(paths=[str(src)])
+    for documents in (read_documents([src]), read_texts(cfg, input_files(cfg))):
+        got = []
+        with pytest.raises(HerdError, match=f"{src}:{expected + 1}: truncated_file .*allow_damaged_inputs: true"):
+            got.extend(documents)
+        assert len(got) == expected

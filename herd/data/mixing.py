@@ -14,7 +14,7 @@ import numpy as np
 
 from herd.config_overrides import apply_overrides, from_dict, read_config_file
 from herd.data.document import Document
-from herd.data.readers import InputConfig, input_files, read_file
+from herd.data.readers import InputConfig, good_documents
 from herd.data.tokens import cached_tokenizer
 from herd.data.writers import OutputFormat, ShardWriter, suffix
 from herd.errors import HerdError
@@ -132,8 +132,6 @@ def render_mix_report(report: dict) -> str:
 
 
 def _documents(source: MixSource) -> Iterator[Document]:
-    config = InputConfig(paths=source.paths)
-    for path in input_files(config):
-        for item in read_file(path, config):
-            if isinstance(item, Document) and (source.domain is None or item.metadata.get("domain") == source.domain):
-                yield item
+    for doc in good_documents(InputConfig(paths=source.paths)):
+        if source.domain is None or doc.metadata.get("domain") == source.domain:
+            yield doc

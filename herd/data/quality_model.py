@@ -15,7 +15,7 @@ import numpy as np
 from herd.config_overrides import apply_overrides, from_dict, read_config_file
 from herd.data.classifier import ClassifierOptions, TextClassifier, load_classifier, train_classifier
 from herd.data.document import Document
-from herd.data.readers import InputConfig, input_files, read_file
+from herd.data.readers import InputConfig, good_documents
 from herd.data.stage import GlobalStage, StageContext
 from herd.data.teachers import QUALITY_PROMPT, PromptTeacher, RuleTeacher, Teacher
 from herd.errors import HerdError
@@ -86,15 +86,12 @@ def sample_texts(input: InputConfig, n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     sample: list[str] = []
     seen = 0
-    for path in input_files(input):
-        for item in read_file(path, input):
-            if not isinstance(item, Document):
-                continue
-            seen += 1
-            if len(sample) < n:
-                sample.append(item.text)
-            elif (j := int(rng.integers(seen))) < n:
-                sample[j] = item.text
+    for doc in good_documents(input):
+        seen += 1
+        if len(sample) < n:
+            sample.append(doc.text)
+        elif (j := int(rng.integers(seen))) < n:
+            sample[j] = doc.text
     if not sample:
         raise HerdError(f"no documents found in {input.paths}; check input.paths and input.text_key")
     return sample

@@ -30,7 +30,7 @@ TEXT_SUFFIXES = (".txt",)
 HF_DISK_MARKERS = ("state.json", "dataset_dict.json")  # what `Dataset.save_to_disk` leaves in its directory
 Format = Literal["auto", "jsonl", "parquet", "text", "hf_disk"]
 _SCAN_BYTES = 1 << 24  # newlines are counted this many bytes at a time
-_ZSTD_READ_BYTES = 1 << 16  # compressed bytes a .zst reader decodes at a time
+_ZSTD_READ_BYTES = 1 << 12  # compressed bytes decoded at a time: at most ~128 MB out (zstd tops out near 32,000:1)
 
 
 @dataclass
@@ -143,6 +143,8 @@ def read_texts(config: InputConfig, sources: Iterable[Path | InputPart]) -> Iter
         for item in read_file(source, config):
             if isinstance(item, Document):
                 yield item.text
+            elif isinstance(item, DamagedInput):
+                raise _damage_error(item)
             elif item.reason != "empty":
                 raise HerdError(
                     f"{item.location}: {item.reason} ({item.detail}); fix the record, "
@@ -384,14 +386,24 @@ def _import(module: str, purpose: str, package: str | None = None) -> Any:
         raise ImportError(f"{purpose} needs the {package or module} package: pip install {package or module}") from None
 
 
-def read_documents(paths: Sequence[str | Path], **options: Any) -> Iterator[Document]:
-    """The good documents under `paths` (files or directories), skipping bad records; for quick scripts.
-
-    A damaged file raises a HerdError naming it once its readable documents are out."""
-    config = InputConfig(paths=[str(p) for p in paths], **options)
+def good_documents(config: InputConfig) -> Iterator[Document]:
+    """The usable documents of `config`'s inputs in order, skipping bad records, for readers other than `herd data
+    run` (which counts them): a damaged file raises a HerdError naming it once its readable documents are out."""
     for path in input_files(config):
         for item in read_file(path, config):
             if isinstance(item, DamagedInput):
-                raise HerdError(f"{item.location}: {item.reason} ({item.detail}); the records before it were read")
+                raise _damage_error(item)
             if isinstance(item, Document):
                 yield item
+
+
+def read_documents(paths: Sequence[str | Path], **options: Any) -> Iterator[Document]:
+    """The good documents under `paths` (files or directories), as `good_documents`; for quick scripts."""
+    return good_documents(InputConfig(paths=[str(p) for p in paths], **options))
+
+
+def _damage_error(item: DamagedInput) -> HerdError:
+    return HerdError(
+        f"{item.location}: {item.reason} ({item.detail}); replace the file, or keep its readable records with "
+        "`herd data run` and allow_damaged_inputs: true"
+    )
