@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -403,6 +404,68 @@ def test_async_checkpoint_moves_latest_only_after_the_write(tmp_path, monkeypatc
     manager.save(4, model, optimizer, {"step": 4}, {})
     manager.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000002", "step_00000004"]  # keep-last 2
+
+
+def cut_in_half(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda d: cut_in_half(d / "__0_0.distcp"), r"__0_0\.distcp has [\d,]+ bytes, [\d,]+ when saved"),
+        (lambda d: (d / ".metadata").write_bytes(b""), r"\.metadata has 0 bytes"),
+        (lambda d: (d / "state.pt").unlink(), "no state.pt"),
+        (lambda d: (d / "manifest.json").write_text("{"), "unreadable manifest.json"),
+        (lambda d: shutil.rmtree(d), "missing"),
+    ],
+    ids=["truncated-shard", "empty-metadata", "no-state", "bad-manifest", "deleted"],
+)
+def test_a_damaged_latest_checkpoint_falls_back_to_the_intact_one_before(tmp_path, damage, problem):
+    model = build_model(ModelConfig(**TINY_MODEL, vocab_size=512))
+    model.init_weights(0)
+    optimizer = torch.optim.AdamW(model.parameters())
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (2, 4):
+        manager.save(step, model, optimizer, {"step": step}, {})
+    damage(tmp_path / "step_00000004")
+    with pytest.warns(UserWarning, match=rf"step_00000004 \({problem}[^)]*\): resuming from .*step_00000002$"):
+        assert manager.load_into(model, optimizer)["step"] == 2
+    manager.save(3, model, optimizer, {"step": 3}, {})  # the run goes on from step 2: step 2 is kept, 4 left alone
+    assert sorted(p.name for p in tmp_path.glob("step_*"))[:2] == ["step_00000002", "step_00000003"]
+    assert manager.latest().name == "step_00000003"
+
+    cut_in_half(tmp_path / "step_00000002" / "__0_0.distcp")
+    cut_in_half(tmp_path / "step_00000003" / "__0_0.distcp")
+    with pytest.raises(HerdError) as error:
+        manager.latest()
+    assert "\n" not in str(error.value)
+    assert f"no intact checkpoint in {tmp_path}: {tmp_path / 'step_00000003'} (__0_0.distcp has" in str(error.value)
+
+
+def test_resume_from_before_a_truncated_checkpoint_is_bitwise_identical(shards, tmp_path):
+    short = ("steps=8", "checkpoint_interval=2", "eval_interval=0")
+    reference = losses(pretrain(tiny_config(shards, tmp_path / "ref", *short)).run_dir)
+    run = pretrain(tiny_config(shards, tmp_path / "run", *short, "steps=6")).run_dir
+    cut_in_half(run / "checkpoints" / "step_00000006" / "__0_0.distcp")
+    with pytest.warns(UserWarning, match=r"step_00000006 \(__0_0\.distcp has .*resuming from .*step_00000004"):
+        result = pretrain(tiny_config(shards, tmp_path / "run", *short, "resume=true"))
+    assert result.resumed_from_step == 4
+    assert losses(run) == reference  # step 4's weights, optimizer, data position and RNG
+
+
+def test_cli_says_in_one_line_that_no_checkpoint_is_intact(shards, tmp_path, capsys):
+    from herd.cli import main
+
+    run = pretrain(tiny_config(shards, tmp_path / "run", "steps=6", "checkpoint_interval=2", "eval_interval=0")).run_dir
+    for step in (4, 6):
+        cut_in_half(run / "checkpoints" / f"step_{step:08d}" / "__0_0.distcp")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", "--config", str(tmp_path / "run.json"), "steps=8", "resume=true"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"herd: error: no intact checkpoint in {run / 'checkpoints'}: ")
 
 
 def test_async_checkpoint_run_equals_the_synchronous_run(shards, tmp_path):

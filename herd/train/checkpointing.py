@@ -3,7 +3,8 @@
 Every rank writes its own shards, and a checkpoint loads on any mesh (saved with dp=2, resumed alone). A save is
 atomic (a temp dir renamed into place, then the `latest` pointer replaced); only the last K are kept. An async save
 (DCP `async_save`) copies the state to CPU memory, writes it in a background thread, and commits (rename, pointer,
-pruning) only once every rank's shards are on disk.
+pruning) only once every rank's shards are on disk. The commit lists every file's size in `manifest.json`; loading
+checks them and passes over a damaged checkpoint (a truncated shard) to the newest intact one, with a warning.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from herd.errors import HerdError
 LATEST = "latest"
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -79,14 +81,26 @@ class CheckpointManager:
         self._async_group: dist.ProcessGroup | None = None
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint, or None."""
+        """The newest intact checkpoint, or None when there is none: the one `latest` names, else (it is damaged)
+        the newest intact one before it, with a warning naming the damaged ones; a one-line error if none is intact."""
         pointer = self.directory / LATEST
         if not pointer.is_file():
             return None
-        path = self.directory / pointer.read_text().strip()
-        if not (path / STATE_FILE).is_file():
-            raise HerdError(f"{pointer} names {path.name}, which is missing; delete {pointer} to start over")
-        return path
+        named = self.directory / pointer.read_text().strip()
+        steps = (p for p in self.directory.iterdir() if STEP_DIR.match(p.name) and p.name < named.name)
+        older = sorted(steps, reverse=True)
+        damaged = []
+        for path in [named, *older]:
+            problem = damage(path)
+            if problem is None:
+                if damaged and self.is_main:
+                    warnings.warn(f"damaged checkpoint {'; '.join(damaged)}: resuming from {path}", stacklevel=1)
+                return path
+            damaged.append(f"{path} ({problem})")
+        raise HerdError(
+            f"no intact checkpoint in {self.directory}: {'; '.join(damaged)}; restore the files, or delete "
+            f"{self.directory} to start over"
+        )
 
     def save(
         self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], config: dict[str, Any]
@@ -138,7 +152,10 @@ class CheckpointManager:
         return self._async_group
 
     def _commit(self, tmp: Path, final: Path) -> None:
-        """Rank 0: make the written `tmp` checkpoint durable, rename it to `final`, point `latest` at it, prune."""
+        """Rank 0: list its files' sizes in the manifest, make the written `tmp` checkpoint durable, rename it to
+        `final`, point `latest` at it, prune."""
+        sizes = {file.name: file.stat().st_size for file in sorted(tmp.iterdir())}
+        (tmp / MANIFEST_FILE).write_text(json.dumps({"sizes": sizes}, indent=1))
         for file in tmp.iterdir():
             _fsync(file)
         if final.exists():  # the same step saved again (after a rollback): replace it
@@ -184,13 +201,36 @@ class CheckpointManager:
         return {**state, **torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)}
 
     def _prune(self, keep: Path) -> None:
-        """Delete leftovers of interrupted saves and all but the newest `keep_last` checkpoints."""
+        """Delete leftovers of interrupted saves and all but the newest `keep_last` checkpoints up to `keep` (later
+        ones, left by a resume that passed over them as damaged, are replaced when the run saves their step again)."""
         for stale in self.directory.glob(".tmp-step_*"):
             shutil.rmtree(stale, ignore_errors=True)
-        steps = sorted(p for p in self.directory.iterdir() if STEP_DIR.match(p.name))
+        steps = sorted(p for p in self.directory.iterdir() if STEP_DIR.match(p.name) and p.name <= keep.name)
         for old in steps[: max(len(steps) - self.keep_last, 0)]:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with checkpoint `path` (a missing file, a size other than its manifest's), None if intact.
+
+    Checkpoints saved before manifests existed are checked for their state file alone.
+    """
+    if not (path / STATE_FILE).is_file():
+        return "missing" if not path.exists() else f"no {STATE_FILE}"
+    if not (path / MANIFEST_FILE).is_file():
+        return None
+    try:
+        sizes = json.loads((path / MANIFEST_FILE).read_text())["sizes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"unreadable {MANIFEST_FILE}"
+    for name, size in sizes.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size:,} bytes, {size:,} when saved"
+    return None
 
 
 def _distributed() -> bool:
