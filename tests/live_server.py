@@ -17,12 +17,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(app: Any) -> Iterator[str]:
-    """`app` served on a free loopback port; yields its base URL (http://127.0.0.1:PORT)."""
+def live_server(app: Any, **options: Any) -> Iterator[str]:
+    """`app` served on a free loopback port (`options` go to uvicorn.Config); yields its base URL."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

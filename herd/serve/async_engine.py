@@ -2,7 +2,8 @@
 
 Commands (add, abort) go to the thread on a thread-safe queue; each group of requests gets its outputs on an
 asyncio queue of its own. Leaving the output iterator early (a client gone, a task cancelled) aborts what
-is left of the group, which frees its cache blocks.
+is left of the group, which frees its cache blocks. A request that fails fails alone; should the thread
+itself end (stopped, or killed by an error), every request it held fails and later ones are refused at once.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ class EngineBusy(HerdError):
 
 
 class EngineFailed(RuntimeError):
-    """A step of the engine raised; the requests in it were dropped."""
+    """The engine raised while running a request; that request (or the step's requests) was dropped."""
+
+
+class EngineStopped(EngineFailed):
+    """The engine thread is not running (stopped, or ended by an error); no request can run."""
 
 
 @dataclass
@@ -53,8 +58,11 @@ class AsyncEngine:
         self._groups: dict[str, _Group] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.stopped: str | None = "the engine has not started"
+        """Why the engine thread is not running; None while it runs."""
 
     def start(self) -> None:
+        self.stopped = None
         self._thread = threading.Thread(target=self._run, name="herd-engine", daemon=True)
         self._thread.start()
 
@@ -65,14 +73,22 @@ class AsyncEngine:
             self._thread = None
 
     def submit(self, requests: list[tuple[list[int], RequestParams]]) -> AsyncIterator[tuple[int, StepOutput]]:
-        """Queue a group of requests (HerdError if one cannot run, EngineBusy beyond the limit); iterate the
-        result for (index in `requests`, output) until all have finished. Leaving it early aborts the rest."""
+        """Queue a group of requests (HerdError if one cannot run or the group is over `max_pending`, EngineBusy
+        beyond the limit, EngineStopped when the engine is not running); iterate the result for (index in
+        `requests`, output) until all have finished. Leaving it early aborts the rest."""
+        if self.stopped is not None:
+            raise EngineStopped(self.stopped)
+        if len(requests) > self.max_pending:
+            raise HerdError(f"the request holds {len(requests)} choices (prompts x n), over this server's limit of "
+                            f"{self.max_pending} per request; split it into smaller requests")
         for prompt, params in requests:
             self.engine.check(prompt, params)
         if self.pending + len(requests) > self.max_pending:
             raise EngineBusy(f"the server is at its limit of {self.max_pending} requests; retry later")
         group = _Group(asyncio.get_running_loop(), asyncio.Queue(), {})
-        with self._lock:
+        with self._lock:  # the engine thread marks itself stopped under this lock, then fails the groups it sees
+            if self.stopped is not None:
+                raise EngineStopped(self.stopped)
             for i in range(len(requests)):
                 request_id = uuid.uuid4().hex
                 group.index[request_id] = i
@@ -110,7 +126,22 @@ class AsyncEngine:
                     self._groups.pop(request_id, None)
 
     def _run(self) -> None:
-        """The engine thread: apply commands (waiting for one when idle), step, hand out the outputs."""
+        """The engine thread; when it ends, for whatever reason, every request it holds fails."""
+        reason = "the engine stopped: the server is shutting down"
+        try:
+            self._loop()
+        except BaseException as error:
+            log.exception("the engine thread died")
+            reason = f"the engine stopped after an error ({type(error).__name__}: {error}); restart the server"
+        finally:
+            with self._lock:
+                self.stopped = reason
+                request_ids = list(self._groups)
+            for request_id in request_ids:
+                self._deliver(request_id, EngineStopped(reason))
+
+    def _loop(self) -> None:
+        """Apply commands (waiting for one when idle), step, hand out the outputs, until told to stop."""
         while True:
             try:
                 command = self._commands.get(block=not self.engine.has_unfinished())
@@ -143,6 +174,9 @@ class AsyncEngine:
             self.engine.add_request(request_id, *args)
         except HerdError as error:
             self._deliver(request_id, error)
+        except Exception as error:  # a bug or an unforeseen input fails this request, not the engine
+            log.exception("adding request %s failed", request_id)
+            self._deliver(request_id, EngineFailed(f"the request failed: {type(error).__name__}: {error}"))
 
     def _fail_all(self, error: Exception) -> None:
         with self._lock:

@@ -2,6 +2,8 @@
 
 Covers /v1/chat/completions and /v1/completions: n, stop, max_tokens, temperature, top_p, seed, logprobs /
 top_logprobs, streaming chunks and usage; `top_k` and `stop_token_ids` are accepted as extensions (as vLLM does).
+Limits beyond OpenAI's own: at most MAX_STOPS stop strings of at most MAX_STOP_CHARS characters each (OpenAI
+takes 4), at most MAX_STOP_TOKEN_IDS stop token ids, and a seed in 0..2^64-1 (what torch's generators take).
 """
 
 from __future__ import annotations
@@ -9,13 +11,16 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from herd.errors import HerdError
-from herd.serve.request import RequestParams, StepOutput
+from herd.serve.request import MAX_SEED, RequestParams, StepOutput
 from herd.tokenizer import Tokenizer
 
 NonNegative = Annotated[int, Field(ge=0)]
+MAX_STOPS = 16
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 64
 
 
 class StreamOptions(BaseModel):
@@ -34,21 +39,34 @@ class SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[NonNegative] | None = None
-    seed: int | None = None
+    stop_token_ids: list[NonNegative] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_within_limits(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = _listed(stop)
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"{len(stops)} stop strings, over the limit of {MAX_STOPS}")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop string is over the limit of {MAX_STOP_CHARS} characters")
+        return stop
 
     def params(self, max_tokens: int, choice: int, logprobs: bool, top_logprobs: int) -> RequestParams:
         """Engine parameters for choice `choice` (seeded choices differ from each other but are reproducible)."""
-        stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
         return RequestParams(
             max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-            seed=None if self.seed is None else self.seed + choice, stop=tuple(stop),
+            seed=None if self.seed is None else (self.seed + choice) % (MAX_SEED + 1), stop=tuple(_listed(self.stop)),
             stop_token_ids=tuple(self.stop_token_ids or ()), logprobs=logprobs, top_logprobs=top_logprobs,
         )
 
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+
+def _listed(stop: str | list[str] | None) -> list[str]:
+    return [stop] if isinstance(stop, str) else stop or []
 
 
 class TextPart(BaseModel):
@@ -84,6 +102,8 @@ class CompletionRequest(SamplingFields):
         if self.echo:
             raise HerdError("echo is not supported; leave it false")
         prompt = self.prompt
+        if not prompt and not isinstance(prompt, str):
+            raise HerdError("prompt is an empty list; give a string, a list of strings or a list of token ids")
         if isinstance(prompt, str):
             return [tok.encode(prompt, bos=True)]
         if prompt and all(isinstance(p, int) for p in prompt):

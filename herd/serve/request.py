@@ -13,6 +13,8 @@ from herd.generation import SamplingParams, TextStream
 from herd.serve.block_pool import BlockHash
 
 FinishReason = Literal["stop", "length", "abort"]
+MAX_SEED = 2**64 - 1
+"""The largest seed torch's generators take."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,8 @@ class RequestParams:
     top_k: int = 0
     """Sample among the k most likely tokens only; 0 keeps every token."""
     seed: int | None = None
-    """Seed of this request's own generator (None: a random one), so its samples never depend on its batch."""
+    """Seed of this request's own generator, 0..MAX_SEED (None: a random one), so its samples never depend on its
+    batch."""
     stop: tuple[str, ...] = ()
     """Strings that end the generation; they are cut from the text."""
     stop_token_ids: tuple[int, ...] = ()
@@ -43,6 +46,8 @@ class RequestParams:
             raise HerdError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if not 0 <= self.top_logprobs <= 20:
             raise HerdError(f"top_logprobs must be between 0 and 20, got {self.top_logprobs}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise HerdError(f"seed must be between 0 and 2^64-1, got {self.seed}")
         if any(not s for s in self.stop):
             raise HerdError("stop strings must be non-empty; remove the empty string from stop")
         self.sampling  # noqa: B018 - validates temperature, top_p and top_k

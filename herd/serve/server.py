@@ -2,13 +2,17 @@
 
 Routes: /v1/chat/completions, /v1/completions, /v1/models (behind the API key when one is set), /health,
 /metrics (Prometheus) and / (chat page). Errors are OpenAI-style bodies: 400 bad request, 401 bad key,
-404 unknown model, 429 full. A client that goes away cancels its generation.
+404 unknown model, 413 body too large, 429 full, 500 a request that failed, 503 an engine that stopped (then
+/health answers 503 too). A client that goes away cancels its generation. Prompts are tokenized on a thread
+pool, off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from herd.errors import HerdError
 from herd.model import Transformer
-from herd.serve.async_engine import AsyncEngine, EngineBusy, EngineFailed
+from herd.serve.async_engine import AsyncEngine, EngineBusy, EngineFailed, EngineStopped
 from herd.serve.engine import Engine
 from herd.serve.metrics import ServerMetrics
 from herd.serve.packed import pack_linears
@@ -40,7 +44,10 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from prometheus_client import CONTENT_TYPE_LATEST
+    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+
+    from herd.serve.http_limits import HEADER_TIMEOUT_S, MAX_BODY_BYTES, BodyLimit, uvicorn_options
 except ImportError as error:  # pragma: no cover - depends on the install
     raise ImportError(f"herd's server needs FastAPI, uvicorn and prometheus-client: pip install 'herd[serve]' ({error})")
 
@@ -48,6 +55,7 @@ if TYPE_CHECKING:
     from herd.safety.guardrails import Guardrails
 
 Outputs = AsyncIterator[tuple[int, StepOutput]]
+API_KEY_ENV = "HERD_API_KEY"
 
 
 def create_app(
@@ -60,10 +68,12 @@ def create_app(
     max_queue: int = 64,
     max_prompt_tokens: int | None = None,
     guardrails: Guardrails | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The server app for one model. Requests beyond `engine_config.max_running` running plus `max_queue`
-    waiting get 429; prompts over `max_prompt_tokens` (default: the context less one) get 400. `guardrails`
-    (herd.safety.guardrails) check chat requests and replies."""
+    waiting get 429 (one request holding more than that gets 400); prompts over `max_prompt_tokens` (default:
+    the context less one) get 400, bodies over `max_body_bytes` 413. `guardrails` (herd.safety.guardrails)
+    check chat requests and replies."""
     engine = Engine(model, tok, engine_config)
     metrics = ServerMetrics(engine)
     runner = AsyncEngine(engine, max_pending=engine.config.max_running + max_queue, metrics=metrics)
@@ -80,10 +90,12 @@ def create_app(
 
     app = FastAPI(title="herd", lifespan=lifespan)
     app.state.runner = runner
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     _add_error_handlers(app)
+    expected = None if api_key is None else f"Bearer {api_key}".encode()
 
     def authorize(authorization: str | None = Header(None)) -> None:
-        if api_key is not None and authorization != f"Bearer {api_key}":
+        if expected is not None and not hmac.compare_digest((authorization or "").encode(), expected):
             raise HTTPException(401, "invalid or missing API key; send 'Authorization: Bearer <key>'")
 
     async def complete(request: Request, body: SamplingFields, prompts: list[list[int]], chat: bool,
@@ -113,13 +125,15 @@ def create_app(
         refusal = await guardrails.check_input(dialog) if guardrails is not None else None
         if refusal is not None:
             return JSONResponse(refusal, status_code=400)
-        return await complete(request, body, [body.prompt(tok)], True, body.logprobs, body.top_logprobs or 0,
-                              max_tokens, dialog)
+        prompt = await run_in_threadpool(body.prompt, tok)
+        return await complete(request, body, [prompt], True, body.logprobs, body.top_logprobs or 0, max_tokens,
+                              dialog)
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(request: Request, body: CompletionRequest) -> Response:
-        return await complete(request, body, body.prompts(tok), False, body.logprobs is not None,
-                              body.logprobs or 0, body.max_tokens)
+        prompts = await run_in_threadpool(body.prompts, tok)
+        return await complete(request, body, prompts, False, body.logprobs is not None, body.logprobs or 0,
+                              body.max_tokens)
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models() -> dict:
@@ -127,9 +141,11 @@ def create_app(
         return {"object": "list", "data": [card]}
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "running": engine.num_running, "waiting": engine.num_waiting,
-                "kv_cache_usage": engine.kv_usage}
+    async def health() -> JSONResponse:
+        if runner.stopped is not None:
+            return JSONResponse(error_body(runner.stopped, "server_error"), status_code=503)
+        return JSONResponse({"status": "ok", "running": engine.num_running, "waiting": engine.num_waiting,
+                             "kv_cache_usage": engine.kv_usage})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -144,6 +160,22 @@ def create_app(
     return app
 
 
+def resolve_api_key(key: str | None = None, key_file: str | Path | None = None) -> str | None:
+    """The server's API key: `key`, else the contents of `key_file` (surrounding whitespace dropped), else
+    $HERD_API_KEY; None (no key required) when none is given. A key on the command line shows in `ps`."""
+    if key is not None and key_file is not None:
+        raise HerdError("give the API key once: --api-key or --api-key-file, not both")
+    if key_file is None:
+        return key if key is not None else os.environ.get(API_KEY_ENV) or None
+    try:
+        key = Path(key_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise HerdError(f"cannot read the API key file {key_file}: {error}") from None
+    if not key:
+        raise HerdError(f"the API key file {key_file} is empty; write the key into it")
+    return key
+
+
 def serve(
     model_path: str | Path,
     host: str = "127.0.0.1",
@@ -156,11 +188,14 @@ def serve(
     max_prompt_tokens: int | None = None,
     quantize: str | None = None,
     guardrails: Guardrails | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    header_timeout: float = HEADER_TIMEOUT_S,
 ) -> None:
     """Load `model_path` (anything `herd.load` takes) and serve it until interrupted (`herd serve`).
 
     quantize="int8" serves int8 weight-only linears (per-channel scales); otherwise a CPU model serves prepacked
-    linears (`pack_linears`). `guardrails` check chats."""
+    linears (`pack_linears`). `guardrails` check chats. A client gets `header_timeout` seconds to send each
+    request's headers."""
     import uvicorn
 
     from herd.checkpoint import load
@@ -177,8 +212,9 @@ def serve(
     app = create_app(
         model, tok, model_name=model_name or Path(str(model_path)).name, api_key=api_key,
         engine_config=engine_config, max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, guardrails=guardrails,
+        max_body_bytes=max_body_bytes,
     )
-    uvicorn.run(app, host=host, port=port)
+    uvicorn.run(app, host=host, port=port, **uvicorn_options(header_timeout))
 
 
 class _Call:
@@ -253,8 +289,9 @@ class _Call:
                 if out.text or out.finish_reason or out.logprob is not None:
                     choice = self._choice(index, out.text, logprobs, out.finish_reason, delta=True)
                     yield _event(envelope(kind, self.id, self.model, [choice]))
-        except EngineFailed as error:
-            yield _event(error_body(str(error), "server_error"))
+        except (EngineFailed, HerdError) as error:  # the answer has started: the error goes in the stream
+            yield _event(error_body(str(error), "server_error" if isinstance(error, EngineFailed) else
+                                    "invalid_request_error"))
             return
         if include_usage:
             yield _event(envelope(kind, self.id, self.model, [], self._usage()))
@@ -286,4 +323,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
         kind = {401: "authentication_error", 404: "not_found_error"}.get(error.status_code, "invalid_request_error")
-        return JSONResponse(error_body(str(error.detail), kind), status_code=error.status_code)
+        return JSONResponse(error_body(str(error.detail), kind), status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(EngineFailed)
+    async def failed(_request: Request, error: EngineFailed) -> JSONResponse:
+        status = 503 if isinstance(error, EngineStopped) else 500
+        return JSONResponse(error_body(str(error), "server_error"), status_code=status)
+
+    @app.exception_handler(Exception)
+    async def crashed(_request: Request, error: Exception) -> JSONResponse:  # logged by uvicorn as well
+        message = f"the server failed on this request ({type(error).__name__}); its log has the details"
+        return JSONResponse(error_body(message, "server_error"), status_code=500)
