@@ -46,7 +46,8 @@ class PackedLinear(nn.Module):
 
 
 def can_pack(model: Transformer) -> bool:
-    """Whether `model`'s linears can be packed: plain fp32/bf16 linears on a CPU torch built with oneDNN."""
+    """Whether `model`'s linears can be packed: plain linears whose dtype this CPU's oneDNN runs (`can_prepack`:
+    fp32, and bf16 with AVX-512 or avx_ne_convert); otherwise the model serves its plain linears."""
     return isinstance(model.output, nn.Linear) and can_prepack(model.output.weight)
 
 

@@ -1,0 +1,148 @@
+"""CPU fast paths check the instruction set: bf16 prepacking (oneDNN) only where the CPU has its kernels.
+
+CI runs on AVX-512, so the plain path other CPUs take is covered twice: forced here with HERD_CPU_PLAIN=1 (bf16
+training steps, the loss tests, bf16 serving, numbers compared with the fast path), and for real in a subprocess
+whose oneDNN is capped at AVX2 (`ONEDNN_MAX_CPU_ISA`), where bf16 prepacking raises as on an AVX2-only EPYC.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import test_trainer
+import torch
+from test_serve_engine import _run, _tokens
+from test_trainer import losses, shards, tiny_config  # noqa: F401 (shards: a fixture)
+
+import herd
+from herd.model import prepack
+from herd.serve import Engine, EngineConfig, RequestParams
+from herd.serve.packed import PackedLinear, pack_linears
+from herd.train import fused_loss
+from herd.train.pretrain import pretrain
+
+BF16 = torch.empty(0, dtype=torch.bfloat16)
+
+
+@pytest.fixture()
+def plain_cpu(monkeypatch):
+    """The plain path forced, as on a CPU without oneDNN's bf16 kernels; prepacking then fails the test."""
+    monkeypatch.setenv(prepack.PLAIN_ENV, "1")
+
+    def refuse(*args):
+        raise AssertionError("prepacked although the plain path is forced")
+
+    monkeypatch.setattr(fused_loss, "prepack", refuse)
+
+
+@pytest.fixture()
+def prepacks(monkeypatch) -> list[torch.dtype]:
+    """The dtype of every weight the loss prepacks."""
+    calls = []
+    monkeypatch.setattr(fused_loss, "prepack", lambda w, rows: calls.append(w.dtype) or prepack.prepack(w, rows))
+    return calls
+
+
+def fast_path_taken(prepacks: list[torch.dtype], plain: str) -> None:
+    assert bool(prepacks) == (plain == "0" and prepack.cpu_supports(torch.bfloat16))
+    assert set(prepacks) <= {torch.bfloat16}
+    prepacks.clear()
+
+
+def test_bf16_prepacking_asks_torchs_own_check():
+    assert prepack.cpu_supports(torch.bfloat16) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert prepack.cpu_supports(torch.float32) == torch.backends.mkldnn.is_available()
+    assert not prepack.cpu_supports(torch.float16)
+
+
+def test_the_switch_forces_the_plain_path(monkeypatch):
+    monkeypatch.setenv(prepack.PLAIN_ENV, "1")
+    assert not prepack.can_prepack(BF16) and not prepack.can_prepack(torch.empty(0))
+    monkeypatch.setenv(prepack.PLAIN_ENV, "0")
+    assert prepack.can_prepack(torch.empty(0)) == torch.backends.mkldnn.is_available()
+
+
+@pytest.mark.parametrize("name", ["test_linear_cross_entropy_equals_the_plain_head_and_loss",
+                                  "test_token_losses_in_chunks_equal_the_whole_logits_gradients_included"])
+def test_the_loss_tests_pass_on_the_plain_path(plain_cpu, monkeypatch, name):
+    getattr(test_trainer, name)(monkeypatch, compiled=False)
+
+
+def test_the_plain_bf16_loss_equals_the_prepacked_one(monkeypatch, prepacks):
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(300, 64, requires_grad=True), torch.randn(500, 64, requires_grad=True)
+    targets = torch.randint(0, 500, (300,))
+    runs = []
+    for plain in ("0", "1"):
+        monkeypatch.setenv(prepack.PLAIN_ENV, plain)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = fused_loss.linear_cross_entropy(hidden, weight, targets)
+        loss.backward()
+        fast_path_taken(prepacks, plain)
+        runs.append((loss.detach(), hidden.grad, weight.grad))
+        hidden.grad = weight.grad = None
+    for fast, plain in zip(*runs):
+        torch.testing.assert_close(plain, fast, rtol=1e-3, atol=1e-4)
+
+
+def test_bf16_training_on_the_plain_path_matches_the_fast_path(shards, tmp_path, monkeypatch, prepacks):  # noqa: F811
+    runs = {}
+    for plain in ("0", "1"):
+        monkeypatch.setenv(prepack.PLAIN_ENV, plain)
+        config = tiny_config(shards, tmp_path / f"plain{plain}", "dtype=bfloat16", "steps=5", "eval_interval=0")
+        runs[plain] = losses(pretrain(config).run_dir)
+        fast_path_taken(prepacks, plain)
+    assert len(runs["1"]) == 5 and all(map(torch.isfinite, torch.tensor(runs["1"])))
+    assert runs["1"] == pytest.approx(runs["0"], rel=1e-3)
+
+
+def test_a_bf16_model_serves_on_the_plain_path_as_on_the_fast_path(monkeypatch):
+    model, tok = herd.load("tiny")
+    model = model.to(torch.bfloat16)
+    prompts = [tok.encode(text, bos=True) for text in ("Hello there, how are you?", "Tell me about the sea. " * 6)]
+    results = {}
+    for plain in ("0", "1"):
+        monkeypatch.setenv(prepack.PLAIN_ENV, plain)
+        served = pack_linears(copy.deepcopy(model))
+        assert isinstance(served.output, PackedLinear) == (plain == "0" and prepack.cpu_supports(torch.bfloat16))
+        engine = Engine(served, tok, EngineConfig(block_size=4, max_running=4, max_step_tokens=16))
+        outputs = _run(engine, {0: [(str(i), p, RequestParams(max_tokens=8)) for i, p in enumerate(prompts)]})
+        results[plain] = {request: _tokens(outs) for request, outs in outputs.items()}
+    assert results["1"] == results["0"] and all(len(t) == 8 for t in results["1"].values())
+
+
+AVX2_SCRIPT = textwrap.dedent("""
+    import torch
+    from herd.model.prepack import can_prepack
+    from herd.model import ModelConfig, build_model
+    from herd.serve.packed import PackedLinear, pack_linears
+    from herd.train.fused_loss import linear_cross_entropy, linear_token_losses
+
+    hidden, weight = torch.randn(40, 16, requires_grad=True), torch.randn(100, 16, requires_grad=True)
+    targets = torch.randint(0, 100, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        linear_cross_entropy(hidden, weight, targets).backward()
+        linear_token_losses(hidden, weight, targets).sum().backward()
+    model = build_model(ModelConfig(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=128), dtype=torch.bfloat16)
+    model.init_weights(0)
+    with torch.inference_mode():
+        logits = pack_linears(model)(torch.randint(0, 128, (1, 8)))
+    assert not isinstance(model.output, PackedLinear) and logits.isfinite().all()
+    assert not can_prepack(torch.empty(0, dtype=torch.bfloat16)) and can_prepack(torch.empty(0))  # fp32 still packs
+    print("bf16 ok on AVX2")
+""")
+
+
+def test_a_cpu_capped_at_avx2_trains_and_serves_bf16_plainly():
+    """oneDNN capped at AVX2 (and ATen's kernels with it) reports no bf16 support and its bf16 reorder raises, as
+    on an AVX2-only EPYC; the loss and a packed bf16 model then take the plain path."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    env.pop("HERD_CPU_PLAIN", None)
+    result = subprocess.run([sys.executable, "-c", AVX2_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "bf16 ok on AVX2" in result.stdout
