@@ -1,16 +1,21 @@
-"""herd.checkpoint: exact round trips between the formats, Meta shard merging, config mapping, errors."""
+"""herd.checkpoint: exact round trips between the formats, Meta shard merging, config mapping, errors (damaged files,
+wrong types, pickles with code, non-finite weights: one line each, from the API and the CLI)."""
 
+import argparse
+import dataclasses
 import json
+import os
 import random
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import herd.checkpoint as ckpt
 from herd.checkpoint import hf_format, hub
+from herd.cli import main
 from herd.errors import HerdError
 from herd.model import ModelConfig, RopeScaling, build_model, preset
 from herd.tokenizer import Tokenizer, write_bpe_file
@@ -505,6 +510,158 @@ def test_error_bad_save_format_and_dtype(tmp_path, tok):
     with pytest.raises(HerdError) as e:
         ckpt.load("tiny", dtype="int8")
     assert_one_line(e, "'int8'", "bfloat16")
+
+
+# --- damaged files, wrong types, non-finite weights: one line each ------------------------------------------
+
+
+def edit_weights(directory: Path, fmt: str, edit) -> None:
+    """Rewrite a single-file checkpoint's stored tensors with `edit(tensors, name_of)`, in place (name_of maps a herd
+    weight name to the stored one)."""
+    name_of = hf_format.hf_name if fmt == "hf" else (lambda name: name)
+    if fmt == "meta":
+        file = directory / "consolidated.00.pth"
+        tensors = torch.load(file, weights_only=True)
+        edit(tensors, name_of)
+        torch.save(tensors, file)
+    else:
+        file = directory / "model.safetensors"
+        tensors = load_file(file)
+        edit(tensors, name_of)
+        save_file(tensors, file)
+
+
+def run_cli(capsys, *args: str) -> str:
+    """`herd ARGS` in this process: asserts exit status 2 and one line on stderr, and returns that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def generate_error(capsys, directory: Path) -> str:
+    """The one-line error of `herd generate --model DIR`."""
+    return run_cli(capsys, "generate", "--model", str(directory), "--prompt", "hi", "--max-new-tokens", "2")
+
+
+def cli_errors(capsys, directory: Path) -> list[str]:
+    """The one-line errors of `herd info DIR` and `herd generate --model DIR`."""
+    return [run_cli(capsys, "info", str(directory)), generate_error(capsys, directory)]
+
+
+@pytest.mark.parametrize("fmt", ["herd", "hf"])
+@pytest.mark.parametrize(
+    "content",
+    [lambda data: data[: len(data) // 2], lambda data: b"", lambda data: b'{"not": "safetensors"}\n' * 100],
+    ids=["truncated", "empty", "not-safetensors"],
+)
+def test_info_and_generate_name_a_damaged_safetensors_file_in_one_line(saved, capsys, fmt, content):
+    file = saved(fmt) / "model.safetensors"
+    file.write_bytes(content(file.read_bytes()))
+    for line in cli_errors(capsys, file.parent):
+        assert f"cannot read {file}: " in line and "truncated or corrupt" in line
+
+
+@pytest.mark.parametrize("fmt", ["herd", "hf", "meta"])
+def test_integer_weights_are_named_with_their_dtype(saved, capsys, fmt):
+    directory = saved(fmt)
+    name = "layers.1.feed_forward.w2.weight"
+    edit_weights(directory, fmt, lambda t, name_of: t.update({name_of(name): t[name_of(name)].to(torch.int32)}))
+    with pytest.raises(HerdError) as e:
+        ckpt.load(directory)
+    assert_one_line(e, f"tensor {name} is stored as int32", "float32, bfloat16 or float16")
+    assert "stored as int32" in generate_error(capsys, directory)  # `herd info` reads no weights
+
+
+MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "extra"]
+
+
+@pytest.mark.parametrize("field", MODEL_FIELDS)
+def test_config_fields_of_the_wrong_type_are_named(saved, capsys, field):
+    directory = saved("herd")
+    config = json.loads((directory / "config.json").read_text())
+    value = config["model"].get(field) or 1.5
+    config["model"][field] = json.dumps(value) if field != "rope_scaling" else "yes"  # e.g. "dim": "64"
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HerdError) as e:
+        ckpt.load(directory)
+    path, value = directory / "config.json", config["model"][field]
+    assert_one_line(e, str(path), f"model config: {field} must be ", f"got str {value!r}")
+    assert all(f"{field} must be" in line for line in cli_errors(capsys, directory))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "file", "edit", "message"),
+    [
+        ("herd", "config.json", lambda c: c["model"]["rope_scaling"].update(factor="8"),
+         "rope_scaling.factor must be a number, got str '8'"),
+        ("hf", "config.json", lambda c: c.update(hidden_size="64"), "hidden_size must be an integer, got str '64'"),
+        ("hf", "config.json", lambda c: c.update(num_attention_heads=0), "n_heads must be positive, got 0"),
+        ("hf", "config.json", lambda c: c.update(tie_word_embeddings="no"), "tie_word_embeddings must be true or"),
+        ("meta", "params.json", lambda c: c.update(n_kv_heads=0), "n_kv_heads must be positive, got 0"),
+        ("meta", "params.json", lambda c: c.update(norm_eps=None), "norm_eps must be a number, got NoneType None"),
+    ],
+)
+def test_config_values_of_other_formats_are_checked_too(saved, fmt, file, edit, message):
+    path = saved(fmt) / file
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+    with pytest.raises(HerdError) as e:
+        ckpt.load(path.parent)
+    assert_one_line(e, str(path), message)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"), [(_RunsCode(), "posix.system"), (argparse.Namespace(x=1), "argparse.Namespace")]
+)
+def test_a_pickle_with_code_is_refused_as_such_not_as_truncated(saved, capsys, extra, refused):
+    file = saved("meta") / "consolidated.00.pth"
+    torch.save({**torch.load(file, weights_only=True), "extra": extra}, file)
+    with pytest.raises(HerdError) as e:
+        ckpt.load(file.parent)
+    assert_one_line(e, f"refusing {file}", "holds code or objects other than tensors", refused)
+    assert "truncated" not in str(e.value)
+    assert all("holds code" in line for line in cli_errors(capsys, file.parent))
+
+
+@pytest.mark.parametrize("fmt", ["herd", "hf", "meta"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(saved, capsys, fmt, value):
+    directory = saved(fmt)
+    name = "layers.1.feed_forward.w2.weight"
+    where = torch.tensor([3, 77])
+    edit_weights(directory, fmt, lambda t, name_of: t[name_of(name)].view(-1).index_fill_(0, where, value))
+    with pytest.raises(HerdError) as e:
+        ckpt.load(directory)
+    assert_one_line(e, f"tensor {name} holds 2 NaN or infinite value(s) of 12,288", "check_finite=False")
+    assert f"tensor {name} holds 2 NaN" in generate_error(capsys, directory)
+    model, _ = ckpt.load(directory, check_finite=False)  # the explicit opt-out, to inspect the damage
+    assert (~torch.isfinite(model.get_parameter(name))).sum() == 2
+
+
+def test_finite_check_sees_overflow_of_the_cast_and_only_real_non_finite_values(tmp_path, tok):
+    model = random_model(small_config())
+    with torch.no_grad():
+        model.norm.weight[0] = 1e5  # finite in float32, infinite in float16
+    ckpt.save(model, tok, tmp_path, format="herd")
+    assert torch.isfinite(ckpt.load(tmp_path)[0].norm.weight).all()
+    with pytest.raises(HerdError) as e:
+        ckpt.load(tmp_path, dtype="float16")
+    assert_one_line(e, "tensor norm.weight holds 1 NaN or infinite value(s)")
+    with torch.no_grad():  # float16 weights whose sum overflows though each is finite: not refused
+        model.norm.weight[0] = 1.0
+        model.tok_embeddings.weight.fill_(60000.0)
+    ckpt.save(model.half(), tok, tmp_path, format="herd")
+    assert not torch.isfinite(ckpt.load(tmp_path)[0].tok_embeddings.weight.sum())
+    assert torch.isfinite(ckpt.load(tmp_path)[0].tok_embeddings.weight).all()
 
 
 # --- the Hugging Face Hub --------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""The HumanEval sandbox: canonical solutions pass; hostile programs are stopped or refused and evaluation goes on."""
+"""The HumanEval sandbox: canonical solutions pass; exits cannot pass; hostile programs are stopped or refused and
+evaluation goes on; without a box it refuses unless told otherwise. (Escapes: test_sandbox_escapes.py.)"""
 
 import os
 
 import pytest
 
+from herd.errors import HerdError
+from herd.eval import sandbox
 from herd.eval.sandbox import SandboxLimits, run_program
 from herd.eval.tasks import get_task
 
@@ -47,7 +50,6 @@ def test_chat_reply_code_block_is_used(tmp_path):
         ("import os\nwhile True:\n    os.fork()\n", "failed"),  # fork refused
         ("import posix\nfor _ in range(10000):\n    posix.fork()\n", None),  # raw fork bomb: limited, then killed
         ("open('big', 'wb').write(b'x' * (64 << 20))\n", "failed"),  # file-size limit
-        ("open('/tmp/herd-sandbox-escape.txt', 'w').write('x')\n", "failed"),  # outside its directory
         ("import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=1)\n", "failed"),  # network
         ("import _socket\ns = _socket.socket()\ns.connect(('1.1.1.1', 80))\n", "failed"),  # network below socket
     ],
@@ -56,11 +58,36 @@ def test_hostile_programs_are_stopped(program, status):
     result = run_program(program, FAST)
     assert result.status != "passed"
     assert status is None or result.status == status
-    assert not os.path.exists("/tmp/herd-sandbox-escape.txt")
 
 
 def test_parent_environment_is_not_visible(monkeypatch):
     monkeypatch.setenv("HERD_TEST_SECRET", "hunter2")
-    program = "import os, sys\nsys.exit(1 if 'HERD_TEST_SECRET' in os.environ else 0)\n"
-    assert run_program(program, FAST).status == "passed"
+    assert run_program("import os\nassert 'HERD_TEST_SECRET' not in os.environ\n", FAST).status == "passed"
     assert run_program("print('still running')\n", FAST).status == "passed"  # evaluation goes on
+
+
+@pytest.mark.parametrize("escape", [
+    "import os\nos._exit(0)\n", "import sys\nsys.exit(0)\n", "raise SystemExit(0)\n", "exit()\n",
+    "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n", "print('passed')\nimport os\nos._exit(0)\n",
+])
+def test_exiting_before_the_end_fails(tmp_path, escape):
+    """An exit with status 0 before check() returns is no pass: only the end of the code echoes the marker."""
+    task = get_task("humaneval")
+    sample = task.samples(tmp_path)[2]  # truncate_number
+    completion = "    " + escape.replace("\n", "\n    ")
+    assert task.score(sample, completion)[0] == "failed"
+    assert task.score(sample, sample.answer)[0] == "passed"
+
+
+def test_without_a_box_it_refuses_unless_told(monkeypatch, caplog):
+    monkeypatch.setattr(sandbox, "_works", lambda route: False)
+    with pytest.raises(HerdError, match="apt-get install bubblewrap.*HERD_SANDBOX=none"):
+        run_program("pass\n", FAST)
+    monkeypatch.setenv("HERD_SANDBOX", "unshare")
+    with pytest.raises(HerdError, match=r"\(unshare\)"):
+        run_program("pass\n", FAST)
+    monkeypatch.setenv("HERD_SANDBOX", "docker")
+    with pytest.raises(HerdError, match="use auto, bwrap, unshare or none"):
+        run_program("pass\n", FAST)
+    monkeypatch.setenv("HERD_SANDBOX", "none")
+    assert run_program("pass\n", FAST).status == "passed"

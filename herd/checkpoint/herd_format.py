@@ -40,7 +40,7 @@ def read_config(directory: Path) -> ModelConfig:
         raise HerdError(f"{path} has no 'model' section; restore it or save the model again")
     try:
         return ModelConfig.from_params(config["model"])
-    except TypeError as e:
+    except (TypeError, HerdError) as e:
         raise HerdError(f"{path} has bad model fields: {e}") from None
 
 

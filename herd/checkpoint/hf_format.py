@@ -17,6 +17,7 @@ from herd.checkpoint.safetensors_io import read_tensors, write_tensors
 from herd.checkpoint.state import check_state, unique_weights
 from herd.errors import HerdError
 from herd.model import ModelConfig, RopeScaling, Transformer
+from herd.model.config import check_type
 from herd.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
@@ -45,6 +46,22 @@ _HERD_LAYER = {hf: herd for herd, hf in LAYER_NAMES.items()}
 # Buffers old transformers versions saved with the weights.
 _NOT_WEIGHTS_SUFFIX = "rotary_emb.inv_freq"
 
+# The type of each LlamaConfig key herd reads (checked before any arithmetic on them).
+_HF_TYPES: dict[str, Any] = {
+    "hidden_size": int,
+    "intermediate_size": int,
+    "num_hidden_layers": int,
+    "num_attention_heads": int,
+    "num_key_value_heads": int | None,
+    "head_dim": int | None,
+    "vocab_size": int,
+    "rms_norm_eps": float,
+    "rope_theta": float,
+    "max_position_embeddings": int,
+    "tie_word_embeddings": bool,
+    "rope_scaling": dict[str, Any] | None,
+    "rope_parameters": dict[str, Any] | None,
+}
 # Values transformers' LlamaConfig assumes for keys a config.json leaves out.
 _LLAMA_CONFIG_DEFAULTS: dict[str, Any] = {
     "rms_norm_eps": 1e-6,
@@ -120,27 +137,35 @@ def config_from_hf(hf: dict[str, Any], source: Path) -> ModelConfig:
     if missing:
         raise HerdError(f"{source} lacks {', '.join(missing)}; is it a transformers LlamaConfig?")
     hf = {**_LLAMA_CONFIG_DEFAULTS, **hf}
+    for key, hint in _HF_TYPES.items():
+        if key in hf:
+            check_type(f"{source}: {key}", hf[key], hint)
     dim, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    if hf.get("head_dim") not in (None, dim // n_heads):
+    rope = {**(hf.get("rope_parameters") or {}), **(hf.get("rope_scaling") or {})}
+    multiple_of, multiplier = ffn_params(dim, hf["intermediate_size"])
+    rope_scaling = _rope_scaling_from_hf(rope, source)
+    try:
+        config = ModelConfig(
+            dim=dim,
+            n_layers=hf["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+            vocab_size=hf["vocab_size"],
+            multiple_of=multiple_of,
+            ffn_dim_multiplier=multiplier,
+            norm_eps=hf["rms_norm_eps"],
+            rope_theta=hf.get("rope_theta", rope.get("rope_theta", 10000.0)),
+            rope_scaling=rope_scaling,
+            max_seq_len=hf["max_position_embeddings"],
+            tie_word_embeddings=hf["tie_word_embeddings"],
+        )
+    except HerdError as e:
+        raise HerdError(f"{source}: {e}") from None
+    if hf.get("head_dim") not in (None, config.head_dim):
         raise HerdError(
             f"{source}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads; herd needs them equal"
         )
-    rope = {**(hf.get("rope_parameters") or {}), **(hf.get("rope_scaling") or {})}
-    multiple_of, multiplier = ffn_params(dim, hf["intermediate_size"])
-    return ModelConfig(
-        dim=dim,
-        n_layers=hf["num_hidden_layers"],
-        n_heads=n_heads,
-        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-        vocab_size=hf["vocab_size"],
-        multiple_of=multiple_of,
-        ffn_dim_multiplier=multiplier,
-        norm_eps=hf["rms_norm_eps"],
-        rope_theta=hf.get("rope_theta", rope.get("rope_theta", 10000.0)),
-        rope_scaling=_rope_scaling_from_hf(rope, source),
-        max_seq_len=hf["max_position_embeddings"],
-        tie_word_embeddings=hf["tie_word_embeddings"],
-    )
+    return config
 
 
 def _rope_scaling_from_hf(rope: dict[str, Any], source: Path) -> RopeScaling | None:
@@ -158,6 +183,8 @@ def _rope_scaling_from_hf(rope: dict[str, Any], source: Path) -> RopeScaling | N
         )
     except KeyError as e:
         raise HerdError(f"{source}: the llama3 RoPE scaling lacks {e.args[0]!r}") from None
+    except HerdError as e:
+        raise HerdError(f"{source}: {e}") from None
 
 
 def config_to_hf(config: ModelConfig, dtype: torch.dtype, tokenizer: Tokenizer) -> dict[str, Any]:

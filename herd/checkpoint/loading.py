@@ -12,9 +12,8 @@ from types import ModuleType
 from typing import Any, Literal
 
 import torch
-from safetensors import safe_open
 
-from herd.checkpoint import herd_format, hf_format, hub, meta_format
+from herd.checkpoint import herd_format, hf_format, hub, meta_format, safetensors_io
 from herd.checkpoint.files import read_json
 from herd.checkpoint.state import model_from_state
 from herd.errors import HerdError
@@ -44,11 +43,14 @@ def load(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | str | None = None,
+    check_finite: bool = True,
 ) -> tuple[Transformer, Tokenizer]:
     """Model and tokenizer from a preset name (random weights), a Meta / HF / herd directory or a Hub id.
 
     Weights keep the checkpoint's dtype unless `dtype` is given. On the CPU they stay memory-mapped from the
     checkpoint files (copy-on-write), so loading reads only what is used and needs no second copy.
+    Weights holding a NaN or an infinity are refused (a damaged or diverged model generates garbage without a
+    sign); `check_finite=False` loads them anyway.
     """
     dtype = _dtype(dtype)
     name = str(path_or_preset)
@@ -60,7 +62,9 @@ def load(
     fmt = FORMATS[detect_format(directory)]
     config = fmt.read_config(directory)
     state = fmt.read_state(directory, config)
-    model = model_from_state(config, state, source=str(directory), device=device, dtype=dtype)
+    model = model_from_state(
+        config, state, source=str(directory), device=device, dtype=dtype, check_finite=check_finite
+    )
     return model, fmt.read_tokenizer(directory)
 
 
@@ -127,7 +131,7 @@ def _info(fmt: str, config: ModelConfig, dtype: str, files: list[Path]) -> dict[
 def _stored_dtype(file: Path) -> str:
     """The dtype of the first tensor in a weight file (memory-mapped, nothing read)."""
     if file.suffix == ".safetensors":
-        with safe_open(file, framework="pt") as handle:
+        with safetensors_io.open_weights(file) as handle:
             tensor = handle.get_tensor(next(iter(handle.keys())))
     else:
         tensor = next(iter(meta_format.read_shard(file).values()))

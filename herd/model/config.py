@@ -6,7 +6,11 @@ Field names follow Meta's `params.json` so a checkpoint's config reads in withou
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,9 @@ class RopeScaling:
     """Wavelengths below original_max_position / high_freq_factor are left as they are."""
     original_max_position_embeddings: int = 8192
     """The context length the model was pretrained with before the extension."""
+
+    def __post_init__(self) -> None:
+        check_field_types(self, "model config: rope_scaling.")
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,10 @@ class ModelConfig:
     """Unrecognised params.json keys, kept so a round trip loses nothing."""
 
     def __post_init__(self) -> None:
+        check_field_types(self, "model config: ")
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "max_seq_len"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise HerdError(f"model config: {name} must be positive, got {getattr(self, name)}")
         if self.dim % self.n_heads:
             raise HerdError(f"model config: dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
@@ -68,9 +79,6 @@ class ModelConfig:
             )
         if (self.dim // self.n_heads) % 2:
             raise HerdError(f"model config: head_dim={self.dim // self.n_heads} must be even for RoPE")
-        for name in ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "max_seq_len"):
-            if getattr(self, name) <= 0:
-                raise HerdError(f"model config: {name} must be positive, got {getattr(self, name)}")
 
     @property
     def head_dim(self) -> int:
@@ -134,6 +142,7 @@ class ModelConfig:
         kwargs = {k: params.pop(k) for k in list(params) if k in known}
         use_scaled = params.pop("use_scaled_rope", False)
         scaling = params.pop("rope_scaling", None)
+        check_type("model config: rope_scaling", scaling, dict[str, Any] | None)
         if use_scaled or scaling:
             # Meta's params.json says only use_scaled_rope (its reference code fixes factor 8);
             # later ones may name the factor (rope_scaling_factor), HF-derived configs give all of it.
@@ -143,7 +152,8 @@ class ModelConfig:
             scaling.pop("rope_type", None)
             kwargs["rope_scaling"] = RopeScaling(**scaling)
             kwargs.setdefault("max_seq_len", 131072)  # Llama 3.1+ params.json leaves the context unsaid
-        if kwargs.get("vocab_size", 0) is None or kwargs.get("vocab_size", 0) < 0:
+        vocab_size = kwargs.get("vocab_size", 0)
+        if vocab_size is None or (isinstance(vocab_size, int) and vocab_size < 0):
             kwargs.pop("vocab_size")  # Meta's early params.json wrote -1 (set by the tokenizer)
         return cls(**kwargs, extra=params)
 
@@ -157,5 +167,43 @@ class ModelConfig:
             raise HerdError(f"config file {path} is not valid JSON: {e}") from None
         try:
             return cls.from_params(params)
-        except TypeError as e:
+        except (TypeError, HerdError) as e:
             raise HerdError(f"config file {path} has bad fields: {e}") from None
+
+
+# What a config field of each type accepts (JSON numbers may come as int or float; numpy's count too), in words.
+_ACCEPTS: dict[type, tuple[type, str]] = {
+    int: (numbers.Integral, "an integer"),
+    float: (numbers.Real, "a number"),
+    bool: (bool, "true or false"),
+    dict: (dict, "a mapping"),
+}
+
+
+def check_field_types(config: Any, where: str) -> None:
+    """Raise a one-line HerdError naming the first field of dataclass `config` whose value has the wrong type (a
+    config file's "160" where an integer belongs), with the type it has and the one expected."""
+    for name, hint in _field_hints(type(config)).items():
+        check_type(where + name, getattr(config, name), hint)
+
+
+def check_type(key: str, value: Any, hint: Any) -> None:
+    """Raise a one-line HerdError unless `value` fits `hint`: int, float, bool, dict[...], a class, or X | None."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = typing.get_args(hint) if union else (hint,)
+    kinds = [typing.get_origin(option) or option for option in options if option is not type(None)]
+    if value is None and len(kinds) < len(options):
+        return
+    for kind in kinds:
+        accepted = _ACCEPTS.get(kind, (kind, ""))[0]
+        if isinstance(value, accepted) and (kind is bool or not isinstance(value, bool)):
+            return
+    expected = [_ACCEPTS[kind][1] if kind in _ACCEPTS else f"a {kind.__name__}" for kind in kinds]
+    if len(kinds) < len(options):
+        expected.append("null")
+    raise HerdError(f"{key} must be {' or '.join(expected)}, got {type(value).__name__} {value!r}")
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    return {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
