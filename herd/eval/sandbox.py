@@ -92,11 +92,12 @@ def _route() -> str:
     if wanted == "none":
         _warn_unboxed()
         return wanted
-    for route in ("bwrap", "unshare") if wanted == "auto" else (wanted,):
-        if _works(route):
+    tried = ("bwrap", "unshare") if wanted == "auto" else (wanted,)
+    for route in tried:
+        if _failure(route) is None:
             return route
     raise HerdError(
-        f"no sandbox for untrusted code works here ({'bubblewrap or unshare' if wanted == 'auto' else wanted}): "
+        f"no sandbox for untrusted code works here ({'; '.join(f'{r}: {_failure(r)}' for r in tried)}): "
         "install bubblewrap (apt-get install bubblewrap) and allow user namespaces, "
         "or set HERD_SANDBOX=none to run generated code unboxed at your own risk"
     )
@@ -108,13 +109,12 @@ def _warn_unboxed() -> None:
 
 
 @functools.cache
-def _works(route: str) -> bool:
+def _failure(route: str) -> str | None:
+    """Why `route` cannot run a program here (its last line of errors), or None when it can."""
     if shutil.which(route) is None:
-        return False
+        return "not installed"
     result = _run(route, "pass\n", SandboxLimits())
-    if result.status != "passed":
-        log.info("sandbox route %s does not work here: %s", route, result.stderr.strip()[-300:])
-    return result.status == "passed"
+    return None if result.status == "passed" else (result.stderr.strip().splitlines() or [result.status])[-1][:200]
 
 
 def _run(route: str, program: str, limits: SandboxLimits) -> SandboxResult:
@@ -146,8 +146,8 @@ def _run(route: str, program: str, limits: SandboxLimits) -> SandboxResult:
             echoed = ours.recv(len(marker) + 1)
         except OSError:  # nothing came back (BlockingIOError), or the marker was never read (ConnectionResetError)
             echoed = b""
-        stderr.seek(0)
-        err = stderr.read()[-4000:].decode(errors="replace")[-2000:]
+        stderr.seek(max(0, os.fstat(stderr.fileno()).st_size - 4000))
+        err = stderr.read().decode(errors="replace")[-2000:]
     code = process.returncode
     cpu_out = code in (-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL)
     status: Status = "passed" if echoed == marker else "timeout" if timed_out or cpu_out else "failed"
