@@ -11,6 +11,9 @@ from herd.eval.sandbox import SandboxLimits, run_program
 from herd.eval.tasks import get_task
 
 FAST = SandboxLimits(wall_seconds=3.0, cpu_seconds=2)
+# a normal user's machine may allow no box (the error says what to install); as root (CI, containers) one must work
+pytestmark = pytest.mark.skipif(os.getuid() != 0 and all(sandbox._failure(r) for r in ("bwrap", "unshare")),
+                                reason="no sandbox works here: install bubblewrap and allow user namespaces")
 
 
 def _check(samples, task):

@@ -224,6 +224,8 @@ def boxes():
     cache: dict = {}
 
     def get(route: str, uid: int, attacks: list[str] = list(ATTACKS)):  # noqa: B006 - read only
+        if route != "none" and os.getuid() != 0 and sandbox._failure(route):  # as root (CI) the box must work
+            pytest.skip(f"{route} does not work here: {sandbox._failure(route)}")
         if (route, uid) not in cache:
             arena = Arena(uid)
             cache[(route, uid)] = arena, _run_all(route, uid, arena, attacks)

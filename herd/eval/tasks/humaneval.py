@@ -41,7 +41,8 @@ class HumanEval(Task):
 
     def program(self, sample: Sample, output: str) -> str:
         """The prompt and the completion (or, for a reply with a code block, the block after the prompt,
-        whose full definition replaces the prompt's), then the tests and the call to check()."""
+        whose full definition replaces the prompt's), then the tests and the call to check(), last: the sandbox
+        passes a program only when its code runs to its end, so an exit before check() returns fails."""
         block = _CODE_BLOCK.search(output)
         code = sample.question + output if block is None else sample.question + "\n" + block.group(1)
         return f"{code}\n\n{sample.meta['test']}\n\ncheck({sample.meta['entry_point']})\n"
