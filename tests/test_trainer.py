@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -441,6 +442,42 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_intact_one_before(tmp_pat
         manager.latest()
     assert "\n" not in str(error.value)
     assert f"no intact checkpoint in {tmp_path}: {tmp_path / 'step_00000003'} (__0_0.distcp has" in str(error.value)
+
+
+KILLED_MID_SAVE = """
+import sys, time, torch
+from torch.distributed.checkpoint import FileSystemWriter
+from herd.model import ModelConfig, build_model
+from herd.train.checkpointing import CheckpointManager
+model = build_model(ModelConfig(**{fields}, vocab_size=512))
+optimizer = torch.optim.AdamW(model.parameters())
+manager = CheckpointManager(sys.argv[1], keep_last=2)
+manager.save(2, model, optimizer, {{"step": 2}}, {{}})
+write = FileSystemWriter.write_data
+def write_then_hang(self, *args):
+    write(self, *args).wait()  # the shards are written, the commit never comes
+    print("written", flush=True)
+    time.sleep(60)
+FileSystemWriter.write_data = write_then_hang
+manager.save(4, model, optimizer, {{"step": 4}}, {{}})
+"""
+
+
+def test_sigkill_mid_save_leaves_the_checkpoint_before_intact(tmp_path):
+    script = KILLED_MID_SAVE.format(fields=TINY_MODEL)
+    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "written\n"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (tmp_path / ".tmp-step_00000004" / "__0_0.distcp").is_file()
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    model = build_model(ModelConfig(**TINY_MODEL, vocab_size=512))
+    optimizer = torch.optim.AdamW(model.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing damaged: no warning
+        assert manager.load_into(model, optimizer)["step"] == 2
+    manager.save(3, model, optimizer, {"step": 3}, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000002", "step_00000003"]
 
 
 def test_resume_from_before_a_truncated_checkpoint_is_bitwise_identical(shards, tmp_path):
