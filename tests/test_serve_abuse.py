@@ -89,7 +89,7 @@ def test_every_integer_field_at_extremes_gets_an_answer(server):
     _still_serving(url)
 
 
-def test_a_request_that_raises_fails_alone_with_500(server, monkeypatch):
+def test_a_request_that_raises_fails_alone_with_a_500_error_body(server, monkeypatch):
     engine = server["app"].state.runner.engine
     add = engine.add_request
 
@@ -99,9 +99,13 @@ def test_a_request_that_raises_fails_alone_with_500(server, monkeypatch):
         add(request_id, prompt, params)
 
     monkeypatch.setattr(engine, "add_request", add_or_fail)
-    failed = _post(server["url"], {"prompt": "hi", "max_tokens": 7})
+    failed = _post(server["url"], {"prompt": "hi", "max_tokens": 7})  # in the engine thread: it hung
     assert "an unforeseen failure" in _error(failed, 500)
     assert failed.json()["error"]["type"] == "server_error"
+    tok = server["tok"]
+    monkeypatch.setattr(tok, "encode", lambda text, **kwargs: 1 / 0)  # in the app: a bare-text 500
+    assert "ZeroDivisionError" in _error(_post(server["url"], {"prompt": "hi", "max_tokens": 2}), 500)
+    monkeypatch.undo()
     _still_serving(server["url"])
 
 

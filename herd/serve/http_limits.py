@@ -3,7 +3,8 @@
 Both are written here rather than taken from the libraries because the versions herd supports lack them:
 FastAPI's own `max_body_size` arrived only in its late-2026 releases, and uvicorn has no limit on the time a
 client takes to send its request headers (its keep-alive timer restarts on every byte), so one client
-trickling a header a byte at a time holds a connection, and a clean shutdown, forever.
+trickling a header a byte at a time holds a connection, and a clean shutdown, forever. The server therefore
+runs on uvicorn's h11 protocol with that deadline added, also where httptools is installed.
 """
 
 from __future__ import annotations
