@@ -172,15 +172,15 @@ def _command(route: str, settings: dict, workdir: str) -> tuple[list[str], objec
                str(_NOBODY), "--hostname", "sandbox", "--clearenv"]
     for name, value in _ENV.items():
         command += ["--setenv", name, value]
+    # /tmp first, so that a Python living under /tmp is bound on top of it
+    command += ["--perms", "1777", "--size", str(settings["disk_bytes"]), "--tmpfs", "/tmp"]
     for path in _system_dirs():
         command += ["--symlink", os.readlink(path), path] if os.path.islink(path) else ["--ro-bind", path, path]
     for path in _python_dirs():
         command += ["--ro-bind", path, path]
-    blocked = _blocked(_python_dirs()) if root else {}
-    command += ["--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc", "--perms", "1777", "--size",
-                str(settings["disk_bytes"]), "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp",
+    command += ["--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc", "--remount-ro", "/", "--chdir", "/tmp",
                 "--", sys.executable, "-I", "-c", _INIT, json.dumps(settings)]
-    return command, functools.partial(_expose, blocked, uid=_NOBODY) if root else None
+    return command, functools.partial(_expose, _blocked(_python_dirs()), uid=_NOBODY) if root else None
 
 
 def _system_dirs() -> list[str]:

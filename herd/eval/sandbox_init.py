@@ -41,18 +41,23 @@ def _new_root(settings: dict) -> None:
     /dev's harmless nodes, a fresh /proc (its kernel knobs read-only) and a size-capped /tmp; the host's root
     is then pivoted away and detached, so nothing else of the host is in the box's mount namespace."""
     root = "/tmp"  # a directory to mount the new root on; unshare made the mounts private, the host's is untouched
+    nodes = [f"/dev/{node}" for node in ("null", "zero", "full", "random", "urandom")]
+    sources = {path: os.open(path, os.O_PATH) for path in [*settings["binds"], *nodes]}  # before /tmp is covered
     _mount("tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
-    for path in settings["binds"]:
-        os.makedirs(root + path)
-        _mount(path, root + path, None, _MS_BIND | _MS_REC)
+    os.makedirs(root + "/tmp")  # first, so that a Python living under /tmp is bound on top of it
+    _mount("tmpfs", root + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={settings['disk_bytes']},mode=1777")
+    for path, fd in sources.items():
+        if path in nodes:
+            os.makedirs(root + "/dev", exist_ok=True)
+            open(root + path, "w").close()
+        else:
+            os.makedirs(root + path, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", root + path, None, _MS_BIND | _MS_REC)
         kept = sum(ms for st, ms in _ST_TO_MS.items() if os.statvfs(root + path).f_flag & st)
         _mount("none", root + path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | kept)
+        os.close(fd)
     for path, target in settings["symlinks"]:
         os.symlink(target, root + path)
-    os.makedirs(root + "/dev")
-    for node in ("null", "zero", "full", "random", "urandom"):
-        open(f"{root}/dev/{node}", "w").close()
-        _mount(f"/dev/{node}", f"{root}/dev/{node}", None, _MS_BIND)
     os.makedirs(root + "/proc")
     _mount("proc", root + "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
     for knob in ("sys", "sysrq-trigger", "irq", "bus"):
@@ -60,8 +65,6 @@ def _new_root(settings: dict) -> None:
             _mount(f"{root}/proc/{knob}", f"{root}/proc/{knob}", None, _MS_BIND | _MS_REC)
             _mount("none", f"{root}/proc/{knob}", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
                    | _MS_NOEXEC)
-    os.makedirs(root + "/tmp")
-    _mount("tmpfs", root + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={settings['disk_bytes']},mode=1777")
     os.chdir(root)
     _check(libc.syscall(_PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
     _check(libc.umount2(b".", _MNT_DETACH), "detach the host's root")
