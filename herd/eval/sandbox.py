@@ -4,23 +4,24 @@ that only the end of its code can produce.
 What holds the program in, and by what:
 - bubblewrap (`bwrap`, Debian's `bubblewrap` package), preferred: fresh user, mount, PID, network, IPC and UTS
   namespaces; uid/gid 65534 (as root, bwrap itself is started as 65534, so the uid is unprivileged outside the
-  box too); a read-only view of /usr and of this Python's prefixes only (no /home, /run, /tmp, /etc of the
-  host); a private /tmp capped at `disk_bytes`; /dev read-only; `--die-with-parent`, `--new-session`.
-- `unshare` (util-linux) where bwrap is absent: the same namespaces (as a normal user through
-  `--map-root-user`), every host mount remounted read-only, /tmp a capped tmpfs, /run, /var/tmp and /dev/shm
-  hidden, then uid 65534 in a user namespace of its own (as root) or no capabilities at all (as a normal user,
-  whose uid it keeps). Host files outside the hidden paths stay readable (see `sandbox_init`).
-- Both: rlimits set inside the box (CPU seconds, address space, file size, processes and threads, no core
-  dumps); at the wall-clock timeout bwrap / unshare is killed, which kills the namespace's init and with it
+  box too); a read-only root holding only /usr (with /bin, /lib...) and this Python's own directories, a /proc
+  of its own, a read-only minimal /dev and a private /tmp capped at `disk_bytes`; `--die-with-parent`,
+  `--new-session`. No /home, /run, /etc or host /tmp: no host files to write, no host Unix sockets to reach.
+- `unshare` (util-linux) where bwrap is absent or fails: the same namespaces (as a normal user through
+  `--map-root-user`) and the same view, built by `sandbox_init` (new root, pivot_root, host root detached),
+  then uid 65534 in a user namespace of its own (as root) or no capabilities (as a normal user).
+- Both: rlimits set inside the box (CPU seconds, address space per process, file size, processes and threads,
+  no core dumps); at the wall-clock timeout bwrap / unshare is killed, which kills the namespace's init and so
   every process in the namespace, detached ones included; an environment holding nothing of the parent's.
-- Neither works: `run_program` refuses with a HerdError, unless HERD_SANDBOX=none opts into running the
-  program with the rlimits only (then it can do whatever its user can).
+  No Python-level guard: the box makes one pointless, and a program can always go around one.
+- Neither works: `run_program` refuses with a HerdError naming bubblewrap, unless HERD_SANDBOX=none opts into
+  running the program unboxed with the rlimits only (then it can do whatever its user can).
 
 Passed means the program's code ran to its end: the box echoes back a random marker that it reads only then
 (see `sandbox_init.main`), so `os._exit(0)`, `sys.exit(0)` or a kill cannot pass. A program that knows this
 harness can still read the marker's descriptor itself: the marker stops exits, not an attacker of the harness.
 
-HERD_SANDBOX=auto (default) | bwrap | unshare | none picks the route.
+HERD_SANDBOX=auto (default: bwrap, else unshare) | bwrap | unshare | none picks the route.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from typing import Literal
 from herd.errors import HerdError
 
 log = logging.getLogger(__name__)
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: `_expose` runs between fork and exec
 
 Status = Literal["passed", "failed", "timeout"]
 ROUTES = ("bwrap", "unshare", "none")
@@ -213,17 +215,16 @@ def _expose(blocked: dict[str, list[str]], uid: int | None = None) -> None:
     """In the child, as root, before exec: a private mount namespace where an empty tmpfs covers each blocked
     directory and holds bind mounts of just the paths Python needs, so that other uids reach them; then, for
     bwrap, the drop to `uid` (65534: bwrap, unprivileged, maps the box's uid onto it)."""
-    libc = ctypes.CDLL(None, use_errno=True)
     if blocked:
-        if libc.unshare(_CLONE_NEWNS) or libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None):
+        if _LIBC.unshare(_CLONE_NEWNS) or _LIBC.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None):
             raise OSError(ctypes.get_errno(), "sandbox: private mount namespace")
         for ancestor, paths in blocked.items():
             fds = [os.open(p, os.O_PATH) for p in paths]
-            if libc.mount(b"tmpfs", ancestor.encode(), b"tmpfs", 0, b"mode=0755,size=64k"):
+            if _LIBC.mount(b"tmpfs", ancestor.encode(), b"tmpfs", 0, b"mode=0755,size=64k"):
                 raise OSError(ctypes.get_errno(), f"sandbox: tmpfs on {ancestor}")
             for path, fd in zip(paths, fds):
                 os.makedirs(path, exist_ok=True)
-                if libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, _MS_BIND | _MS_REC, None):
+                if _LIBC.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, _MS_BIND | _MS_REC, None):
                     raise OSError(ctypes.get_errno(), f"sandbox: bind {path}")
                 os.close(fd)
     if uid is not None:
