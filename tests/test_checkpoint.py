@@ -565,6 +565,13 @@ def test_info_and_generate_name_a_damaged_safetensors_file_in_one_line(saved, ca
 
 
 @pytest.mark.parametrize("fmt", ["herd", "hf", "meta"])
+def test_info_of_a_weight_file_without_tensors(saved, capsys, fmt):
+    directory = saved(fmt)
+    edit_weights(directory, fmt, lambda tensors, name_of: tensors.clear())
+    assert "holds no tensors" in run_cli(capsys, "info", str(directory))
+
+
+@pytest.mark.parametrize("fmt", ["herd", "hf", "meta"])
 def test_integer_weights_are_named_with_their_dtype(saved, capsys, fmt):
     directory = saved(fmt)
     name = "layers.1.feed_forward.w2.weight"

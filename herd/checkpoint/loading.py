@@ -132,9 +132,12 @@ def _stored_dtype(file: Path) -> str:
     """The dtype of the first tensor in a weight file (memory-mapped, nothing read)."""
     if file.suffix == ".safetensors":
         with safetensors_io.open_weights(file) as handle:
-            tensor = handle.get_tensor(next(iter(handle.keys())))
+            name = next(iter(handle.keys()), None)
+            tensor = None if name is None else handle.get_tensor(name)
     else:
-        tensor = next(iter(meta_format.read_shard(file).values()))
+        tensor = next(iter(meta_format.read_shard(file).values()), None)
+    if tensor is None:
+        raise HerdError(f"{file} holds no tensors; the checkpoint is incomplete, download or save it again")
     return str(tensor.dtype).removeprefix("torch.")
 
 
