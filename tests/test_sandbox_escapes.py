@@ -104,6 +104,25 @@ else:
     time.sleep(1)
 """,
     "allocate_20GB": "x = bytearray(20 << 30)\n",
+    "tmpfs_in_own_namespace": """
+import ctypes, os, sys
+libc, uid, gid = ctypes.CDLL(None, use_errno=True), os.getuid(), os.getgid()
+written = 0
+if libc.unshare(0x10000000 | 0x20000) == 0:  # a user + mount namespace of its own, then an uncapped tmpfs
+    for name, text in (('setgroups', 'deny'), ('uid_map', f'0 {uid} 1'), ('gid_map', f'0 {gid} 1')):
+        open(f'/proc/self/{name}', 'w').write(text)
+    os.makedirs('/tmp/own', exist_ok=True)
+    if libc.mount(b'tmpfs', b'/tmp/own', b'tmpfs', 0, None) == 0:
+        os.chdir('/tmp/own')
+for i in range(8):
+    try:
+        with open(f'f{i}', 'wb') as f:
+            f.write(bytes(16 << 20))
+        written += 16 << 20
+    except OSError:
+        break
+print('TOTAL', written, file=sys.stderr)
+""",
     "file_flood": """
 import sys
 written = 0
@@ -259,7 +278,7 @@ def _contained(attack: str, arena: Arena, status: str, stderr: str) -> list[str]
         return [f"{seen} processes in the box"] if seen > 2 + LIMITS.processes else []
     if attack == "allocate_20GB":
         return [] if status == "failed" and "MemoryError" in stderr else [f"status {status}: {stderr[-200:]}"]
-    if attack == "file_flood":
+    if attack in ("file_flood", "tmpfs_in_own_namespace"):
         total = _reported(stderr, "TOTAL")
         return [f"{total} bytes written"] if total > LIMITS.disk_bytes else []
     return [line for line in stderr.splitlines() if "FOUND" in line]  # read_environ

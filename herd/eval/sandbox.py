@@ -3,13 +3,14 @@ that only the end of its code can produce.
 
 What holds the program in, and by what:
 - bubblewrap (`bwrap`, Debian's `bubblewrap` package), preferred: fresh user, mount, PID, network, IPC and UTS
-  namespaces; uid/gid 65534 (as root, bwrap itself is started as 65534, so the uid is unprivileged outside the
+  namespaces, and no user namespaces below (in one a program could mount a tmpfs past the cap); uid/gid 65534 (as root, bwrap itself is started as 65534, so the uid is unprivileged outside the
   box too); a read-only root holding only /usr (with /bin, /lib...) and this Python's own directories, a /proc
   of its own, a read-only minimal /dev and a private /tmp capped at `disk_bytes`; `--die-with-parent`,
   `--new-session`. No /home, /run, /etc or host /tmp: no host files to write, no host Unix sockets to reach.
 - `unshare` (util-linux) where bwrap is absent or fails: the same namespaces (as a normal user through
   `--map-root-user`) and the same view, built by `sandbox_init` (new root, pivot_root, host root detached),
-  then uid 65534 in a user namespace of its own (as root) or no capabilities (as a normal user).
+  then uid 65534 in a user namespace of its own (as root) or no capabilities (as a normal user), and no user
+  namespaces below.
 - Both: rlimits set inside the box (CPU seconds, address space per process, file size, processes and threads,
   no core dumps); at the wall-clock timeout bwrap / unshare is killed, which kills the namespace's init and so
   every process in the namespace, detached ones included; an environment holding nothing of the parent's.
@@ -170,8 +171,8 @@ def _command(route: str, settings: dict, workdir: str) -> tuple[list[str], objec
         settings["unseen_processes"] = 0 if root else 1  # unshare itself: in the box's user namespace, not its PIDs
         return ["unshare", *user, "--pid", "--net", "--ipc", "--uts", "--mount", "--fork", "--kill-child",
                 sys.executable, "-I", "-c", _INIT, json.dumps(settings)], None
-    command = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--uid", str(_NOBODY), "--gid",
-               str(_NOBODY), "--hostname", "sandbox", "--clearenv"]
+    command = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+               "--uid", str(_NOBODY), "--gid", str(_NOBODY), "--hostname", "sandbox", "--clearenv"]
     for name, value in _ENV.items():
         command += ["--setenv", name, value]
     # /tmp first, so that a Python living under /tmp is bound on top of it

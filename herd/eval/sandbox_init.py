@@ -38,8 +38,9 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
 
 def _new_root(settings: dict) -> None:
     """The view bubblewrap would give: a tmpfs root holding read-only binds of /usr and Python's directories,
-    /dev's harmless nodes, a fresh /proc (its kernel knobs read-only) and a size-capped /tmp; the host's root
-    is then pivoted away and detached, so nothing else of the host is in the box's mount namespace."""
+    /dev's harmless nodes, a fresh /proc and a size-capped /tmp; the host's root is then pivoted away and
+    detached, so nothing else of the host is in the box's mount namespace. (/proc's kernel knobs stay as the
+    kernel guards them: root-owned, and the program is neither root outside nor capable inside.)"""
     root = "/tmp"  # a directory to mount the new root on; unshare made the mounts private, the host's is untouched
     nodes = [f"/dev/{node}" for node in ("null", "zero", "full", "random", "urandom")]
     sources = {path: os.open(path, os.O_PATH) for path in [*settings["binds"], *nodes]}  # before /tmp is covered
@@ -60,11 +61,6 @@ def _new_root(settings: dict) -> None:
         os.symlink(target, root + path)
     os.makedirs(root + "/proc")
     _mount("proc", root + "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
-    for knob in ("sys", "sysrq-trigger", "irq", "bus"):
-        if os.path.exists(f"{root}/proc/{knob}"):
-            _mount(f"{root}/proc/{knob}", f"{root}/proc/{knob}", None, _MS_BIND | _MS_REC)
-            _mount("none", f"{root}/proc/{knob}", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
-                   | _MS_NOEXEC)
     os.chdir(root)
     _check(libc.syscall(_PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
     _check(libc.umount2(b".", _MNT_DETACH), "detach the host's root")
@@ -73,8 +69,8 @@ def _new_root(settings: dict) -> None:
 
 
 def _drop_privileges(root: bool) -> None:
-    """To uid 65534 in a user namespace of its own (so its process count starts at zero), then no capabilities,
-    none to regain by exec, and the parent-death signal that a change of uid clears set again."""
+    """To uid 65534 in a user namespace of its own (so its process count starts at zero), no user namespaces
+    below it, then no capabilities, none to regain by exec, and the parent-death signal (a uid change clears it)."""
     if root:
         os.setgroups([])
         os.setgid(_NOBODY)
@@ -84,6 +80,9 @@ def _drop_privileges(root: bool) -> None:
         for name, text in (("setgroups", "deny"), ("uid_map", f"{_NOBODY} {_NOBODY} 1"), ("gid_map", f"{_NOBODY} {_NOBODY} 1")):
             with open(f"/proc/self/{name}", "w") as file:
                 file.write(text)
+    # no user namespaces below the box's: in one, the program could mount a tmpfs of its own past the disk cap
+    with open("/proc/sys/user/max_user_namespaces", "w") as file:
+        file.write("0")
     for cap in range(int(open("/proc/sys/kernel/cap_last_cap").read()) + 1):
         libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)
     header, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
