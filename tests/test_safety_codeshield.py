@@ -64,3 +64,26 @@ def test_files_and_errors(tmp_path):
         scan_file(str(tmp_path / "missing.py"))
     with pytest.raises(HerdError, match="unknown language"):
         scan("x", "cobol")
+
+
+def test_result_says_which_scanners_ran(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from herd.safety import codeshield
+
+    monkeypatch.setattr(codeshield, "_codeshield", lambda code, language: None)  # the package not installed
+    alone = scan(INSECURE[0][1], "python")
+    assert alone.scanners == ["herd-regex"] and "herd[safety]" in alone.to_dict()["note"]
+    monkeypatch.setattr(codeshield, "_codeshield", lambda code, language: [])
+    both = scan(INSECURE[0][1], "python").to_dict()
+    assert both["scanners"] == ["codeshield", "herd-regex"] and "note" not in both
+    path = tmp_path / "a.py"
+    path.write_text(INSECURE[0][1])
+    printed = subprocess.run([sys.executable, "-m", "herd.cli", "codeshield", str(path)], capture_output=True, text=True)
+    try:
+        import codeshield as _  # noqa: F401
+    except ImportError:
+        assert "only herd's regex rules ran" in printed.stdout, printed.stdout
+    else:
+        assert "note" not in printed.stdout

@@ -5,7 +5,8 @@ Meta's `codeshield` package does the scanning: its regex rules, then its semgrep
 flags the code. herd adds two things it lacks: rules for languages and calls it does not cover
 (rules/herd_regex.yaml), and a workaround: codeshield passes semgrep `--project-root /` for an absolute path,
 with which semgrep >= 1.1xx scans nothing, so herd hands it a relative path. Without the package only herd's rules
-run. A scanner failure raises; it is never read as clean (codeshield's own `scan_code` returns IGNORE on errors).
+run, and each result says so (`scanners`, `note`). A scanner failure raises; it is never read as clean
+(codeshield's own `scan_code` returns IGNORE on errors).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ LANGUAGES = {".py": "python", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp",
              ".cs": "csharp", ".rb": "ruby", ".swift": "swift", ".kt": "kotlin"}
 """File extensions and the language each is scanned as."""
 SEVERITIES = ("error", "warning", "advice")
+ONLY_HERD_RULES = ("only herd's regex rules ran: Meta's codeshield package (its regex and semgrep rules) is not "
+                   "installed; pip install 'herd[safety]'")
 Treatment = Literal["BLOCK", "WARN", "IGNORE"]
 
 
@@ -49,9 +52,17 @@ class Finding:
 class ScanResult:
     verdict: Treatment
     findings: list[Finding]
+    scanners: list[str]
+    """The layers that ran: codeshield (its regex rules, semgrep where they flag) and herd-regex."""
+
+    @property
+    def note(self) -> str | None:
+        """Says when only herd's own rules ran (no codeshield package)."""
+        return None if "codeshield" in self.scanners else ONLY_HERD_RULES
 
     def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "findings": [asdict(f) for f in self.findings]}
+        result = {"verdict": self.verdict, "findings": [asdict(f) for f in self.findings], "scanners": self.scanners}
+        return result | ({"note": self.note} if self.note else {})
 
 
 def language_of(path: str | Path) -> str:
@@ -67,12 +78,14 @@ def scan(code: str, language: str) -> ScanResult:
     if language not in set(LANGUAGES.values()):
         raise HerdError(f"unknown language {language!r}; use one of {sorted(set(LANGUAGES.values()))}")
     meta = _codeshield(code, language)
+    scanners = ["herd-regex"] if meta is None else ["codeshield", "herd-regex"]
+    meta = meta or []
     seen = {(f.cwe, f.line) for f in meta}
     findings = meta + [f for f in _herd_regex(code, language) if (f.cwe, f.line) not in seen]
     findings.sort(key=lambda f: (f.line, f.rule))
     verdict: Treatment = ("BLOCK" if any(f.severity == "error" for f in findings) else
                           "WARN" if findings else "IGNORE")
-    return ScanResult(verdict, findings)
+    return ScanResult(verdict, findings, scanners)
 
 
 def scan_file(path: str, language: str | None = None) -> dict:
@@ -105,13 +118,14 @@ def _herd_regex(code: str, language: str) -> list[Finding]:
     return findings
 
 
-def _codeshield(code: str, language: str) -> list[Finding]:
+def _codeshield(code: str, language: str) -> list[Finding] | None:
+    """Meta's codeshield package's findings; None when the package is not installed."""
     try:
         from codeshield.insecure_code_detector import insecure_code_detector
         from codeshield.insecure_code_detector.languages import Language
         from codeshield.insecure_code_detector.usecases import UseCase
     except ImportError:
-        return []
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / f"snippet{next(e for e, lang in LANGUAGES.items() if lang == language)}"
         file.write_text(code, encoding="utf-8")
