@@ -7,16 +7,21 @@ import math
 from collections import defaultdict
 from types import SimpleNamespace
 
+import random
+
 import pytest
 import torch
 from test_post_data import make_model, tiny_model_dir, tiny_tok_path, tok, write_jsonl  # noqa: F401
 
 import herd
+from herd.corpus.math import add_steps, addition_question
 from herd.errors import HerdError
+from herd.eval.task import Sample
 from herd.post.grpo import GRPOConfig, group_advantages, grpo, grpo_token_losses
 from herd.post.ppo import PPOConfig, clipped_policy_loss, clipped_value_loss, gae, ppo, whiten
 from herd.post.rewards import arithmetic_questions, arithmetic_reward, encode_prompts, make_scorer
 from herd.post.rollout import RLConfig, RolloutStream, kl_penalty, sample_rollout
+from herd.speedrun.tasks import SynthAddition
 from herd.train.config import FaultConfig
 
 PROMPTS = ["what is the sky", "what is grass", "what is snow", "what is coal"]
@@ -134,7 +139,7 @@ def test_grpo_loss_equals_trl():
 
 def test_arithmetic_reward():
     assert arithmetic_reward("What is 12 + 30?", " 42, I think") == 1.0
-    assert arithmetic_reward("what is 12 + 30?", "It is 41 or 42") == 0.0  # the first integer counts
+    assert arithmetic_reward("what is 12 + 30?", "It is 42 or 41") == 0.0  # the last number counts, as in the evals
     assert arithmetic_reward("What is 2 + 2?", "four") == 0.0
     questions = arithmetic_questions(20, seed=1, max_operand=9)
     assert len(questions) == 20 and questions == arithmetic_questions(20, seed=1, max_operand=9)
@@ -142,6 +147,24 @@ def test_arithmetic_reward():
     assert arithmetic_reward(questions[0][0]["content"], f"{a + b}") == 1.0
     with pytest.raises(HerdError, match="What is A \\+ B"):
         arithmetic_reward("hello", "3")
+
+
+def test_arithmetic_reward_credits_the_speedrun_models_answers_as_its_eval_does():
+    """The speedrun's model answers "What is A + B?" with worked columns, then "#### N" (herd.corpus.math): the
+    first integer of such a reply is A, so reading it gave 0 to every correct reply. The reward now reads the final
+    answer with the scorer of the speedrun's synth_addition eval, and agrees with it on every reply."""
+    rng = random.Random(0)
+    task = SynthAddition(chat=True)
+    for _ in range(20):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        problem = addition_question(a, b)  # the SFT reply the speedrun trains on
+        right = [problem.solution, f"{add_steps(a, b)} The answer is {a + b}.", f"\\boxed{{{a + b}}}", f"{a + b}"]
+        wrong = [problem.solution.replace(f"#### {a + b}", f"#### {a + b + 1}"), f"{a} + {b} = {a + b - 10}",
+                 f"The answer is {a + b + 10}. So {a + b}", "I am not sure."]
+        for reply, reward in [(r, 1.0) for r in right] + [(r, 0.0) for r in wrong]:
+            assert arithmetic_reward(problem.question, reply) == reward, reply
+            sample = Sample(problem.question, problem.solution, gold=str(a + b))
+            assert task.score(sample, reply)[1]["exact_match"] == reward, reply
 
 
 # --- rollouts --------------------------------------------------------------------------------------------

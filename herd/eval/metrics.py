@@ -13,6 +13,8 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 
 GSM8K_ANSWER_PATTERNS = (r"#### (\-?[0-9\.\,]+)", r"The answer is \$?(\-?[0-9\.\,]+)")
 """The reference's "#### N" and the CoT exemplars' "The answer is N", tried in order."""
+FINAL_ANSWER_PATTERNS = (*GSM8K_ANSWER_PATTERNS, r"\\boxed\{\$?(\-?[0-9\.\,]+)\}")
+"""The final-answer forms the evals read: GSM8K's two, then MATH's "\\boxed{N}"."""
 
 
 def multiple_choice(logprobs: Sequence[float], choices: Sequence[str], gold: int) -> dict[str, float]:
@@ -41,6 +43,13 @@ def extract_answer(text: str, patterns: Sequence[str], *, fallback_last_number: 
         if numbers:
             return numbers[-1]
     return None
+
+
+def final_answer(text: str, *, fallback_last_number: bool = True) -> str | None:
+    """The final numeric answer of a worked reply: the first of FINAL_ANSWER_PATTERNS to match, else (with
+    `fallback_last_number`) the last number. The one reading of GSM8K's and the speedrun's scorers and of RL's
+    verifiable rewards, so a reward credits exactly what the evals count as right."""
+    return extract_answer(text, FINAL_ANSWER_PATTERNS, fallback_last_number=fallback_last_number)
 
 
 def normalize_number(text: str) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from herd.errors import HerdError
+from herd.eval.metrics import exact_match, final_answer, normalize_number
 from herd.post.reward_model import load_reward_model
 from herd.tokenizer import Message, Tokenizer
 
@@ -19,7 +20,6 @@ RewardFn = Callable[[str, str], float]
 """A verifiable reward: f(prompt_text, completion_text) -> float (the prompt's last user message)."""
 
 QUESTION = re.compile(r"what is\s+(-?\d+)\s*\+\s*(-?\d+)", re.IGNORECASE)
-INTEGER = re.compile(r"-?\d+")
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,12 @@ def arithmetic_questions(n: int, seed: int, max_operand: int = 99) -> list[list[
 
 
 def arithmetic_reward(prompt: str, completion: str) -> float:
-    """1.0 when the first integer in the completion equals A + B of the prompt's "What is A + B?", else 0.0."""
+    """1.0 when the completion's final answer (read as the evals read it: "#### N", "The answer is N", "\\boxed{N}",
+    else its last number) equals A + B of the prompt's "What is A + B?", else 0.0."""
     question = QUESTION.search(prompt)
     if question is None:
         raise HerdError(f"reward=arithmetic needs prompts of the form 'What is A + B?', got {prompt!r:.80}")
-    answer = INTEGER.search(completion)
-    return float(answer is not None and int(answer.group()) == int(question[1]) + int(question[2]))
+    return exact_match(final_answer(completion), str(int(question[1]) + int(question[2])), normalize_number)
 
 
 def reward_function(spec: str) -> RewardFn:

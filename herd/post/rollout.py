@@ -51,8 +51,8 @@ class RLConfig(PostConfig):
     val_prompts: str | None = None
     """Held-out prompts; the mean reward of greedy completions of them is reported as val_reward."""
     reward: str = "model"
-    """model: `reward_model` scores prompt + completion; arithmetic: 1 when the completion's first integer is A + B
-    of its "What is A + B?" prompt, else 0; package.module:function: any f(prompt_text, completion_text) -> float."""
+    """model: `reward_model` scores prompt + completion; arithmetic: 1 when the completion's final answer (as the
+    evals read it: "#### N", else its last number) is A + B of its "What is A + B?" prompt, else 0; package.module:function: any f(prompt_text, completion_text) -> float."""
     reward_model: str = ""
     """The reward model directory written by `herd rm` (its model/ folder), for reward=model."""
     questions: int = 1024

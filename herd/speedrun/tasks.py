@@ -2,7 +2,8 @@
 
 - `synth_knowledge`: 4-way multiple choice about countries whose facts appear only in encyclopedic articles
   (never in quiz form, never in SFT): MMLU-like, accuracy by loglikelihood;
-- `synth_math`: held-out word problems, chain of thought, exact match on `#### N` (GSM8K-like);
+- `synth_math`: held-out word problems, chain of thought, exact match on the final answer (`#### N`, as
+  `herd.eval.metrics.final_answer` reads it; GSM8K-like);
 - `synth_code`: complete a function from its signature and docstring; pass@1 of its asserts in the sandbox
   (HumanEval-like);
 - `synth_addition`: the 2-digit addition probe, "What is 37 + 45?" (never asked in training), greedy, exact match
@@ -25,7 +26,7 @@ from typing import Any
 
 from herd.corpus.code import make_function
 from herd.corpus.math import make_problem
-from herd.eval.metrics import GSM8K_ANSWER_PATTERNS, exact_match, extract_answer, normalize_number
+from herd.eval.metrics import exact_match, final_answer, normalize_number
 from herd.eval.sandbox import SandboxLimits, run_program
 from herd.eval.task import Sample, Task
 
@@ -67,7 +68,7 @@ class SynthMath(Task):
         return [self._sample(p.question, p.solution, str(p.answer)) for p in (make_problem(rng) for _ in range(3))]
 
     def score(self, sample: Sample, output: str) -> tuple[Any, dict[str, float]]:
-        answer = extract_answer(output, GSM8K_ANSWER_PATTERNS[:1], fallback_last_number=self.fallback_last_number)
+        answer = final_answer(output, fallback_last_number=self.fallback_last_number)
         return answer, {"exact_match": exact_match(answer, sample.gold, normalize_number)}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from herd.eval.data import find_split, read_records
-from herd.eval.metrics import GSM8K_ANSWER_PATTERNS, exact_match, extract_answer, normalize_number
+from herd.eval.metrics import exact_match, final_answer, normalize_number
 from herd.eval.task import Sample, Task
 
 CALCULATOR = re.compile(r"<<[^>]*>>")
@@ -59,7 +59,7 @@ class GSM8K(Task):
         return [gsm8k_sample(r["question"], r["answer"], r["answer"].split("####")[-1].strip()) for r in rows]
 
     def fewshot_pool(self, data_dir: Path, group: str) -> list[Sample]:
-        return [gsm8k_sample(q, a, extract_answer(a, GSM8K_ANSWER_PATTERNS)) for q, a in EXEMPLARS]
+        return [gsm8k_sample(q, a, final_answer(a, fallback_last_number=False)) for q, a in EXEMPLARS]
 
     def train_samples(self, data_dir: Path) -> list[Sample]:
         """The train split, answers without their calculator annotations ("<<48/2=24>>"): chain of thought, "#### N"."""
@@ -68,5 +68,5 @@ class GSM8K(Task):
                 for r in rows]
 
     def score(self, sample: Sample, output: str) -> tuple[Any, dict[str, float]]:
-        answer = extract_answer(output, GSM8K_ANSWER_PATTERNS, fallback_last_number=True)
+        answer = final_answer(output)
         return answer, {"exact_match": exact_match(answer, sample.gold, normalize_number)}
