@@ -454,11 +454,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     run: Callable[[argparse.Namespace], None] = args.run
     try:
         run(args)
+        sys.stdout.flush()  # a closed pipe raises here, not at exit where it cannot be caught
     except HerdError as error:
         print(f"herd: error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # the reader left (`herd ... | head`): stop quietly, as Python's docs on SIGPIPE advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The `herd` command end to end: real subprocesses, exit codes, one-line errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -46,6 +47,7 @@ def test_chat_reads_piped_lines():
         (("generate", "--model", "/no/such/dir", "--prompt", "x"), "/no/such/dir"),
         (("info", "not-a-preset-or-dir"), "not-a-preset-or-dir"),
         (("pretrain", "bogus_key=1"), "unknown config key 'bogus_key'"),
+        (("guard", "--model", "tiny", "--text", "hi", "--categories", "S1,S99"), "'S99'; the taxonomy has: S1 "),
     ],
 )
 def test_user_errors_are_one_line_with_status_2(args, needle):
@@ -53,3 +55,15 @@ def test_user_errors_are_one_line_with_status_2(args, needle):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("herd: error:") and needle in lines[0]
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`herd ... | head -3`: the reader is gone before herd writes; herd stops without a BrokenPipeError traceback."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([sys.executable, "-m", "herd.cli", "info", "llama3-8b"], stdout=write,
+                                stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert result.stderr == "" and result.returncode == 1

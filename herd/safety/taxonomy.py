@@ -6,6 +6,7 @@ renumbers the rest, as the Llama Guard prompt expects. Names are the stable iden
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -101,6 +102,8 @@ def taxonomy_from(categories: Sequence[Category | str] | None) -> Taxonomy:
         try:
             result.append(LLAMA_GUARD_2[index_of(LLAMA_GUARD_2, item)])
         except HerdError:
+            if re.fullmatch(r"[sS]\d+", item.strip()):
+                raise  # a code outside S1..S11 is a typo, not a new category named "S99"
             name, _, description = item.partition(":")
             result.append(Category(name.strip(), description.strip()))
     return check_taxonomy(result)
