@@ -43,3 +43,13 @@ def test_ray_matches_local_executor(tmp_path, ray_instance):
     run_pipeline(config(root, tmp_path / "ray", stages=stages, workers=2, executor="ray", format="jsonl.zst"))
     assert {p: p.stat().st_mtime_ns for p in log.iterdir()} == before  # all shards done: nothing re-ran
     assert json.loads((tmp_path / "ray" / "stats.json").read_text())["shards"] == 5
+
+
+def test_one_shard_task_says_it_runs_in_process(tmp_path, ray_instance):
+    """One small input file with tasks: 0 makes one task, which runs here, not on Ray: the run says so, and tasks: 2
+    splits the file so Ray gets work."""
+    root = corpus(tmp_path, n_files=1, per_file=10)
+    with pytest.warns(UserWarning, match="executor: ray, but the input makes 1 shard task.*set tasks: N"):
+        run_pipeline(config(root, tmp_path / "one", executor="ray", workers=2))
+    run_pipeline(config(root, tmp_path / "split", executor="ray", workers=2, tasks=2))
+    assert json.loads((tmp_path / "split" / "stats.json").read_text())["shards"] == 2

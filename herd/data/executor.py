@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import pickle
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ def execute(
     report.md. The outputs do not depend on the executor or the number of workers."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     _check_same_pipeline(spec)
+    _warn_single_task(spec, executor)
     segments = spec.segments()
     with ExitStack() as stack:
         task_map = None  # started at the first segment with several pending shards, then reused
@@ -93,6 +95,16 @@ def execute(
     )
     _finish(spec, stats, len(segments))
     return stats
+
+
+def _warn_single_task(spec: RunSpec, executor: str) -> None:
+    """Say so when Ray was asked for but the input makes one shard task, which runs in this process, not on Ray."""
+    if len(spec.shards) == 1 and executor == "ray":
+        warnings.warn(
+            "executor: ray, but the input makes 1 shard task, which runs in this process; set tasks: N to split plain "
+            "JSONL / Parquet input into N shards (compressed files stay whole), or pass several input files",
+            stacklevel=3,
+        )
 
 
 def _run_tasks(spec: RunSpec, pending: list[tuple[int, int]], task_map: TaskMap | None, desc: str) -> None:
