@@ -23,8 +23,8 @@ TRUE = LossSurface(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Chinchill
 BUDGETS = (1e18, 3e18, 1e19, 3e19)
 
 
-def synthetic_records(noise: float = 0.0, seed: int = 0) -> list[dict]:
-    """Runs on each budget at 0.25x..4x the true optimal size, losses from TRUE (times 1 + noise), and a downstream
+def synthetic_records(noise: float = 0.0, seed: int = 0, factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> list[dict]:
+    """Runs on each budget at `factors` x the true optimal size (default 0.25x..4x), losses from TRUE (times 1 + noise), and a downstream
     task whose NLL is proportional to the reducible loss (so the compute-optimal NLL is a power law of C) and whose
     accuracy is a known sigmoid of the NLL."""
     rng = np.random.default_rng(seed)
@@ -32,7 +32,7 @@ def synthetic_records(noise: float = 0.0, seed: int = 0) -> list[dict]:
     records = []
     for budget in BUDGETS:
         n_opt, _ = TRUE.optimal_split(budget)
-        for factor in (0.25, 0.5, 1.0, 2.0, 4.0):
+        for factor in factors:
             n = n_opt * factor
             d = budget / (6 * n)
             loss = float(TRUE(n, d)) * (1 + noise * rng.normal())
@@ -122,13 +122,27 @@ def test_sweep_fits_and_prediction_recover_the_truth():
     assert prediction["downstream"]["mc"]["acc"] == pytest.approx(expected_acc, abs=0.03)
 
 
-def test_without_isoflop_minima_the_frontier_comes_from_the_surface():
-    records = [r for r in synthetic_records() if r["compute_params"] > TRUE.optimal_split(r["budget"])[0] * 1.5]
-    fits = fit_sweep(records, samples=5)  # every budget's loss only rises with N: no parabola has a minimum
-    assert fits["budgets"] == [] and fits["n_opt_law"]["source"] == "surface"
+def test_with_one_isoflop_minimum_the_frontier_comes_from_the_surface():
+    records = [r for r in synthetic_records() if r["budget"] == BUDGETS[0]
+               or r["compute_params"] > TRUE.optimal_split(r["budget"])[0] * 1.5]
+    fits = fit_sweep(records, samples=5)  # only the first budget's runs surround its minimum
+    assert [b["budget"] for b in fits["budgets"]] == [BUDGETS[0]] and fits["n_opt_law"]["source"] == "surface"
     assert fits["n_opt_law"]["exponent"] == pytest.approx(TRUE.beta / (TRUE.alpha + TRUE.beta), abs=0.03)
     n_opt = predict(records, fits, 1e20, samples=5)["n_opt"]["value"]
     assert n_opt == pytest.approx(TRUE.optimal_split(1e20)[0], rel=0.2)
+
+
+def test_without_a_bracketed_minimum_there_is_no_frontier_and_predict_refuses():
+    records = synthetic_records(factors=(2.0, 3.0, 4.0, 6.0))  # loss only rises with N: every minimum lies below
+    fits = fit_sweep(records, samples=5)
+    assert fits["budgets"] == [] and fits["n_opt_law"] is None and fits["d_opt_law"] is None
+    smallest = min(r["compute_params"] for r in records)
+    assert fits["frontier_error"].startswith("no budget's loss minimum is bracketed by the sizes run")
+    assert "lowest loss at the smallest size" in fits["frontier_error"]
+    assert f"add models smaller than N = {smallest:.3g}" in fits["frontier_error"]
+    assert "sigmoid" in fits["downstream"]["mc"] and "nll_law" not in fits["downstream"]["mc"]
+    with pytest.raises(HerdError, match="cannot predict: no budget's loss minimum is bracketed"):
+        predict(records, fits, 1e20, samples=5)
 
 
 def test_too_few_runs_are_refused_with_a_reason():

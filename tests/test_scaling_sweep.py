@@ -144,6 +144,23 @@ def test_cli_fit_and_errors(tmp_path, capsys):
     assert "holds no sweep" in capsys.readouterr().err
 
 
+def test_a_sweep_without_a_bracketed_minimum_still_reports_and_predict_refuses(tmp_path, capsys):
+    write_fake_sweep(tmp_path, synthetic_records(factors=(2.0, 3.0, 4.0, 6.0)))  # every budget's loss rises with N
+    args = [f"out_dir={tmp_path}", "budgets=[1e18]", "models={\"m\": {}}", "bootstrap_samples=5"]
+    main(["scaling", "fit", *args])
+    out = capsys.readouterr().out
+    assert "no budget's loss minimum is bracketed by the sizes run" in out and "add models smaller than N =" in out
+    report = (tmp_path / "report.md").read_text()
+    assert "No frontier N*(C): no budget's loss minimum is bracketed" in report and "L(N, D) =" in report
+    for png in ("isoflops.png", "frontier.png", "downstream.png"):
+        assert (tmp_path / png).stat().st_size > 5000
+    with pytest.raises(SystemExit) as exit_info:
+        main(["scaling", "predict", "--budget", "1e20", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "cannot predict: no budget's loss minimum is bracketed" in err and "Traceback" not in err
+
+
 def test_predict_needs_a_budget(tmp_path):
     write_fake_sweep(tmp_path, synthetic_records())
     config = ScalingConfig(out_dir=str(tmp_path), budgets=[1e18], models={"m": {}})

@@ -2,7 +2,8 @@
 
 - per budget: the isoFLOP parabola of final validation loss in ln N and its minimum (N*, L*), D* = C / (6 N*);
 - across budgets: N*(C) = A C^alpha and D*(C) = C / (6 N*(C)) (Llama 3's "optimal number of training tokens"),
-  from the minima, or from the loss surface's closed form when fewer than 2 budgets have a minimum;
+  from the minima, or from the loss surface's closed form when only 1 budget has a minimum; none when no budget's
+  minimum is bracketed by the sizes run (`frontier_error` then says which sizes to add);
 - over every run: the loss surface L(N, D) = E + A/N^a + B/D^b, which predicts any (N, D) including a target run;
 - downstream, per task (Llama 3's two steps): (1) the compute-optimal model's normalised NLL of the correct answer
   against compute, a power law (the NLL of each budget read off its own isoFLOP parabola at N*); (2) a sigmoid
@@ -62,35 +63,79 @@ def fit_sweep(records: Sequence[Record], *, samples: int = 200, seed: int = 0) -
     """Every fit of the module docstring as JSON-ready values.
 
     The frontier N*(C) comes from the isoFLOP minima when at least 2 budgets have one (Chinchilla's approach 2),
-    else from the loss surface's closed form (approach 3); `n_opt_law.source` says which.
+    else from the loss surface's closed form (approach 3) when 1 has; `n_opt_law.source` says which. With no
+    bracketed minimum the surface alone is an extrapolation past every run: `n_opt_law` and `d_opt_law` are None
+    and `frontier_error` says which sizes to add.
     """
     records = list(records)
     groups = budget_groups(records)
     iso = isoflop_fits(records, bracketed=True)
     n_data, d_data, loss_data = _surface_data(records)
     surface = fit_loss_surface(n_data, d_data, loss_data)
-    if len(iso) >= 2:
-        law, source = fit_power_law(list(iso), [f.n_opt for f in iso.values()]), "isoflop"
-        exponent = bootstrap(groups, lambda idx: fit_power_law(*_frontier(records, idx)).exponent,
-                             samples=samples, seed=seed)
-    else:
-        law, source = _surface_frontier(surface), "surface"
-        exponent = bootstrap(groups, lambda idx: _surface_frontier(fit_loss_surface(
-            n_data[idx], d_data[idx], loss_data[idx], start=surface)).exponent, samples=samples, seed=seed)
-    n_opt = {b: f.n_opt for b, f in iso.items()} if source == "isoflop" else \
-        {b: float(law(b)) for b in sorted({r["budget"] for r in records})}
     out: dict[str, Any] = {
         "budgets": [{"budget": b, "n_opt": f.n_opt, "d_opt": b / (6 * f.n_opt), "loss_opt": f.loss_opt,
                      "parabola": [f.a, f.b, f.c]} for b, f in iso.items()],
-        "n_opt_law": {"coefficient": law.coefficient, "exponent": law.exponent, "source": source,
-                      "exponent_interval": exponent.as_dict()},
-        "d_opt_law": {"coefficient": 1 / (6 * law.coefficient), "exponent": 1 - law.exponent},
-        "surface": vars(surface),
-        "downstream": {},
+        "n_opt_law": None, "d_opt_law": None, "surface": vars(surface), "downstream": {},
     }
+    if not iso:
+        out["frontier_error"] = unbracketed(records)
+        n_opt: dict[float, float] = {}
+    else:
+        if len(iso) >= 2:
+            law, source = fit_power_law(list(iso), [f.n_opt for f in iso.values()]), "isoflop"
+            exponent = bootstrap(groups, lambda idx: fit_power_law(*_frontier(records, idx)).exponent,
+                                 samples=samples, seed=seed)
+        else:
+            law, source = _surface_frontier(surface), "surface"
+            exponent = bootstrap(groups, lambda idx: _surface_frontier(fit_loss_surface(
+                n_data[idx], d_data[idx], loss_data[idx], start=surface)).exponent, samples=samples, seed=seed)
+        n_opt = {b: f.n_opt for b, f in iso.items()} if source == "isoflop" else \
+            {b: float(law(b)) for b in sorted({r["budget"] for r in records})}
+        out["n_opt_law"] = {"coefficient": law.coefficient, "exponent": law.exponent, "source": source,
+                            "exponent_interval": exponent.as_dict()}
+        out["d_opt_law"] = {"coefficient": 1 / (6 * law.coefficient), "exponent": 1 - law.exponent}
     for task in _tasks(records):
         out["downstream"][task] = _fit_downstream(records, task, n_opt)
     return out
+
+
+def unbracketed(records: Sequence[Record]) -> str:
+    """Why no budget has a bracketed loss minimum, in one line: per budget, where its lowest loss sits among the
+    sizes run, and which sizes to add."""
+    where, larger, smaller = [], [], []
+    for budget in sorted({r["budget"] for r in records}):
+        mine = sorted((r for r in records if r["budget"] == budget), key=lambda r: r["compute_params"])
+        best = min(mine, key=lambda r: r["val_loss"])
+        if len({r["compute_params"] for r in mine}) < 3:
+            where.append(f"C = {budget:.3g}: {len(mine)} size(s) run, an isoFLOP curve needs 3")
+            smaller.append(mine[0]["compute_params"])
+            larger.append(mine[-1]["compute_params"])
+        elif best is mine[-1]:
+            where.append(f"C = {budget:.3g}: lowest loss at the largest size, {_size(best)}")
+            larger.append(best["compute_params"])
+        elif best is mine[0]:
+            where.append(f"C = {budget:.3g}: lowest loss at the smallest size, {_size(best)}")
+            smaller.append(best["compute_params"])
+        else:
+            where.append(f"C = {budget:.3g}: the losses around {_size(best)} have no clear minimum (noise)")
+    add = ([f"models larger than N = {max(larger):.3g}"] if larger else []) + \
+        ([f"models smaller than N = {min(smaller):.3g}"] if smaller else [])
+    return (f"no budget's loss minimum is bracketed by the sizes run ({'; '.join(where)}); add "
+            + (" and ".join(add) if add else "sizes around each budget's lowest loss")
+            + " to locate the frontier")
+
+
+def _size(record: Record) -> str:
+    size = f"N = {record['compute_params']:.3g}"
+    return f"{record['model']} ({size})" if record.get("model") else size
+
+
+def frontier_law(fits: dict[str, Any]) -> PowerLaw:
+    """N*(C) of a fit_sweep result; a HerdError saying why when the sweep located no frontier."""
+    law = fits["n_opt_law"]
+    if law is None:
+        raise HerdError(f"cannot predict: {fits['frontier_error']}")
+    return PowerLaw(law["coefficient"], law["exponent"])
 
 
 def _surface_frontier(surface: LossSurface) -> PowerLaw:
@@ -134,7 +179,7 @@ def predict(records: Sequence[Record], fits: dict[str, Any], budget: float, *, n
     downstream task the NLL and accuracy; with bootstrap intervals."""
     records = list(records)
     groups = budget_groups(records)
-    law = PowerLaw(fits["n_opt_law"]["coefficient"], fits["n_opt_law"]["exponent"])
+    law = frontier_law(fits)
     n_opt = float(law(budget))
     n = n or n_opt
     d = d or budget / (6 * n)
@@ -200,4 +245,5 @@ def relative_error(predicted: float, measured: float) -> float:
     return abs(predicted - measured) / abs(measured) if measured else math.inf
 
 
-__all__ = ["budget_groups", "field_value", "fit_accuracy", "fit_sweep", "isoflop_fits", "predict", "relative_error"]
+__all__ = ["budget_groups", "field_value", "fit_accuracy", "fit_sweep", "frontier_law", "isoflop_fits", "predict",
+           "relative_error", "unbracketed"]

@@ -19,9 +19,9 @@ from typing import Any
 
 from herd.config_overrides import apply_overrides, from_dict, read_config_file, to_dict
 from herd.errors import HerdError
-from herd.train.scaling.analysis import field_value, fit_accuracy, fit_sweep, isoflop_fits, predict
+from herd.train.scaling.analysis import field_value, fit_accuracy, fit_sweep, frontier_law, isoflop_fits, predict
 from herd.train.scaling.config import ScalingConfig
-from herd.train.scaling.fits import PowerLaw, Sigmoid, fit_power_law
+from herd.train.scaling.fits import Sigmoid, fit_power_law
 from herd.train.scaling.plan import data_tokens, plan_run, plan_sweep
 from herd.train.scaling.presets import preset, with_corpus_data
 from herd.train.scaling.report import plot_downstream, plot_frontier, plot_isoflops, render_report
@@ -62,7 +62,8 @@ def fit(config: ScalingConfig, log: Log = print) -> dict[str, Any]:
     prediction = json.loads(saved.read_text()) if saved.is_file() else None
     _write_report(config, records, skipped, fits, prediction)
     law = fits["n_opt_law"]
-    log(f"[scaling] N*(C) = {law['coefficient']:.3g} C^{law['exponent']:.3f}; report: {config.run_dir / 'report.md'}")
+    found = f"N*(C) = {law['coefficient']:.3g} C^{law['exponent']:.3f}" if law else fits["frontier_error"]
+    log(f"[scaling] {found}; report: {config.run_dir / 'report.md'}")
     return fits
 
 
@@ -75,7 +76,7 @@ def predict_target(config: ScalingConfig, budget: float | None = None, *, train:
         raise HerdError("no target budget: pass --budget FLOPS or set target_budget in the config")
     records, skipped = _records(config)
     fits = fit_sweep(records, samples=config.bootstrap_samples)
-    n_opt = float(PowerLaw(fits["n_opt_law"]["coefficient"], fits["n_opt_law"]["exponent"])(budget))
+    n_opt = float(frontier_law(fits)(budget))
     ladder = {**config.models, **config.target_models}
     vocab, epoch = data_tokens(config.pretrain_config("probe", steps=1))
     candidates = [plan_run(config, budget, name, fields, vocab=vocab, name=f"target-{name}-C{budget:.2e}".replace("+", ""))
@@ -182,7 +183,7 @@ def _write_report(config: ScalingConfig, records: list[dict[str, Any]], skipped:
                   prediction: dict[str, Any] | None) -> None:
     out = config.run_dir
     target = (prediction or {}).get("measured")
-    plots = [plot_isoflops(records, fits, out / "isoflops.png", target), plot_frontier(fits, out / "frontier.png", prediction)]
+    plots = [plot_isoflops(records, fits, out / "isoflops.png", target), plot_frontier(records, fits, out / "frontier.png", prediction)]
     downstream = plot_downstream(records, fits, out / "downstream.png", prediction, target)
     plots += [downstream] if downstream else []
     (out / "report.md").write_text(render_report(records, skipped, fits, prediction, target, plots))

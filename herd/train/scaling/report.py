@@ -44,39 +44,53 @@ def plot_isoflops(records: Sequence[Record], fits: dict[str, Any], out: Path, ta
     return _save(fig, out)
 
 
-def plot_frontier(fits: dict[str, Any], out: Path, prediction: dict[str, Any] | None = None) -> Path:
+def plot_frontier(records: Sequence[Record], fits: dict[str, Any], out: Path, prediction: dict[str, Any] | None = None) -> Path:
+    """N* and D* against C: the bracketed isoFLOP minima, each other budget's lowest-loss run (hollow: its minimum
+    lies outside the sizes run), and the fitted laws when the sweep located a frontier."""
     fig, (n_ax, d_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    budgets = [b["budget"] for b in fits["budgets"]]
-    last = max(budgets + ([prediction["budget"]] if prediction else []))
-    grid = np.geomspace(min(budgets), last, 50)
-    for ax, key, law_key, label in ((n_ax, "n_opt", "n_opt_law", "N*"), (d_ax, "d_opt", "d_opt_law", "D* (tokens)")):
-        law = PowerLaw(fits[law_key]["coefficient"], fits[law_key]["exponent"])
-        ax.plot(budgets, [b[key] for b in fits["budgets"]], "o", label="isoFLOP minima")
-        ax.plot(grid, law(grid), "-", label=f"{label} = {law.coefficient:.3g} C^{law.exponent:.3f}")
+    minima = fits["budgets"]
+    lowest = [min((r for r in records if r["budget"] == b), key=lambda r: r["val_loss"])
+              for b in sorted({r["budget"] for r in records} - {m["budget"] for m in minima})]
+    ends = [r["budget"] for r in records] + ([prediction["budget"]] if prediction else [])
+    grid = np.geomspace(min(ends), max(ends), 50)
+    for ax, key, run_key, law_key, label in ((n_ax, "n_opt", "compute_params", "n_opt_law", "N*"),
+                                             (d_ax, "d_opt", "tokens", "d_opt_law", "D* (tokens)")):
+        if minima:
+            ax.plot([b["budget"] for b in minima], [b[key] for b in minima], "o", label="isoFLOP minima")
+        if lowest:
+            ax.plot([r["budget"] for r in lowest], [r[run_key] for r in lowest], "o", mfc="none",
+                    label="lowest-loss run (minimum not bracketed)")
+        if fits[law_key]:
+            law = PowerLaw(fits[law_key]["coefficient"], fits[law_key]["exponent"])
+            ax.plot(grid, law(grid), "-", label=f"{label} = {law.coefficient:.3g} C^{law.exponent:.3f}")
         if prediction:
             value = prediction["n_opt"]["value"] if key == "n_opt" else prediction["d_opt"]
             ax.plot(prediction["budget"], value, "*", color="tab:red", markersize=14, label="target budget")
         ax.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel=label)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle("compute-optimal model size and data")
+    fig.suptitle("compute-optimal model size and data" if fits["n_opt_law"] else
+                 "no frontier: no budget's loss minimum is bracketed by the sizes run (see report.md)")
     return _save(fig, out)
 
 
 def plot_downstream(records: Sequence[Record], fits: dict[str, Any], out: Path, prediction: dict[str, Any] | None = None,
                     target: Record | None = None) -> Path | None:
-    tasks = [t for t, f in fits["downstream"].items() if "nll_law" in f]
+    tasks = [t for t, f in fits["downstream"].items() if "nll_law" in f or "sigmoid" in f]
     if not tasks:
         return None
     fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 4 * len(tasks)), squeeze=False)
     for (nll_ax, acc_ax), task in zip(axes, tasks):
         fit = fits["downstream"][task]
         frontier = fit["frontier"]
-        law = PowerLaw(**fit["nll_law"])
-        budgets = [f["budget"] for f in frontier] + ([prediction["budget"]] if prediction else [])
-        grid = np.geomspace(min(budgets), max(budgets), 50)
-        nll_ax.plot([f["budget"] for f in frontier], [f["nll"] for f in frontier], "o", label="compute-optimal NLL")
-        nll_ax.plot(grid, law(grid), "-", label=f"NLL = {law.coefficient:.3g} C^{law.exponent:.3f}")
+        nll_ax.plot([r["budget"] for r in records], [r["downstream"][task]["nll"] for r in records], ".", color="0.6",
+                    label="sweep runs")
+        if "nll_law" in fit:
+            law = PowerLaw(**fit["nll_law"])
+            budgets = [f["budget"] for f in frontier] + ([prediction["budget"]] if prediction else [])
+            grid = np.geomspace(min(budgets), max(budgets), 50)
+            nll_ax.plot([f["budget"] for f in frontier], [f["nll"] for f in frontier], "o", label="compute-optimal NLL")
+            nll_ax.plot(grid, law(grid), "-", label=f"NLL = {law.coefficient:.3g} C^{law.exponent:.3f}")
         nlls = [r["downstream"][task]["nll"] for r in records]
         accs = [r["downstream"][task]["acc"] for r in records]
         acc_ax.plot(nlls, accs, "o", alpha=0.6, label="sweep runs")
@@ -114,13 +128,16 @@ def render_report(records: Sequence[Record], skipped: Sequence[str], fits: dict[
     if skipped:
         lines += ["", "Left out: " + "; ".join(skipped)]
     law, d_law, s = fits["n_opt_law"], fits["d_opt_law"], fits["surface"]
-    interval = law["exponent_interval"]
     lines += ["", "## Fits", "", "| budget C | N* | D* | loss at N* |", "|---|---|---|---|"]
     lines += [f"| {b['budget']:.3g} | {b['n_opt']:.3g} | {b['d_opt']:.3g} | {b['loss_opt']:.4f} |" for b in fits["budgets"]]
-    lines += ["", (f"- N*(C) = {law['coefficient']:.3g} C^{law['exponent']:.3f} (exponent {interval['level']:.0%} "
-              f"interval [{interval['low']:.3f}, {interval['high']:.3f}]); D*(C) = {d_law['coefficient']:.3g} "
-              f"C^{d_law['exponent']:.3f}"),
-              f"- L(N, D) = {s['E']:.3f} + {s['A']:.3g} / N^{s['alpha']:.3f} + {s['B']:.3g} / D^{s['beta']:.3f}"]
+    if law:
+        interval = law["exponent_interval"]
+        lines += ["", (f"- N*(C) = {law['coefficient']:.3g} C^{law['exponent']:.3f} (exponent {interval['level']:.0%} "
+                  f"interval [{interval['low']:.3f}, {interval['high']:.3f}]); D*(C) = {d_law['coefficient']:.3g} "
+                  f"C^{d_law['exponent']:.3f}")]
+    else:
+        lines += ["", f"- No frontier N*(C): {fits['frontier_error']}."]
+    lines.append(f"- L(N, D) = {s['E']:.3f} + {s['A']:.3g} / N^{s['alpha']:.3f} + {s['B']:.3g} / D^{s['beta']:.3f}")
     for task, fit in fits["downstream"].items():
         if "nll_law" in fit:
             lines.append(f"- {task}: compute-optimal NLL = {fit['nll_law']['coefficient']:.3g} C^{fit['nll_law']['exponent']:.3f}"
