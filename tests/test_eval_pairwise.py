@@ -84,9 +84,19 @@ def test_position_biased_judge_cancels_to_ties_and_junk_is_invalid():
     summary = summarize(junk)
     assert summary["overall"] == {"n": 4, "invalid": 4, "win": None, "tie": None, "loss": None}
     table = markdown_table(summary, "m1", "m2", "j")
-    assert "| **overall** | 4 | - | - | - | 4 |" in table
+    assert "| **overall** | 4 | " + " | ".join(["no result (judge unreadable: 4/4)"] * 3) + " | 4 |" in table
     half = compare(PROMPTS, REPLIES_A, REPLIES_B, lambda prompts: ["[[B]]"] * 4 + ["no idea"] * 4)
     assert [r["outcome"] for r in half] == [None] * 4
+
+
+def test_rates_over_mostly_unreadable_pairs_are_no_result():
+    three = compare(PROMPTS, REPLIES_A, REPLIES_B, lambda prompts: ["junk"] * 3 + ["[[A]]"] * 4 + ["[[B]]"])
+    assert [r["outcome"] for r in three] == [None, None, None, "win"]
+    summary = summarize(three)  # 3 of 4 pairs unreadable: the one readable win is no 100% win rate
+    assert summary["overall"] == {"n": 4, "invalid": 3, "win": None, "tie": None, "loss": None}
+    assert "| **overall** | 4 | no result (judge unreadable: 3/4) |" in markdown_table(summary, "m1", "m2", "j")
+    two = summarize(compare(PROMPTS, REPLIES_A, REPLIES_B, lambda prompts: ["junk", "junk", "[[B]]", "[[B]]", *["[[A]]"] * 4]))
+    assert two["overall"] == {"n": 4, "invalid": 2, "win": 0.0, "tie": 0.0, "loss": 1.0}  # half: still a result
     with pytest.raises(HerdError, match="returned 1 replies for 8 prompts"):
         compare(PROMPTS, REPLIES_A, REPLIES_B, lambda prompts: ["[[A]]"])
 
@@ -95,8 +105,8 @@ def test_markdown_table_rows():
     summary = summarize(compare(PROMPTS, REPLIES_A, REPLIES_B, longer_judge))
     lines = markdown_table(summary, "model-x", "model-y", "judge-z").splitlines()
     assert lines[0] == "model-x (A) vs model-y (B), judged by judge-z in both orders"
-    assert "| coding | 2 | 0.0 | 50.0 | 50.0 | 0 |" in lines
-    assert lines[-1] == "| **overall** | 4 | 50.0 | 25.0 | 25.0 | 0 |"
+    assert "| coding | 2 | 0.0% | 50.0% | 50.0% | 0 |" in lines
+    assert lines[-1] == "| **overall** | 4 | 50.0% | 25.0% | 25.0% | 0 |"
 
 
 def test_shipped_prompt_set_covers_the_twelve_categories(tmp_path):

@@ -1,6 +1,7 @@
-"""Pairwise judging: the prompt that asks a judge model which of two replies is better, the parser of its
-verdict ("[[A]]", "[[B]]" or "[[C]]" for a tie, as in MT-Bench's pairwise judge), and the two kinds of judge:
-a herd-loadable model, or a model behind an OpenAI-compatible endpoint (the `openai` client).
+"""Judging with a model: the pairwise prompt that asks which of two replies is better, the parser of its verdict
+("[[A]]", "[[B]]" or "[[C]]" for a tie, as in MT-Bench's pairwise judge), the two kinds of judge (a herd-loadable
+model, or a model behind an OpenAI-compatible endpoint through the `openai` client), and how every judge-based rate
+is shown when the judge's answers are mostly unreadable (no result, never 0%).
 """
 
 from __future__ import annotations
@@ -49,6 +50,19 @@ def parse_verdict(text: str) -> Verdict | None:
     if len(found) != 1:
         return None
     return {"A": "A", "B": "B", "C": "tie"}[found.pop()]
+
+
+def mostly_unreadable(unreadable: int, judged: int) -> bool:
+    """True when more than half of the judge's answers could not be read: a rate over them is no result."""
+    return 2 * unreadable > judged
+
+
+def shown_rate(rate: float | None, unreadable: int, judged: int) -> str:
+    """A judge-based rate for a report: a percentage, or "no result (judge unreadable: k/n)" when most of the
+    judge's answers were unreadable ("-" when nothing was judged and no rate exists)."""
+    if mostly_unreadable(unreadable, judged):
+        return f"no result (judge unreadable: {unreadable}/{judged})"
+    return "-" if rate is None else f"{rate:.1%}"
 
 
 def chat_replies(

@@ -4,7 +4,8 @@ win / tie / loss rates of model A against model B come out overall and per categ
 
 A pair is a win (loss) only when the judge prefers A (B) in both orders; a verdict that changes with the order
 is a tie, as in MT-Bench, so a judge's position bias cancels. A pair with an unreadable verdict is "invalid" and
-left out of the rates.
+left out of the rates; when more than half of the pairs are invalid there are no rates (null in pairwise.json,
+"no result (judge unreadable: k/n)" in pairwise.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from herd.errors import HerdError
-from herd.eval.judge import Judge, Verdict, chat_replies, herd_judge, judge_prompt, openai_judge, parse_verdict
+from herd.eval.judge import (
+    Judge,
+    Verdict,
+    chat_replies,
+    herd_judge,
+    judge_prompt,
+    mostly_unreadable,
+    openai_judge,
+    parse_verdict,
+    shown_rate,
+)
 
 CATEGORIES = (
     "advice", "brainstorming", "classification", "closed_qa", "coding", "creative_writing", "extraction",
@@ -99,11 +110,13 @@ def compare(
 
 
 def rates(outcomes: Sequence[Outcome | None]) -> dict[str, float | int | None]:
-    """Counts, and win / tie / loss rates over the readable pairs (None when there are none)."""
+    """Counts, and win / tie / loss rates over the readable pairs (None when there are none, or when more than
+    half of the pairs are unreadable)."""
     valid = [o for o in outcomes if o is not None]
     result: dict[str, float | int | None] = {"n": len(outcomes), "invalid": len(outcomes) - len(valid)}
+    readable = valid and not mostly_unreadable(len(outcomes) - len(valid), len(outcomes))
     for name in ("win", "tie", "loss"):
-        result[name] = valid.count(name) / len(valid) if valid else None
+        result[name] = valid.count(name) / len(valid) if readable else None
     return result
 
 
@@ -117,17 +130,15 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown_table(summary: dict[str, Any], model_a: str, model_b: str, judge: str) -> str:
-    """| category | pairs | win | tie | loss | invalid | for model A against model B, rates in percent."""
+    """| category | pairs | win | tie | loss | invalid | for model A against model B; a row whose pairs are mostly
+    unreadable says "no result (judge unreadable: k/n)"."""
     lines = [
         f"{model_a} (A) vs {model_b} (B), judged by {judge} in both orders", "",
         "| Category | Pairs | Win | Tie | Loss | Invalid |", "|---|---|---|---|---|---|",
     ]
-
-    def percent(rate: float | None) -> str:
-        return "-" if rate is None else f"{100 * rate:.1f}"
-
     for name, r in [*summary["categories"].items(), ("**overall**", summary["overall"])]:
-        cells = [name, str(r["n"]), *(percent(r[k]) for k in ("win", "tie", "loss")), str(r["invalid"])]
+        cells = [name, str(r["n"]), *(shown_rate(r[k], r["invalid"], r["n"]) for k in ("win", "tie", "loss")),
+                 str(r["invalid"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
