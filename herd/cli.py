@@ -24,9 +24,10 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="(default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="sampling temperature (default: %(default)s, greedy decoding)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: %(default)s, no cut)")
     parser.add_argument("--top-k", type=int, default=0, help="0 means no top-k cut")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -92,7 +93,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from herd.checkpoint import convert
 
-    out = convert(args.model, args.out, to=args.to, outtype=args.outtype)
+    out = convert(args.model, args.out, to=args.to, dtype=args.dtype, outtype=args.outtype)
     print(f"wrote {args.to} checkpoint to {out}")
 
 
@@ -125,18 +126,26 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     print(f"wrote {manifest.num_tokens:,} tokens in {manifest.num_docs:,} documents to {args.out}")
 
 
-# Stages run as `herd STAGE --config C key=value ...`: (module, config class, stage function, help).
+# Stages run as `herd STAGE --config C key=value ...`: (module, config class, stage function, help, example
+# overrides shown in the help; tests/test_cli_help_examples.py parses them against the config class).
 CONFIG_STAGES = {
-    "pretrain": ("herd.train", "config:PretrainConfig", "pretrain:pretrain", "pretrain on token shards (torchrun too)"),
-    "sft": ("herd.post", "sft:SFTConfig", "sft:sft", "supervised fine-tuning on chat data (assistant tokens)"),
-    "rm": ("herd.post", "reward_model:RewardConfig", "reward_model:train_reward_model", "train a reward model"),
+    "pretrain": ("herd.train", "config:PretrainConfig", "pretrain:pretrain", "pretrain on token shards (torchrun too)",
+                 "data.sources.web=shards/web steps=200 optim.lr=1e-3"),
+    "sft": ("herd.post", "sft:SFTConfig", "sft:sft", "supervised fine-tuning on chat data (assistant tokens)",
+            "data=chat.jsonl steps=200 optim.lr=2e-5"),
+    "rm": ("herd.post", "reward_model:RewardConfig", "reward_model:train_reward_model", "train a reward model",
+           "data=prefs.jsonl steps=200 optim.lr=1e-5"),
     "rejection-sample": (
         "herd.post", "rejection_sampling:RejectionSamplingConfig", "rejection_sampling:rejection_sample",
         "sample K replies per prompt, keep the best by reward as SFT data",
+        "policy=runs/sft/model reward_model=runs/rm/model prompts=prompts.jsonl samples_per_prompt=8",
     ),
-    "dpo": ("herd.post", "dpo:DPOConfig", "dpo:dpo", "direct preference optimisation (Meta's variant)"),
-    "ppo": ("herd.post", "ppo:PPOConfig", "ppo:ppo", "PPO: policy + value on a reward model or a verifiable reward"),
-    "grpo": ("herd.post", "grpo:GRPOConfig", "grpo:grpo", "group-baseline RL on verifiable rewards (e.g. arithmetic)"),
+    "dpo": ("herd.post", "dpo:DPOConfig", "dpo:dpo", "direct preference optimisation (Meta's variant)",
+            "data=prefs.jsonl beta=0.1 steps=200"),
+    "ppo": ("herd.post", "ppo:PPOConfig", "ppo:ppo", "PPO: policy + value on a reward model or a verifiable reward",
+            "reward=arithmetic kl_coef=0.05"),
+    "grpo": ("herd.post", "grpo:GRPOConfig", "grpo:grpo", "group-baseline RL on verifiable rewards (e.g. arithmetic)",
+             "reward=arithmetic group_size=8"),
 }
 
 
@@ -152,7 +161,7 @@ def cmd_config_stage(args: argparse.Namespace) -> None:
 
     from herd.config_overrides import load_config
 
-    package, config_spec, run_spec, _ = CONFIG_STAGES[args.command]
+    package, config_spec, run_spec, *_ = CONFIG_STAGES[args.command]
     config = load_config(_attribute(package, config_spec), args.config, args.overrides)
     result = _attribute(package, run_spec)(config)
     if os.environ.get("RANK", "0") != "0":
@@ -250,12 +259,16 @@ def cmd_cyberseceval(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from herd.eval.data import MissingData
     from herd.eval.runner import run_eval
 
-    run_eval(
-        args.model, [t.strip() for t in args.tasks.split(",") if t.strip()], args.data_dir, limit=args.limit,
-        out_dir=args.out, chat=args.chat, batch_size=args.batch_size, seed=args.seed,
-    )
+    try:
+        run_eval(
+            args.model, [t.strip() for t in args.tasks.split(",") if t.strip()], args.data_dir, limit=args.limit,
+            out_dir=args.out, chat=args.chat, batch_size=args.batch_size, seed=args.seed,
+        )
+    except MissingData as error:
+        raise HerdError(f"{error}; or point --data-dir (now {args.data_dir}) at a directory that holds it") from None
     print(f"wrote results.json, results.md and per-sample records to {args.out}")
 
 
@@ -272,6 +285,19 @@ def cmd_eval_pairwise(args: argparse.Namespace) -> None:
     )
     print(json.dumps(summary["overall"]))
     print(f"wrote pairwise.json and pairwise.md to {args.out}")
+
+
+class _TaskListHelp(argparse.HelpFormatter):
+    """Writes herd.eval's task registry into help texts at "{tasks}", importing it (and torch) only when the help
+    is shown, so the list cannot drift from the tasks `herd eval` knows."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = super()._get_help_string(action) or ""
+        if "{tasks}" in text:
+            from herd.eval.tasks import TASKS
+
+            text = text.replace("{tasks}", ", ".join(TASKS))
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--outtype", choices=("f32", "f16", "bf16", "q8_0"), help="GGUF tensor type (default: the stored dtype)"
     )
+    convert.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: as stored)")
     convert.set_defaults(run=cmd_convert)
 
     tokenizer = commands.add_parser("tokenizer", help="tokenizer tools").add_subparsers(
@@ -356,21 +383,22 @@ def build_parser() -> argparse.ArgumentParser:
             step.add_argument("--train", action="store_true", help="also train the target run and compare")
         step.set_defaults(run=cmd_scaling)
 
-    for name, (_, config_spec, _, help_text) in CONFIG_STAGES.items():
+    for name, (_, config_spec, _, help_text, example) in CONFIG_STAGES.items():
         stage = commands.add_parser(name, help=help_text)
         stage.add_argument("--config", default=None, help=f"a YAML or JSON {config_spec.split(':')[1]}")
-        stage.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=1e-3 steps=200")
+        stage.add_argument("overrides", nargs="*", metavar="key=value", help=f"e.g. {example}")
         stage.set_defaults(run=cmd_config_stage)
     average = commands.add_parser("average", help="average the weights of several checkpoints")
     average.add_argument("models", nargs="+", help="checkpoint directories of one architecture")
     average.add_argument("--out", required=True, help="output directory")
     average.set_defaults(run=cmd_average)
 
-    evaluate = commands.add_parser("eval", help="score a model on the Llama 3 release's benchmarks")
+    evaluate = commands.add_parser("eval", help="score a model on the Llama 3 release's benchmarks",
+                                   formatter_class=_TaskListHelp)
     evaluate.add_argument("--model", required=True, help="a Meta, HF or herd directory, a Hub id, or a preset name")
-    evaluate.add_argument("--tasks", required=True, help="comma-separated: mmlu,agieval,bbh,arc_challenge,drop,"
-                          "gpqa,gpqa_cot,humaneval,gsm8k,math")
-    evaluate.add_argument("--data-dir", default="data/benchmarks", help="where the benchmark files are")
+    evaluate.add_argument("--tasks", required=True, help="comma-separated: {tasks}")
+    evaluate.add_argument("--data-dir", default="data/benchmarks",
+                          help="where the benchmark files are (default: %(default)s)")
     evaluate.add_argument("--limit", type=int, default=None, help="at most N samples per task")
     evaluate.add_argument("--out", default="eval_out", help="output directory")
     evaluate.add_argument("--chat", action="store_true", help="prompt in the chat format (instruct models)")

@@ -35,6 +35,12 @@ def test_generate_convert_and_reload(tmp_path):
     assert again.stdout == first.stdout  # same weights, greedy: same text
 
 
+def test_convert_casts_with_dtype(tmp_path):
+    result = herd("convert", "--model", "tiny", "--to", "hf", "--dtype", "bfloat16", "--out", str(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(herd("info", str(tmp_path / "hf"), "--json").stdout)["dtype"] == "bfloat16"
+
+
 def test_chat_reads_piped_lines():
     result = herd("chat", "--model", "tiny", "--max-new-tokens", "3", stdin="hi\n\n/reset\nbye\n")
     assert result.returncode == 0, result.stderr
@@ -48,6 +54,16 @@ def test_chat_reads_piped_lines():
         (("info", "not-a-preset-or-dir"), "not-a-preset-or-dir"),
         (("pretrain", "bogus_key=1"), "unknown config key 'bogus_key'"),
         (("guard", "--model", "tiny", "--text", "hi", "--categories", "S1,S99"), "'S99'; the taxonomy has: S1 "),
+        # what each error says to do exists and was not already done
+        (("eval", "--model", "tiny", "--tasks", "gsm8k", "--data-dir", "/no/such/data", "--out", "/no/such/out"),
+         "/no/such/data/gsm8k/test.jsonl or /no/such/data/gsm8k/test-00000-of-00001.parquet); or point --data-dir "
+         "(now /no/such/data) at"),
+        (("sft", "model=tiny", "out_dir=/no/such/out", "data=task:gsm8k/train@/no/such/data"),
+         "/no/such/data/gsm8k/train.jsonl or /no/such/data/gsm8k/train-00000-of-00001.parquet); or name the "
+         "directory holding gsm8k's files: task:gsm8k/train@DIR"),
+        (("convert", "--model", "tiny", "--to", "hf", "--outtype", "q8_0", "--out", "/no/such/out"),
+         "with dtype (herd convert --dtype float32|bfloat16|float16)"),
+        (("pretrain", "out_dir=/no/such/out"), "data.sources is empty"),
     ],
 )
 def test_user_errors_are_one_line_with_status_2(args, needle):

@@ -333,7 +333,7 @@ def test_config_errors_name_the_problem(sources, overrides, message):
 
 
 def test_empty_sources_are_refused():
-    with pytest.raises(HerdError, match="sources are empty"):
+    with pytest.raises(HerdError, match="data.sources is empty; name the token shards"):
         DataLoaderConfig(sources={})
 
 

@@ -95,7 +95,8 @@ def convert(
     if to not in (*FORMATS, "gguf"):
         raise HerdError(f"unknown checkpoint format {to!r}; choose one of: {', '.join(FORMATS)}, gguf")
     if outtype is not None and to != "gguf":
-        raise HerdError(f"outtype {outtype!r} applies to GGUF output only; use dtype for {to!r} checkpoints")
+        raise HerdError(f"outtype {outtype!r} applies to GGUF output only; cast a {to!r} checkpoint's weights "
+                        "with dtype (herd convert --dtype float32|bfloat16|float16)")
     model, tokenizer = load(src, dtype=dtype)
     if to == "gguf":
         from herd.checkpoint import gguf_format  # the gguf package loads only for this export

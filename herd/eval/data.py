@@ -14,26 +14,32 @@ from herd.errors import HerdError
 _SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
+class MissingData(HerdError):
+    """A benchmark's files are not where they were looked for; the message says what to put there (callers that
+    know how the directory was chosen add how to choose another)."""
+
+
 def find_split(task_dir: Path, split: str, *, source: str) -> list[Path]:
     """The files of one split under `task_dir`, searched recursively: names starting with `split`
-    (test-00000-of-00001.parquet, test.jsonl) or inside a `split` folder (MATH's test/algebra/1.json); raises one HerdError line naming the files to add."""
+    (test-00000-of-00001.parquet, test.jsonl) or inside a `split` folder (MATH's test/algebra/1.json); raises one
+    MissingData line naming the files to add."""
     files = sorted(
         p for p in task_dir.rglob("*")
         if p.is_file() and p.suffix in _SUFFIXES
         and (p.name.startswith(split) or split in p.relative_to(task_dir).parts[:-1])
     ) if task_dir.is_dir() else []
     if not files:
-        raise HerdError(
+        raise MissingData(
             f"no {split!r} split in {task_dir}: put the {split} files of {source} there "
-            f"(e.g. {task_dir}/{split}.jsonl or {task_dir}/{split}-00000-of-00001.parquet), or pass --data-dir"
+            f"(e.g. {task_dir}/{split}.jsonl or {task_dir}/{split}-00000-of-00001.parquet)"
         )
     return files
 
 
 def require_file(path: Path, *, source: str) -> Path:
-    """`path` if it exists, else one HerdError line saying what to put there."""
+    """`path` if it exists, else one MissingData line saying what to put there."""
     if not path.is_file():
-        raise HerdError(f"missing {path}: put {source} there, or pass --data-dir")
+        raise MissingData(f"missing {path}: put {source} there")
     return path
 
 

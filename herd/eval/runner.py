@@ -36,7 +36,7 @@ def run_eval(
     options = EvalOptions(chat=chat, limit=limit, seed=seed, batch_size=batch_size)
     results: dict[str, Any] = {}
     for task in task_objects:
-        with tqdm(desc=task.name, unit="req") as bar:
+        with tqdm(desc=task.name, unit="req", delay=0.5) as bar:  # no bar when a task fails at once
             scores, records = evaluate_task(model, tok, task, Path(data_dir), options, on_done=bar.update)
         results[task.name] = scores
         if out_dir is not None:

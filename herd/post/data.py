@@ -77,18 +77,22 @@ def task_dialogs(name: str, split: str, data_dir: str | Path) -> list[list[Messa
     """SFT dialogs of a herd.eval task's split: each sample's 0-shot chat prompt (as `herd eval --chat` renders it,
     with the task's description) answered by its gold answer (GSM8K: the chain of thought ending in its number).
     Split fewshot pools the few-shot examples of every group of the eval samples (so it reads those too)."""
+    from herd.eval.data import MissingData
     from herd.eval.task import render_chat
     from herd.eval.tasks import get_task
 
     task, data_dir = get_task(name), Path(data_dir)
-    if split == "train":
-        samples = task.train_samples(data_dir)
-    elif split == "eval":
-        samples = task.samples(data_dir)
-    else:
-        groups = dict.fromkeys(s.group for s in task.samples(data_dir))
-        pooled = {(s.question, s.answer): s for g in groups for s in task.fewshot_pool(data_dir, g)}  # pools may repeat
-        samples = list(pooled.values())
+    try:
+        if split == "train":
+            samples = task.train_samples(data_dir)
+        elif split == "eval":
+            samples = task.samples(data_dir)
+        else:
+            groups = dict.fromkeys(s.group for s in task.samples(data_dir))
+            pooled = {(s.question, s.answer): s for g in groups for s in task.fewshot_pool(data_dir, g)}  # may repeat
+            samples = list(pooled.values())
+    except MissingData as error:
+        raise HerdError(f"{error}; or name the directory holding {name}'s files: task:{name}/{split}@DIR") from None
     return [[*render_chat(task, s, [], task.description(data_dir, s.group)), {"role": "assistant", "content": s.answer}]
             for s in samples]
 

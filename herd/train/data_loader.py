@@ -36,7 +36,8 @@ class DataLoaderConfig:
 
     def __post_init__(self) -> None:
         if not self.sources:
-            raise HerdError("data sources are empty; set sources to {name: token-shard directory}")
+            raise HerdError("data.sources is empty; name the token shards to train on (directories written by "
+                            "herd tokenize), e.g. data.sources.web=shards/web")
         if self.batch_size < 1 or self.seq_len < 1:
             raise HerdError(f"batch_size and seq_len must be positive, got {self.batch_size} and {self.seq_len}")
         if self.weights is None:
