@@ -466,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     cse.add_argument("--data-dir", default=None, help="PurpleLlama's CybersecurityBenchmarks/datasets (else herd's cases)")
     cse.add_argument("--benchmarks", default="prompt_injection,interpreter,frr")
     cse.add_argument("--limit", type=int, default=None, help="cases per benchmark, spread over the set")
-    cse.add_argument("--max-tokens", type=int, default=256)
+    cse.add_argument("--max-tokens", type=int, default=256,
+                     help="reply tokens of the model under test; also caps the judge's answer (16 or 96 tokens)")
     cse.add_argument("--out", default="runs/cyberseceval")
     cse.set_defaults(run=cmd_cyberseceval)
 
