@@ -95,7 +95,8 @@ def test_rates_over_mostly_unreadable_pairs_are_no_result():
     summary = summarize(three)  # 3 of 4 pairs unreadable: the one readable win is no 100% win rate
     assert summary["overall"] == {"n": 4, "invalid": 3, "win": None, "tie": None, "loss": None}
     assert "| **overall** | 4 | no result (judge unreadable: 3/4) |" in markdown_table(summary, "m1", "m2", "j")
-    two = summarize(compare(PROMPTS, REPLIES_A, REPLIES_B, lambda prompts: ["junk", "junk", "[[B]]", "[[B]]", *["[[A]]"] * 4]))
+    junk_two = ["junk", "junk", "[[B]]", "[[B]]", *["[[A]]"] * 4]
+    two = summarize(compare(PROMPTS, REPLIES_A, REPLIES_B, lambda prompts: junk_two))
     assert two["overall"] == {"n": 4, "invalid": 2, "win": 0.0, "tie": 0.0, "loss": 1.0}  # half: still a result
     with pytest.raises(HerdError, match="returned 1 replies for 8 prompts"):
         compare(PROMPTS, REPLIES_A, REPLIES_B, lambda prompts: ["[[A]]"])

@@ -23,10 +23,11 @@ TRUE = LossSurface(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Chinchill
 BUDGETS = (1e18, 3e18, 1e19, 3e19)
 
 
-def synthetic_records(noise: float = 0.0, seed: int = 0, factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> list[dict]:
-    """Runs on each budget at `factors` x the true optimal size (default 0.25x..4x), losses from TRUE (times 1 + noise), and a downstream
-    task whose NLL is proportional to the reducible loss (so the compute-optimal NLL is a power law of C) and whose
-    accuracy is a known sigmoid of the NLL."""
+def synthetic_records(noise: float = 0.0, seed: int = 0,
+                      factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> list[dict]:
+    """Runs on each budget at `factors` x the true optimal size (default 0.25x..4x), losses from TRUE (times 1 +
+    noise), and a downstream task whose NLL is proportional to the reducible loss (so the compute-optimal NLL is a
+    power law of C) and whose accuracy is a known sigmoid of the NLL."""
     rng = np.random.default_rng(seed)
     accuracy = Sigmoid(floor=0.25, ceiling=1.0, slope=3.0, midpoint=2.2)
     records = []

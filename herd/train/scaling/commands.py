@@ -183,7 +183,8 @@ def _write_report(config: ScalingConfig, records: list[dict[str, Any]], skipped:
                   prediction: dict[str, Any] | None) -> None:
     out = config.run_dir
     target = (prediction or {}).get("measured")
-    plots = [plot_isoflops(records, fits, out / "isoflops.png", target), plot_frontier(records, fits, out / "frontier.png", prediction)]
+    plots = [plot_isoflops(records, fits, out / "isoflops.png", target),
+             plot_frontier(records, fits, out / "frontier.png", prediction)]
     downstream = plot_downstream(records, fits, out / "downstream.png", prediction, target)
     plots += [downstream] if downstream else []
     (out / "report.md").write_text(render_report(records, skipped, fits, prediction, target, plots))

@@ -44,7 +44,8 @@ def plot_isoflops(records: Sequence[Record], fits: dict[str, Any], out: Path, ta
     return _save(fig, out)
 
 
-def plot_frontier(records: Sequence[Record], fits: dict[str, Any], out: Path, prediction: dict[str, Any] | None = None) -> Path:
+def plot_frontier(records: Sequence[Record], fits: dict[str, Any], out: Path,
+                  prediction: dict[str, Any] | None = None) -> Path:
     """N* and D* against C: the bracketed isoFLOP minima, each other budget's lowest-loss run (hollow: its minimum
     lies outside the sizes run), and the fitted laws when the sweep located a frontier."""
     fig, (n_ax, d_ax) = plt.subplots(1, 2, figsize=(10, 4))
