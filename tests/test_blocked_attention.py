@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from herd.model import ModelConfig, build_model, transformer
-from herd.model.blocked_attention import MAX_LENGTH, blocked_attention, blocked_attention_applies
+from herd.model import ModelConfig, attention, build_model
+from herd.model.attention import BlockedRows, RowKernel, row_kernel
+from herd.model.blocked_attention import MAX_LENGTH, blocked_attention
 from herd.model.masking import document_mask
 
 
@@ -46,17 +47,36 @@ def test_equals_sdpa_with_gradients(heads, kv_heads, length, dim, documents):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-5)
 
 
-def test_applies_to_fp32_and_bf16_cpu_training_only():
-    q = torch.randn(1, 2, 16, 8, requires_grad=True)
-    assert blocked_attention_applies(q)
-    assert not blocked_attention_applies(q.detach())
-    with torch.no_grad():
-        assert not blocked_attention_applies(q)
-    assert not blocked_attention_applies(torch.randn(1, 2, 16, 8, dtype=torch.float16, requires_grad=True))
-    assert not blocked_attention_applies(torch.randn(1, 2, 1, 8, requires_grad=True))
+def _counted(monkeypatch) -> list[int]:
+    """Count the model's calls of the blocked kernel."""
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return blocked_attention(*args)
+
+    monkeypatch.setattr(attention, "blocked_attention", counted)
+    return calls
+
+
+def test_chosen_for_cpu_training_and_used_for_fp32_and_bf16_lengths_it_fits(monkeypatch):
+    model = build_model(ModelConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=2, vocab_size=64, multiple_of=16, max_seq_len=64))
+    assert isinstance(model.row_kernel, BlockedRows)  # built in train mode on the CPU
+    assert type(model.eval().row_kernel) is RowKernel and isinstance(model.train().row_kernel, BlockedRows)
+    assert type(row_kernel(torch.device("cpu"), training=False)) is RowKernel
+    calls = _counted(monkeypatch)
+    kernel = BlockedRows()
+
+    def used(q: torch.Tensor) -> bool:
+        calls.clear()
+        kernel(q, q[:, :1], q[:, :1], None)
+        return bool(calls)
+
+    assert not used(torch.randn(1, 2, 16, 8, dtype=torch.float16))
+    assert not used(torch.randn(1, 2, 1, 8))
     for dtype, longest in MAX_LENGTH.items():
-        assert blocked_attention_applies(torch.randn(1, 1, longest, 8, dtype=dtype, requires_grad=True))
-        assert not blocked_attention_applies(torch.randn(1, 1, longest + 1, 8, dtype=dtype, requires_grad=True))
+        assert used(torch.randn(1, 2, longest, 8, dtype=dtype))
+        assert not used(torch.randn(1, 2, longest + 1, 8, dtype=dtype))
 
 
 def test_bf16_inputs_are_computed_in_fp32():
@@ -87,15 +107,10 @@ def test_model_gradients_match_sdpa(monkeypatch, autocast, rtol):
     tokens = torch.randint(0, 128, (2, 96), generator=torch.Generator().manual_seed(1))
     doc_ids = (torch.arange(96) >= 40).long().expand(2, 96)
     runs = []
-    for applies in (blocked_attention_applies, lambda q: False):
-        monkeypatch.setattr(transformer, "blocked_attention_applies", applies)
-        calls = []
-
-        def counted(*args, calls=calls):
-            calls.append(1)
-            return blocked_attention(*args)
-
-        monkeypatch.setattr(transformer, "blocked_attention", counted)
+    calls = _counted(monkeypatch)
+    for kernel in (BlockedRows(), RowKernel()):
+        model.row_kernel = kernel
+        calls.clear()
         model.zero_grad()
         with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             logits = [model(tokens, doc_ids=d).float().flatten(0, 1) for d in (None, doc_ids)]

@@ -14,7 +14,8 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from herd.model import ModelConfig, build_model
 from herd.model import flex_attention as flex
-from herd.model.masking import document_mask, packed_mask_and_positions
+from herd.model.attention import Rows, row_kernel
+from herd.model.masking import document_mask
 
 
 def packed_doc_ids(lengths: list[list[int]]) -> torch.Tensor:
@@ -60,10 +61,14 @@ def test_new_documents_reuse_the_compiled_kernels():
 
 def test_packed_rows_take_a_block_mask_only_where_flex_applies(flex_on_cpu, monkeypatch):
     doc_ids = packed_doc_ids(ROWS)
-    assert isinstance(packed_mask_and_positions(doc_ids)[0], BlockMask)
-    assert packed_mask_and_positions(torch.zeros_like(doc_ids))[0] is None  # one document per row: causal SDPA
+
+    def mask(ids: torch.Tensor):
+        return Rows(row_kernel(ids.device, training=True), ids.shape[1], ids.device, ids).mask
+
+    assert isinstance(mask(doc_ids), BlockMask)
+    assert mask(torch.zeros_like(doc_ids)) is None  # one document per row: causal SDPA
     monkeypatch.setattr(flex, "FLEX_DEVICES", ("cuda",))
-    assert packed_mask_and_positions(doc_ids)[0].dtype == torch.bool
+    assert mask(doc_ids).dtype == torch.bool
 
 
 def test_model_through_flex_equals_the_dense_mask(flex_on_cpu, monkeypatch):
@@ -78,7 +83,7 @@ def test_model_through_flex_equals_the_dense_mask(flex_on_cpu, monkeypatch):
     with torch.no_grad():
         through_flex = model(tokens, doc_ids=doc_ids)
         monkeypatch.setattr(flex, "FLEX_DEVICES", ())
-        dense = model(tokens, doc_ids=doc_ids)
+        dense = model.eval()(tokens, doc_ids=doc_ids)  # the kernel is chosen again when the mode is set
     assert (through_flex - dense).abs().max() < 1e-5
 
 

@@ -27,14 +27,6 @@ MAX_LENGTH = {torch.float32: 1024, torch.bfloat16: 512}
 """The longest sequence, by input dtype, for which this is used instead of SDPA."""
 
 
-def blocked_attention_applies(q: torch.Tensor) -> bool:
-    """Whether `blocked_attention` should replace SDPA for queries q [B, H, T, head_dim] (fp32 or bf16 CPU training)."""
-    return (
-        q.device.type == "cpu" and q.requires_grad and torch.is_grad_enabled()
-        and 1 < q.shape[2] <= MAX_LENGTH.get(q.dtype, 0)
-    )
-
-
 def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Causal softmax attention of q [B, H, T, D] over k, v [B, KV, T, D] (H a multiple of KV), as SDPA computes it
     with `is_causal=True` when mask is None, else with the boolean mask [B, 1, T, T] (True where attention is

@@ -1,15 +1,12 @@
 """Attention masks and positions: document masks for packed rows, padding-aware cache masks.
 
-Masks are boolean [B, 1, T_query, T_key] with True where attention is allowed (SDPA's convention); document masks
-on CUDA are FlexAttention BlockMasks instead (herd.model.flex_attention).
+Masks are boolean [B, 1, T_query, T_key] with True where attention is allowed (SDPA's convention); FlexAttention's
+document masks are BlockMasks instead (herd.model.flex_attention).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.nn.attention.flex_attention import BlockMask
-
-from herd.model.flex_attention import document_block_mask, flex_applies
 
 
 def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -19,16 +16,6 @@ def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
     starts = torch.zeros_like(index)
     starts[:, 1:] = torch.where(doc_ids[:, 1:] != doc_ids[:, :-1], index[:, 1:], 0)
     return index - starts.cummax(dim=1).values
-
-
-def packed_mask_and_positions(doc_ids: torch.Tensor) -> tuple[torch.Tensor | BlockMask | None, torch.Tensor]:
-    """Attention mask and RoPE positions of packed rows; (None, arange(T)) when every row is a single document,
-    so attention runs SDPA's causal kernel instead of building and applying a [B, 1, T, T] mask. The mask is a
-    BlockMask where FlexAttention runs document masks (CUDA), else a boolean tensor."""
-    if not bool(doc_ids.any()):  # doc_ids count from 0 in each row
-        return None, torch.arange(doc_ids.shape[1], device=doc_ids.device)
-    mask = document_block_mask(doc_ids) if flex_applies(doc_ids.device) else document_mask(doc_ids)
-    return mask, document_positions(doc_ids)
 
 
 def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:

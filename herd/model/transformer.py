@@ -12,14 +12,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.flex_attention import BlockMask
 
 from herd.errors import HerdError
-from herd.model.blocked_attention import blocked_attention, blocked_attention_applies
+from herd.model.attention import AttentionContext, CacheContext, Rows, row_kernel
 from herd.model.config import ModelConfig
-from herd.model.flex_attention import flex_document_attention
 from herd.model.kv_cache import KVCache
-from herd.model.masking import cache_mask, cache_positions, packed_mask_and_positions
 from herd.model.rope import apply_rope, rope_cos_sin, rope_frequencies
 
 
@@ -38,8 +35,7 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention with RoPE through torch SDPA (FlexAttention for packed documents on CUDA,
-    herd.model.blocked_attention for CPU training)."""
+    """Grouped-query self-attention with RoPE; the forward's `AttentionContext` stores the keys/values and attends."""
 
     def __init__(self, config: ModelConfig, layer_id: int) -> None:
         super().__init__()
@@ -50,36 +46,13 @@ class Attention(nn.Module):
         self.wv = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | BlockMask | None,
-        cache: KVCache | None,
-        slot: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, context: AttentionContext) -> torch.Tensor:
         batch, length, _ = x.shape
         # -1 heads: under tensor parallelism each rank holds a slice of the heads
         q = apply_rope(self.wq(x).view(batch, length, -1, self.head_dim), cos, sin)
         k = apply_rope(self.wk(x).view(batch, length, -1, self.head_dim), cos, sin)
         v = self.wv(x).view(batch, length, -1, self.head_dim)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if cache is not None:
-            k, v = cache.update(self.layer_id, k, v) if slot is None else cache.write(self.layer_id, k, v, slot)
-        if isinstance(mask, BlockMask):  # packed documents on CUDA
-            out = flex_document_attention(q, k, v, mask)
-        elif cache is None and blocked_attention_applies(q):
-            out = blocked_attention(q, k, v, mask)
-        else:
-            if mask is not None and cache is None and q.device.type == "cuda" and k.shape[1] != q.shape[1]:
-                # SDPA's CUDA kernels take a mask without GQA (memory-efficient) or GQA without a mask (flash):
-                # expanding the key-value heads keeps a fused kernel instead of the math one's [B, H, T, T] scores
-                k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None and length > 1, enable_gqa=k.shape[1] != q.shape[1],
-            )
-        return self.wo(out.transpose(1, 2).reshape(batch, length, -1))
+        return self.wo(context.attend(self.layer_id, q, k, v).reshape(batch, length, -1))
 
 
 class FeedForward(nn.Module):
@@ -105,8 +78,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config.dim, config.ffn_hidden_dim)
 
-    def forward(self, x, cos, sin, mask, cache, slot=None):  # noqa: ANN001, ANN201 - hot path, types as in Attention
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, slot)
+    def forward(self, x, cos, sin, context):  # noqa: ANN001, ANN201 - hot path, types as in Attention
+        h = x + self.attention(self.attention_norm(x), cos, sin, context)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -125,12 +98,21 @@ class Transformer(nn.Module):
         self.register_buffer(
             "rope_freqs", rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling), persistent=False
         )
+        self.row_kernel = row_kernel(self.rope_freqs.device, self.training)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
-        """Move/cast as usual, but keep the RoPE frequencies in fp32 whatever dtype the weights take."""
+        """Move/cast as usual, but keep the RoPE frequencies in fp32 whatever dtype the weights take; choose the
+        rows' attention kernel for the device."""
         super()._apply(fn, recurse)
         freqs = rope_frequencies(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
         self.rope_freqs = freqs.to(self.rope_freqs.device)
+        self.row_kernel = row_kernel(self.rope_freqs.device, self.training)
+        return self
+
+    def train(self, mode: bool = True) -> Transformer:
+        """Switch train/eval as usual, and the rows' attention kernel with it (CPU training has its own)."""
+        super().train(mode)
+        self.row_kernel = row_kernel(self.rope_freqs.device, mode)
         return self
 
     def forward(
@@ -139,6 +121,7 @@ class Transformer(nn.Module):
         *,
         doc_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        context: AttentionContext | None = None,
         last_only: bool = False,
         head: bool = True,
     ) -> torch.Tensor:
@@ -146,25 +129,39 @@ class Transformer(nn.Module):
 
         doc_ids [B, T]: document index of each token in packed rows; attention never crosses a
         document and positions restart at each one. cache: decode incrementally after the cached
-        tokens. last_only: compute the head for the final position only (prefill). head=False: the
-        final-normed hidden states [B, T, dim] that `self.output` maps to logits instead, for losses that
-        apply the head themselves (chunked cross-entropy); through `forward`, so FSDP's hooks gather the weights.
+        tokens. context: the attention context to run instead (doc_ids and cache build one). last_only: compute
+        the head for the final position only (prefill). head=False: the final-normed hidden states [B, T, dim]
+        that `self.output` maps to logits instead, for losses that apply the head themselves (chunked
+        cross-entropy); through `forward`, so FSDP's hooks gather the weights.
         """
-        start = cache.length if cache is not None else 0
-        self._check_length(tokens, start)
-        mask, positions = self._mask_and_positions(tokens, doc_ids, cache)
-        hidden = self._run(tokens, mask, positions, cache, None, last_only)
+        if context is None:
+            context = self._context(tokens, doc_ids, cache)
+        cos, sin = rope_cos_sin(self.rope_freqs, context.positions)
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, cos, sin, context)
         if cache is not None:
             cache.length += tokens.shape[1]
-        return self.output(hidden) if head else hidden
+        h = self.norm(h[:, -1:] if last_only else h)
+        return self.output(h) if head else h
 
-    def _check_length(self, tokens: torch.Tensor, start: int) -> None:
+    def _context(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None, cache: KVCache | None) -> AttentionContext:
         if tokens.dim() != 2:
             raise HerdError(f"tokens must be a [batch, length] tensor, got shape {tuple(tokens.shape)}")
-        if start + tokens.shape[1] > self.config.max_seq_len:
+        length = tokens.shape[1]
+        start = cache.length if cache is not None else 0
+        if start + length > self.config.max_seq_len:
             raise HerdError(
-                f"sequence of {start + tokens.shape[1]} tokens exceeds the model's context of {self.config.max_seq_len}"
+                f"sequence of {start + length} tokens exceeds the model's context of {self.config.max_seq_len}"
             )
+        if doc_ids is not None:
+            if cache is not None:
+                raise HerdError("doc_ids (packed documents) cannot be combined with a KV cache")
+            if doc_ids.shape != tokens.shape:
+                raise HerdError(f"doc_ids shape {tuple(doc_ids.shape)} must equal tokens shape {tuple(tokens.shape)}")
+        if cache is not None:
+            return CacheContext(cache, length, tokens.device)
+        return Rows(self.row_kernel, length, tokens.device, doc_ids)
 
     def decode_step(self, tokens: torch.Tensor, cache: KVCache, slot: torch.Tensor) -> torch.Tensor:
         """Logits [B, 1, vocab] for one token per row [B, 1], written at cache slot `slot` (LongTensor [1]).
@@ -172,44 +169,7 @@ class Transformer(nn.Module):
         Attention spans the whole cache under a mask, so every shape is static: this is the step to
         torch.compile or capture in a CUDA graph. The caller advances `cache.length`.
         """
-        mask = cache_mask(cache.pad, slot, 1, cache.max_len)
-        return self.output(self._run(tokens, mask, cache_positions(cache.pad, slot, 1), cache, slot, False))
-
-    def _run(
-        self,
-        tokens: torch.Tensor,
-        mask: torch.Tensor | BlockMask | None,
-        positions: torch.Tensor,
-        cache: KVCache | None,
-        slot: torch.Tensor | None,
-        last_only: bool,
-    ) -> torch.Tensor:
-        cos, sin = rope_cos_sin(self.rope_freqs, positions)
-        h = self.tok_embeddings(tokens)
-        for layer in self.layers:
-            h = layer(h, cos, sin, mask, cache, slot)
-        if last_only:
-            h = h[:, -1:]
-        return self.norm(h)
-
-    def _mask_and_positions(
-        self, tokens: torch.Tensor, doc_ids: torch.Tensor | None, cache: KVCache | None
-    ) -> tuple[torch.Tensor | BlockMask | None, torch.Tensor]:
-        length = tokens.shape[1]
-        if doc_ids is not None:
-            if cache is not None:
-                raise HerdError("doc_ids (packed documents) cannot be combined with a KV cache")
-            if doc_ids.shape != tokens.shape:
-                raise HerdError(f"doc_ids shape {tuple(doc_ids.shape)} must equal tokens shape {tuple(tokens.shape)}")
-            return packed_mask_and_positions(doc_ids)
-        if cache is None:
-            return None, torch.arange(length, device=tokens.device)
-        if cache.length + length > cache.max_len:
-            raise HerdError(f"KV cache holds {cache.max_len} tokens; {cache.length + length} requested")
-        if not cache.padded:
-            mask = None if cache.length == 0 or length == 1 else cache_mask(cache.pad, cache.length, length)
-            return mask, torch.arange(cache.length, cache.length + length, device=tokens.device)
-        return cache_mask(cache.pad, cache.length, length), cache_positions(cache.pad, cache.length, length)
+        return self(tokens, context=CacheContext.at_slot(cache, slot))
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> None:

@@ -43,8 +43,8 @@ def block_plan(sequence_parallel: bool) -> dict[str, object]:
     gather = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))
     return {
         "attention_norm": SequenceParallel(),
-        "attention": PrepareModuleInput(  # (x, cos, sin, mask, cache, slot): only x is split
-            input_layouts=(Shard(1), *[None] * 5), desired_input_layouts=(Replicate(), *[None] * 5)
+        "attention": PrepareModuleInput(  # (x, cos, sin, context): only x is split
+            input_layouts=(Shard(1), *[None] * 3), desired_input_layouts=(Replicate(), *[None] * 3)
         ),
         "attention.wq": ColwiseParallel(),
         "attention.wk": ColwiseParallel(),

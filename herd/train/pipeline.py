@@ -22,7 +22,7 @@ from torch.distributed.pipelining import (
 )
 
 from herd.model import Transformer
-from herd.model.masking import packed_mask_and_positions
+from herd.model.attention import Rows, row_kernel
 from herd.model.rope import rope_cos_sin, rope_frequencies
 from herd.train.distributed import MULTI_STAGE_SCHEDULES, Distributed
 from herd.train.fused_loss import linear_cross_entropy, linear_token_losses
@@ -65,10 +65,10 @@ class StageModule(nn.Module):
             h = self.tok_embeddings(h)
         if self._rope_freqs.device != h.device:
             self._rope_freqs = self._rope_freqs.to(h.device)
-        mask, positions = packed_mask_and_positions(doc_ids)
-        cos, sin = rope_cos_sin(self._rope_freqs, positions)
+        context = Rows(row_kernel(h.device, self.training), doc_ids.shape[1], h.device, doc_ids)
+        cos, sin = rope_cos_sin(self._rope_freqs, context.positions)
         for layer in self.layers.values():
-            h = layer(h, cos, sin, mask, None)
+            h = layer(h, cos, sin, context)
         if self.output is not None:
             h = self.norm(h)
             return self.output(h) if self.head else h
