@@ -160,6 +160,20 @@ def test_mixed_step_equals_its_segments_run_apart(tiny):
         assert torch.allclose(logits[row], apart[i], atol=1e-4), f"segment {i}"
 
 
+def test_a_step_is_one_call_of_the_models_forward(tiny):
+    """The engine runs the model's own forward on the paged cache, once per step (no block loop of its own)."""
+    model, tok = tiny
+    engine = Engine(model, tok, EngineConfig(block_size=4))
+    engine.add_request("a", _prompts(tok)[0], RequestParams(max_tokens=2))
+    calls = []
+    handle = model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs), with_kwargs=True)
+    try:
+        engine.step()
+    finally:
+        handle.remove()
+    assert len(calls) == 1 and type(calls[0]["context"]).__name__ == "PagedContext"
+
+
 def test_decodes_split_into_attention_groups_by_context_length():
     assert _cuts([]) == [0]
     assert _cuts([3, 3, 4, 4]) == [0, 4]  # alike: one group

@@ -1,13 +1,10 @@
-"""One engine step's forward: decodes and prefill chunks of many sequences in one pass over the weights.
+"""One engine step's scheduling turned into tensors: decodes and prefill chunks of many sequences in one forward.
 
-Every new token of the step is one row of the residual stream [N, dim], so the step makes one pass over the
-weights and one round of per-layer calls however many sequences prefill in it (a forward per prefill chunk made
-one pass each). Attention alone runs per group on the paged cache: each prefill chunk on its own, and the
-decodes in a few groups of similar context length, so a short context is not padded to the longest one.
-
-The loop mirrors `TransformerBlock.forward` and `Attention.forward`, reusing the model's own submodules (norms,
-projections, quantized linears, SwiGLU) and RoPE; it is written out here because a mixed step attends per
-group while the model's attention takes one rectangular batch. `PagedView` gathers each group's context.
+Every new token of the step is one row of the residual stream [1, N, dim], so the step makes one pass over the
+weights and one round of per-layer calls however many sequences prefill in it. Attention alone runs per group on
+the paged cache (`PagedContext`): each prefill chunk on its own, and the decodes in a few groups of similar context
+length, so a short context is not padded to the longest one. This module chooses the groups and builds their
+slots, block tables and masks; the model's own `Transformer.forward` runs the step.
 """
 
 from __future__ import annotations
@@ -17,12 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from herd.model import Transformer
-from herd.model.rope import apply_rope, rope_cos_sin
-from herd.model.transformer import Attention
-from herd.serve.paged_cache import PagedKV, PagedView
+from herd.serve.paged_cache import PagedContext, PagedGroup, PagedKV
 
 
 @dataclass
@@ -34,16 +28,6 @@ class Segment:
     block_table: list[int]
     wants_logits: bool
     """Whether the step samples after it (the segment ends the sequence's known tokens)."""
-
-
-@dataclass
-class _Group:
-    """Rows [B] of equally many new tokens [T]: their attention inputs on the paged cache."""
-
-    rows: int
-    length: int
-    view: PagedView
-    mask: torch.Tensor | None
 
 
 @torch.inference_mode()
@@ -64,12 +48,8 @@ def run_segments(model: Transformer, kv: PagedKV, segments: Sequence[Segment]) -
     positions = torch.tensor(
         [segments[i].start + j for i in order for j in range(len(segments[i].tokens))], device=device
     )
-    cos, sin = rope_cos_sin(model.rope_freqs, positions)
-    plans = [_plan(model, kv, rows) for rows in groups]
-    hidden = model.tok_embeddings(tokens)[None]
-    for layer in model.layers:
-        hidden = hidden + _attention(layer.attention, layer.attention_norm(hidden), cos, sin, plans)
-        hidden = hidden + layer.feed_forward(layer.ffn_norm(hidden))
+    context = PagedContext(kv, positions, [_plan(model, kv, rows) for rows in groups])
+    hidden = model(tokens[None], context=context, head=False)
     ends, indices, offset = [], [], 0
     for i in order:
         offset += len(segments[i].tokens)
@@ -78,34 +58,7 @@ def run_segments(model: Transformer, kv: PagedKV, segments: Sequence[Segment]) -
             indices.append(i)
     if not ends:
         return [], None
-    return indices, model.output(model.norm(hidden[0, ends]))
-
-
-def _attention(
-    attn: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plans: list[_Group]
-) -> torch.Tensor:
-    """`Attention.forward` over the step's rows x [1, N, dim], attending group by group."""
-    n, head_dim = x.shape[1], attn.head_dim
-    q = apply_rope(attn.wq(x).view(1, n, -1, head_dim), cos, sin)[0]
-    k = apply_rope(attn.wk(x).view(1, n, -1, head_dim), cos, sin)[0]
-    v = attn.wv(x).view(n, -1, head_dim)
-    outs, first = [], 0
-    for group in plans:
-        rows, length = group.rows, group.length
-        span = slice(first, first + rows * length)
-        first += rows * length
-        qg, kg, vg = (t[span].view(rows, length, -1, head_dim).transpose(1, 2) for t in (q, k, v))
-        kg, vg = group.view.update(attn.layer_id, kg, vg)
-        out = F.scaled_dot_product_attention(
-            qg,
-            kg,
-            vg,
-            attn_mask=group.mask,
-            is_causal=group.mask is None and length > 1,
-            enable_gqa=attn.n_kv_heads != attn.n_heads,
-        )
-        outs.append(out.transpose(1, 2).reshape(rows * length, -1))
-    return attn.wo(torch.cat(outs) if len(outs) > 1 else outs[0])[None]
+    return indices, model.output(hidden[0, ends])
 
 
 def _cuts(widths: list[int]) -> list[int]:
@@ -131,7 +84,7 @@ _GROUP_COST = 8
 attending over this many blocks of one row more."""
 
 
-def _plan(model: Transformer, kv: PagedKV, rows: list[Segment]) -> _Group:
+def _plan(model: Transformer, kv: PagedKV, rows: list[Segment]) -> PagedGroup:
     """Write slots, block table, context and mask of rows that all have the same number of new tokens."""
     device = model.rope_freqs.device
     length = len(rows[0].tokens)
@@ -148,7 +101,7 @@ def _plan(model: Transformer, kv: PagedKV, rows: list[Segment]) -> _Group:
         # Additive, so SDPA does not convert a boolean mask again in every layer.
         mask = torch.zeros(unseen.shape, dtype=model.tok_embeddings.weight.dtype, device=device)
         mask.masked_fill_(unseen, float("-inf"))
-    return _Group(len(rows), length, PagedView(kv, write, blocks, context), mask)
+    return PagedGroup(write, blocks, context, mask)
 
 
 def _block_table(tables: list[list[int]], width: int, device: torch.device) -> torch.Tensor:
