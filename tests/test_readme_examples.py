@@ -203,7 +203,7 @@ def test_readme_command_runs(command, places, tmp, tiny_model_dir, monkeypatch, 
     captured = capsys.readouterr()
     assert code == case.exit_code, captured.err
     assert captured.out.strip(), captured.err
-    print(f"{command}\n  -> {captured.out.strip().splitlines()[-1][:150]}")  # shown by pytest -rP
+    print(f"{command}\n  -> {' '.join(captured.out.split())[:200]}")  # shown by pytest -rP
 
 
 def llama_cpp_binary() -> Path | None:
