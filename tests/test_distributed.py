@@ -102,6 +102,22 @@ def test_parallel_config_names_the_options_to_fix():
         ParallelConfig(pp=2).check_micro_batches([2, 1])
 
 
+@PIPELINE
+def test_pipeline_stages_run_slices_of_the_models_own_forward():
+    """Stages are Transformers over a slice of the model's blocks: chained, they give the model's logits exactly."""
+    from herd.model import ModelConfig, Transformer, build_model
+    from herd.train.pipeline import StageModule, stage_layers
+
+    model = build_model(ModelConfig(**TINY_MODEL, vocab_size=512))
+    model.init_weights(0)
+    tokens = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
+    doc_ids = (torch.arange(24) >= 10).long().expand(2, 24)
+    stages = [StageModule(model, stage_layers(model.config.n_layers, 2, stage)) for stage in range(2)]
+    assert all(isinstance(stage, Transformer) for stage in stages)
+    with torch.no_grad():
+        assert torch.equal(stages[1](stages[0](tokens, doc_ids), doc_ids), model(tokens, doc_ids=doc_ids))
+
+
 def test_pipeline_parallelism_names_the_torch_it_needs(monkeypatch):
     monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.9.1+cu128"))
     with pytest.raises(HerdError, match=r"parallel.pp=2 needs torch >= 2.11 \(this is 2.9.1\+cu128\)"):

@@ -125,7 +125,7 @@ class Transformer(nn.Module):
         last_only: bool = False,
         head: bool = True,
     ) -> torch.Tensor:
-        """Logits for `tokens` [B, T].
+        """Logits for `tokens` [B, T] (a pipeline stage without the embedding takes hidden states and doc_ids).
 
         doc_ids [B, T]: document index of each token in packed rows; attention never crosses a
         document and positions restart at each one. cache: decode incrementally after the cached
@@ -137,15 +137,20 @@ class Transformer(nn.Module):
         if context is None:
             context = self._context(tokens, doc_ids, cache)
         cos, sin = rope_cos_sin(self.rope_freqs, context.positions)
-        h = self.tok_embeddings(tokens)
+        h = tokens if self.tok_embeddings is None else self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin, context)
         if cache is not None:
             cache.length += tokens.shape[1]
+        if self.norm is None:  # a pipeline stage before the last (herd.train.pipeline): hidden states out
+            return h
         h = self.norm(h[:, -1:] if last_only else h)
         return self.output(h) if head else h
 
     def _context(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None, cache: KVCache | None) -> AttentionContext:
+        """The context `tokens` run with, after checking them against the model and the cache."""
+        if self.tok_embeddings is None:  # a pipeline stage's hidden states (sequence-parallel: a shard of the rows)
+            return Rows(self.row_kernel, doc_ids.shape[1], tokens.device, doc_ids)
         if tokens.dim() != 2:
             raise HerdError(f"tokens must be a [batch, length] tensor, got shape {tuple(tokens.shape)}")
         length = tokens.shape[1]
@@ -187,8 +192,8 @@ class Transformer(nn.Module):
 
     def replace_linears(self, make: Callable[[nn.Linear], nn.Module]) -> None:
         """Replace each projection of the attention and feed-forward blocks, and the head, by `make(linear)`."""
-        for layer in self.layers:
-            for parent in (layer.attention, layer.feed_forward):
+        for parent in self.modules():
+            if isinstance(parent, Attention | FeedForward):
                 for name, child in list(parent.named_children()):
                     if isinstance(child, nn.Linear):
                         setattr(parent, name, make(child))

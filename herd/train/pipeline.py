@@ -22,8 +22,6 @@ from torch.distributed.pipelining import (
 )
 
 from herd.model import Transformer
-from herd.model.attention import Rows, row_kernel
-from herd.model.rope import rope_cos_sin, rope_frequencies
 from herd.train.distributed import MULTI_STAGE_SCHEDULES, Distributed
 from herd.train.fused_loss import linear_cross_entropy, linear_token_losses
 from herd.train.packing import IGNORE_INDEX
@@ -40,46 +38,37 @@ def stage_layers(n_layers: int, stages: int, stage: int) -> range:
     return range(stage * n_layers // stages, (stage + 1) * n_layers // stages)
 
 
-class StageModule(nn.Module):
-    """The layers `layer_ids` of a Transformer, plus its embedding on the first stage and norm + head on the last.
+class StageModule(Transformer):
+    """The blocks `layer_ids` of a Transformer, plus its embedding on the first stage and norm + head on the last:
+    `Transformer.forward` over a slice of the model's own blocks, hidden states in and out between stages.
 
     `forward(tokens or hidden, doc_ids)`: packed rows' document masks and positions are rebuilt from doc_ids on
-    every stage (as Transformer.forward does), so only the hidden states travel between stages. The last stage
-    returns logits, or with `head = False` its final-normed hidden states, for the training and validation losses to
-    apply the head in chunks instead of holding the whole logits.
+    every stage, so only the hidden states travel between stages. The last stage returns logits, or with
+    `head = False` its final-normed hidden states, for the training and validation losses to apply the head in
+    chunks instead of holding the whole logits.
     """
 
     def __init__(self, model: Transformer, layer_ids: range) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         first, last = layer_ids.start == 0, layer_ids.stop == model.config.n_layers
-        self.config = model.config
+        self.config, self.layer_ids = model.config, layer_ids
         self.tok_embeddings = model.tok_embeddings if first else None
-        self.layers = nn.ModuleDict({str(i): model.layers[i] for i in layer_ids})
+        self.layers = nn.ModuleList(model.layers[i] for i in layer_ids)
         self.norm = model.norm if last else None
         self.output = model.output if last else None
         self.head = True
-        self._rope_freqs = rope_frequencies(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
+        self.register_buffer("rope_freqs", model.rope_freqs.clone(), persistent=False)
+        self.row_kernel = model.row_kernel
 
     def forward(self, h: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor:
-        if self.tok_embeddings is not None:
-            h = self.tok_embeddings(h)
-        if self._rope_freqs.device != h.device:
-            self._rope_freqs = self._rope_freqs.to(h.device)
-        context = Rows(row_kernel(h.device, self.training), doc_ids.shape[1], h.device, doc_ids)
-        cos, sin = rope_cos_sin(self._rope_freqs, context.positions)
-        for layer in self.layers.values():
-            h = layer(h, cos, sin, context)
-        if self.output is not None:
-            h = self.norm(h)
-            return self.output(h) if self.head else h
-        return h
+        return super().forward(h, doc_ids=doc_ids, head=self.head)
 
 
 class PipelineRank(nn.Module):
     """One rank's stages of a Transformer under the Transformer's parameter names (`layers.N...`, the embedding
     when stage 0 is here, norm and head when the last stage is). `stage_ids` and `stage_modules` (not registered as
     submodules: they share these) are what the schedule runs; wrappers that need a module the loop calls (FSDP's
-    roots) take the stage modules."""
+    roots) take the stage modules. Moving the rank or switching train/eval carries the stage modules along."""
 
     def __init__(self, model: Transformer, stage_ids: list[int], num_stages: int) -> None:
         super().__init__()
@@ -87,9 +76,21 @@ class PipelineRank(nn.Module):
         modules = [StageModule(model, stage_layers(n_layers, num_stages, stage)) for stage in stage_ids]
         self.stage_ids, self.num_stages = stage_ids, num_stages
         self.tok_embeddings = modules[0].tok_embeddings
-        self.layers = nn.ModuleDict({name: layer for module in modules for name, layer in module.layers.items()})
+        self.layers = nn.ModuleDict({str(i): model.layers[i] for module in modules for i in module.layer_ids})
         self.norm, self.output = modules[-1].norm, modules[-1].output
         self.stage_modules = modules  # a plain list: the parameters are registered above, once
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        super()._apply(fn, recurse)
+        for module in self.stage_modules:  # their own RoPE buffer and kernel; the shared submodules moved above
+            module._apply(fn, recurse=False)
+        return self
+
+    def train(self, mode: bool = True) -> PipelineRank:
+        super().train(mode)
+        for module in self.stage_modules:
+            module.train(mode)
+        return self
 
 
 def split_stage(model: Transformer, distributed: Distributed, stages_per_rank: int = 1) -> PipelineRank:
