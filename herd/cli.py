@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -482,7 +483,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], None] = args.run
     try:
-        run(args)
+        with warnings.catch_warnings():  # restores Python's own warning display when done
+            warnings.showwarning = _show_warning
+            run(args)
         sys.stdout.flush()  # a closed pipe raises here, not at exit where it cannot be caught
     except HerdError as error:
         print(f"herd: error: {error}", file=sys.stderr)
@@ -492,6 +495,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BrokenPipeError:  # the reader left (`herd ... | head`): stop quietly, as Python's docs on SIGPIPE advise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """A warning as one line on stderr (`herd: warning: ...`), not Python's file:line and source line."""
+    print(f"herd: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":
