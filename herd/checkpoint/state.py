@@ -12,7 +12,6 @@ import torch
 
 from herd.errors import HerdError
 from herd.model import ModelConfig, Transformer, build_model
-from herd.model.rope import rope_frequencies
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, torch.Size]:
@@ -74,7 +73,7 @@ def model_from_state(
     model.load_state_dict(tensors, strict=True, assign=True)
     if config.tie_word_embeddings:
         model.output.weight = model.tok_embeddings.weight  # assignment gave the head its own Parameter
-    model.rope_freqs = rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling).to(device)
+    model.place_buffers(device)
     return model
 
 

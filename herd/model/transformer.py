@@ -104,10 +104,15 @@ class Transformer(nn.Module):
         """Move/cast as usual, but keep the RoPE frequencies in fp32 whatever dtype the weights take; choose the
         rows' attention kernel for the device."""
         super()._apply(fn, recurse)
-        freqs = rope_frequencies(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
-        self.rope_freqs = freqs.to(self.rope_freqs.device)
-        self.row_kernel = row_kernel(self.rope_freqs.device, self.training)
+        self.place_buffers(self.rope_freqs.device)
         return self
+
+    def place_buffers(self, device: torch.device | str) -> None:
+        """Compute the RoPE frequencies (fp32) on `device` and choose the rows' attention kernel for it; moves do
+        this themselves, weights assigned onto a model built on "meta" (checkpoint loading) need it called."""
+        freqs = rope_frequencies(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
+        self.rope_freqs = freqs.to(device)
+        self.row_kernel = row_kernel(self.rope_freqs.device, self.training)
 
     def train(self, mode: bool = True) -> Transformer:
         """Switch train/eval as usual, and the rows' attention kernel with it (CPU training has its own)."""
