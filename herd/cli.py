@@ -208,7 +208,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
               if getattr(args, name) is not None}
     guardrails = None
     if args.guard or args.code_shield:
-        from herd.safety.guardrails import Guardrails
+        from herd.serve.guardrails import Guardrails
 
         guardrails = Guardrails.load(args.guard, code_shield=args.code_shield)
     serve(

@@ -15,7 +15,7 @@ from live_server import live_server
 import herd
 from herd.post.sft import SFTConfig
 from herd.safety.guard_recipe import Example, build_base, train_guard, write_sft_data
-from herd.safety.guardrails import Guardrails, code_blocks
+from herd.serve.guardrails import Guardrails, code_blocks
 from herd.safety.llama_guard import LlamaGuard
 from herd.safety.taxonomy import LLAMA_GUARD_2
 from herd.serve.request import StepOutput

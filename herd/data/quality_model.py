@@ -100,9 +100,9 @@ def sample_texts(input: InputConfig, n: int, seed: int = 0) -> list[str]:
 def _teacher(config: QualityTrainConfig) -> Teacher:
     if config.teacher == "rules":
         return RuleTeacher()
-    import herd
+    from herd.checkpoint import load
 
-    model, tokenizer = herd.load(config.teacher)
+    model, tokenizer = load(config.teacher)
     return PromptTeacher(model.eval(), tokenizer, config.prompt)
 
 

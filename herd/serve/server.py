@@ -52,7 +52,7 @@ except ImportError as error:  # pragma: no cover - depends on the install
     raise ImportError(f"herd's server needs FastAPI, uvicorn and prometheus-client: pip install 'herd[serve]' ({error})")
 
 if TYPE_CHECKING:
-    from herd.safety.guardrails import Guardrails
+    from herd.serve.guardrails import Guardrails
 
 Outputs = AsyncIterator[tuple[int, StepOutput]]
 API_KEY_ENV = "HERD_API_KEY"
@@ -72,7 +72,7 @@ def create_app(
 ) -> FastAPI:
     """The server app for one model. Requests beyond `engine_config.max_running` running plus `max_queue`
     waiting get 429 (one request holding more than that gets 400); prompts over `max_prompt_tokens` (default:
-    the context less one) get 400, bodies over `max_body_bytes` 413. `guardrails` (herd.safety.guardrails)
+    the context less one) get 400, bodies over `max_body_bytes` 413. `guardrails` (herd.serve.guardrails)
     check chat requests and replies."""
     engine = Engine(model, tok, engine_config)
     metrics = ServerMetrics(engine)
