@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import herd
+from herd.data.readers import corpus_texts
 from herd.model import ModelConfig, build_model
 from herd.post.batches import Batches, PackedChats, pack_chats
 from herd.post.data import read_chats
@@ -116,7 +117,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[list[dict], list[int]
         f.writelines(json.dumps({"messages": d}) + "\n" for d in dialogs)
     with (work / "corpus.jsonl").open("w") as f:
         f.writelines(json.dumps({"text": m["content"]}) + "\n" for d in dialogs for m in d)
-    tok = Tokenizer(train_tokenizer([work / "corpus.jsonl"], args.vocab, work / "tok.model", show_progress=False))
+    tok = Tokenizer(train_tokenizer(corpus_texts([work / "corpus.jsonl"])[1], args.vocab, work / "tok.model", show_progress=False))
     config = ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.kv_heads,
                          vocab_size=tok.n_words, multiple_of=32, ffn_dim_multiplier=None, max_seq_len=args.seq_len)
     model = build_model(config)

@@ -111,9 +111,10 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> None:
+    from herd.data.readers import corpus_texts
     from herd.tokenizer.train_bpe import train_tokenizer
 
-    out = train_tokenizer(args.inputs, args.vocab_size, args.out, show_progress=not args.no_progress)
+    out = train_tokenizer(corpus_texts(args.inputs)[1], args.vocab_size, args.out, show_progress=not args.no_progress)
     print(f"wrote a {args.vocab_size}-rank BPE tokenizer (+256 special tokens) to {out}")
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import herd
+from herd.data.readers import corpus_texts
 from herd.errors import HerdError
 from herd.model import ModelConfig, build_model
 from herd.post.batches import Batches, encode_pairs, encode_reply, pack_chats, pair_batch
@@ -38,7 +39,7 @@ def tiny_tok_path(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("post_tok")
     texts = [f"{q} {a} answer with a color system user assistant good bad" for q, a in QA] * 20
     corpus = write_jsonl(tmp / "corpus.jsonl", [{"text": t} for t in texts])
-    return train_tokenizer([corpus], 300, tmp / "tok.model", show_progress=False)
+    return train_tokenizer(corpus_texts([corpus])[1], 300, tmp / "tok.model", show_progress=False)
 
 
 def make_model(tok: Tokenizer, seed: int = 0):

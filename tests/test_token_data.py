@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from herd.data.readers import corpus_texts
 from herd.errors import HerdError
 from herd.model import ModelConfig, build_model
 from herd.tokenizer import Tokenizer, load_tokenizer
@@ -36,7 +37,7 @@ def write_jsonl(path: Path, docs: list[str]) -> Path:
 def tokenizer_path(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("tok")
     corpus = write_jsonl(tmp / "train.jsonl", make_docs(300, 0) + make_docs(100, 1, alphabet="0123456789+="))
-    return train_tokenizer([corpus], 400, tmp / "tok.model", show_progress=False)
+    return train_tokenizer(corpus_texts([corpus])[1], 400, tmp / "tok.model", show_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -346,7 +347,7 @@ def test_state_of_another_configuration_is_refused(sources):
 
 
 def test_sources_from_different_tokenizers_are_refused(sources, corpus, tmp_path):
-    other = train_tokenizer(corpus[0][:1], 300, tmp_path / "other.model", show_progress=False)
+    other = train_tokenizer(corpus_texts(corpus[0][:1])[1], 300, tmp_path / "other.model", show_progress=False)
     tokenize_corpus(corpus[0][:1], other, tmp_path / "other", 1, show_progress=False)
     with pytest.raises(HerdError, match="different tokenizers"):
         loader({**sources, "other": tmp_path / "other"}, weights=None)

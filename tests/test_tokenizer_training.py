@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from herd.data import Document
+from herd.data.readers import corpus_texts
 from herd.data.writers import ShardWriter
 from herd.errors import HerdError
 from herd.tokenizer import Tokenizer, read_bpe_file
-from herd.tokenizer.train_bpe import corpus_texts, mergeable_ranks, train_hf_bpe, train_tokenizer
+from herd.tokenizer.train_bpe import mergeable_ranks, train_hf_bpe, train_tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "tinyshakespeare.txt"
 
@@ -63,7 +64,7 @@ def assert_tiktoken_matches_hf(train: list[str], held_out: list[str], vocab_size
     hf = train_hf_bpe(train, vocab_size)
     tok = Tokenizer(
         train_tokenizer(
-            [write_jsonl(tmp_path / "train.jsonl", train)], vocab_size, tmp_path / "tok.model", show_progress=False
+            corpus_texts([write_jsonl(tmp_path / "train.jsonl", train)])[1], vocab_size, tmp_path / "tok.model", show_progress=False
         )
     )
     assert read_bpe_file(tok.path) == mergeable_ranks(hf)  # training is deterministic
@@ -83,7 +84,7 @@ def test_tiktoken_reproduces_hf_on_held_out_synthetic_text(tmp_path):
 
 def test_trained_file_has_the_requested_size_and_all_bytes(tmp_path):
     path = train_tokenizer(
-        [write_jsonl(tmp_path / "c.jsonl", synthetic_docs(300, 0))],
+        corpus_texts([write_jsonl(tmp_path / "c.jsonl", synthetic_docs(300, 0))])[1],
         500,
         tmp_path / "out" / "tok.model",
         show_progress=False,
@@ -98,7 +99,7 @@ def test_trained_file_has_the_requested_size_and_all_bytes(tmp_path):
 def test_round_trip_of_unseen_text(tmp_path):
     tok = Tokenizer(
         train_tokenizer(
-            [write_jsonl(tmp_path / "c.jsonl", synthetic_docs(200, 0))],
+            corpus_texts([write_jsonl(tmp_path / "c.jsonl", synthetic_docs(200, 0))])[1],
             400,
             tmp_path / "tok.model",
             show_progress=False,
@@ -112,7 +113,7 @@ def test_larger_vocabulary_compresses_more(tmp_path):
     corpus = [write_jsonl(tmp_path / "c.jsonl", synthetic_docs(400, 0))]
     held_out = "\n\n".join(synthetic_docs(50, seed=1))
     counts = [
-        len(Tokenizer(train_tokenizer(corpus, size, tmp_path / f"{size}.model", show_progress=False)).encode(held_out))
+        len(Tokenizer(train_tokenizer(corpus_texts(corpus)[1], size, tmp_path / f"{size}.model", show_progress=False)).encode(held_out))
         for size in (256, 400, 800)
     ]
     assert counts[0] == len(held_out.encode("utf-8"))  # bytes only
@@ -134,7 +135,7 @@ def test_corpus_inputs_are_the_data_pipelines(tmp_path):
     files, texts = corpus_texts([top, tmp_path / "d"])
     assert [p.name for p in files] == ["top.jsonl", "a.jsonl.gz", "b.txt", "c.txt", "z.jsonl.zst", "z.parquet"]
     assert list(texts) == ["first", "doc", "gz one", "second file", "third file", "jsonl.zst doc", "parquet doc"]
-    path = train_tokenizer([top, tmp_path / "d"], 260, tmp_path / "tok.model", show_progress=False)
+    path = train_tokenizer(corpus_texts([top, tmp_path / "d"])[1], 260, tmp_path / "tok.model", show_progress=False)
     assert len(read_bpe_file(path)) == 260
 
 
@@ -162,7 +163,7 @@ def test_missing_input_and_empty_directory(tmp_path):
 def test_vocab_size_errors(tmp_path):
     corpus = [write_jsonl(tmp_path / "c.jsonl", ["a tiny corpus"])]
     with pytest.raises(HerdError, match="below 256"):
-        train_tokenizer(corpus, 100, tmp_path / "t.model", show_progress=False)
+        train_tokenizer(corpus_texts(corpus)[1], 100, tmp_path / "t.model", show_progress=False)
     with pytest.raises(HerdError, match="short of vocab_size 5000"):
-        train_tokenizer(corpus, 5000, tmp_path / "t.model", show_progress=False)
+        train_tokenizer(corpus_texts(corpus)[1], 5000, tmp_path / "t.model", show_progress=False)
     assert not (tmp_path / "t.model").exists()

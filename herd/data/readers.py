@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import mmap
+import sys
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -407,3 +408,13 @@ def _damage_error(item: DamagedInput) -> HerdError:
         f"{item.location}: {item.reason} ({item.detail}); replace the file, or keep its readable records with "
         "`herd data run` and allow_damaged_inputs: true"
     )
+
+
+def corpus_texts(inputs: Sequence[str | Path]) -> tuple[list[Path], Iterator[str]]:
+    """The input files under `inputs` (files or directories: JSONL, Parquet, text, HF datasets; compressed or not)
+    and an iterator over their documents' texts, in order (bad records are errors, empty ones skipped)."""
+    if not inputs:
+        raise HerdError("no corpus inputs given; pass JSONL, Parquet or text files, or directories")
+    config = InputConfig(paths=[str(path) for path in inputs], max_doc_bytes=sys.maxsize)  # whole books welcome
+    files = input_files(config)
+    return files, read_texts(config, files)

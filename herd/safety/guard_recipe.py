@@ -167,11 +167,9 @@ def build_base(sft_data: str | Path, out_dir: str | Path, *, vocab_size: int = 9
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    texts = out_dir / "tokenizer_corpus.jsonl"
-    with Path(sft_data).open(encoding="utf-8") as f, texts.open("w", encoding="utf-8") as out:
-        for line in f:
-            out.write(json.dumps({"text": "\n".join(m["content"] for m in json.loads(line)["messages"])}) + "\n")
-    tok = Tokenizer(train_tokenizer([texts], vocab_size, out_dir / "tokenizer.model", show_progress=False))
+    with Path(sft_data).open(encoding="utf-8") as f:
+        texts = ["\n".join(m["content"] for m in json.loads(line)["messages"]) for line in f]
+    tok = Tokenizer(train_tokenizer(texts, vocab_size, out_dir / "tokenizer.model", show_progress=False))
     config = ModelConfig(dim=dim, n_layers=n_layers, n_heads=4, n_kv_heads=2, vocab_size=tok.n_words, multiple_of=32,
                          ffn_dim_multiplier=None, max_seq_len=max_seq_len)
     model = build_model(config)

@@ -74,6 +74,7 @@ def tokenizer_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
     """`source: bpe` trains a BPE of `vocab_size` on the training split; `llama3` copies Meta's 128K tokenizer
     (shipped by llama-models; its ids need uint32 token shards)."""
     from herd.tokenizer import SPECIAL_TOKENS, Tokenizer, default_tokenizer_path
+    from herd.data.readers import corpus_texts
     from herd.tokenizer.train_bpe import train_tokenizer
 
     if s["source"] not in TOKENIZER_SOURCES:
@@ -83,7 +84,7 @@ def tokenizer_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
         shutil.copyfile(default_tokenizer_path(), path)
     else:
         split = ctx.stage_dir("data") / "split"
-        train_tokenizer([split / f"{d}.jsonl" for d in DOMAINS], s["vocab_size"], path, show_progress=False)
+        train_tokenizer(corpus_texts([split / f"{d}.jsonl" for d in DOMAINS])[1], s["vocab_size"], path, show_progress=False)
     return {"tokenizer": str(path), "source": s["source"], "vocab_size": Tokenizer(path).n_words - len(SPECIAL_TOKENS)}
 
 

@@ -1,31 +1,19 @@
 """BPE tokenizer training: HF `tokenizers` learns byte-level merges under Llama 3's split regex.
 
-The corpus is read by the data pipeline's readers (herd.data.readers), so it takes the inputs `herd data run` does.
+It takes an iterable of texts; `herd.data.readers.corpus_texts` reads them from the inputs `herd data run` takes.
 """
 
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Regex, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from herd.data.readers import InputConfig, input_files, read_texts
 from herd.errors import HerdError
 from herd.tokenizer.bpe_file import write_bpe_file
 from herd.tokenizer.tiktoken_bpe import PAT_STR
 
 NUM_BYTES = 256
-
-
-def corpus_texts(inputs: Sequence[str | Path]) -> tuple[list[Path], Iterator[str]]:
-    """The input files under `inputs` (files or directories: JSONL, Parquet, text, HF datasets; compressed or not)
-    and an iterator over their documents' texts, in order (bad records are errors, empty ones skipped)."""
-    if not inputs:
-        raise HerdError("no corpus inputs given; pass JSONL, Parquet or text files, or directories")
-    config = InputConfig(paths=[str(path) for path in inputs], max_doc_bytes=sys.maxsize)  # whole books welcome
-    files = input_files(config)
-    return files, read_texts(config, files)
 
 
 def train_hf_bpe(texts: Iterable[str], vocab_size: int, *, show_progress: bool = False) -> HFTokenizer:
@@ -58,17 +46,15 @@ def mergeable_ranks(tokenizer: HFTokenizer) -> dict[bytes, int]:
     return ranks
 
 
-def train_tokenizer(
-    inputs: Sequence[str | Path], vocab_size: int, out: str | Path, *, show_progress: bool = True
-) -> Path:
-    """Train a Llama 3-style BPE of `vocab_size` mergeable tokens on a corpus; write a tiktoken file to `out`.
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | Path, *, show_progress: bool = True) -> Path:
+    """Train a Llama 3-style BPE of `vocab_size` mergeable tokens on `texts`; write a tiktoken file to `out`.
 
     `herd.tokenizer.Tokenizer(out)` loads it, with Llama 3's 256 special tokens after the
     `vocab_size` ranks (so a model needs `vocab_size + 256` embeddings). tiktoken merges any adjacent
     pair whose concatenation is a token, lowest rank first; ranks are HF's merge order, so it
     reproduces HF's encoding (tests check this on held-out text).
     """
-    hf_tokenizer = train_hf_bpe(corpus_texts(inputs)[1], vocab_size, show_progress=show_progress)
+    hf_tokenizer = train_hf_bpe(texts, vocab_size, show_progress=show_progress)
     ranks = mergeable_ranks(hf_tokenizer)
     if len(ranks) < vocab_size:
         raise HerdError(

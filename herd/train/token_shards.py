@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from herd.data.readers import corpus_texts
 from herd.errors import HerdError
 from herd.tokenizer import Tokenizer, load_tokenizer
-from herd.tokenizer.train_bpe import corpus_texts
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "herd-token-shards-1"

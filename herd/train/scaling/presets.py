@@ -114,6 +114,7 @@ def _stdlib_data(config: ScalingConfig, log: Any) -> tuple[dict[str, str], str]:
     import os
 
     from herd.corpus.stdlib import write_stdlib_corpus
+    from herd.data.readers import corpus_texts
     from herd.tokenizer.train_bpe import train_tokenizer
     from herd.train.token_shards import tokenize_corpus
 
@@ -124,7 +125,7 @@ def _stdlib_data(config: ScalingConfig, log: Any) -> tuple[dict[str, str], str]:
         return shards, str(out / "split")
     start = time.perf_counter()
     files = write_stdlib_corpus(out / "split")
-    tokenizer = train_tokenizer([out / "split" / "train.jsonl"], config.vocab_size, out / "tokenizer.model",
+    tokenizer = train_tokenizer(corpus_texts([out / "split" / "train.jsonl"])[1], config.vocab_size, out / "tokenizer.model",
                                 show_progress=False)
     tokens = {}
     for name, split in (("code", "train"), ("val", "val")):
