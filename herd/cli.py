@@ -59,7 +59,7 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
 
 
 def cmd_scaling(args: argparse.Namespace) -> None:
-    from herd.train import scaling
+    from herd import scaling
 
     config = scaling.load_scaling_config(args.config, args.overrides, preset_name=args.preset)
     if args.scaling_command == "sweep":
@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ("predict", "predict loss and downstream scores at a target budget (--train: and measure)"),
                             ("mix", "data-mix experiments: pick the mix with the best predicted downstream score")):
         step = scaling_commands.add_parser(name, help=help_text)
-        step.add_argument("--config", default=None, help="a YAML or JSON herd.train.scaling.ScalingConfig")
+        step.add_argument("--config", default=None, help="a YAML or JSON herd.scaling.ScalingConfig")
         step.add_argument("--preset", default=None, help="start from a preset: micro (2 CPU cores) or gpu")
         step.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. workers=2 budgets=[1e12,3e12]")
         if name in ("predict", "mix"):

@@ -58,8 +58,8 @@ def check_overrides(command: str, overrides: list[str], tmp_path, monkeypatch) -
         for preset in PRESETS:
             preset_config(preset, overrides)
     elif command.startswith("scaling "):
-        from herd.train.scaling.commands import load_scaling_config
-        from herd.train.scaling.presets import PRESETS
+        from herd.scaling.commands import load_scaling_config
+        from herd.scaling.presets import PRESETS
 
         for preset in PRESETS:
             load_scaling_config(None, overrides, preset_name=preset)

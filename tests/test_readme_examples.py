@@ -144,7 +144,7 @@ def check_parses(argv: list[str]) -> None:
     if args.command in CONFIG_STAGES:
         load_config(_attribute(CONFIG_STAGES[args.command][0], CONFIG_STAGES[args.command][1]), args.config, overrides)
     elif args.command == "scaling":
-        from herd.train.scaling import load_scaling_config
+        from herd.scaling import load_scaling_config
 
         load_scaling_config(args.config, overrides, preset_name=args.preset)
     elif args.command == "speedrun":

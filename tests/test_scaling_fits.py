@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from herd.errors import HerdError
-from herd.train.scaling.analysis import fit_sweep, predict
-from herd.train.scaling.fits import (
+from herd.scaling.analysis import fit_sweep, predict
+from herd.scaling.fits import (
     LossSurface,
     Sigmoid,
     bootstrap,

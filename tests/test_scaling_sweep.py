@@ -15,11 +15,11 @@ from herd.cli import main
 from herd.config_overrides import from_dict
 from herd.errors import HerdError
 from herd.speedrun.tasks import SynthMathChoice
-from herd.train.scaling import ScalingConfig, fit, load_scaling_config, mix, predict_target
-from herd.train.scaling.downstream import downstream_task
-from herd.train.scaling.plan import plan_sweep
-from herd.train.scaling.presets import PRESETS, with_corpus_data
-from herd.train.scaling.runs import run_sweep_runs
+from herd.scaling import ScalingConfig, fit, load_scaling_config, mix, predict_target
+from herd.scaling.downstream import downstream_task
+from herd.scaling.plan import plan_sweep
+from herd.scaling.presets import PRESETS, with_corpus_data
+from herd.scaling.runs import run_sweep_runs
 
 LADDER = {
     "d16": {"dim": 16, "n_layers": 1, "n_heads": 1, "n_kv_heads": 1, "multiple_of": 16},

@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from herd.train.scaling.analysis import isoflop_fits, relative_error
-from herd.train.scaling.fits import PowerLaw, Sigmoid
+from herd.scaling.analysis import isoflop_fits, relative_error
+from herd.scaling.fits import PowerLaw, Sigmoid
 
 Record = dict[str, Any]
 

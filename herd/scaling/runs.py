@@ -15,8 +15,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from herd.train.scaling.config import ScalingConfig
-from herd.train.scaling.plan import PlannedRun
+from herd.scaling.config import ScalingConfig
+from herd.scaling.plan import PlannedRun
 
 RESULT = "scaling.json"
 _SLOT: int = 0
@@ -59,7 +59,7 @@ def train_and_score(config: ScalingConfig, run: PlannedRun) -> dict[str, Any]:
     torch.set_num_threads(_threads(config))
     from herd.checkpoint import load
     from herd.train.pretrain import pretrain
-    from herd.train.scaling.downstream import downstream_task, score_task
+    from herd.scaling.downstream import downstream_task, score_task
 
     train = config.pretrain_config(run.name, steps=run.steps, fields=_fields(config, run.model),
                                    weights=config.mixes[run.mix] if run.mix else None)

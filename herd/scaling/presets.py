@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from herd.errors import HerdError
-from herd.train.scaling.config import ScalingConfig
+from herd.scaling.config import ScalingConfig
 
 DOMAINS = ("web", "math", "code", "multilingual")
 EMBEDDED_SIZES = ("micro", "tiny", "small")

@@ -14,7 +14,7 @@ from typing import Any
 
 from herd.train.config import PretrainConfig
 from herd.train.metrics import flops_per_token
-from herd.train.scaling.config import ScalingConfig
+from herd.scaling.config import ScalingConfig
 from herd.train.token_shards import TokenManifest
 
 

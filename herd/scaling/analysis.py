@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from herd.errors import HerdError
-from herd.train.scaling.fits import (
+from herd.scaling.fits import (
     IsoFlopFit,
     LossSurface,
     PowerLaw,

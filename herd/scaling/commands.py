@@ -19,13 +19,13 @@ from typing import Any
 
 from herd.config_overrides import apply_overrides, from_dict, read_config_file, to_dict
 from herd.errors import HerdError
-from herd.train.scaling.analysis import field_value, fit_accuracy, fit_sweep, frontier_law, isoflop_fits, predict
-from herd.train.scaling.config import ScalingConfig
-from herd.train.scaling.fits import Sigmoid, fit_power_law
-from herd.train.scaling.plan import data_tokens, plan_run, plan_sweep
-from herd.train.scaling.presets import preset, with_corpus_data
-from herd.train.scaling.report import plot_downstream, plot_frontier, plot_isoflops, render_report
-from herd.train.scaling.runs import run_sweep_runs, train_and_score
+from herd.scaling.analysis import field_value, fit_accuracy, fit_sweep, frontier_law, isoflop_fits, predict
+from herd.scaling.config import ScalingConfig
+from herd.scaling.fits import Sigmoid, fit_power_law
+from herd.scaling.plan import data_tokens, plan_run, plan_sweep
+from herd.scaling.presets import preset, with_corpus_data
+from herd.scaling.report import plot_downstream, plot_frontier, plot_isoflops, render_report
+from herd.scaling.runs import run_sweep_runs, train_and_score
 
 Log = Callable[[str], None]
 
