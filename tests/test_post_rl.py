@@ -21,7 +21,7 @@ from herd.post.grpo import GRPOConfig, group_advantages, grpo, grpo_token_losses
 from herd.post.ppo import PPOConfig, clipped_policy_loss, clipped_value_loss, gae, ppo, whiten
 from herd.post.rewards import arithmetic_questions, arithmetic_reward, encode_prompts, make_scorer
 from herd.post.rollout import RLConfig, RolloutStream, kl_penalty, sample_rollout
-from herd.speedrun.tasks import SynthAddition
+from herd.eval.tasks.synthetic import SynthAddition
 from herd.train.config import FaultConfig
 
 PROMPTS = ["what is the sky", "what is grass", "what is snow", "what is coal"]

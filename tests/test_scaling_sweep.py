@@ -14,7 +14,7 @@ from test_scaling_fits import TRUE, synthetic_records
 from herd.cli import main
 from herd.config_overrides import from_dict
 from herd.errors import HerdError
-from herd.speedrun.tasks import SynthMathChoice
+from herd.eval.tasks.synthetic import SynthMathChoice
 from herd.scaling import ScalingConfig, fit, load_scaling_config, mix, predict_target
 from herd.scaling.downstream import downstream_task
 from herd.scaling.plan import plan_sweep

@@ -19,7 +19,7 @@ from herd.tokenizer import Tokenizer
 def downstream_task(name: str) -> Task:
     """A herd eval task, or one of the embedded corpus's synthetic tasks (synth_math_mc, synth_knowledge, ...)."""
     from herd.eval.tasks import TASKS, get_task
-    from herd.speedrun.tasks import SCALING_SYNTHETIC
+    from herd.eval.tasks.synthetic import SCALING_SYNTHETIC
 
     synthetic = {cls.name: cls for cls in SCALING_SYNTHETIC}
     if name in synthetic:

@@ -19,7 +19,7 @@ import torch
 from herd.errors import HerdError
 from herd.eval.evaluate import EvalOptions, evaluate_task
 from herd.eval.runner import write_records
-from herd.speedrun.tasks import SYNTHETIC
+from herd.eval.tasks.synthetic import SYNTHETIC
 
 MODELS = ("base", "sft", "sft2", "dpo")
 CHAT_MODELS = MODELS[1:]

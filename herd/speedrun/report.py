@@ -198,7 +198,7 @@ def _eval_section(ctx: Any) -> list[str]:
     ev = ctx.outputs("eval")
     lines = ["## Evaluation", "",
              ("Base: 3-shot plain text (knowledge 0-shot); SFT, SFT2 and DPO: 0-shot chat. Synthetic tasks are held "
-              "out from training (see herd/speedrun/tasks.py)."), "",
+              "out from training (see herd/eval/tasks/synthetic.py)."), "",
              "| benchmark | metric | n | " + " | ".join(LABELS[k] for k in MODELS) + " |", "|---|---|---:|---:|---:|---:|---:|"]
     for name, row in ev["scores"].items():
         label = name if row.get("synthetic") else f"{name} (real, local data)"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from herd.speedrun.tasks import SynthCode
+from herd.eval.tasks.synthetic import SynthCode
 
 GUARD_ANSWER_TOKENS = 8
 """Enough for the guard's answer ("safe", or "unsafe" and a category code)."""

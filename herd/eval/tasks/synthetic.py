@@ -1,4 +1,5 @@
-"""Synthetic counterparts of the release's benchmarks, on the corpus's held-out eval files (DATA_DIR/*.jsonl):
+"""Synthetic counterparts of the release's benchmarks, scored by the speedrun and scaling sweeps on the held-out eval
+files of herd.corpus (DATA_DIR/*.jsonl):
 
 - `synth_knowledge`: 4-way multiple choice about countries whose facts appear only in encyclopedic articles
   (never in quiz form, never in SFT): MMLU-like, accuracy by loglikelihood;
