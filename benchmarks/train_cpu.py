@@ -29,7 +29,7 @@ def herd_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...], compile
     from herd.train.distributed import Distributed
     from herd.train.metrics import MetricsLog
     from herd.train.parallelize import parallelize
-    from herd.train.pretrain import build_optimizer
+    from herd.train.optimizer import build_optimizer
     from herd.train.trainer import LoopConfig, Trainer, next_token_loss
 
     config = ModelConfig(

@@ -28,7 +28,8 @@ from herd.train.config import FaultConfig, OptimConfig
 from herd.train.distributed import Distributed
 from herd.train.metrics import MetricsLog, flops_per_token, peak_tflops
 from herd.train.parallelize import apply_fsdp, parallelize
-from herd.train.pretrain import GIB, build_optimizer, estimate_memory
+from herd.train.optimizer import build_optimizer
+from herd.train.pretrain import GIB, estimate_memory
 from herd.train.trainer import LoopConfig, Trainer, next_token_loss
 from herd.train.weight_init import init_sharded_weights
 

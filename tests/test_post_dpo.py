@@ -14,7 +14,8 @@ import herd.checkpoint
 from herd.generation import generate_tokens
 from herd.post.batches import encode_pairs, pair_batch
 from herd.post.data import PreferencePair
-from herd.post.dpo import DPOConfig, dpo, token_logps
+from herd.post.dpo import DPOConfig, dpo
+from herd.post.logps import token_logps
 from herd.post.lora import LoRAConfig, WithoutAdapters, apply_lora
 from herd.post.reward_model import RewardConfig, load_reward_model, train_reward_model
 from herd.post.sft import SFTConfig, sft

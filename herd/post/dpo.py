@@ -8,7 +8,6 @@ adapters off; else a copy), or its log-probs computed once before training.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -21,10 +20,11 @@ from herd.checkpoint import save
 from herd.errors import HerdError
 from herd.post.batches import Batches, PairTensors, encode_pairs, pair_batch
 from herd.post.data import read_preferences
-from herd.post.lora import WithoutAdapters, adapters_disabled
+from herd.post.logps import Model, token_logps
+from herd.post.lora import WithoutAdapters
 from herd.post.stage import PostConfig, PostResult, export_trained, finished, load_start, reference_model, train_stage
 from herd.train.packing import IGNORE_INDEX
-from herd.train.trainer import Batch, LossOutput, applies_its_head, token_cross_entropy, token_losses
+from herd.train.trainer import Batch, LossOutput
 
 
 @dataclass
@@ -54,21 +54,6 @@ class DPOConfig(PostConfig):
             raise HerdError(f"beta must be positive, got {self.beta}")
         if self.nll_weight < 0:
             raise HerdError(f"nll_weight must be 0 or more, got {self.nll_weight}")
-
-
-Model = nn.Module | Callable[..., torch.Tensor]
-"""A model, or something called like one (the base under LoRA adapters)."""
-
-
-def token_logps(model: Model, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p of each target token [B, T] (fp32); 0 where the target is IGNORE_INDEX. A Transformer's head (a LoRA
-    reference's too) goes a chunk of rows at a time (herd.train.fused_loss), never holding the whole logits."""
-    if isinstance(model, WithoutAdapters):
-        with adapters_disabled(model.model):
-            return token_logps(model.model, tokens, targets)
-    if not applies_its_head(model):
-        return -token_cross_entropy(model(tokens), targets)
-    return -token_losses(model, (tokens, targets, None))
 
 
 def dpo_loss(

@@ -18,7 +18,7 @@ from torch import nn
 
 from herd.checkpoint import save
 from herd.errors import HerdError
-from herd.post.dpo import token_logps
+from herd.post.logps import token_logps
 from herd.post.ppo import clipped_policy_loss
 from herd.post.rollout import (
     KLEstimator,

@@ -19,7 +19,7 @@ from torch import nn
 from herd.checkpoint import load, save
 from herd.errors import HerdError
 from herd.model import Transformer
-from herd.post.dpo import token_logps
+from herd.post.logps import token_logps
 from herd.post.reward_model import RewardModel, load_reward_model, save_reward_model
 from herd.post.rollout import (
     RLConfig,

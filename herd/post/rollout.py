@@ -25,12 +25,12 @@ from herd.generation import generate_tokens
 from herd.model import Transformer
 from herd.post.batches import Batches
 from herd.post.data import read_prompts
-from herd.post.dpo import Model, token_logps
+from herd.post.logps import Model, token_logps
 from herd.post.rewards import Prompt, Scorer, arithmetic_questions, encode_prompts, make_scorer
 from herd.post.stage import PostConfig, PostResult, load_start, reference_model, train_stage
 from herd.tokenizer import Tokenizer
+from herd.train.optimizer import autocast_dtype_for
 from herd.train.packing import IGNORE_INDEX
-from herd.train.pretrain import autocast_dtype_for
 from herd.train.trainer import Batch, LossFn
 
 KLEstimator = Literal["k1", "k3"]

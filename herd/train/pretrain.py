@@ -23,7 +23,7 @@ from herd.errors import HerdError
 from herd.model import ModelConfig, build_model
 from herd.tokenizer import SPECIAL_TOKENS, Tokenizer
 from herd.train.checkpointing import CheckpointManager
-from herd.train.config import OptimConfig, PretrainConfig
+from herd.train.config import PretrainConfig
 from herd.train.data_loader import DataLoaderConfig, TokenDataLoader
 from herd.train.distributed import Distributed, init_distributed
 from herd.train.fused_loss import chunk_bytes
@@ -36,6 +36,7 @@ from herd.train.metrics import (
     read_records,
     token_byte_lengths,
 )
+from herd.train.optimizer import autocast_dtype_for, build_optimizer
 from herd.train.parallelize import check_layout, parallelize
 from herd.train.pipeline import Pipeline, split_stage
 from herd.train.schedule import grad_accum_at, learning_rate, stage_at
@@ -205,18 +206,6 @@ def init_weights(model: nn.Module, config: ModelConfig, seed: int, distributed: 
         init_sharded_weights(model, config, seed)
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (linear and embedding weights) and none on norm gains.
-
-    The fused kernel on CUDA and CPU where torch has one (one pass over all parameters), else foreach.
-    """
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kernel = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, **kernel)
-
-
 @torch.no_grad()
 def validate(
     model: nn.Module, config: PretrainConfig, tokenizer: Tokenizer, distributed: Distributed,
@@ -316,13 +305,6 @@ def _available_bytes(device: torch.device) -> int | None:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
-def autocast_dtype_for(dtype: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPU by default; fp32 (no autocast) on CPU by default."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return torch.bfloat16 if dtype == "bfloat16" else None
-
-
 def _check_same_run(checkpoints: CheckpointManager, run_info: dict[str, Any]) -> None:
     latest = checkpoints.latest()
     if latest is None:
@@ -343,4 +325,4 @@ def _result_from_manifest(run_dir: Path, manifest: dict[str, Any]) -> PretrainRe
     )
 
 
-__all__ = ["PretrainResult", "build_optimizer", "check_memory", "estimate_memory", "init_weights", "pretrain", "validate"]
+__all__ = ["PretrainResult", "check_memory", "estimate_memory", "init_weights", "pretrain", "validate"]
