@@ -26,10 +26,10 @@ from herd.model import ModelConfig, build_model, flex_attention, preset
 from herd.train import fused_loss
 from herd.train.config import FaultConfig, OptimConfig
 from herd.train.distributed import Distributed
+from herd.train.memory_estimate import GIB, estimate_memory
 from herd.train.metrics import MetricsLog, flops_per_token, peak_tflops
-from herd.train.parallelize import apply_fsdp, parallelize
 from herd.train.optimizer import build_optimizer
-from herd.train.pretrain import GIB, estimate_memory
+from herd.train.parallelize import apply_fsdp, parallelize
 from herd.train.trainer import LoopConfig, Trainer, next_token_loss
 from herd.train.weight_init import init_sharded_weights
 
@@ -37,7 +37,7 @@ DRY_RUN_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab
 
 
 def estimated_bytes(config: ModelConfig, args: argparse.Namespace, batch_size: int, device: torch.device) -> float:
-    """herd's memory estimate of the run (herd.train.pretrain.estimate_memory) at `batch_size` rows."""
+    """herd's memory estimate of the run (herd.train.memory_estimate.estimate_memory) at `batch_size` rows."""
     return sum(estimate_memory(config, batch_size=batch_size, seq_len=args.seq_len, compute_bytes=2,
                                activation_checkpointing=args.activation_checkpointing, materialized_attention=False,
                                device_type=device.type).values())
