@@ -27,10 +27,11 @@ def herd_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...], compile
     from herd.model import ModelConfig, build_model
     from herd.train.config import FaultConfig, OptimConfig
     from herd.train.distributed import Distributed
+    from herd.train.losses import next_token_loss
     from herd.train.metrics import MetricsLog
-    from herd.train.parallelize import parallelize
     from herd.train.optimizer import build_optimizer
-    from herd.train.trainer import LoopConfig, Trainer, next_token_loss
+    from herd.train.parallelize import parallelize
+    from herd.train.trainer import LoopConfig, Trainer
 
     config = ModelConfig(
         dim=args.dim, n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.kv_heads, vocab_size=args.vocab,

@@ -26,11 +26,12 @@ from herd.model import ModelConfig, build_model, flex_attention, preset
 from herd.train import fused_loss
 from herd.train.config import FaultConfig, OptimConfig
 from herd.train.distributed import Distributed
+from herd.train.losses import next_token_loss
 from herd.train.memory_estimate import GIB, estimate_memory
 from herd.train.metrics import MetricsLog, flops_per_token, peak_tflops
 from herd.train.optimizer import build_optimizer
 from herd.train.parallelize import apply_fsdp, parallelize
-from herd.train.trainer import LoopConfig, Trainer, next_token_loss
+from herd.train.trainer import LoopConfig, Trainer
 from herd.train.weight_init import init_sharded_weights
 
 DRY_RUN_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 512, "multiple_of": 32}

@@ -294,7 +294,7 @@ FLAKY_RANK = textwrap.dedent("""
     from herd.config_overrides import load_config
     from herd.train import pretrain as pretrain_mod
     from herd.train.config import PretrainConfig
-    from herd.train.trainer import next_token_loss
+    from herd.train.losses import next_token_loss
 
     calls = 0
 

@@ -8,8 +8,8 @@ from torch.distributed.device_mesh import init_device_mesh
 
 from herd.model import ModelConfig, build_model
 from herd.train.distributed import Distributed
+from herd.train.losses import next_token_loss
 from herd.train.parallelize import apply_fsdp, parallelize
-from herd.train.trainer import next_token_loss
 
 CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=80)
 

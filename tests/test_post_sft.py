@@ -10,8 +10,8 @@ import herd
 from herd.generation import generate_tokens
 from herd.post.batches import pack_chats
 from herd.post.sft import SFTConfig, sft
+from herd.train.losses import next_token_loss
 from herd.train.packing import IGNORE_INDEX
-from herd.train.trainer import next_token_loss
 
 
 def sft_config(tmp_path, model_dir, **changes) -> SFTConfig:

@@ -30,12 +30,12 @@ from herd.train import fused_loss
 from herd.train import pretrain as pretrain_mod
 from herd.train.checkpointing import CheckpointManager
 from herd.train.config import PretrainConfig
+from herd.train.losses import next_token_loss, token_cross_entropy, token_losses
 from herd.train.metrics import flops_per_token, read_records
 from herd.train.packing import IGNORE_INDEX
 from herd.train.pretrain import pretrain
 from herd.train.schedule import grad_accum_at, learning_rate
 from herd.train.token_shards import tokenize_corpus
-from herd.train.trainer import next_token_loss, token_cross_entropy, token_losses
 
 GOLDEN = Path(__file__).parent / "golden" / "pretrain_tiny.json"
 TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32, "max_seq_len": 64}

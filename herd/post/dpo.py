@@ -23,8 +23,8 @@ from herd.post.data import read_preferences
 from herd.post.logps import Model, token_logps
 from herd.post.lora import WithoutAdapters
 from herd.post.stage import PostConfig, PostResult, export_trained, finished, load_start, reference_model, train_stage
+from herd.train.losses import Batch, LossOutput
 from herd.train.packing import IGNORE_INDEX
-from herd.train.trainer import Batch, LossOutput
 
 
 @dataclass

@@ -31,7 +31,7 @@ from herd.post.rollout import (
     train_rl,
 )
 from herd.post.stage import PostResult, export_trained, finished
-from herd.train.trainer import Batch, LossOutput
+from herd.train.losses import Batch, LossOutput
 
 STD_EPS = 1e-4
 

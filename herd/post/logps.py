@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from herd.post.lora import WithoutAdapters, adapters_disabled
-from herd.train.trainer import applies_its_head, token_cross_entropy, token_losses
+from herd.train.losses import applies_its_head, token_cross_entropy, token_losses
 
 Model = nn.Module | Callable[..., torch.Tensor]
 """A model, or something called like one (the base under LoRA adapters)."""

@@ -19,7 +19,7 @@ from herd.post.batches import Batches, PairTensors, encode_pairs, pair_batch
 from herd.post.data import read_preferences
 from herd.post.stage import PostConfig, PostResult, export_trained, finished, load_start, train_stage
 from herd.tokenizer import Tokenizer, load_tokenizer
-from herd.train.trainer import Batch, LossOutput
+from herd.train.losses import Batch, LossOutput
 
 FORMAT_TAG = "herd-reward-model"
 

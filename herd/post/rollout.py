@@ -29,9 +29,9 @@ from herd.post.logps import Model, token_logps
 from herd.post.rewards import Prompt, Scorer, arithmetic_questions, encode_prompts, make_scorer
 from herd.post.stage import PostConfig, PostResult, load_start, reference_model, train_stage
 from herd.tokenizer import Tokenizer
+from herd.train.losses import Batch, LossFn
 from herd.train.optimizer import autocast_dtype_for
 from herd.train.packing import IGNORE_INDEX
-from herd.train.trainer import Batch, LossFn
 
 KLEstimator = Literal["k1", "k3"]
 

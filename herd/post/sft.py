@@ -17,7 +17,7 @@ from herd.errors import HerdError
 from herd.post.batches import Batches, PackedChats, pack_chats
 from herd.post.data import read_chats
 from herd.post.stage import PostConfig, PostResult, export_trained, finished, load_start, train_stage
-from herd.train.trainer import next_token_loss, token_losses
+from herd.train.losses import next_token_loss, token_losses
 
 
 @dataclass

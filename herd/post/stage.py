@@ -21,10 +21,11 @@ from herd.tokenizer import Tokenizer
 from herd.train.checkpointing import CheckpointManager
 from herd.train.config import FaultConfig, OptimConfig
 from herd.train.distributed import pick_device
+from herd.train.losses import Batch, LossFn
 from herd.train.metrics import MetricsLog, plot_curves, read_records
 from herd.train.optimizer import autocast_dtype_for, build_optimizer
 from herd.train.schedule import learning_rate
-from herd.train.trainer import Batch, LoopConfig, LoopState, LossFn, Trainer
+from herd.train.trainer import LoopConfig, LoopState, Trainer
 
 MANIFEST = "manifest.json"
 

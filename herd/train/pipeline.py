@@ -24,9 +24,9 @@ from torch.distributed.pipelining import (
 from herd.model import Transformer
 from herd.train.distributed import MULTI_STAGE_SCHEDULES, Distributed
 from herd.train.fused_loss import linear_cross_entropy, linear_token_losses
+from herd.train.losses import Batch, LossOutput
 from herd.train.packing import IGNORE_INDEX
 from herd.train.parallelize import gathered
-from herd.train.trainer import Batch, LossOutput
 
 SCHEDULES = {
     "1F1B": Schedule1F1B, "GPipe": ScheduleGPipe, "Interleaved1F1B": ScheduleInterleaved1F1B, "LoopedBFS": ScheduleLoopedBFS

@@ -26,6 +26,7 @@ from herd.train.checkpointing import CheckpointManager
 from herd.train.config import PretrainConfig
 from herd.train.data_loader import DataLoaderConfig, TokenDataLoader
 from herd.train.distributed import Distributed, init_distributed
+from herd.train.losses import next_token_loss, token_losses
 from herd.train.memory_estimate import check_memory
 from herd.train.metrics import (
     MetricsLog,
@@ -41,7 +42,7 @@ from herd.train.parallelize import check_layout, parallelize
 from herd.train.pipeline import Pipeline, split_stage
 from herd.train.schedule import grad_accum_at, learning_rate, stage_at
 from herd.train.token_shards import TokenManifest
-from herd.train.trainer import LoopConfig, LoopState, Trainer, next_token_loss, token_losses
+from herd.train.trainer import LoopConfig, LoopState, Trainer
 from herd.train.weight_init import init_sharded_weights
 
 MANIFEST = "manifest.json"
