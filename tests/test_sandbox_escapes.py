@@ -218,11 +218,17 @@ def _run_all(route: str, uid: int, arena: Arena, attacks: list[str]) -> dict[str
         finally:
             del os.environ["HERD_SANDBOX"]
     programs = {a: arena.program(a, -1) for a in attacks}
-    child = subprocess.run(
-        [sys.executable, "-c", _RUNNER, route], input=json.dumps([programs, LIMITS.__dict__]), text=True,
-        capture_output=True, env={**os.environ, "HOME": "/tmp"}, cwd=Path(__file__).parents[1],
-        preexec_fn=functools.partial(sandbox._expose, sandbox._blocked(sandbox._python_dirs()), uid=uid), timeout=300,
-    )
+    with tempfile.TemporaryDirectory(prefix="herd-escapes-") as reachable:
+        # herd's own code where `uid` can read it: a checkout (CI's clean clone) may sit in a directory only its owner
+        # enters (mktemp -d makes it 0700), and the child imports herd from its working directory
+        os.chmod(reachable, 0o755)
+        shutil.copytree(Path(sandbox.__file__).parents[1], Path(reachable) / "herd",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        child = subprocess.run(
+            [sys.executable, "-c", _RUNNER, route], input=json.dumps([programs, LIMITS.__dict__]), text=True,
+            capture_output=True, env={**os.environ, "HOME": "/tmp"}, cwd=reachable, timeout=300,
+            preexec_fn=functools.partial(sandbox._expose, sandbox._blocked(sandbox._python_dirs()), uid=uid),
+        )
     assert child.returncode == 0, child.stderr[-2000:]
     return {name: tuple(value) for name, value in json.loads(child.stdout.splitlines()[-1]).items()}
 
