@@ -19,7 +19,7 @@ HERD = Path(__file__).resolve().parent.parent / "herd"
 # Lowest first. Packages in one set are siblings. `` is `herd` itself, the lazy public facade
 # (herd.load / herd.save / herd.generate): above what it re-exports, used by the CLI.
 ORDER: list[set[str]] = [
-    {"errors"},
+    {"errors", "run_dir"},
     {"config_overrides"},
     {"model", "tokenizer"},
     {"checkpoint", "generation"},

@@ -1,0 +1,93 @@
+"""herd.run_dir: atomic writes leave the old file and no litter when they fail; manifests decide skip or redo."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from herd import run_dir
+from herd.run_dir import atomic_open, atomic_path, read_manifest, write_json, write_manifest, write_text
+
+
+def _files(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_write_text_replaces_whole_file(tmp_path):
+    path = tmp_path / "sub" / "a.txt"
+    write_text(path, "old")
+    write_text(path, "new")
+    assert path.read_text() == "new"
+    assert _files(path.parent) == ["a.txt"]
+
+
+def test_write_failing_half_way_keeps_old_file_and_no_tmp(tmp_path, monkeypatch):
+    path = tmp_path / "m.json"
+    write_json(path, {"v": 1})
+
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_open(path, "w") as f:
+            f.write('{"v": ')
+            f.flush()
+            raise OSError("disk full")
+    monkeypatch.setattr(run_dir.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("crash before rename")))
+    with pytest.raises(OSError, match="crash before rename"):
+        write_json(path, {"v": 2})
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert _files(tmp_path) == ["m.json"]
+
+
+def test_streamed_writer_that_raises_leaves_nothing(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    with pytest.raises(RuntimeError):
+        with atomic_open(path) as f:
+            f.write('{"a": 1}\n')
+            raise RuntimeError("interrupted")
+    assert _files(tmp_path) == []
+    with atomic_open(path) as f:
+        f.write('{"a": 1}\n')
+    assert path.read_text() == '{"a": 1}\n'
+    assert _files(tmp_path) == ["rows.jsonl"]
+
+
+def test_atomic_path_for_libraries_that_write_a_path(tmp_path):
+    path = tmp_path / "w.bin"
+    with atomic_path(path) as tmp:
+        assert tmp.parent == tmp_path and tmp != path
+        tmp.write_bytes(b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    assert _files(tmp_path) == ["w.bin"]
+
+
+def test_atomic_open_refuses_append(tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_open(tmp_path / "x", "a"):
+            pass
+
+
+def test_manifest_finished_with_same_config(tmp_path):
+    path = tmp_path / "manifest.json"
+    assert read_manifest(path, {"lr": 1}) is None  # nothing written yet: run, no warning
+    written = write_manifest(path, {"stage": "s", "config": {"lr": 1}, "steps": 3})
+    assert written["complete"] is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_manifest(path, {"lr": 1}) == written
+
+
+def test_manifest_of_another_config_is_not_finished(tmp_path):
+    path = tmp_path / "speedrun.json"
+    write_manifest(path, {"chain": "abc"})
+    with pytest.warns(UserWarning, match="another chain"):
+        assert read_manifest(path, "xyz", key="chain") is None
+    assert read_manifest(path, "abc", key="chain") is not None
+
+
+@pytest.mark.parametrize("text", ['{"complete": true, "conf', "[1, 2]", '{"config": {"lr": 1}}', "\xff\xfe"])
+def test_unreadable_or_incomplete_manifest_is_not_finished(tmp_path, text):
+    path = tmp_path / "manifest.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.warns(UserWarning, match="manifest.json"):
+        assert read_manifest(path, {"lr": 1}) is None
