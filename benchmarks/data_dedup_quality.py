@@ -9,9 +9,9 @@ import re
 import time
 
 import numpy as np
+from synthetic_corpora import pair_precision_recall, planted_corpus
 
 from herd.data.minhash import near_duplicate_groups
-from herd.data.synthetic import pair_precision_recall, planted_corpus
 
 BANDS, ROWS, NGRAM = 14, 8, 5
 

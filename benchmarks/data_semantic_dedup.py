@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from synthetic_corpora import pair_precision_recall, paraphrase
 
 from herd.data.embed import embed
 from herd.data.minhash import near_duplicate_groups
 from herd.data.semantic import semantic_groups
-from herd.data.synthetic import pair_precision_recall, paraphrase
 
 GSM8K = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks" / "gsm8k" / "test.jsonl"
 

@@ -30,8 +30,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serve_soak import free_port
-
-from herd.serve.soak import WORDS
+from soak_client import WORDS
 
 KEY = "abuse-benchmark-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -26,7 +26,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from herd.serve.soak import SoakReport, soak, wait_idle
+from soak_client import SoakReport, soak, wait_idle
 
 
 def free_port() -> int:

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from synthetic_corpora import quality_corpus
 
 from herd.data import InputConfig, OutputConfig, PipelineConfig, read_documents, run_pipeline
 from herd.data.classifier import load_classifier
 from herd.data.quality_model import QualityTrainConfig, train_quality
-from herd.data.synthetic import quality_corpus
 from herd.data.teachers import PromptTeacher, RuleTeacher
 from herd.errors import HerdError
 

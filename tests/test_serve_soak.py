@@ -10,13 +10,12 @@ import pytest
 import herd
 
 uvicorn = pytest.importorskip("uvicorn")
-pytest.importorskip("httpx")
 
 from live_server import live_server
+from soak_client import soak, wait_idle
 
 from herd.serve import EngineConfig
 from herd.serve.server import create_app
-from herd.serve.soak import soak, wait_idle
 
 
 @pytest.fixture(scope="module")

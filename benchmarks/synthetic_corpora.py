@@ -1,6 +1,8 @@
 """A synthetic corpus with planted near-duplicates (known families), and pair precision/recall of a dedup.
 
-Used by the dedup tests and benchmarks to measure MinHash recall and precision against known answers.
+Also paraphrases (semantic dedup) and a mixed-quality web corpus (quality classifier). Workloads, not a benchmark to
+run: the data tests and benchmarks import them to measure against known answers; herd itself never does, so they are
+not shipped (tests find benchmarks/ through pytest's `pythonpath`).
 """
 
 from __future__ import annotations
