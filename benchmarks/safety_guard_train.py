@@ -1,4 +1,5 @@
-"""Train a small guard on CPU with herd.safety.guard_recipe and report F1 / AUPRC / FPR on the held-out template,
+"""Train a small guard on CPU with herd.safety.guard_recipe and report its herd.safety.guard_metrics scores on the
+held-out template ("did not learn" when its AUPRC is not above the base rate or it flags most benign requests),
 beside the release's figures for Llama Guard 2 8B on Meta's data (F1 0.915, AUPRC 0.974, FPR 0.040).
 
     python benchmarks/safety_guard_train.py [--seed 0] [--out /tmp/guard]
@@ -25,6 +26,7 @@ from herd.safety.guard_recipe import (
     train_guard,
     write_sft_data,
 )
+from herd.safety.guard_metrics import headline
 from herd.safety.llama_guard import LlamaGuard
 
 RELEASE = {"f1": 0.915, "auprc": 0.974, "fpr": 0.040}
@@ -85,8 +87,12 @@ def main() -> None:
     print(f"{len(universe)} categories, trained in {trained_s:.0f} s")
     results = {name: evaluate_guard(guard, records) for name, records in tests.items()}
     for name, metrics in results.items():
-        print(name, json.dumps({k: round(v, 3) for k, v in metrics.items()}))
+        print(f"{name}: {headline(metrics)}")
+        print(json.dumps(metrics))
     held_out = results["held-out template"]
+    if not held_out["learned"]:
+        print("the guard did not learn: no comparison with Llama Guard 2")
+        return
     for key, value in RELEASE.items():
         print(f"{key}: herd tiny guard {held_out[key]:.3f} on the held-out template | Llama Guard 2 8B (release, its "
               f"data) {value:.3f}")

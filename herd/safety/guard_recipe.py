@@ -19,8 +19,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from herd.errors import HerdError
+from herd.safety.guard_metrics import guard_metrics
 from herd.safety.llama_guard import GUARD_FILE, LlamaGuard, render_prompt, target_text
 from herd.safety.taxonomy import LLAMA_GUARD_2, Category, Taxonomy, code
 
@@ -187,28 +189,13 @@ def train_guard(config) -> Path:
 
 
 def evaluate_guard(guard: LlamaGuard, records: Sequence[tuple[Example, Taxonomy]],
-                   threshold: float = 0.5) -> dict[str, float]:
-    """F1, AUPRC (average precision of unsafe_prob), false-positive rate, category accuracy on the unsafe cases,
-    the malformed share, and the share of harmful requests flagged although their taxonomy leaves their category
-    out (low when the guard honours the taxonomy), over (example, taxonomy) records; malformed counts as flagged."""
-    from sklearn.metrics import average_precision_score, f1_score
-
+                   threshold: float = 0.5) -> dict[str, Any]:
+    """The guard's herd.safety.guard_metrics scores over (example, taxonomy) records: F1, precision, recall,
+    false-positive rate, AUPRC beside the base rate, per-category recall, obedience to each prompt's category list,
+    and whether it learned at all."""
     verdicts = guard.moderate([[{"role": e.role, "content": e.text}] for e, _ in records], [t for _, t in records],
                               threshold)
-    truths = [labelled(e, t) for e, t in records]
-    labels = [bool(t) for t in truths]
-    flagged = [v.verdict != "safe" for v in verdicts]
-    negatives = [f for f, y in zip(flagged, labels) if not y]
-    unlisted = [f for f, (e, _), y in zip(flagged, records, labels) if e.category is not None and not y]
-    return {
-        "f1": float(f1_score(labels, flagged)),
-        "auprc": float(average_precision_score(labels, [v.unsafe_prob for v in verdicts])),
-        "fpr": sum(negatives) / max(len(negatives), 1),
-        "category_accuracy": sum(v.codes == t for v, t in zip(verdicts, truths) if t) / max(sum(labels), 1),
-        "malformed": sum(v.verdict == "malformed" for v in verdicts) / len(records),
-        "unlisted_flagged": sum(unlisted) / max(len(unlisted), 1),
-        "positives": sum(labels), "n": len(records),
-    }
+    return guard_metrics([e.category for e, _ in records], [bool(labelled(e, t)) for e, t in records], verdicts)
 
 
 UNIVERSE: Taxonomy = LLAMA_GUARD_2 + EXTRA_CATEGORIES

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from herd.safety.guard_metrics import headline
 from herd.speedrun.eval_stages import MODELS
 from herd.speedrun.run import STAGES
 
@@ -71,7 +72,8 @@ def _stage_row(name: str, manifest: dict[str, Any]) -> str:
         cs = out["codeshield"]
         metrics = f"Code Shield on {cs['n']} completions: " + ", ".join(f"{k} {v}" for k, v in cs["verdicts"].items())
         if "guard" in out:
-            metrics += f"; guard held-out F1 {_fmt(out['guard']['held_out']['f1'])}"
+            q = out["guard"]["held_out"]
+            metrics += "; guard: " + (f"held-out F1 {_fmt(q['f1'])}" if q["learned"] else "did not learn")
     return f"| {name} | {secs:.1f} | {_fmt(manifest.get('cpu_s'), 1)} | {tokens} | {rate} | {metrics} |"
 
 
@@ -221,8 +223,7 @@ def _safety_section(ctx: Any) -> list[str]:
         return lines + ["- Llama Guard: skipped (safety.guard_steps=0); Code Shield only.", ""]
     q = g["held_out"]
     lines += [(f"- Llama Guard 2 (a small guard herd trained by its recipe: {g['train_examples']} synthetic examples, "
-               f"{g['steps']} steps) on {q['n']} held-out requests: F1 {_fmt(q['f1'])}, AUPRC {_fmt(q['auprc'])}, "
-               f"false-positive rate {_pct(q['fpr'])}."),
+               f"{g['steps']} steps) on {q['n']} held-out requests: {headline(q)}."),
               (f"- Moderating the final model on {g['probe_prompts']} held-out requests ({g['harmful_prompts']} "
                f"harmful): inputs flagged {_pct(g['inputs_flagged_harmful'])} of harmful, "
                f"{_pct(g['inputs_flagged_benign'])} of benign; the model's replies flagged unsafe: "
