@@ -1,0 +1,129 @@
+"""`herd generate | chat | convert | average | info`: commands on one model or checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a Meta, HF or herd directory, a Hub id, or a preset name")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: as stored)")
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="(default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="sampling temperature (default: %(default)s, greedy decoding)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: %(default)s, no cut)")
+    parser.add_argument("--top-k", type=int, default=0, help="0 means no top-k cut")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _load(args: argparse.Namespace):
+    import torch
+
+    import herd
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    return herd.load(args.model, device=device, dtype=dtype)
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    return dict(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        seed=args.seed,
+    )
+
+
+def add_generate(commands: argparse._SubParsersAction) -> None:
+    gen = commands.add_parser("generate", help="complete a prompt")
+    _add_model_args(gen)
+    gen.add_argument("--prompt", required=True, help="the prompt text, or - to read it from stdin")
+    gen.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn in the chat format")
+    _add_sampling_args(gen)
+    gen.set_defaults(run=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import herd
+
+    model, tok = _load(args)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    herd.generate(
+        model, tok, prompt, stop=args.stop or None, chat=args.chat, **_sampling(args),
+        on_text=lambda _row, piece: print(piece, end="", flush=True),
+    )
+    print()
+
+
+def add_chat(commands: argparse._SubParsersAction) -> None:
+    chat = commands.add_parser("chat", help="talk to a model in the Llama 3 chat format (reads stdin)")
+    _add_model_args(chat)
+    chat.add_argument("--system", default=None, help="a system prompt")
+    _add_sampling_args(chat)
+    chat.set_defaults(run=cmd_chat)
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from herd.chat import run_chat
+
+    model, tok = _load(args)
+    run_chat(model, tok, sys.stdin, sys.stdout, system=args.system, **_sampling(args))
+
+
+def add_convert(commands: argparse._SubParsersAction) -> None:
+    convert = commands.add_parser("convert", help="convert a checkpoint between formats")
+    convert.add_argument("--model", required=True, help="the checkpoint to read (any format herd.load takes)")
+    convert.add_argument("--to", required=True, choices=("herd", "hf", "meta", "gguf"))
+    convert.add_argument("--out", required=True, help="output directory (the .gguf file for --to gguf)")
+    convert.add_argument(
+        "--outtype", choices=("f32", "f16", "bf16", "q8_0"), help="GGUF tensor type (default: the stored dtype)"
+    )
+    convert.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: as stored)")
+    convert.set_defaults(run=cmd_convert)
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from herd.checkpoint import convert
+
+    out = convert(args.model, args.out, to=args.to, dtype=args.dtype, outtype=args.outtype)
+    print(f"wrote {args.to} checkpoint to {out}")
+
+
+def add_average(commands: argparse._SubParsersAction) -> None:
+    average = commands.add_parser("average", help="average the weights of several checkpoints")
+    average.add_argument("models", nargs="+", help="checkpoint directories of one architecture")
+    average.add_argument("--out", required=True, help="output directory")
+    average.set_defaults(run=cmd_average)
+
+
+def cmd_average(args: argparse.Namespace) -> None:
+    from herd.post.averaging import average_checkpoints
+
+    print(f"wrote the average of {len(args.models)} checkpoints to {average_checkpoints(args.models, args.out)}")
+
+
+def add_info(commands: argparse._SubParsersAction) -> None:
+    info = commands.add_parser("info", help="describe a checkpoint or preset")
+    info.add_argument("model")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(run=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from herd.checkpoint import info
+
+    details = info(args.model)
+    if args.json:
+        print(json.dumps(details, indent=2, default=str))
+        return
+    width = max(len(k) for k in details)
+    for key, value in details.items():
+        print(f"{key:<{width}}  {value}")

@@ -1,0 +1,44 @@
+"""`herd serve`: the OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_serve(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="an OpenAI-compatible server with a web chat at /")
+    serve.add_argument("--model", required=True, help="a Meta, HF or herd directory, a Hub id, or a preset name")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None,
+                       help="require this bearer key (401 otherwise); `ps` shows it: prefer --api-key-file or "
+                       "$HERD_API_KEY")
+    serve.add_argument("--api-key-file", default=None, help="require the key held in this file")
+    serve.add_argument("--max-body-bytes", type=int, default=None, help="larger request bodies get 413 (default 4 MiB)")
+    serve.add_argument("--header-timeout", type=float, default=None,
+                       help="seconds a client gets to send a request's headers (default 10)")
+    serve.add_argument("--max-running", type=int, default=32, help="requests decoding together")
+    serve.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    serve.add_argument("--max-prompt-tokens", type=int, default=None, help="longer prompts get 400")
+    serve.add_argument("--quantize", choices=("int8",), default=None, help="int8 weight-only linears")
+    serve.add_argument("--guard", default=None, help="a Llama Guard model checking each user turn and reply")
+    serve.add_argument("--code-shield", action="store_true", help="refuse replies whose code Code Shield blocks")
+    serve.set_defaults(run=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from herd.serve.scheduler import EngineConfig
+    from herd.serve.server import resolve_api_key, serve
+
+    limits = {name: getattr(args, name) for name in ("max_body_bytes", "header_timeout")
+              if getattr(args, name) is not None}
+    guardrails = None
+    if args.guard or args.code_shield:
+        from herd.serve.guardrails import Guardrails
+
+        guardrails = Guardrails.load(args.guard, code_shield=args.code_shield)
+    serve(
+        args.model, args.host, args.port, resolve_api_key(args.api_key, args.api_key_file),
+        engine_config=EngineConfig(max_running=args.max_running), max_queue=args.max_queue,
+        max_prompt_tokens=args.max_prompt_tokens, quantize=args.quantize, guardrails=guardrails, **limits,
+    )
