@@ -3,13 +3,11 @@ shape parses (junk is "malformed", never safe), and a model runs as a guard end 
 
 import jinja2
 import pytest
-from test_post_data import tiny_tok_path  # noqa: F401 - the tiny tokenizer fixture
 
 from herd.errors import HerdError
 from herd.model import ModelConfig, build_model
 from herd.safety.llama_guard import LlamaGuard, conversation_of, parse_output, render_prompt, target_text
 from herd.safety.taxonomy import LLAMA_GUARD_2, Category, custom_taxonomy, taxonomy_from
-from herd.tokenizer import Tokenizer
 
 # The chat template published with meta-llama/Meta-Llama-Guard-2-8B (its tokenizer_config.json), the reference.
 PUBLISHED_TEMPLATE = (
@@ -106,8 +104,7 @@ def test_conversation_of_text_and_bad_role():
         render_prompt([{"role": "system", "content": "x"}])
 
 
-def test_an_untrained_model_is_malformed_never_safe(tiny_tok_path):  # noqa: F811
-    tok = Tokenizer(tiny_tok_path)
+def test_an_untrained_model_is_malformed_never_safe(tok):
     model = build_model(ModelConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=tok.n_words,
                                     multiple_of=32, ffn_dim_multiplier=None, max_seq_len=1024))
     model.init_weights(0)
