@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - tests take the fixtures imported from test_post_data as arguments
 """DPO beyond its loss: with LoRA the reference is the base model under the adapters (no second copy), and DPO on
 pairs a reward model ranked raises that reward model's score of the policy's sampled replies on held-out prompts."""
 
@@ -6,8 +5,8 @@ import random
 
 import pytest
 import torch
-from test_post_data import make_model, tiny_model_dir, tiny_tok_path, tok, write_jsonl  # noqa: F401
 from test_post_preferences import COLORS, preference_records, run_config
+from tiny import make_model, write_jsonl
 
 import herd
 import herd.checkpoint
