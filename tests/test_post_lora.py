@@ -1,9 +1,8 @@
-# ruff: noqa: F811 - tests take the fixtures imported from test_post_data as arguments
 """LoRA adapters (merged == unmerged, only adapters train, save/load alone) and checkpoint averaging."""
 
 import pytest
 import torch
-from test_post_data import make_model, tiny_model_dir, tiny_tok_path, tok  # noqa: F401
+from tiny import make_model
 
 import herd
 from herd.errors import HerdError
