@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - tests take the fixtures imported from test_post_data as arguments
 """Reward model and DPO: losses equal TRL's on the same batch, and tiny runs move their objectives."""
 
 from collections import defaultdict
@@ -6,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_post_data import make_model, tiny_model_dir, tiny_tok_path, tok, write_jsonl  # noqa: F401
+from tiny import make_model, write_jsonl
 
 from herd.post.batches import encode_pairs, pair_batch
 from herd.post.data import PreferencePair, read_preferences
