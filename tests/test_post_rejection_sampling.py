@@ -1,11 +1,10 @@
-# ruff: noqa: F811 - tests take the fixtures imported from test_post_data as arguments
 """Rejection sampling: K samples per prompt, the reward model's best of each kept as SFT data."""
 
 import json
 from pathlib import Path
 
 import pytest
-from test_post_data import make_model, tiny_model_dir, tiny_tok_path, tok, write_jsonl  # noqa: F401
+from tiny import make_model, write_jsonl
 
 from herd.errors import HerdError
 from herd.post.data import read_chats
