@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - tests take the fixtures imported from test_post_data as arguments
 """PPO and GRPO: GAE and the clipped losses against hand-computed values (GRPO's loss against TRL's), the KL
 penalty, rollout resume state, and tiny runs that raise the reward (GRPO) and fit the value model (PPO)."""
 
@@ -11,7 +10,7 @@ import random
 
 import pytest
 import torch
-from test_post_data import make_model, tiny_model_dir, tiny_tok_path, tok, write_jsonl  # noqa: F401
+from tiny import make_model, write_jsonl
 
 import herd
 from herd.corpus.math import add_steps, addition_question
