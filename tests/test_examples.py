@@ -1,5 +1,4 @@
-# ruff: noqa: F811 - tests take the fixtures imported from test_post_data as arguments
-"""Every config under examples/ runs through `herd` as shipped, with tiny settings on the command line: test_post_data's
+"""Every config under examples/ runs through `herd` as shipped, with tiny settings on the command line: conftest's
 tiny model and tokenizer, a step or two, outputs in tmp dirs (the configs' own paths are relative to the repo root)."""
 
 from pathlib import Path
@@ -8,7 +7,6 @@ import pytest
 
 from herd.cli import main
 from herd.train.token_shards import tokenize_corpus
-from test_post_data import tiny_model_dir, tiny_tok_path  # noqa: F401 - session fixtures, shared
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
