@@ -12,36 +12,25 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny import tiny_config
 
 import herd.checkpoint as ckpt
 from herd.checkpoint import hf_format, hub
 from herd.cli import main
 from herd.errors import HerdError
 from herd.model import ModelConfig, RopeScaling, build_model, preset
-from herd.tokenizer import Tokenizer, write_bpe_file
-
-MERGES = [b"th", b"he", b"the", b" t", b" the", b"in", b"er", b"an"]
+from herd.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Tokenizer:
-    """A 264-rank byte-level BPE (520 ids with the specials): small enough to convert quickly."""
-    ranks = {bytes([b]): b for b in range(256)} | {m: 256 + i for i, m in enumerate(MERGES)}
-    return Tokenizer(write_bpe_file(ranks, tmp_path_factory.mktemp("tok") / "tokenizer.model"))
+def tok(byte_bpe_path) -> Tokenizer:
+    """conftest's 264-rank byte-level BPE (520 ids with the specials): small enough to convert quickly."""
+    return Tokenizer(byte_bpe_path)
 
 
 def small_config(**changes) -> ModelConfig:
-    base = ModelConfig(
-        dim=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        vocab_size=520,
-        multiple_of=32,
-        ffn_dim_multiplier=None,
-        rope_scaling=RopeScaling(factor=8.0, original_max_position_embeddings=64),
-        max_seq_len=512,
-    )
+    """The tiny config with llama3 RoPE scaling and 512 positions."""
+    base = tiny_config(rope_scaling=RopeScaling(factor=8.0, original_max_position_embeddings=64), max_seq_len=512)
     return base.replace(**changes)
 
 
@@ -380,9 +369,9 @@ def test_error_unknown_format(tmp_path):
     assert_one_line(e, "not a model directory", "params.json", "consolidated", "model*.safetensors", "herd")
 
 
-def test_error_file_instead_of_directory(saved):
+def test_error_file_instead_of_directory(tiny_checkpoint):
     with pytest.raises(HerdError) as e:
-        ckpt.load(saved("herd") / "model.safetensors")
+        ckpt.load(tiny_checkpoint("herd") / "model.safetensors")
     assert_one_line(e, "is a file", "directory")
 
 
@@ -692,11 +681,11 @@ def test_hub_offline_error(offline_hub):
     assert_one_line(e, "'meta-llama/Llama-3.2-1B'", "HF_HUB_OFFLINE=1", "herd.load('/path/to/dir')")
 
 
-def test_hub_cached_snapshot_loads_offline(offline_hub, saved):
+def test_hub_cached_snapshot_loads_offline(offline_hub, tiny_checkpoint):
     """A model in the standard cache layout (refs/main -> snapshots/<commit>/) loads without network."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = offline_hub / "models--someone--tiny-llama"
-    shutil.copytree(saved("hf"), repo / "snapshots" / commit)
+    shutil.copytree(tiny_checkpoint("hf"), repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     model, _ = ckpt.load("someone/tiny-llama")
