@@ -12,15 +12,15 @@ import torch
 from gguf import GGMLQuantizationType as QType
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from safetensors.torch import load_file
-from test_checkpoint import small_config
+from test_checkpoint import random_model, small_config
 from test_checkpoint import tok as shared_tok
 
 import herd.checkpoint as ckpt
 from herd.checkpoint.gguf_format import gguf_name, vocabulary
 from herd.errors import HerdError
-from herd.model import ModelConfig, RopeScaling, build_model
+from herd.model import RopeScaling
 from herd.model.rope import rope_frequencies
-from herd.tokenizer import PAT_STR, Tokenizer, load_tokenizer
+from herd.tokenizer import PAT_STR, Tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/text/tinyshakespeare.txt"
 TRICKY_TEXTS = [
@@ -32,16 +32,6 @@ TRICKY_TEXTS = [
 ]
 
 tok = shared_tok  # the same 264-rank BPE fixture as test_checkpoint
-
-
-def random_model(config: ModelConfig, dtype: torch.dtype = torch.float32):
-    model = build_model(config, dtype=dtype)
-    model.init_weights(seed=0)
-    with torch.no_grad():  # norms away from 1 so that a lost or swapped norm shows
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.uniform_(0.5, 1.5)
-    return model
 
 
 def export(tmp_path: Path, tok: Tokenizer, model, outtype: str | None) -> gguf.GGUFReader:
@@ -208,15 +198,14 @@ def test_chat_template_renders_herds_chat_format(tmp_path, tok):
             assert rendered == tok.decode(tok.encode_dialog(messages, add_generation_prompt=prompt))
 
 
-def test_merges_of_metas_128k_vocabulary_reproduce_tiktoken():
+def test_merges_of_metas_128k_vocabulary_reproduce_tiktoken(meta_tokenizer):
     """The GGUF vocabulary of Meta's tokenizer, run by HF tokenizers' BPE as llama.cpp runs it, gives herd's ids."""
     from tokenizers import Regex, pre_tokenizers
     from tokenizers import Tokenizer as FastTokenizer
     from tokenizers.models import BPE
 
-    tokenizer = load_tokenizer()
-    tokens, types, merges = vocabulary(tokenizer, 128256)
-    n_ranks = tokenizer.n_words - 256
+    tokens, types, merges = vocabulary(meta_tokenizer, 128256)
+    n_ranks = meta_tokenizer.n_words - 256
     assert len(merges) == 280147  # as many as the merges of Meta's Llama 3 tokenizer.json
     assert merges[0] == "Ġ Ġ" and types.count(gguf.TokenType.CONTROL) == 256
     bpe = BPE(
@@ -233,7 +222,7 @@ def test_merges_of_metas_128k_vocabulary_reproduce_tiktoken():
     )
     texts = TRICKY_TEXTS + ([SHAKESPEARE.read_text()[:300_000]] if SHAKESPEARE.is_file() else [])
     for text in texts:
-        assert fast.encode(text, add_special_tokens=False).ids == tokenizer.encode(text), text[:40]
+        assert fast.encode(text, add_special_tokens=False).ids == meta_tokenizer.encode(text), text[:40]
 
 
 def test_errors(tmp_path, tok):
