@@ -83,3 +83,11 @@ def test_a_closed_pipe_ends_quietly():
     finally:
         os.close(write)
     assert result.stderr == "" and result.returncode == 1
+
+
+def test_help_and_argument_errors_import_no_torch():
+    """Each cmd_* imports what it runs, so listing the commands or misusing one answers without loading torch."""
+    probe = ("import sys\nfrom herd.cli import main\nfor argv in (['--help'], ['sft', '--help'], ['generate']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\nprint('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "False", result.stderr

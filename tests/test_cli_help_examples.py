@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from herd.cli import CONFIG_STAGES, _attribute, build_parser, main
+from herd.cli import build_parser, main
+from herd.cli.stages import STAGES
 from herd.config_overrides import load_config
 
 EXAMPLE = re.compile(r"e\.g\.\s+(.+?)(?:\)|\s\(|$)")
@@ -49,9 +50,8 @@ def help_examples() -> dict[tuple[str, str], str]:
 
 def check_overrides(command: str, overrides: list[str], tmp_path, monkeypatch) -> None:
     """Run (data run) or parse (the rest: minutes each) `herd COMMAND key=value ...` against its config."""
-    if command in CONFIG_STAGES:
-        package, config_spec, *_ = CONFIG_STAGES[command]
-        load_config(_attribute(package, config_spec), None, overrides)
+    if command in STAGES:
+        load_config(STAGES[command].load()[0], None, overrides)
     elif command == "speedrun":
         from herd.speedrun.presets import PRESETS, preset_config
 
@@ -157,3 +157,23 @@ def test_generate_and_chat_help_state_the_sampling_defaults(capsys):
             main([command, "--help"])
         text = " ".join(capsys.readouterr().out.split())
         assert "(default: 0.0, greedy decoding)" in text and "(default: 1.0, no cut)" in text
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_table_names_its_config_class_and_entry_function(name, capsys):
+    """STAGES reaches code through imports an editor can follow (no module:name strings), and --help names the
+    config class that `load` returns."""
+    config_class, run = STAGES[name].load()
+    assert config_class.__name__ == STAGES[name].config and callable(run)
+    with pytest.raises(SystemExit):
+        main([name, "--help"])
+    assert f"a YAML or JSON {config_class.__name__}" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_cli_resolves_no_code_from_strings():
+    from pathlib import Path
+
+    import herd.cli
+
+    sources = {path.name: path.read_text() for path in Path(herd.cli.__file__).parent.glob("*.py")}
+    assert sources and not [name for name, text in sources.items() if "importlib" in text]

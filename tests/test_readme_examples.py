@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from herd.cli import CONFIG_STAGES, _attribute, build_parser, main
+from herd.cli import build_parser, main
+from herd.cli.stages import STAGES
 from test_post_data import tiny_model_dir, tiny_tok_path  # noqa: F401 - session fixtures, shared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,11 +91,11 @@ PARSE = {
     "herd scaling predict --preset micro --train": "a sweep, then a run 10x its largest budget",
     "herd scaling mix --config C": "one sweep per mix",
     **{f"herd {stage} --config C [key=value ...]": "tests/test_examples.py runs examples/STAGE.yaml"
-       for stage in CONFIG_STAGES if stage != "pretrain"},
+       for stage in STAGES if stage != "pretrain"},
     "herd serve --model DIR --port 8000 [--api-key KEY]": "a server (tests/test_serve_server.py runs one)",
     "herd serve --model DIR --api-key-file FILE": "a server",
     "herd serve --model DIR --guard GUARD --code-shield": "a server",
-    **{f"herd {stage} --config examples/{stage}.yaml": "tests/test_examples.py runs it" for stage in CONFIG_STAGES},
+    **{f"herd {stage} --config examples/{stage}.yaml": "tests/test_examples.py runs it" for stage in STAGES},
 }
 
 
@@ -141,8 +142,8 @@ def check_parses(argv: list[str]) -> None:
 
     args = build_parser().parse_args(argv)
     overrides = getattr(args, "overrides", [])
-    if args.command in CONFIG_STAGES:
-        load_config(_attribute(CONFIG_STAGES[args.command][0], CONFIG_STAGES[args.command][1]), args.config, overrides)
+    if args.command in STAGES:
+        load_config(STAGES[args.command].load()[0], args.config, overrides)
     elif args.command == "scaling":
         from herd.scaling import load_scaling_config
 
@@ -168,7 +169,7 @@ def placed(command: str, places: dict[str, str], model: str) -> dict[str, str]:
     """`places` for `command`: its models, and C as its stage's example config."""
     stage = command.split()[1]
     return {**places, **dict.fromkeys(("DIR", "DIR_A", "DIR_B", "JUDGE"), model),
-            **({"C": f"examples/{stage}.yaml"} if stage in CONFIG_STAGES else {})}
+            **({"C": f"examples/{stage}.yaml"} if stage in STAGES else {})}
 
 
 @pytest.mark.parametrize("command", readme_commands())
@@ -193,7 +194,7 @@ def test_readme_command_runs(command, places, tmp, tiny_model_dir, monkeypatch, 
         argv += ["--out", str(out)]
     if argv[:2] == ["data", "run"]:  # the example writes runs/examples/clean, which the next commands read
         argv.append(f"output.dir={places['runs/examples']}/clean" if "examples/" in command else f"output.dir={out}")
-    if argv[0] in CONFIG_STAGES:  # the example config's model and out_dir are the chain's, under runs/examples
+    if argv[0] in STAGES:  # the example config's model and out_dir are the chain's, under runs/examples
         argv += [f"model={tiny_model_dir}", f"out_dir={out}"]
     code = 0
     try:

@@ -5,8 +5,6 @@ arguments next to the `cmd_*` function it runs. A `cmd_*` imports what it needs 
 and argument errors never load torch. Errors a user can cause end in one line on stderr and exit status 2.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import sys
@@ -14,12 +12,11 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from herd.cli import data, evals, models, safety, serve, stages
-from herd.cli.stages import CONFIG_STAGES, _attribute  # noqa: F401  (tests parse stage overrides through them)
 from herd.errors import HerdError
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     stages.add_speedrun, models.add_generate, models.add_chat, models.add_convert, data.add_tokenizer,
-    data.add_tokenize, data.add_data, stages.add_scaling, stages.add_config_stages, models.add_average,
+    data.add_tokenize, data.add_data, stages.add_scaling, stages.add_stages, models.add_average,
     evals.add_eval, evals.add_eval_pairwise, serve.add_serve, safety.add_guard, safety.add_codeshield,
     safety.add_cyberseceval, models.add_info,
 )

@@ -1,7 +1,5 @@
 """`herd tokenizer train | tokenize | data run | data quality-train | data mix`: the pretraining data."""
 
-from __future__ import annotations
-
 import argparse
 
 

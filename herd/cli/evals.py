@@ -1,7 +1,5 @@
 """`herd eval | eval-pairwise`: scoring models on benchmarks and against each other."""
 
-from __future__ import annotations
-
 import argparse
 import json
 

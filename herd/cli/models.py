@@ -1,7 +1,5 @@
 """`herd generate | chat | convert | average | info`: commands on one model or checkpoint."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import sys

@@ -1,10 +1,9 @@
 """`herd speedrun | scaling | pretrain | sft | rm | rejection-sample | dpo | ppo | grpo`: training stages and the
 recipes built on them."""
 
-from __future__ import annotations
-
 import argparse
 import os
+from collections import namedtuple
 
 
 def add_speedrun(commands: argparse._SubParsersAction) -> None:
@@ -55,52 +54,90 @@ def cmd_scaling(args: argparse.Namespace) -> None:
         scaling.mix(config, args.budget)
 
 
-# Stages run as `herd STAGE --config C key=value ...`: (module, config class, stage function, help, example
-# overrides shown in the help; tests/test_cli_help_examples.py parses them against the config class).
-CONFIG_STAGES = {
-    "pretrain": ("herd.train", "config:PretrainConfig", "pretrain:pretrain", "pretrain on token shards (torchrun too)",
-                 "data.sources.web=shards/web steps=200 optim.lr=1e-3"),
-    "sft": ("herd.post", "sft:SFTConfig", "sft:sft", "supervised fine-tuning on chat data (assistant tokens)",
-            "data=chat.jsonl steps=200 optim.lr=2e-5"),
-    "rm": ("herd.post", "reward_model:RewardConfig", "reward_model:train_reward_model", "train a reward model",
-           "data=prefs.jsonl steps=200 optim.lr=1e-5"),
-    "rejection-sample": (
-        "herd.post", "rejection_sampling:RejectionSamplingConfig", "rejection_sampling:rejection_sample",
-        "sample K replies per prompt, keep the best by reward as SFT data",
+Stage = namedtuple("Stage", "help config example load")
+"""A stage run as `herd NAME --config C key=value ...`: its help, its config class's name (for --help without
+importing it; a test checks it), the overrides its help shows as an example (tests parse them), and `load`, which
+imports its config class and entry function (torch-heavy, so only when it runs) and returns them."""
+
+
+def _pretrain():
+    from herd.train.config import PretrainConfig
+    from herd.train.pretrain import pretrain
+
+    return PretrainConfig, pretrain
+
+
+def _sft():
+    from herd.post.sft import SFTConfig, sft
+
+    return SFTConfig, sft
+
+
+def _rm():
+    from herd.post.reward_model import RewardConfig, train_reward_model
+
+    return RewardConfig, train_reward_model
+
+
+def _rejection_sample():
+    from herd.post.rejection_sampling import RejectionSamplingConfig, rejection_sample
+
+    return RejectionSamplingConfig, rejection_sample
+
+
+def _dpo():
+    from herd.post.dpo import DPOConfig, dpo
+
+    return DPOConfig, dpo
+
+
+def _ppo():
+    from herd.post.ppo import PPOConfig, ppo
+
+    return PPOConfig, ppo
+
+
+def _grpo():
+    from herd.post.grpo import GRPOConfig, grpo
+
+    return GRPOConfig, grpo
+
+
+STAGES = {
+    "pretrain": Stage("pretrain on token shards (torchrun too)", "PretrainConfig",
+                      "data.sources.web=shards/web steps=200 optim.lr=1e-3", _pretrain),
+    "sft": Stage("supervised fine-tuning on chat data (assistant tokens)", "SFTConfig",
+                 "data=chat.jsonl steps=200 optim.lr=2e-5", _sft),
+    "rm": Stage("train a reward model", "RewardConfig", "data=prefs.jsonl steps=200 optim.lr=1e-5", _rm),
+    "rejection-sample": Stage(
+        "sample K replies per prompt, keep the best by reward as SFT data", "RejectionSamplingConfig",
         "policy=runs/sft/model reward_model=runs/rm/model prompts=prompts.jsonl samples_per_prompt=8",
+        _rejection_sample,
     ),
-    "dpo": ("herd.post", "dpo:DPOConfig", "dpo:dpo", "direct preference optimisation (Meta's variant)",
-            "data=prefs.jsonl beta=0.1 steps=200"),
-    "ppo": ("herd.post", "ppo:PPOConfig", "ppo:ppo", "PPO: policy + value on a reward model or a verifiable reward",
-            "reward=arithmetic kl_coef=0.05"),
-    "grpo": ("herd.post", "grpo:GRPOConfig", "grpo:grpo", "group-baseline RL on verifiable rewards (e.g. arithmetic)",
-             "reward=arithmetic group_size=8"),
+    "dpo": Stage("direct preference optimisation (Meta's variant)", "DPOConfig",
+                 "data=prefs.jsonl beta=0.1 steps=200", _dpo),
+    "ppo": Stage("PPO: policy + value on a reward model or a verifiable reward", "PPOConfig",
+                 "reward=arithmetic kl_coef=0.05", _ppo),
+    "grpo": Stage("group-baseline RL on verifiable rewards (e.g. arithmetic)", "GRPOConfig",
+                  "reward=arithmetic group_size=8", _grpo),
 }
 
 
-def _attribute(package: str, spec: str):
-    import importlib
-
-    module, name = spec.split(":")
-    return getattr(importlib.import_module(f"{package}.{module}"), name)
-
-
-def add_config_stages(commands: argparse._SubParsersAction) -> None:
-    for name, (_, config_spec, _, help_text, example) in CONFIG_STAGES.items():
-        stage = commands.add_parser(name, help=help_text)
-        stage.add_argument("--config", default=None, help=f"a YAML or JSON {config_spec.split(':')[1]}")
-        stage.add_argument("overrides", nargs="*", metavar="key=value", help=f"e.g. {example}")
-        stage.set_defaults(run=cmd_config_stage)
+def add_stages(commands: argparse._SubParsersAction) -> None:
+    for name, stage in STAGES.items():
+        parser = commands.add_parser(name, help=stage.help)
+        parser.add_argument("--config", default=None, help=f"a YAML or JSON {stage.config}")
+        parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"e.g. {stage.example}")
+        parser.set_defaults(run=cmd_stage)
 
 
-def cmd_config_stage(args: argparse.Namespace) -> None:
+def cmd_stage(args: argparse.Namespace) -> None:
     import dataclasses
 
     from herd.config_overrides import load_config
 
-    package, config_spec, run_spec, *_ = CONFIG_STAGES[args.command]
-    config = load_config(_attribute(package, config_spec), args.config, args.overrides)
-    result = _attribute(package, run_spec)(config)
+    config_class, run = STAGES[args.command].load()
+    result = run(load_config(config_class, args.config, args.overrides))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
     fields = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
