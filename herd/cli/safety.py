@@ -12,19 +12,37 @@ from herd.errors import HerdError
 
 def add_guard(commands: argparse._SubParsersAction) -> None:
     guard = commands.add_parser("guard", help="moderate a text or conversation with a Llama Guard 2 model")
-    guard.add_argument("--model", required=True, help="a Llama Guard 2 checkpoint or a guard herd trained")
-    source = guard.add_mutually_exclusive_group(required=True)
+    guard.add_argument("--model", help="a Llama Guard 2 checkpoint or a guard herd trained")
+    source = guard.add_mutually_exclusive_group()
     source.add_argument("--text", help="one message to judge")
     source.add_argument("--conversation", help="a JSON file: [{role, content}, ...]")
     guard.add_argument("--role", choices=("User", "Agent"), default="User", help="whose last message is judged")
     guard.add_argument("--categories", default=None, help='e.g. S1,S9,"Gambling: betting" (default: S1-S11)')
     guard.add_argument("--threshold", type=float, default=0.5, help="unsafe when P(unsafe) >= this")
     guard.set_defaults(run=cmd_guard)
+    actions = guard.add_subparsers(dest="guard_command", metavar="{train,eval}")
+    train = actions.add_parser("train", help="fine-tune a checkpoint into a Llama Guard 2-format guard by SFT")
+    train.add_argument("--base", required=True, help="the starting model: anything herd.load reads")
+    train.add_argument("--data", default=None, help="a JSONL of labelled messages added to herd's generated set: "
+                                                    '{"text", "category" (name, S-code or null), "role", "context"}')
+    train.add_argument("--out", required=True, help="run directory; the guard lands in OUT/model")
+    train.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="GuardTrainConfig fields: sft.steps=200 sft.lora.rank=8 examples=2000 ...")
+    train.set_defaults(run=cmd_guard_train)
+    score = actions.add_parser("eval", help="score a guard: F1, precision, recall, FPR, AUPRC vs base rate")
+    score.add_argument("--model", dest="guard_model", required=True, help="the guard to score")
+    score.add_argument("--data", default=None, help="a labelled JSONL (default: herd's held-out moderation set)")
+    score.add_argument("--categories", dest="eval_categories", default=None,
+                       help="the taxonomy for --data, written as guard's --categories (default: S1-S11)")
+    score.add_argument("--held-out", type=int, default=200, help="held-out examples generated when no --data")
+    score.set_defaults(run=cmd_guard_eval)
 
 
 def cmd_guard(args: argparse.Namespace) -> None:
     from herd.safety.llama_guard import guard
 
+    if not args.model or not (args.text or args.conversation):
+        raise HerdError("herd guard needs --model and --text or --conversation (or: herd guard train | eval)")
     if args.conversation:
         try:
             conversation = json.loads(Path(args.conversation).read_text())
@@ -35,6 +53,27 @@ def cmd_guard(args: argparse.Namespace) -> None:
     categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
     verdict = guard(args.model, conversation, role=args.role, categories=categories, threshold=args.threshold)
     print(json.dumps(verdict, indent=2, default=str))
+
+
+def cmd_guard_train(args: argparse.Namespace) -> None:
+    from herd.config_overrides import load_config
+    from herd.safety.guard_train import GuardTrainConfig, summary, train_guard_from_base
+
+    settings = [f"base={args.base}", f"out_dir={args.out}"] + ([f"data={args.data}"] if args.data else [])
+    result = train_guard_from_base(load_config(GuardTrainConfig, None, [*args.overrides, *settings]))
+    print("\n".join([f"guard: {result['guard']}", *summary(result.get("held_out", {}))]))
+
+
+def cmd_guard_eval(args: argparse.Namespace) -> None:
+    from herd.safety.guard_train import score_guard, summary
+    from herd.safety.taxonomy import taxonomy_from
+
+    if args.held_out < 1:
+        raise HerdError(f"--held-out must be at least 1, got {args.held_out}")
+    categories = [c.strip() for c in args.eval_categories.split(",")] if args.eval_categories else None
+    scores = score_guard(args.guard_model, args.data, args.held_out, taxonomy=taxonomy_from(categories))
+    print("\n".join(summary(scores)))
+    print(json.dumps(scores, indent=1))
 
 
 def add_codeshield(commands: argparse._SubParsersAction) -> None:
