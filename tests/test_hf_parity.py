@@ -13,10 +13,9 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 import herd.checkpoint as ckpt
 from herd.checkpoint import hf_tokenizer
 from herd.model import ModelConfig, RopeScaling, build_model
-from herd.tokenizer import Tokenizer, default_tokenizer_path, read_bpe_file, write_bpe_file
+from herd.tokenizer import Tokenizer, default_tokenizer_path, read_bpe_file
 
 TOLERANCE = 1e-4
-MERGES = [b"th", b"he", b"the", b" t", b" the", b"in", b"er", b"an"]
 BASE = {
     "hidden_size": 64,
     "intermediate_size": 176,
@@ -46,12 +45,6 @@ CONFIGS = {
     "ffn-below-8d/3": {"intermediate_size": 97},
     "ffn-odd-mqa": {"intermediate_size": 203, "num_attention_heads": 8, "num_key_value_heads": 1},
 }
-
-
-@pytest.fixture(scope="module")
-def tok_file(tmp_path_factory):
-    ranks = {bytes([b]): b for b in range(256)} | {m: 256 + i for i, m in enumerate(MERGES)}
-    return write_bpe_file(ranks, tmp_path_factory.mktemp("tok") / "tokenizer.model")
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +81,14 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["single-file", "sharded"])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_logits_match_hf_through_hf_dirs(tmp_path, tok_file, tokens, name, sharded):
+def test_logits_match_hf_through_hf_dirs(tmp_path, byte_bpe_path, tokens, name, sharded):
     """HF save_pretrained -> herd.load, then herd.save(format="hf") -> LlamaForCausalLM.from_pretrained."""
     reference = hf_model(CONFIGS[name])
     expected = hf_logits(reference, tokens)
     hf_dir = tmp_path / "hf"
     reference.save_pretrained(hf_dir, max_shard_size="40KB" if sharded else "5GB")
     assert (hf_dir / "model.safetensors.index.json").is_file() == sharded
-    shutil.copy(tok_file, hf_dir / "tokenizer.model")
+    shutil.copy(byte_bpe_path, hf_dir / "tokenizer.model")
 
     model, tok = ckpt.load(hf_dir)
     assert max_diff(herd_logits(model, tokens), expected) <= TOLERANCE
@@ -174,15 +167,15 @@ def write_meta_dir(reference: LlamaForCausalLM, directory, tok_file) -> None:
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_logits_match_hf_through_meta_dir(tmp_path, tok_file, tokens, name):
+def test_logits_match_hf_through_meta_dir(tmp_path, byte_bpe_path, tokens, name):
     reference = hf_model(CONFIGS[name])
-    write_meta_dir(reference, tmp_path / "meta", tok_file)
+    write_meta_dir(reference, tmp_path / "meta", byte_bpe_path)
     model, _ = ckpt.load(tmp_path / "meta")
     assert ckpt.detect_format(tmp_path / "meta") == "meta"
     assert max_diff(herd_logits(model, tokens), hf_logits(reference, tokens)) <= TOLERANCE
 
 
-def test_herd_model_saved_as_hf_matches_transformers(tmp_path, tok_file, tokens):
+def test_herd_model_saved_as_hf_matches_transformers(tmp_path, byte_bpe_path, tokens):
     """A herd-native model (herd's init, tied head, 3.2 RoPE) through save(format="hf") and from_pretrained."""
     config = ModelConfig(
         dim=96,
@@ -198,14 +191,14 @@ def test_herd_model_saved_as_hf_matches_transformers(tmp_path, tok_file, tokens)
     )
     model = build_model(config)
     model.init_weights(seed=3)
-    ckpt.save(model, Tokenizer(tok_file), tmp_path, format="hf")
+    ckpt.save(model, Tokenizer(byte_bpe_path), tmp_path, format="hf")
     reference = LlamaForCausalLM.from_pretrained(tmp_path).eval()
     assert reference.config.intermediate_size == config.ffn_hidden_dim
     assert max_diff(hf_logits(reference, tokens), herd_logits(model, tokens)) <= TOLERANCE
 
 
-def test_saved_hf_tokenizer_loads_in_transformers(tmp_path, tok_file):
-    tok = Tokenizer(tok_file)
+def test_saved_hf_tokenizer_loads_in_transformers(tmp_path, byte_bpe_path):
+    tok = Tokenizer(byte_bpe_path)
     ckpt.save(
         build_model(ModelConfig(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=tok.n_words, multiple_of=16)),
         tok,
@@ -220,10 +213,10 @@ def test_saved_hf_tokenizer_loads_in_transformers(tmp_path, tok_file):
 
 
 @pytest.fixture(scope="module")
-def meta_hf_tokenizer_dir(tmp_path_factory):
+def meta_hf_tokenizer_dir(tmp_path_factory, meta_tokenizer):
     """HF tokenizer files for Meta's 128K tokenizer, with the tiktoken copy removed."""
     directory = tmp_path_factory.mktemp("hf-tok")
-    hf_tokenizer.write_tokenizer(Tokenizer(default_tokenizer_path()), directory, max_seq_len=8192)
+    hf_tokenizer.write_tokenizer(meta_tokenizer, directory, max_seq_len=8192)
     shutil.rmtree(directory / "original")
     return directory
 
@@ -236,21 +229,19 @@ SAMPLES = [
 ]
 
 
-def test_tokenizer_json_rebuilds_meta_ranks(meta_hf_tokenizer_dir, tmp_path):
-    meta = Tokenizer(default_tokenizer_path())
+def test_tokenizer_json_rebuilds_meta_ranks(meta_hf_tokenizer_dir, tmp_path, meta_tokenizer):
     files = sorted(p.name for p in meta_hf_tokenizer_dir.iterdir())
     rebuilt = hf_tokenizer.read_tokenizer(meta_hf_tokenizer_dir)
     assert sorted(p.name for p in meta_hf_tokenizer_dir.iterdir()) == files  # nothing written
     assert rebuilt.path == meta_hf_tokenizer_dir / "tokenizer.json"
     assert read_bpe_file(rebuilt.save(tmp_path / "rebuilt.model")) == read_bpe_file(default_tokenizer_path())
-    assert rebuilt.n_words == meta.n_words == 128256
+    assert rebuilt.n_words == meta_tokenizer.n_words == 128256
     for text in SAMPLES:
-        assert rebuilt.encode(text, bos=True) == meta.encode(text, bos=True)
+        assert rebuilt.encode(text, bos=True) == meta_tokenizer.encode(text, bos=True)
 
 
-def test_tokenizer_json_gives_meta_ids_in_transformers(meta_hf_tokenizer_dir):
-    meta = Tokenizer(default_tokenizer_path())
+def test_tokenizer_json_gives_meta_ids_in_transformers(meta_hf_tokenizer_dir, meta_tokenizer):
     hf_tok = AutoTokenizer.from_pretrained(meta_hf_tokenizer_dir)
     for text in SAMPLES:
-        assert hf_tok(text)["input_ids"] == meta.encode(text, bos=True)
-    assert hf_tok.convert_tokens_to_ids("<|eot_id|>") == meta.eot_id
+        assert hf_tok(text)["input_ids"] == meta_tokenizer.encode(text, bos=True)
+    assert hf_tok.convert_tokens_to_ids("<|eot_id|>") == meta_tokenizer.eot_id
