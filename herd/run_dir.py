@@ -1,8 +1,9 @@
 """Run directories: files that appear whole or not at all, and the manifest that says a stage finished.
 
 Every file goes to a temporary name beside its target, is synced and then renamed over it, so a crash mid-write
-leaves the old file (or none) and no litter, never a truncated one a rerun would trust. A stage writes its
-manifest last; `read_manifest` reads it back to decide skip (same config) or redo. Standard library only.
+leaves the old file (or none) and no litter, never a truncated one a rerun would trust (and a reader that
+memory-mapped the old file keeps it). A stage writes its manifest last; `read_manifest` reads it back to decide
+skip (same config) or redo. Standard library only.
 """
 
 from __future__ import annotations
@@ -16,19 +17,34 @@ from pathlib import Path
 from typing import IO, Any
 
 
+class AtomicFile:
+    """A temporary path `tmp` beside `path` to write: `commit()` syncs it and moves it over `path`, `discard()`
+    removes it (for writers whose file outlives one `with` block; `atomic_path` is the block form)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+
+    def commit(self) -> Path:
+        fsync(self.tmp)
+        os.replace(self.tmp, self.path)
+        fsync(self.path.parent)
+        return self.path
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write; once the block succeeds it replaces `path`, else it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    file = AtomicFile(path)
     try:
-        yield tmp
-        fsync(tmp)
-        os.replace(tmp, path)
-        fsync(path.parent)
+        yield file.tmp
+        file.commit()
     finally:
-        tmp.unlink(missing_ok=True)
+        file.discard()
 
 
 @contextmanager

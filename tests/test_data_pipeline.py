@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from test_run_dir import crash_mid_write
 
 from herd.data import Document, DocumentStage, InputConfig, OutputConfig, PipelineConfig, read_documents, run_pipeline
 from herd.data.readers import InputPart, input_files, input_parts, read_file
@@ -183,6 +184,17 @@ def test_config_errors_are_one_line(tmp_path):
     run_pipeline(config(root, tmp_path / "o4"))
     with pytest.raises(HerdError, match="different pipeline"):
         run_pipeline(config(root, tmp_path / "o4", stages=["normalize"]))
+
+
+def test_crash_while_writing_the_fingerprint_does_not_block_the_rerun(tmp_path, monkeypatch):
+    """A crash half-way through pipeline.sha256 must not leave a fingerprint the rerun takes for another pipeline's."""
+    root, out = corpus(tmp_path), tmp_path / "out"
+    crash_mid_write(monkeypatch, out / "_run" / "pipeline.sha256")
+    with pytest.raises(OSError, match="simulated crash"):
+        run_pipeline(config(root, out))
+    monkeypatch.undo()
+    run_pipeline(config(root, out))
+    assert len(list(out.glob("shard-*.jsonl"))) == 4
 
 
 @dataclass

@@ -3,8 +3,10 @@
 
 import json
 
+import pytest
 import torch
 from test_post_data import QA, chat_records, make_model, tiny_model_dir, tiny_tok_path, tok, write_jsonl  # noqa: F401
+from test_run_dir import crash_mid_write
 
 import herd
 from herd.generation import generate_tokens
@@ -80,3 +82,14 @@ def test_sft_resumes_to_the_same_weights(tmp_path, tiny_model_dir):
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
     assert sft(again).run_dir == resumed.run_dir  # a finished run with the same config is skipped
+
+
+def test_crash_while_writing_the_manifest_leaves_a_run_that_finishes(tmp_path, tiny_model_dir, monkeypatch):
+    """A crash half-way through the manifest must not leave a file the rerun chokes on or trusts: it finishes."""
+    config = sft_config(tmp_path, tiny_model_dir, steps=2, val_data=None)
+    crash_mid_write(monkeypatch, config.run_dir / "manifest.json")
+    with pytest.raises(OSError, match="simulated crash"):
+        sft(config)
+    monkeypatch.undo()
+    result = sft(config)
+    assert result.steps == 2 and json.loads((result.run_dir / "manifest.json").read_text())["complete"]

@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+import builtins
+import io
 import json
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 
 from herd import run_dir
-from herd.run_dir import atomic_open, atomic_path, read_manifest, write_json, write_manifest, write_text
+from herd.run_dir import AtomicFile, atomic_open, atomic_path, read_manifest, write_json, write_manifest, write_text
+
+
+def crash_mid_write(monkeypatch, path: Path) -> None:
+    """From now on, writing `path` (or a temporary file beside it named after it) stops half-way with an OSError,
+    as a crash would."""
+    real_open = io.open
+
+    def aimed_at(file) -> bool:
+        file = Path(file) if isinstance(file, str | os.PathLike) else None
+        return file is not None and file.parent == path.parent and path.name in file.name
+
+    def open_that_crashes(file, mode="r", *args, **kwargs):
+        opened = real_open(file, mode, *args, **kwargs)
+        if aimed_at(file) and set(mode) & set("wax"):
+            write = opened.write
+
+            def half_then_crash(data):
+                write(data[: len(data) // 2])
+                opened.flush()
+                raise OSError(f"simulated crash while writing {file}")
+
+            opened.write = half_then_crash
+        return opened
+
+    monkeypatch.setattr(io, "open", open_that_crashes)
+    monkeypatch.setattr(builtins, "open", open_that_crashes)
 
 
 def _files(directory):
@@ -26,12 +56,12 @@ def test_write_text_replaces_whole_file(tmp_path):
 def test_write_failing_half_way_keeps_old_file_and_no_tmp(tmp_path, monkeypatch):
     path = tmp_path / "m.json"
     write_json(path, {"v": 1})
-
-    with pytest.raises(OSError, match="disk full"):
-        with atomic_open(path, "w") as f:
-            f.write('{"v": ')
-            f.flush()
-            raise OSError("disk full")
+    crash_mid_write(monkeypatch, path)
+    with pytest.raises(OSError, match="simulated crash"):
+        write_json(path, {"v": 2, "padding": "x" * 100})
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert _files(tmp_path) == ["m.json"]
+    monkeypatch.undo()
     monkeypatch.setattr(run_dir.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("crash before rename")))
     with pytest.raises(OSError, match="crash before rename"):
         write_json(path, {"v": 2})
@@ -59,6 +89,16 @@ def test_atomic_path_for_libraries_that_write_a_path(tmp_path):
         tmp.write_bytes(b"\x00\x01")
     assert path.read_bytes() == b"\x00\x01"
     assert _files(tmp_path) == ["w.bin"]
+
+
+def test_atomic_file_commits_or_discards(tmp_path):
+    kept, dropped = AtomicFile(tmp_path / "kept"), AtomicFile(tmp_path / "dropped")
+    kept.tmp.write_text("k")
+    dropped.tmp.write_text("d")
+    assert _files(tmp_path) == sorted([dropped.tmp.name, kept.tmp.name])  # nothing under the final names yet
+    assert kept.commit() == tmp_path / "kept"
+    dropped.discard()
+    assert _files(tmp_path) == ["kept"] and (tmp_path / "kept").read_text() == "k"
 
 
 def test_atomic_open_refuses_append(tmp_path):

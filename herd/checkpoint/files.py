@@ -1,36 +1,16 @@
-"""File helpers the checkpoint formats share: atomic replacement, JSON files, one-line error text.
+"""File helpers the checkpoint formats share: reading JSON files, one-line error text.
 
-Files are replaced, never overwritten, so a model memory-mapped from the old file keeps working.
+Writes go through `herd.run_dir` (files are replaced, never overwritten, so a model memory-mapped from the old
+file keeps working).
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from herd.errors import HerdError
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -18,10 +18,10 @@ import torch
 from gguf import MODEL_TENSOR
 from gguf import GGMLQuantizationType as QType
 
-from herd.checkpoint.files import atomic_path
 from herd.errors import HerdError
 from herd.model import ModelConfig, Transformer
 from herd.model.rope import rope_frequencies
+from herd.run_dir import atomic_path
 from herd.tokenizer import Tokenizer
 
 OUTTYPES: dict[str, QType] = {"f32": QType.F32, "f16": QType.F16, "bf16": QType.BF16, "q8_0": QType.Q8_0}

@@ -9,11 +9,12 @@ from typing import Any
 import torch
 
 from herd.checkpoint import safetensors_io
-from herd.checkpoint.files import atomic_path, read_json, write_json
+from herd.checkpoint.files import read_json
 from herd.checkpoint.safetensors_io import read_tensors, write_tensors
 from herd.checkpoint.state import unique_weights
 from herd.errors import HerdError
 from herd.model import ModelConfig, Transformer
+from herd.run_dir import atomic_path, write_json
 from herd.tokenizer import Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"

@@ -12,12 +12,13 @@ from typing import Any
 import torch
 
 from herd.checkpoint import hf_tokenizer, safetensors_io
-from herd.checkpoint.files import read_json, write_json
+from herd.checkpoint.files import read_json
 from herd.checkpoint.safetensors_io import read_tensors, write_tensors
 from herd.checkpoint.state import check_state, unique_weights
 from herd.errors import HerdError
 from herd.model import ModelConfig, RopeScaling, Transformer
 from herd.model.config import check_type
+from herd.run_dir import write_json
 from herd.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"

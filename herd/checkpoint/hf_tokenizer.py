@@ -11,8 +11,9 @@ from pathlib import Path
 
 import tiktoken
 
-from herd.checkpoint.files import atomic_path, read_json, write_json
+from herd.checkpoint.files import read_json
 from herd.errors import HerdError
+from herd.run_dir import atomic_path, write_json
 from herd.tokenizer import PAT_STR, TOKENIZER_FILE_NAMES, Tokenizer, load_tokenizer, read_bpe_file, write_bpe_file
 
 TOKENIZER_JSON = "tokenizer.json"

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from herd.checkpoint.files import atomic_path, one_line, write_json
+from herd.checkpoint.files import one_line
 from herd.errors import HerdError
 from herd.model import ModelConfig, Transformer
+from herd.run_dir import atomic_path, write_json
 from herd.tokenizer import Tokenizer, load_tokenizer
 
 PARAMS_FILE = "params.json"

@@ -15,8 +15,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from herd.checkpoint.files import atomic_path, one_line, read_json, write_json
+from herd.checkpoint.files import one_line, read_json
 from herd.errors import HerdError
+from herd.run_dir import atomic_path, write_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

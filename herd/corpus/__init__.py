@@ -43,6 +43,7 @@ from herd.corpus.multilingual import TEMPLATES, multilingual_document
 from herd.corpus.names import make_world
 from herd.corpus.noise import plant_noise
 from herd.errors import HerdError
+from herd.run_dir import atomic_open, write_json
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def generate_corpus(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> d
         "bytes": {name: (out / name).stat().st_size for name in files},
         "domains": _count(web + math + multi + code, "domain"), "planted": _count(web + math + multi + code, "planted"),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    write_json(out / "manifest.json", manifest, indent=1)
     return manifest
 
 
@@ -155,12 +156,9 @@ def _count(records: list[dict], key: str) -> dict[str, int]:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         for i, row in enumerate(rows):
             f.write(json.dumps({"id": f"{path.stem}-{i}", **row} if "text" in row else row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 __all__ = ["SIZES", "generate_corpus"]

@@ -13,6 +13,8 @@ import json
 import sysconfig
 from pathlib import Path
 
+from herd.run_dir import atomic_open
+
 VAL_SHARE = 50
 """One file in this many (chosen by a hash of its path, so the split never changes) is held out for validation."""
 
@@ -30,9 +32,8 @@ def stdlib_files() -> list[Path]:
 def write_stdlib_corpus(out_dir: str | Path) -> dict[str, int]:
     """`out_dir/train.jsonl` and `out_dir/val.jsonl`, one {"text"} record per readable file; returns the counts."""
     out, root = Path(out_dir), stdlib_root()
-    out.mkdir(parents=True, exist_ok=True)
     counts = {"train": 0, "val": 0}
-    with (out / "train.jsonl").open("w", encoding="utf-8") as train, (out / "val.jsonl").open("w", encoding="utf-8") as val:
+    with atomic_open(out / "train.jsonl") as train, atomic_open(out / "val.jsonl") as val:
         for path in stdlib_files():
             try:
                 text = path.read_text(encoding="utf-8")

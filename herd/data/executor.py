@@ -26,6 +26,7 @@ from herd.data.stats import StageStats, merge_stats, render_report
 from herd.data.tokens import cached_tokenizer
 from herd.data.writers import OutputFormat, ShardWriter, suffix
 from herd.errors import HerdError
+from herd.run_dir import atomic_open, write_bytes, write_json, write_text
 
 RUN_DIR = "_run"  # bookkeeping under the output directory; readers skip `_` folders
 INTERMEDIATE_FORMAT: OutputFormat = "jsonl.zst"
@@ -118,7 +119,7 @@ def _run_tasks(spec: RunSpec, pending: list[tuple[int, int]], task_map: TaskMap 
     failures = [r for r in tqdm(results, total=len(pending), desc=desc, disable=None) if r]
     if failures:
         log = spec.run_dir / "failures.log"
-        log.write_text("\n\n".join(failures))
+        write_text(log, "\n\n".join(failures))
         last_line = failures[0].strip().splitlines()[-1]
         raise HerdError(
             f"{len(failures)} of {len(pending)} shard tasks failed ({last_line}); finished shards are kept, "
@@ -187,11 +188,11 @@ def _run_segment_shard(spec: RunSpec, k: int, shard: int, writers: list[ShardWri
         assert isinstance(next_stage, GlobalStage)
         next_stage.setup()
         out = _open(writers, spec.run_dir / f"seg{k}" / f"{name}{suffix(INTERMEDIATE_FORMAT)}", INTERMEDIATE_FORMAT)
-        _atomic_write(_index_path(spec, k, shard), pickle.dumps(next_stage.index(_written(docs, out))))
+        write_bytes(_index_path(spec, k, shard), pickle.dumps(next_stage.index(_written(docs, out))))
     for writer in writers:
         writer.close()
-    _atomic_write(_stats_path(spec, k, shard), json.dumps([s.to_dict() for s in all_stats]).encode())
-    _atomic_write(_marker(spec, k, shard), b"done\n")
+    write_bytes(_stats_path(spec, k, shard), json.dumps([s.to_dict() for s in all_stats]).encode())
+    write_bytes(_marker(spec, k, shard), b"done\n")
 
 
 def _written(docs: Iterator[Document], out: ShardWriter) -> Iterator[Document]:
@@ -264,12 +265,12 @@ def _decide(spec: RunSpec, k: int, stage_index: int) -> None:
     indexes = [_load_pickle(_index_path(spec, k - 1, i)) for i in range(len(spec.shards))]
     decision = stage.decide(indexes)
     assert len(decision) == len(spec.shards), f"{spec.labels[stage_index]} decided for the wrong number of shards"
-    _atomic_write(path, pickle.dumps(decision))
+    write_bytes(path, pickle.dumps(decision))
 
 
 def _finish(spec: RunSpec, stats: list[StageStats], n_segments: int) -> None:
     errors = sorted((spec.run_dir / "errors").glob("shard-*.jsonl"))
-    with open(spec.run_dir / "errors.jsonl", "wb") as merged:
+    with atomic_open(spec.run_dir / "errors.jsonl", "wb") as merged:
         merged.writelines(path.read_bytes() for path in errors)
     summary = {
         "shards": len(spec.shards),
@@ -278,8 +279,8 @@ def _finish(spec: RunSpec, stats: list[StageStats], n_segments: int) -> None:
         "stages": [s.to_dict() for s in stats],
         "errors_file": str(spec.run_dir / "errors.jsonl"),
     }
-    (spec.out_dir / "stats.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (spec.out_dir / "report.md").write_text(render_report(stats))
+    write_json(spec.out_dir / "stats.json", summary)
+    write_text(spec.out_dir / "report.md", render_report(stats))
     for k in range(n_segments - 1):  # intermediate documents are no longer needed once every shard is done
         for path in (spec.run_dir / f"seg{k}").glob(f"*{suffix(INTERMEDIATE_FORMAT)}"):
             path.unlink()
@@ -302,20 +303,13 @@ def _check_same_pipeline(spec: RunSpec) -> None:
         raise HerdError(
             f"{spec.out_dir} holds the outputs of a different pipeline or input; choose a new output.dir or delete it"
         )
-    path.write_text(fingerprint + "\n")
+    write_text(path, fingerprint + "\n")
 
 
 def _open(writers: list[ShardWriter], path: Path, format: OutputFormat) -> ShardWriter:
     writer = ShardWriter(path, format)
     writers.append(writer)
     return writer
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def _load_pickle(path: Path) -> Any:

@@ -18,6 +18,7 @@ from herd.data.readers import InputConfig, good_documents
 from herd.data.tokens import cached_tokenizer
 from herd.data.writers import OutputFormat, ShardWriter, suffix
 from herd.errors import HerdError
+from herd.run_dir import write_json, write_text
 
 
 @dataclass
@@ -109,8 +110,8 @@ def run_mix(config: str | Path | MixConfig) -> dict:
         s["realised_share"] = round(s["realised_tokens"] / max(realised_total, 1), 4)
     report["realised_tokens"] = realised_total
     report["config"] = asdict(config)
-    (out / "mix.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "mix.md").write_text(render_mix_report(report))
+    write_json(out / "mix.json", report)
+    write_text(out / "mix.md", render_mix_report(report))
     return report
 
 

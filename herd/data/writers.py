@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Self
 
 from herd.data.document import Document
+from herd.run_dir import AtomicFile
 
 OutputFormat = Literal["jsonl", "jsonl.gz", "jsonl.zst", "parquet"]
 ZSTD_LEVEL = 3
@@ -23,13 +23,12 @@ class ShardWriter:
     def __init__(self, path: Path, format: OutputFormat = "jsonl.zst") -> None:
         self.path = Path(path)
         self.format = format
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._file = AtomicFile(self.path)
         self._rows: list[dict[str, Any]] = []
         self._raw: BinaryIO | None = None
         self._stream: BinaryIO | None = None
         if format != "parquet":
-            self._raw = open(self._tmp, "wb")  # noqa: SIM115 -- closed by close() or abort()
+            self._raw = open(self._file.tmp, "wb")  # noqa: SIM115 -- closed by close() or abort()
             self._stream = _compressed(self._raw, format)
 
     def write(self, record: dict[str, Any]) -> None:
@@ -49,20 +48,19 @@ class ShardWriter:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(self._rows), self._tmp)
+            pq.write_table(pa.Table.from_pylist(self._rows), self._file.tmp)
         else:
             self._stream.close()
             if self._raw is not self._stream:
                 self._raw.close()
-        os.replace(self._tmp, self.path)
-        return self.path
+        return self._file.commit()
 
     def abort(self) -> None:
         """Drop the partial file."""
         for stream in (self._stream, self._raw):
             if stream is not None and not stream.closed:
                 stream.close()
-        self._tmp.unlink(missing_ok=True)
+        self._file.discard()
 
     def __enter__(self) -> Self:
         return self

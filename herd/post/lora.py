@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from herd.checkpoint.files import read_json, write_json
+from herd.checkpoint.files import read_json
 from herd.checkpoint.safetensors_io import read_tensors, write_tensors
 from herd.errors import HerdError
+from herd.run_dir import write_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 

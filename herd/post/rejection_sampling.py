@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from herd.checkpoint.files import atomic_path
 from herd.config_overrides import to_dict
 from herd.errors import HerdError
 from herd.generation import generate_tokens
 from herd.post.data import read_prompts
 from herd.post.reward_model import load_reward_model
+from herd.run_dir import atomic_open, read_manifest, write_manifest
 from herd.train.distributed import pick_device
 
 MANIFEST = "manifest.json"
@@ -69,10 +69,9 @@ def rejection_sample(config: RejectionSamplingConfig) -> dict[str, Any]:
     from herd.checkpoint import load
 
     run_dir = Path(config.out_dir)
-    if (run_dir / MANIFEST).is_file():
-        done = json.loads((run_dir / MANIFEST).read_text())
-        if done.get("complete") and done.get("config") == to_dict(config):
-            return done
+    done = read_manifest(run_dir / MANIFEST, to_dict(config))
+    if done:
+        return done
     started, device = time.time(), pick_device(config.device)
     policy, tok = load(config.policy, device=device)
     reward_model, _ = load_reward_model(config.reward_model, device)
@@ -93,9 +92,8 @@ def rejection_sample(config: RejectionSamplingConfig) -> dict[str, Any]:
         with torch.inference_mode():
             rewards += reward_model.score([ids + r.tokens + [tok.eot_id] for ids, r in zip(batch, results)],
                                           config.batch_size, tok.eos_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
     kept = []
-    with atomic_path(run_dir / OUTPUT) as tmp, tmp.open("w", encoding="utf-8") as out:
+    with atomic_open(run_dir / OUTPUT) as out:
         for p, prompt in enumerate(prompts):
             scores = rewards[p * k : (p + 1) * k]
             best = max(range(k), key=scores.__getitem__)
@@ -104,10 +102,8 @@ def rejection_sample(config: RejectionSamplingConfig) -> dict[str, Any]:
             record = {"messages": [*prompt, {"role": "assistant", "content": reply}], "reward": scores[best],
                       "mean_reward": sum(scores) / k}
             out.write(json.dumps(record) + "\n")
-    manifest = {
-        "stage": "rejection-sample", "complete": True, "config": to_dict(config), "duration_s": time.time() - started,
+    return write_manifest(run_dir / MANIFEST, {
+        "stage": "rejection-sample", "config": to_dict(config), "duration_s": time.time() - started,
         "prompts": len(prompts), "samples": len(jobs), "mean_sample_reward": sum(rewards) / len(rewards),
         "mean_kept_reward": sum(kept) / len(kept), "output": str(run_dir / OUTPUT),
-    }
-    (run_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return manifest
+    })

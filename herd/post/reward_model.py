@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from herd.checkpoint.files import read_json, write_json
+from herd.checkpoint.files import read_json
 from herd.checkpoint.safetensors_io import read_tensors, write_tensors
 from herd.errors import HerdError
 from herd.model import ModelConfig, Transformer, build_model
 from herd.post.batches import Batches, PairTensors, encode_pairs, pair_batch
 from herd.post.data import read_preferences
 from herd.post.stage import PostConfig, PostResult, export_trained, finished, load_start, train_stage
+from herd.run_dir import write_json
 from herd.tokenizer import Tokenizer, load_tokenizer
 from herd.train.losses import Batch, LossOutput
 

@@ -3,7 +3,6 @@ training loop (`herd.train.trainer.Trainer`) with the stage's loss, data and val
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from torch import nn
 from herd.config_overrides import to_dict
 from herd.errors import HerdError
 from herd.post.lora import LoRAConfig, WithoutAdapters, apply_lora, merge_lora, save_adapters
+from herd.run_dir import read_manifest, write_manifest
 from herd.tokenizer import Tokenizer
 from herd.train.checkpointing import CheckpointManager
 from herd.train.config import FaultConfig, OptimConfig
@@ -107,11 +107,8 @@ class PostResult:
 
 def finished(config: PostConfig) -> PostResult | None:
     """The result of a run of this exact config that already completed in out_dir, if any (then the stage skips)."""
-    path = config.run_dir / MANIFEST
-    if not (config.resume and path.is_file()):
-        return None
-    done = json.loads(path.read_text())
-    return _result(config.run_dir, done) if done.get("complete") and done.get("config") == to_dict(config) else None
+    done = read_manifest(config.run_dir / MANIFEST, to_dict(config)) if config.resume else None
+    return _result(config.run_dir, done) if done else None
 
 
 def load_start(config: PostConfig) -> tuple[nn.Module, Tokenizer, torch.device]:
@@ -200,13 +197,12 @@ def _finish(
     evals = [r for r in records if "loss" not in r]
     figures = {**counts, **{k: v for k, v in (evals[-1] if evals else {}).items() if k != "step"}}
     losses = [r["loss"] for r in records if "loss" in r]
-    manifest = {
-        "stage": stage, "complete": True, "config": to_dict(config), "duration_s": time.time() - started,
+    manifest = write_manifest(config.run_dir / MANIFEST, {
+        "stage": stage, "config": to_dict(config), "duration_s": time.time() - started,
         "train_seconds": state.train_seconds, "steps": state.step, "tokens": state.tokens,
         "skipped_steps": state.skipped, "resumed_from_step": resumed_from,
         "final_loss": losses[-1] if losses else None, "figures": figures, "model_dir": str(model_dir),
-    }
-    (config.run_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    })
     return _result(config.run_dir, manifest)
 
 

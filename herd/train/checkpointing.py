@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from herd.errors import HerdError
+from herd.run_dir import fsync, write_json, write_text
 
 LATEST = "latest"
 STATE_FILE = "state.pt"
@@ -114,7 +115,7 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             torch.save(state, tmp / STATE_FILE)
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
+            write_json(tmp / CONFIG_FILE, config, indent=1, default=str)
         _barrier()
         model_state, optim_state = get_state_dict(model, optimizer)
         shards = {"model": model_state, "optimizer": optim_state}
@@ -155,17 +156,13 @@ class CheckpointManager:
         """Rank 0: list its files' sizes in the manifest, make the written `tmp` checkpoint durable, rename it to
         `final`, point `latest` at it, prune."""
         sizes = {file.name: file.stat().st_size for file in sorted(tmp.iterdir())}
-        (tmp / MANIFEST_FILE).write_text(json.dumps({"sizes": sizes}, indent=1))
+        write_json(tmp / MANIFEST_FILE, {"sizes": sizes}, indent=1)
         for file in tmp.iterdir():
-            _fsync(file)
+            fsync(file)
         if final.exists():  # the same step saved again (after a rollback): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
-        pointer_tmp = self.directory / f".{LATEST}.tmp"
-        pointer_tmp.write_text(final.name)
-        _fsync(pointer_tmp)
-        os.replace(pointer_tmp, self.directory / LATEST)
-        _fsync(self.directory)
+        write_text(self.directory / LATEST, final.name)
         self._prune(keep=final)
 
     def load_into(self, model: nn.Module, optimizer: torch.optim.Optimizer, path: Path | None = None) -> dict[str, Any] | None:
@@ -250,10 +247,3 @@ def _barrier() -> None:
     if _distributed():
         dist.barrier()
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

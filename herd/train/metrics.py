@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from herd.model import ModelConfig
+from herd.run_dir import write_text
 
 # Dense bf16 peak TFLOPS by device-name fragment, most specific first (vendor datasheets, no sparsity).
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -92,11 +93,8 @@ class MetricsLog:
         """Start writing after `resume_step`: records of later steps (from before a crash) are dropped."""
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_records(self.path) if r.get("step", 0) <= resume_step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(self.path)
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a")
         if self.tensorboard:
             try:

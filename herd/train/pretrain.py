@@ -21,6 +21,7 @@ from torch import nn
 from herd.config_overrides import to_dict
 from herd.errors import HerdError
 from herd.model import ModelConfig, build_model
+from herd.run_dir import read_manifest, write_manifest
 from herd.tokenizer import SPECIAL_TOKENS, Tokenizer
 from herd.train.checkpointing import CheckpointManager
 from herd.train.config import PretrainConfig
@@ -65,10 +66,9 @@ class PretrainResult:
 def pretrain(config: PretrainConfig) -> PretrainResult:
     """Train (or continue training) the model `config` describes; outputs go to `config.out_dir`."""
     run_dir = config.run_dir
-    if (run_dir / MANIFEST).is_file() and config.resume:
-        done = json.loads((run_dir / MANIFEST).read_text())
-        if done.get("complete") and done.get("config") == to_dict(config):
-            return _result_from_manifest(run_dir, done)
+    done = read_manifest(run_dir / MANIFEST, to_dict(config)) if config.resume else None
+    if done:
+        return _result_from_manifest(run_dir, done)
     distributed = init_distributed(config.parallel, config.device)
     try:
         return _pretrain(config, distributed)
@@ -186,15 +186,14 @@ def _finish(
         checkpoints.load_model(whole)
         model_dir = save(whole, tokenizer, run_dir / "model", format=config.export_format)
     last = lambda key: next((r[key] for r in reversed(records) if key in r), None)
-    manifest = {
-        "stage": "pretrain", "complete": True, "config": to_dict(config), "model": model_config.to_params(),
+    manifest = write_manifest(run_dir / MANIFEST, {
+        "stage": "pretrain", "config": to_dict(config), "model": model_config.to_params(),
         "duration_s": time.time() - started, "train_seconds": state.train_seconds, "steps": state.step,
         "tokens": state.tokens, "skipped_steps": state.skipped, "rollbacks": state.rollbacks,
         "resumed_from_step": resumed_from, "final_loss": last("loss"), "final_val_loss": last("val_loss"),
         "final_val_bpb": last("val_bpb"), "checkpoint": str(checkpoints.latest()),
         "model_dir": str(model_dir) if model_dir else None,
-    }
-    (run_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    })
     return _result_from_manifest(run_dir, manifest)
 
 

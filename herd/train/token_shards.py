@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from herd.data.readers import corpus_texts
 from herd.errors import HerdError
+from herd.run_dir import atomic_open, write_json
 from herd.tokenizer import Tokenizer, load_tokenizer
 
 MANIFEST_NAME = "manifest.json"
@@ -68,7 +69,7 @@ class TokenManifest:
         )
 
     def save(self, directory: Path) -> None:
-        _write_text_atomic(directory / MANIFEST_NAME, json.dumps(dataclasses.asdict(self), indent=1))
+        write_json(directory / MANIFEST_NAME, dataclasses.asdict(self), indent=1)
 
     @classmethod
     def load(cls, directory: str | Path) -> "TokenManifest":
@@ -141,7 +142,7 @@ def tokenize_corpus(
             else:
                 results = executor.map(partial(_encode_in_worker, manifest.tokenizer_path, manifest.dtype), chunks)
             manifest.shards.append(_write_shard(out, name, results, bar))
-            _write_text_atomic(done, json.dumps(dataclasses.asdict(manifest.shards[-1])))
+            write_json(done, dataclasses.asdict(manifest.shards[-1]))
     manifest.complete = True
     manifest.save(out)
     return manifest
@@ -235,24 +236,14 @@ def _encode(tok: Tokenizer, dtype: str, texts: list[str]) -> tuple[np.ndarray, n
 
 def _write_shard(out: Path, name: str, results: Iterable[tuple[np.ndarray, np.ndarray]], bar: tqdm) -> ShardInfo:
     """Write one shard's tokens and offsets from its encoded chunks, in order; files appear atomically."""
-    tmp_tokens = out / f"{name}.bin.tmp"
     all_lengths = []
-    with open(tmp_tokens, "wb") as f:
+    with atomic_open(out / f"{name}.bin", "wb") as f:
         for tokens, lengths in results:
             tokens.tofile(f)
             all_lengths.append(lengths)
             bar.update(len(lengths))
     lengths = np.concatenate(all_lengths)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    tmp_offsets = out / f"{name}.idx.npy.tmp"
-    with open(tmp_offsets, "wb") as f:
+    with atomic_open(out / f"{name}.idx.npy", "wb") as f:
         np.save(f, offsets)
-    os.replace(tmp_tokens, out / f"{name}.bin")
-    os.replace(tmp_offsets, out / f"{name}.idx.npy")
     return ShardInfo(name=name, num_docs=len(lengths), num_tokens=int(offsets[-1]))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
