@@ -103,7 +103,7 @@ def tokens_per_s(step: Callable[[], None], tokens: int, steps: int) -> tuple[flo
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}
 SIDES = ("herd", "herd+compile", "hf", "hf+retain")
 """herd+compile: herd with `compile=true` (blocks compiled by torch.compile). hf+retain: the HF loop with herd's
-host-memory setting (herd.train.host_memory), to show that part of the lead."""
+host-memory setting (herd.model.cpu_tuning), to show that part of the lead."""
 
 
 def serve_side(args: argparse.Namespace) -> None:
@@ -116,7 +116,7 @@ def serve_side(args: argparse.Namespace) -> None:
     # one document per row: the same causal attention on both sides
     batch = (tokens[:, :-1], tokens[:, 1:].clone(), torch.zeros(args.batch_size, args.seq_len, dtype=torch.long))
     if args.side == "hf+retain":
-        from herd.train.host_memory import retain_freed_memory
+        from herd.model.cpu_tuning import retain_freed_memory
 
         retain_freed_memory()
     if args.side.startswith("herd"):

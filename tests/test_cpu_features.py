@@ -20,10 +20,11 @@ from test_serve_engine import _run, _tokens
 from test_trainer import losses, shards, tiny_config  # noqa: F401 (shards: a fixture)
 
 import herd
-from herd.model import prepack
+from herd.model import cpu_tuning
 from herd.serve import Engine, EngineConfig, RequestParams
 from herd.serve.packed import PackedLinear, pack_linears
 from herd.train import fused_loss
+from herd.train.optimizer import step_scaled
 from herd.train.pretrain import pretrain
 
 BF16 = torch.empty(0, dtype=torch.bfloat16)
@@ -32,7 +33,7 @@ BF16 = torch.empty(0, dtype=torch.bfloat16)
 @pytest.fixture()
 def plain_cpu(monkeypatch):
     """The plain path forced, as on a CPU without oneDNN's bf16 kernels; prepacking then fails the test."""
-    monkeypatch.setenv(prepack.PLAIN_ENV, "1")
+    monkeypatch.setenv(cpu_tuning.PLAIN_ENV, "1")
 
     def refuse(*args):
         raise AssertionError("prepacked although the plain path is forced")
@@ -44,27 +45,27 @@ def plain_cpu(monkeypatch):
 def prepacks(monkeypatch) -> list[torch.dtype]:
     """The dtype of every weight the loss prepacks."""
     calls = []
-    monkeypatch.setattr(fused_loss, "prepack", lambda w, rows: calls.append(w.dtype) or prepack.prepack(w, rows))
+    monkeypatch.setattr(fused_loss, "prepack", lambda w, rows: calls.append(w.dtype) or cpu_tuning.prepack(w, rows))
     return calls
 
 
 def fast_path_taken(prepacks: list[torch.dtype], plain: str) -> None:
-    assert bool(prepacks) == (plain == "0" and prepack.cpu_supports(torch.bfloat16))
+    assert bool(prepacks) == (plain == "0" and cpu_tuning.cpu_supports(torch.bfloat16))
     assert set(prepacks) <= {torch.bfloat16}
     prepacks.clear()
 
 
 def test_bf16_prepacking_asks_torchs_own_check():
-    assert prepack.cpu_supports(torch.bfloat16) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert prepack.cpu_supports(torch.float32) == torch.backends.mkldnn.is_available()
-    assert not prepack.cpu_supports(torch.float16)
+    assert cpu_tuning.cpu_supports(torch.bfloat16) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert cpu_tuning.cpu_supports(torch.float32) == torch.backends.mkldnn.is_available()
+    assert not cpu_tuning.cpu_supports(torch.float16)
 
 
 def test_the_switch_forces_the_plain_path(monkeypatch):
-    monkeypatch.setenv(prepack.PLAIN_ENV, "1")
-    assert not prepack.can_prepack(BF16) and not prepack.can_prepack(torch.empty(0))
-    monkeypatch.setenv(prepack.PLAIN_ENV, "0")
-    assert prepack.can_prepack(torch.empty(0)) == torch.backends.mkldnn.is_available()
+    monkeypatch.setenv(cpu_tuning.PLAIN_ENV, "1")
+    assert not cpu_tuning.can_prepack(BF16) and not cpu_tuning.can_prepack(torch.empty(0))
+    monkeypatch.setenv(cpu_tuning.PLAIN_ENV, "0")
+    assert cpu_tuning.can_prepack(torch.empty(0)) == torch.backends.mkldnn.is_available()
 
 
 @pytest.mark.parametrize("name", ["test_linear_cross_entropy_equals_the_plain_head_and_loss",
@@ -79,7 +80,7 @@ def test_the_plain_bf16_loss_equals_the_prepacked_one(monkeypatch, prepacks):
     targets = torch.randint(0, 500, (300,))
     runs = []
     for plain in ("0", "1"):
-        monkeypatch.setenv(prepack.PLAIN_ENV, plain)
+        monkeypatch.setenv(cpu_tuning.PLAIN_ENV, plain)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = fused_loss.linear_cross_entropy(hidden, weight, targets)
         loss.backward()
@@ -93,7 +94,7 @@ def test_the_plain_bf16_loss_equals_the_prepacked_one(monkeypatch, prepacks):
 def test_bf16_training_on_the_plain_path_matches_the_fast_path(shards, tmp_path, monkeypatch, prepacks):  # noqa: F811
     runs = {}
     for plain in ("0", "1"):
-        monkeypatch.setenv(prepack.PLAIN_ENV, plain)
+        monkeypatch.setenv(cpu_tuning.PLAIN_ENV, plain)
         config = tiny_config(shards, tmp_path / f"plain{plain}", "dtype=bfloat16", "steps=5", "eval_interval=0")
         runs[plain] = losses(pretrain(config).run_dir)
         fast_path_taken(prepacks, plain)
@@ -107,9 +108,9 @@ def test_a_bf16_model_serves_on_the_plain_path_as_on_the_fast_path(monkeypatch):
     prompts = [tok.encode(text, bos=True) for text in ("Hello there, how are you?", "Tell me about the sea. " * 6)]
     results = {}
     for plain in ("0", "1"):
-        monkeypatch.setenv(prepack.PLAIN_ENV, plain)
+        monkeypatch.setenv(cpu_tuning.PLAIN_ENV, plain)
         served = pack_linears(copy.deepcopy(model))
-        assert isinstance(served.output, PackedLinear) == (plain == "0" and prepack.cpu_supports(torch.bfloat16))
+        assert isinstance(served.output, PackedLinear) == (plain == "0" and cpu_tuning.cpu_supports(torch.bfloat16))
         engine = Engine(served, tok, EngineConfig(block_size=4, max_running=4, max_step_tokens=16))
         outputs = _run(engine, {0: [(str(i), p, RequestParams(max_tokens=8)) for i, p in enumerate(prompts)]})
         results[plain] = {request: _tokens(outs) for request, outs in outputs.items()}
@@ -118,7 +119,7 @@ def test_a_bf16_model_serves_on_the_plain_path_as_on_the_fast_path(monkeypatch):
 
 AVX2_SCRIPT = textwrap.dedent("""
     import torch
-    from herd.model.prepack import can_prepack
+    from herd.model.cpu_tuning import can_prepack
     from herd.model import ModelConfig, build_model
     from herd.serve.packed import PackedLinear, pack_linears
     from herd.train.fused_loss import linear_cross_entropy, linear_token_losses
@@ -146,3 +147,87 @@ def test_a_cpu_capped_at_avx2_trains_and_serves_bf16_plainly():
     result = subprocess.run([sys.executable, "-c", AVX2_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "bf16 ok on AVX2" in result.stdout
+
+
+# --- each trick against the plain path (HERD_CPU_PLAIN=1), same inputs ----------------------------------------
+def test_the_switch_turns_every_trick_off(monkeypatch):
+    monkeypatch.setenv(cpu_tuning.PLAIN_ENV, "1")
+    assert not cpu_tuning.can_prepack(torch.empty(0))
+    assert cpu_tuning.decode_backend() == "inductor"
+    assert not cpu_tuning.retain_freed_memory()
+    monkeypatch.setattr(torch.ops.aten, "_weight_int8pack_mm", None)  # called, it would raise
+    x, weight = torch.randn(3, 8), torch.randint(-127, 128, (5, 8), dtype=torch.int8)
+    assert cpu_tuning.int8_matmul(x, weight, torch.ones(5)).shape == (3, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_prepacked_matmul_equals_the_plain_one(dtype):
+    """fp32: oneDNN's blocked GEMM sums in another order (rtol 1e-5 at K=256). bf16: both accumulate in fp32 and
+    round the output to bf16 once, so they differ by at most an ulp of bf16 (2^-8 relative)."""
+    weight = torch.randn(96, 256, dtype=dtype)
+    if not cpu_tuning.can_prepack(weight):
+        pytest.skip("this CPU has no prepacked kernels for the dtype")
+    for rows in (1, 7, 16, 40):
+        x = torch.randn(rows, 256, dtype=dtype)
+        got = cpu_tuning.prepacked_matmul(x, cpu_tuning.prepack(weight, 16))
+        tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2**-7, "atol": 2**-7 * 16}
+        torch.testing.assert_close(got, x @ weight.T, **tol)
+
+
+def test_the_int8_kernel_equals_dequantize_then_multiply(monkeypatch):
+    """The kernel rounds activations and output to bf16 (8 significant bits): 2^-7 relative error each way, on
+    outputs of magnitude ~sqrt(K) * |x| * |w| = 16 here, so atol 0.3 (observed: under 0.15)."""
+    torch.manual_seed(0)
+    x, weight, scale = torch.randn(16, 256), torch.randint(-127, 128, (96, 256), dtype=torch.int8), torch.rand(96) / 127
+    trick = cpu_tuning.int8_matmul(x, weight, scale)
+    monkeypatch.setenv(cpu_tuning.PLAIN_ENV, "1")
+    plain = cpu_tuning.int8_matmul(x, weight, scale)
+    assert trick.dtype == plain.dtype == torch.float32
+    torch.testing.assert_close(trick, plain, rtol=2**-6, atol=0.3)
+
+
+def test_the_decode_decompositions_equal_matmul_and_sdpa():
+    """The inductor decompositions run eagerly: sums in another order than BLAS and the flash kernel, fp32 (1e-5)."""
+    torch.manual_seed(0)
+    a, b = torch.randn(1, 64), torch.randn(64, 48)
+    torch.testing.assert_close(cpu_tuning._rowvec_matmul(a, b), a @ b, rtol=1e-5, atol=1e-5)
+    assert cpu_tuning._rowvec_matmul(torch.randn(2, 64), b) is NotImplemented  # only one row
+    q, k, v = torch.randn(2, 4, 1, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    mask[0, ..., :3] = False  # a left-padded row
+    out, _ = cpu_tuning._one_query_attention(q, k, v, attn_mask=mask)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_decoding_with_the_decompositions_equals_plain_inductor(monkeypatch):
+    """Greedy tokens equal; log-probabilities within 1e-4 (fp32 sums in another order, compounded over steps)."""
+    from test_generation import prompts_of, random_model
+
+    from herd.generation import generate_tokens
+
+    model, prompts = random_model(), prompts_of([6, 2], seed=12)
+    runs = {}
+    for plain in ("0", "1"):
+        monkeypatch.setenv(cpu_tuning.PLAIN_ENV, plain)
+        runs[plain] = generate_tokens(model, prompts, max_new_tokens=8, logprobs=True, compile=True)
+    for trick, reference in zip(runs["0"], runs["1"], strict=True):
+        assert trick.tokens == reference.tokens
+        assert trick.logprobs == pytest.approx(reference.logprobs, abs=1e-4)
+
+
+def test_the_fused_optimizers_scaled_step_equals_scaling_first(monkeypatch):
+    """AdamW's fused kernel divides by 1 / scale where the plain path multiplies by scale: 1 ulp apart per gradient,
+    and Adam's update normalises it away (rtol 1e-6)."""
+    torch.manual_seed(0)
+    params = {}
+    for plain in ("0", "1"):
+        monkeypatch.setenv(cpu_tuning.PLAIN_ENV, plain)
+        param = torch.nn.Parameter(torch.ones(64))
+        optimizer = torch.optim.AdamW([param], lr=0.1, fused=True)
+        for step in range(3):
+            param.grad = torch.linspace(-3, 3, 64) * (step + 1)
+            step_scaled(optimizer, [[param]], torch.tensor(0.3))
+        params[plain] = param.detach()
+    torch.testing.assert_close(params["0"], params["1"], rtol=1e-6, atol=1e-7)

@@ -16,8 +16,9 @@ import torch
 from test_trainer import STAGES, TINY_MODEL, losses, shards, tiny_config  # noqa: F401 - `shards` is test_trainer's fixture, shared
 
 from herd.errors import HerdError
-from herd.train.distributed import PIPELINE_MIN_TORCH, ParallelConfig, clip_scale, step_scaled
+from herd.train.distributed import PIPELINE_MIN_TORCH, ParallelConfig, clip_scale
 from herd.train.metrics import read_records
+from herd.train.optimizer import step_scaled
 from herd.train.pretrain import pretrain
 
 COMMON = ("steps=10", "eval_interval=5", "checkpoint_interval=5", "grad_accum=2")

@@ -9,7 +9,7 @@ import torch
 from test_serve_engine import _run, _tokens
 
 import herd
-from herd.model.prepack import can_prepack
+from herd.model.cpu_tuning import can_prepack
 from herd.serve import Engine, EngineConfig, RequestParams
 from herd.serve.packed import PackedLinear, can_pack, pack_linears
 from herd.serve.quantize import quantize_int8

@@ -276,7 +276,7 @@ def test_retained_host_memory_is_reused_without_page_faults():
     setting is on, the freed block is reused."""
     import resource
 
-    from herd.train.host_memory import retain_freed_memory
+    from herd.model.cpu_tuning import retain_freed_memory
 
     if not retain_freed_memory():
         pytest.skip("needs Linux with glibc")

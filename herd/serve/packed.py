@@ -1,9 +1,8 @@
-"""Prepacked linears for serving on CPU: each weight reordered once into oneDNN's blocked layout (`herd.model.prepack`).
+"""Prepacked linears for serving on CPU: each weight reordered once into oneDNN's blocked layout (`herd.model.cpu_tuning`).
 
-On this project's 2-core AVX-512 machine, at the 16 rows of a decode step and 1 thread, that took a 512x1536
-projection from 338 to 243 us and a 32K-vocab head from 15.9 to 6.7 ms (`benchmarks/serve_throughput.py`
-measures the engine end to end). Serving only: the reordered weight has no autograd, so a packed model does
-inference, never training.
+Faster than `F.linear` at a decode step's few rows (benchmarks/README.md; `benchmarks/serve_throughput.py` measures
+the engine end to end). Serving only: the reordered weight has no autograd, so a packed model does inference,
+never training.
 """
 
 from __future__ import annotations
@@ -12,15 +11,16 @@ import torch
 from torch import nn
 
 from herd.model import Transformer
-from herd.model.prepack import can_prepack, prepack, prepacked_matmul
+from herd.model.cpu_tuning import can_prepack, prepack, prepacked_matmul
 
 _PACK_HINT = 16
-"""The row count oneDNN tunes the layout for; any row count works, and 1..256 rows ran within 10% of their best."""
+"""The row count oneDNN tunes the layout for (a decode step's rows); any row count works, and 1..256 rows run near
+their best."""
 
 _ROW_BLOCK = 16
 """Rows go to oneDNN as a multiple of this plus a remainder below it. oneDNN (and ideep) cache a primitive for every
-row count they see, about 0.6 MB each for a 512x1536 weight, so free row counts grew the serving soak's RSS by 32%;
-blocks keep the counts to max_rows / 16 + 15 per weight shape."""
+row count they see, so free row counts grew the serving soak's memory without bound; blocks keep the counts to
+max_rows / 16 + 15 per weight shape."""
 
 
 class PackedLinear(nn.Module):

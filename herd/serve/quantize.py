@@ -1,16 +1,16 @@
 """int8 weight-only quantization for serving: every linear's weight as int8 with one fp scale per output channel.
 
-On CPUs the matmul is torch's int8-weight kernel (`_weight_int8pack_mm`, as gpt-fast uses) on bf16 activations
-(its fast path; with fp32 activations it is slower than fp32 matmul); elsewhere it dequantizes, then multiplies.
+The matmul is `herd.model.cpu_tuning.int8_matmul`: torch's int8-weight kernel on CPUs, elsewhere (or with the
+plain path) it dequantizes, then multiplies.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from herd.model import Transformer
+from herd.model.cpu_tuning import int8_matmul
 
 
 class Int8Linear(nn.Module):
@@ -25,12 +25,7 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        if flat.device.type == "cpu":
-            bf16 = flat.to(torch.bfloat16).contiguous()
-            out = torch.ops.aten._weight_int8pack_mm(bf16, self.weight, self.scale.to(torch.bfloat16)).to(x.dtype)
-        else:
-            out = F.linear(flat, self.weight.to(flat.dtype)) * self.scale.to(flat.dtype)
+        out = int8_matmul(x.reshape(-1, self.in_features), self.weight, self.scale)
         return out.reshape(*x.shape[:-1], self.out_features)
 
 

@@ -207,7 +207,7 @@ def clip_scale(
     groups: list[list[nn.Parameter]], max_norm: float, pp_group: dist.ProcessGroup | None, divide_by: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The global L2 norm of the gradients of `grad_groups` divided by `divide_by`, and the one factor that divides
-    them by `divide_by` and clips them to `max_norm` (inf: no clipping); `step_scaled` applies it.
+    them by `divide_by` and clips them to `max_norm` (inf: no clipping); `herd.train.optimizer.step_scaled` applies it.
 
     The norm spans every shard: DTensor norms are made whole over their mesh, then stages add up over `pp_group`.
     """
@@ -224,25 +224,6 @@ def clip_scale(
         total = squared.sqrt().to(total.dtype)
     total = total / divide_by
     return total, (max_norm / (total + 1e-6)).clamp(max=1.0) / divide_by  # torch's clipping coefficient, divided
-
-
-def step_scaled(optimizer: torch.optim.Optimizer, groups: list[list[nn.Parameter]], scale: torch.Tensor) -> None:
-    """`optimizer.step()` on the gradients of `grad_groups` times `scale`.
-
-    torch's fused optimizers (Adam, AdamW, SGD with fused=True) take a gradient scale and divide by it in their one
-    pass over the parameters, through the attribute `torch.amp.GradScaler` sets: that saves a read and write of every
-    gradient (a CPU training step of dim 256 x 4 layers on 2 cores: 1.4% faster). Others multiply first.
-    """
-    if getattr(optimizer, "_step_supports_amp_scaling", False):
-        optimizer.grad_scale = 1 / scale
-        try:
-            optimizer.step()
-        finally:
-            del optimizer.grad_scale
-        return
-    for group in groups:
-        torch._foreach_mul_([p.grad for p in group], scale)
-    optimizer.step()
 
 
 # --- hangs -------------------------------------------------------------------------------------------------

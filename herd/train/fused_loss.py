@@ -3,10 +3,9 @@
 Hand-written (torch has no fused linear cross-entropy; Liger's kernels are Triton, GPU-only): rows go through the
 head a chunk at a time, and each chunk's gradient (softmax - one-hot) is formed in place in the forward pass and
 multiplied into the hidden-state and weight gradients at once. One exp pass instead of two, no [tokens, vocab]
-logits, log-softmax or gradient tensors (on CPU those fresh 32 MB+ buffers are page-faulted in on every step).
+logits, log-softmax or gradient tensors (on CPU such fresh large buffers are page-faulted in on every step).
 On CUDA each chunk's softmax and gradient are one compiled function: inductor fuses them into kernels that read the
-compute-dtype logits and write their gradient, where eager ops make an fp32 copy and pass over it ~6 times (for the
-8B head's 128K vocabulary, ~5 GB of memory traffic per 1,000 rows).
+compute-dtype logits and write their gradient, where eager ops make an fp32 copy and pass over it several times.
 
 Per-position losses (validation, DPO's log-probabilities) come from the same chunks; there the gradient of each row
 is weighted differently, so their backward pass recomputes each chunk's logits instead of forming it in the forward.
@@ -29,19 +28,16 @@ from torch.distributed.tensor import DTensor, Shard
 
 from herd.errors import HerdError
 from herd.model.lazy_compile import compiled
-from herd.model.prepack import can_prepack, prepack, prepacked_matmul
+from herd.model.cpu_tuning import can_prepack, prepack, prepacked_matmul
 from herd.train.packing import IGNORE_INDEX
 
 CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**27}
 """Logits per chunk, eager: 16 MB fp32 on CPU, 512 MB on GPU. A compiled chunk holds no fp32 copy, so it takes twice
 the rows (bf16: 4 bytes per logit against 6): half the passes over the head's fp32 gradient sum."""
 COMPILED_DEVICES = ("cuda",)
-"""Device types whose chunks run compiled. CPU keeps its eager in-place ops: a 512 x 8,192 fp32 chunk takes 2.2 ms
-there on 2 cores, 2.9 ms compiled."""
+"""Device types whose chunks run compiled. CPU keeps its eager in-place ops, faster there than compiled."""
 MIN_CHUNK_ROWS = 256
-"""Rows per chunk at least, whatever the vocabulary: fewer make the head's GEMMs slow. A training step of dim 256 x 4
-layers on 2 CPU cores is 6% faster with a 32K vocabulary in 256-row chunks than in 64-row ones, and 1.3% faster with
-a vocab of 8,192 in 512-row chunks than in 256-row ones (steps alternated in one process, medians of 30)."""
+"""Rows per chunk at least, whatever the vocabulary: fewer make the head's GEMMs slow."""
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -62,9 +58,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 def linear_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy (fp32) of hidden @ weight.T at every position of targets [...], 0 where ignored, from the chunks
     of `linear_cross_entropy` (a sharded head too). Gradients flow: the backward pass recomputes each chunk's logits
-    instead of keeping them. The losses of 8 x 512 tokens of a 32K-vocabulary model (dim 256, 2 layers) on 2 CPU
-    cores, without gradients: 77 MB of peak memory above the model instead of 1.03 GB for the whole logits, in 0.54 s
-    instead of 0.59 (medians of 7)."""
+    instead of keeping them. Without gradients the peak memory is a chunk's, not the whole logits'."""
     hidden, weight, chunking = _chunking(hidden, weight)
     with torch.autocast(chunking.device, enabled=False):
         losses = _LinearTokenLosses.apply(hidden.flatten(0, -2), weight, targets.flatten(), chunking)
@@ -171,8 +165,8 @@ def _chunks(
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Each chunk of `rows` rows: its first row's index, hidden states, targets and logits (hidden @ weight.T).
 
-    On a CPU whose oneDNN runs the weight's dtype (`can_prepack`) the weight is reordered once per call: the forward
-    and backward of a vocab-8192 head over 1,024 rows take 76 ms instead of 83 on 2 cores, reorder included.
+    On a CPU whose oneDNN runs the weight's dtype (`herd.model.cpu_tuning.can_prepack`) the weight is reordered once
+    per call, which the chunks' matmuls repay.
     """
     packed = prepack(weight, rows) if can_prepack(weight) else None
     for first in range(0, hidden.shape[0], rows):
@@ -266,6 +260,6 @@ def _chunk_softmax(
 
 
 def _exp_(x: torch.Tensor) -> torch.Tensor:
-    """exp of x in place. On CPU as 2^(x log2 e): torch's fp32 exp_ takes 0.87 ms per 256 x 8192 chunk on 2 cores,
-    the multiply and exp2_ 0.3 ms, within 1e-6 relative; on GPUs the pass is memory-bound and the multiply a cost."""
+    """exp of x in place. On CPU as 2^(x log2 e), faster than torch's fp32 exp_ there, within 1e-6 relative; on GPUs
+    the pass is memory-bound and the multiply a cost."""
     return x.mul_(math.log2(math.e)).exp2_() if x.device.type == "cpu" else x.exp_()

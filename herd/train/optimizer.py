@@ -1,10 +1,12 @@
-"""The optimizer every training stage uses (pretraining, SFT, DPO, reward models, RL) and its autocast dtype."""
+"""The optimizer every training stage uses (pretraining, SFT, DPO, reward models, RL), its step on scaled gradients
+and its autocast dtype."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from herd.model.cpu_tuning import plain_forced
 from herd.train.config import OptimConfig
 
 
@@ -18,6 +20,21 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) 
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     kernel = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, **kernel)
+
+
+def step_scaled(optimizer: torch.optim.Optimizer, groups: list[list[nn.Parameter]], scale: torch.Tensor) -> None:
+    """`optimizer.step()` on the gradients of `groups` times `scale` (`herd.train.distributed.clip_scale`'s)."""
+    if not plain_forced() and getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.grad_scale = 1 / scale
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale
+        return
+    for group in groups:
+        for param in group:
+            param.grad.mul_(scale)
+    optimizer.step()
 
 
 def autocast_dtype_for(dtype: str, device: torch.device) -> torch.dtype | None:

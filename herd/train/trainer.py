@@ -19,12 +19,13 @@ from torch import nn
 from tqdm import tqdm
 
 from herd.errors import HerdError
+from herd.model.cpu_tuning import retain_freed_memory
 from herd.train.checkpointing import CheckpointManager, rng_state, set_rng_state
 from herd.train.config import FaultConfig
-from herd.train.distributed import Distributed, clip_scale, grad_groups, hang_watchdog, step_scaled
-from herd.train.host_memory import retain_freed_memory
+from herd.train.distributed import Distributed, clip_scale, grad_groups, hang_watchdog
 from herd.train.losses import Batch, LossFn, LossOutput
 from herd.train.metrics import MetricsLog, memory_gib
+from herd.train.optimizer import step_scaled
 
 
 @dataclass
@@ -108,7 +109,7 @@ class Trainer:
         self.state = LoopState()
         self.params = [p for p in model.parameters() if p.requires_grad]
         if device.type == "cpu":
-            retain_freed_memory()  # no page faults on each step's fresh buffers (see herd.train.host_memory)
+            retain_freed_memory()  # no page faults on each step's fresh buffers (see herd.model.cpu_tuning)
 
     # --- resume state -------------------------------------------------------------------------------
     def loop_state_dict(self) -> dict[str, Any]:

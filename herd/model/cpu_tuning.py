@@ -1,0 +1,166 @@
+"""CPU tuning: every private torch API and process-wide setting herd uses for speed, behind one switch.
+
+`HERD_CPU_PLAIN=1` turns every trick off; herd then runs the plain public-API path, which is the reference the
+tricks are tested against (tests/test_cpu_features.py) and measured against (benchmarks/cpu_tuning.py; a trick
+stays only where it gains at least 5%, benchmarks/README.md has the figures). The tricks:
+
+- prepacked weights (`torch.ops.mkldnn`): a weight reordered once into oneDNN's blocked layout, the reorder
+  inductor's CPU freezing applies, then multiplied with its linear kernel. Same math and dtype as `x @ weight.T`.
+  Only where the CPU runs oneDNN's kernels for the weight's dtype (`can_prepack`): bf16 needs avx512bw+vl+dq or
+  avx_ne_convert, which many AVX2-only CPUs (laptops, cloud VMs) lack.
+- the compiled decode step's inductor decompositions (`decode_backend`): a one-row matmul and a one-query
+  attention written as fused multiply-sums, which inductor's vectorised reductions run at memory speed.
+- int8 weight-only matmul (`torch.ops.aten._weight_int8pack_mm`, as gpt-fast uses) on bf16 activations.
+- glibc's `mallopt` (`retain_freed_memory`): freed host memory stays in the process, so CPU training steps stop
+  page-faulting their fresh buffers in again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+PLAIN_ENV = "HERD_CPU_PLAIN"
+"""Set to 1 to run the plain path on every CPU (read at each call, so tests can set it)."""
+
+
+def plain_forced() -> bool:
+    """Whether `PLAIN_ENV` turns the tricks off."""
+    return os.environ.get(PLAIN_ENV, "0") not in ("", "0")
+
+
+# --- prepacked weights (oneDNN) ----------------------------------------------------------------------------
+def can_prepack(weight: torch.Tensor) -> bool:
+    """Whether `weight` can be prepacked: fp32, or bf16 where the CPU has oneDNN's bf16 kernels, on a CPU torch
+    built with oneDNN, unless the plain path is forced."""
+    return weight.device.type == "cpu" and not plain_forced() and cpu_supports(weight.dtype)
+
+
+@functools.cache
+def cpu_supports(dtype: torch.dtype) -> bool:
+    """Whether this CPU runs the prepacked kernels for `dtype` (decided once per process).
+
+    bf16 asks torch's own check, the one its reorder raises on and inductor's oneDNN fusions consult
+    (`torch._inductor.utils.is_mkldnn_bf16_supported`): oneDNN's effective ISA, so `ONEDNN_MAX_CPU_ISA=AVX2`
+    lowers it as it lowers the kernels. (`torch.cpu._is_avx512_bf16_supported` reads CPUID alone, and asks for
+    avx512_bf16, which the kernels do not need.)"""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
+
+
+def prepack(weight: torch.Tensor, rows_hint: int) -> torch.Tensor:
+    """`weight` [out, in] in oneDNN's layout, tuned for `rows_hint` rows (any row count works); only where
+    `can_prepack(weight)`."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows_hint)
+
+
+def prepacked_matmul(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """x [rows, in] @ weight.T for a weight from `prepack`; no autograd."""
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, None, "none", [], "")
+
+
+# --- int8 weight-only matmul ---------------------------------------------------------------------------------
+def int8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [rows, in] @ (weight int8 [out, in] * scale [out]).T in x's dtype.
+
+    On CPU, torch's int8-weight kernel on bf16 activations (its fast path; with fp32 activations it is slower
+    than an fp32 matmul); plain: dequantize, then multiply."""
+    if x.device.type == "cpu" and not plain_forced():
+        bf16 = x.to(torch.bfloat16).contiguous()
+        return torch.ops.aten._weight_int8pack_mm(bf16, weight, scale.to(torch.bfloat16)).to(x.dtype)
+    return F.linear(x, weight.to(x.dtype)) * scale.to(x.dtype)
+
+
+# --- the compiled decode step's kernels ----------------------------------------------------------------------
+def decode_backend() -> str | Callable:
+    """The torch.compile backend of the CPU decode step: inductor, with `_rowvec_matmul` and
+    `_one_query_attention` as its decompositions of one-row matmuls and one-query attention; plain inductor
+    when the plain path is forced."""
+    return "inductor" if plain_forced() else _decode_inductor
+
+
+def _decode_inductor(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable:
+    """Inductor with the decode step's two decompositions."""
+    from torch._inductor.compile_fx import compile_fx  # takes seconds: only when compiling
+    from torch._inductor.decomposition import select_decomp_table
+
+    table = dict(select_decomp_table())
+    table[torch.ops.aten.mm.default] = _rowvec_matmul
+    table[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default] = _one_query_attention
+    return compile_fx(gm, example_inputs, decompositions=table)
+
+
+def _rowvec_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [1, K] @ b [K, N] as a reduction over K, accumulated in fp32: inductor streams the weight at memory
+    speed, where the BLAS matrix-vector product does not."""
+    from torch._inductor import inductor_prims
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    if not statically_known_true(a.shape[0] == 1):
+        return NotImplemented
+    # Materialise the row first: inlined, its producer (an RMSNorm, say) would be recomputed for every column.
+    row = inductor_prims.force_stride_order(a.float(), (a.shape[1], 1))
+    return (row.view(-1, 1) * b).sum(dim=0, keepdim=True).to(b.dtype)
+
+
+def _one_query_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    *,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDPA for one query per head ([B, H, 1, D], keys [B, H_kv, L, D]) in fp32, skipping the flash kernel's
+    blocking set-up; (output, logsumexp)."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    if not statically_known_true(query.shape[2] == 1) or dropout_p or is_causal:
+        return NotImplemented
+    batch, heads, _, dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    grouped = query.float().reshape(batch, kv_heads, heads // kv_heads, 1, dim)
+    scores = (grouped * key.float()[:, :, None]).sum(-1) * (dim**-0.5 if scale is None else scale)
+    if attn_mask is not None:  # [B or 1, H or 1, 1, L]
+        mask = attn_mask.expand(batch, heads, 1, length).reshape(scores.shape)
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    out = (scores.softmax(-1)[..., None] * value.float()[:, :, None]).sum(-2)
+    return out.reshape(batch, heads, 1, dim).to(query.dtype), scores.logsumexp(-1).reshape(batch, heads, 1)
+
+
+# --- host memory (glibc) -------------------------------------------------------------------------------------
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+"""glibc's mallopt parameters (malloc.h)."""
+MMAP_THRESHOLDS = (1 << 30, 32 << 20)
+"""Blocks up to this size come from the heap: 1 GiB where glibc accepts it, else its 64-bit ceiling of 32 MiB."""
+
+
+def retain_freed_memory() -> bool:
+    """Serve large blocks from the heap and never trim it; whether it applied (False off Linux/glibc, or plain).
+
+    A training step allocates and frees the same activation and gradient buffers every step. glibc serves blocks
+    above its mmap threshold with fresh mappings and returns a freed heap top to the OS, so each step faults those
+    pages in again and the kernel zero-fills them. Kept instead, as CUDA's caching allocator does on GPUs and
+    Intel's CPU launcher does by preloading jemalloc or tcmalloc; hand-written because torch exposes no host
+    allocator setting. The cost: the process keeps its peak heap until it exits."""
+    if plain_forced() or not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only (musl has no mallopt tuning)
+        return False
+    mallopt = libc.mallopt
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    if not any(mallopt(M_MMAP_THRESHOLD, size) for size in MMAP_THRESHOLDS):
+        return False
+    return bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
