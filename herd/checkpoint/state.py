@@ -81,8 +81,8 @@ def _check_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise a one-line HerdError naming the first tensor that holds a NaN or an infinity.
 
     A tensor's sum is NaN or infinite whenever one of its elements is (IEEE arithmetic propagates both); a finite
-    tensor whose sum overflows is cleared by the exact check. The sum reads the weights once and writes nothing: on
-    2 CPU cores it adds 7-50 ms to herd.load of llama3-125m's 123M weights (~200 ms), isfinite(t).all() 230 ms.
+    tensor whose sum overflows is cleared by the exact check. The sum reads the weights once and writes nothing, a
+    small part of a load's time, where `isfinite(t).all()` on every tensor would cost more than the load.
     """
     for name, tensor in tensors.items():
         if torch.isfinite(tensor.sum()) or torch.isfinite(tensor).all():

@@ -62,8 +62,8 @@ def generate_tokens(
     finish ride along masked out until all are done: decoding reads every weight once per step whatever
     the batch size, and a fixed batch keeps one shape for the compiled step. A prompt that does not fit
     the context with max_new_tokens is an error, or with `truncate` loses its first tokens (the BOS too).
-    `compile` runs the decode step through torch.compile: CUDA graphs on GPUs; on CPUs a compile of
-    30-60 s per model and batch size (any prompt length), after which decoding runs 2-3x faster. The host
+    `compile` runs the decode step through torch.compile: CUDA graphs on GPUs; on CPUs a one-time compile per
+    model and batch size (any prompt length) for faster decoding after it (benchmarks/README.md). The host
     looks at the new ids, and so calls on_token and notices stops, every `check_every` steps (default:
     every step on CPU, every 8 on accelerators, where each look waits for the device); ids generated past
     a stop are discarded.

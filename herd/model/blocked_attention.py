@@ -1,19 +1,15 @@
 """Attention for CPU training as batched GEMMs over blocks of query positions.
 
 Hand-written because torch's CPU flash-attention kernel is slow at the sequence lengths and head sizes small CPU
-runs use, above all in the backward pass. Causal GQA forward + backward on 2 cores (8 query / 4 key-value heads of
-32, medians of 20): 4 x 256 tokens 7.7 ms there, 6.0 ms here; 4 x 512 tokens 39 against 22 ms; 1 x 1,024 tokens 24
-against 23 ms. Forward alone it is no faster, so inference keeps SDPA. bf16 inputs (autocast training) are computed
-in fp32 and cast back, more exactly and faster than SDPA's bf16 kernel up to 512 tokens: 4 x 256 tokens 8.5 against
-11.5 ms, 4 x 512 23.5 against 37.2 ms (2 x 768: 25.4 against 23.1). The GEMMs in bf16 were no faster: at these
-shapes bf16 batched GEMMs gain 1.1-1.5x, less than the casts around them cost.
+runs use, above all in the backward pass (benchmarks/README.md has the figures). Forward alone it is no faster, so
+inference keeps SDPA. bf16 inputs (autocast training) are computed in fp32 and cast back, more exactly and, up to
+`MAX_LENGTH`, faster than SDPA's bf16 kernel; GEMMs in bf16 gained less than the casts around them cost.
 
 The queries of each key-value head are grouped, so one GEMM serves the whole group; a block of 64 positions sees the
 keys up to its end only (causality skips the rest), and under a document mask none before its first query's document
-(a training step on 4 x 1,024 tokens of ~5 documents per row: 1.14x faster; at 256 tokens, 1.5 per row, no change).
-The probabilities are kept for the backward pass instead of recomputed (recomputing them costs more than the flash
-kernel saves), so memory grows with length squared: it is used up to `MAX_LENGTH` tokens (past that: 5% faster at
-2,048 tokens, for ~70 MB per layer for one sequence of 8 heads). torch.compile traces it (`compile=true` keeps it;
+(faster steps where rows hold several documents). The probabilities are kept for the backward pass instead of
+recomputed (recomputing them costs more than the flash kernel saves), so memory grows with length squared: it is
+used up to `MAX_LENGTH` tokens (past that, its small gain costs tens of MB per layer). torch.compile traces it (`compile=true` keeps it;
 compiled, document masks do not skip keys, which would make shapes depend on the data).
 """
 
@@ -22,7 +18,7 @@ from __future__ import annotations
 import torch
 
 BLOCK = 64
-"""Query positions per block: as fast as 32 and 1.18x faster than 128 at 4 x 256 tokens; the fastest at 4 x 512."""
+"""Query positions per block: the fastest of 32, 64 and 128 at the lengths this runs (benchmarks/README.md)."""
 MAX_LENGTH = {torch.float32: 1024, torch.bfloat16: 512}
 """The longest sequence, by input dtype, for which this is used instead of SDPA."""
 

@@ -1,7 +1,7 @@
 """torch.compile at first use, once per function.
 
-Compiling at import would cost every herd command ~2 s of torch.compile's own import, though most never run the
-compiled code (measured for FlexAttention: `import herd.model` 3.7 against 1.4 s).
+Compiling at import would cost every herd command torch.compile's own import (seconds), though most never run the
+compiled code.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from herd.serve.protocol import error_body
 
 MAX_BODY_BYTES = 4 * 2**20
-"""Default request-body limit: a 128K-token prompt takes ~0.5 MB as text, ~0.9 MB as token ids."""
+"""Default request-body limit: room for a 128K-token prompt, as text or as token ids (benchmarks/README.md)."""
 HEADER_TIMEOUT_S = 10.0
 """Default time a client has to send a request's headers, from its connection or its previous response."""
 KEEP_ALIVE_S = 5

@@ -146,8 +146,8 @@ class PretrainConfig:
     """cpu, cuda, cuda:1, ...; auto picks cuda when available."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Compute dtype: bfloat16 autocast (weights and optimizer stay fp32) or float32; auto is bf16 on GPU, fp32 on CPU.
-    On a CPU with native bf16 (avx512_bf16, AMX) bfloat16 trains faster: steps 1.49-1.57x shorter on 2 Zen 4 cores
-    (dim 160-256 x 4 layers, 4-16 x 256 tokens; `benchmarks/train_cpu.py --dtype bfloat16` compares it with HF)."""
+    On a CPU with native bf16 (avx512_bf16, AMX) bfloat16 trains faster (benchmarks/README.md;
+    `benchmarks/train_cpu.py --dtype bfloat16` compares it with HF)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass (less memory, ~1/3 more compute)."""
     compile: bool = False
