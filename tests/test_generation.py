@@ -3,17 +3,15 @@ sampling (seeds, top-k, top-p, frequencies), stops, streaming text and context e
 
 import pytest
 import torch
+from tiny import tiny_config
 
 from herd.errors import HerdError
 from herd.generation import SamplingParams, TextStream, generate, generate_results, generate_tokens, sample
 from herd.model import KVCache, ModelConfig, build_model, preset
-from herd.tokenizer import Tokenizer, default_tokenizer_path, write_bpe_file
+from herd.tokenizer import write_bpe_file
 
 ATOL = 1e-5
-SMALL = ModelConfig(
-    dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=520, multiple_of=16, ffn_dim_multiplier=None,
-    max_seq_len=96,
-)
+SMALL = tiny_config(multiple_of=16, max_seq_len=96)
 
 
 def random_model(config: ModelConfig = SMALL, seed: int = 0):
@@ -33,8 +31,9 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return Tokenizer(default_tokenizer_path())
+def tok(meta_tokenizer):
+    """Meta's tokenizer: the text API's tests decode real text."""
+    return meta_tokenizer
 
 
 @pytest.fixture(scope="module")
