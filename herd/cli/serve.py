@@ -27,7 +27,7 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from herd.serve.scheduler import EngineConfig
+    from herd.serve.config import EngineConfig
     from herd.serve.server import resolve_api_key, serve
 
     limits = {name: getattr(args, name) for name in ("max_body_bytes", "header_timeout")

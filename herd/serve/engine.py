@@ -12,10 +12,11 @@ import torch
 from herd.errors import HerdError
 from herd.generation import TextStream, sample, token_logprobs
 from herd.model import Transformer
+from herd.serve.config import EngineConfig
 from herd.serve.model_runner import Segment, run_segments
 from herd.serve.paged_cache import PagedKV
 from herd.serve.request import RequestParams, Sequence, StepOutput
-from herd.serve.scheduler import EngineConfig, Scheduler
+from herd.serve.scheduler import Scheduler
 from herd.tokenizer import Tokenizer
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from herd.errors import HerdError
 from herd.model import Transformer
 from herd.serve.async_engine import AsyncEngine, EngineBusy, EngineFailed, EngineStopped
+from herd.serve.config import EngineConfig
 from herd.serve.engine import Engine
 from herd.serve.metrics import ServerMetrics
 from herd.serve.packed import pack_linears
@@ -36,7 +37,6 @@ from herd.serve.protocol import (
     usage,
 )
 from herd.serve.request import RequestParams, StepOutput
-from herd.serve.scheduler import EngineConfig
 from herd.tokenizer import Message, Tokenizer
 
 try:
