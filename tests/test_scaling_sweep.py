@@ -103,8 +103,16 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(HerdError, match="unknown config key 'budget'"):
         load_scaling_config(overrides=["budget=[1]"])
     assert set(PRESETS) == {"micro", "gpu"}
-    micro = load_scaling_config(preset_name="micro", overrides=["workers=1"])
+    micro = load_scaling_config(preset_name="micro", overrides=["workers=1", "train.optim.lr=1e-3", "models.d16-l2.n_layers=3",
+                                                                   "train.data.val_sources.val=shards/val"])
     assert micro.workers == 1 and micro.target_budget >= 10 * max(micro.budgets)
+    assert micro.train.optim.lr == 1e-3 and micro.train.batch_size == 4 and micro.train.model.fields == {"max_seq_len": 256}
+    d16 = micro.pretrain_config("r", steps=400, fields=micro.models["d16-l2"]).model.resolve(512)
+    assert (d16.dim, d16.n_layers) == (16, 3)
+    run = micro.pretrain_config("r", steps=400, fields=micro.models["d24-l2"])
+    assert (run.out_dir, run.steps, run.optim.warmup_steps, run.eval_interval, run.progress) == (
+        "runs/scaling-micro/runs/r", 400, 20, 400, False)
+    assert run.model.fields == {"max_seq_len": 256, **micro.models["d24-l2"]} and micro.train.model.fields == {"max_seq_len": 256}
 
 
 def write_fake_sweep(directory, records):
@@ -172,14 +180,14 @@ def test_stdlib_corpus_data_is_built_once_and_feeds_code_cloze(tmp_path):
     lines = []
     config = with_corpus_data(micro_config(tmp_path, corpus="stdlib", downstream={"tasks": ["code_cloze"]}),
                               log=lines.append)
-    data = config.train["data"]
-    assert set(data["sources"]) == {"code"} and set(data["val_sources"]) == {"val"}
+    data = config.train.data
+    assert set(data.sources) == {"code"} and set(data.val_sources) == {"val"}
     assert "stdlib corpus:" in lines[0] and config.corpus is None
     manifest = json.loads((tmp_path / "data" / "stdlib" / "data.json").read_text())
     assert manifest["vocab_size"] == 512 and manifest["tokens"]["code"] > 1_000_000
     assert len(downstream_task("code_cloze").samples(Path(config.downstream.data_dir))) > 100
     again = []
-    assert with_corpus_data(micro_config(tmp_path, corpus="stdlib"), log=again.append).train["data"] == data
+    assert with_corpus_data(micro_config(tmp_path, corpus="stdlib"), log=again.append).train.data == data
     assert again == []
     with pytest.raises(HerdError, match="unknown corpus 'web'; choose from: stdlib, micro"):
         with_corpus_data(micro_config(tmp_path, corpus="web"))

@@ -19,6 +19,7 @@ from typing import Any
 
 from herd.config_overrides import apply_overrides, from_dict, read_config_file, to_dict
 from herd.errors import HerdError
+from herd.run_dir import write_json, write_text
 from herd.scaling.analysis import field_value, fit_accuracy, fit_sweep, frontier_law, isoflop_fits, predict
 from herd.scaling.config import ScalingConfig
 from herd.scaling.fits import Sigmoid, fit_power_law
@@ -31,11 +32,9 @@ Log = Callable[[str], None]
 
 
 def load_scaling_config(path: str | Path | None = None, overrides: Sequence[str] = (), *, preset_name: str | None = None) -> ScalingConfig:
-    """A preset's settings (if named), then the file's, then `key=value` overrides."""
-    data = preset(preset_name) if preset_name else {}
-    if path is not None:
-        data = _merge(data, read_config_file(path))
-    return from_dict(ScalingConfig, apply_overrides(data, overrides))
+    """A preset's config (if named), with the file's settings, then `key=value` overrides, on top."""
+    data = apply_overrides(read_config_file(path) if path is not None else {}, overrides)
+    return from_dict(ScalingConfig, data, base=preset(preset_name) if preset_name else None)
 
 
 def sweep(config: ScalingConfig, log: Log = print) -> dict[str, Any]:
@@ -133,7 +132,7 @@ def mix(config: ScalingConfig, budget: float | None = None, log: Log = print) ->
     chosen = max(table, key=score)
     result = {"task": task, "budget": budget, "mixes": table, "chosen": chosen, "skipped": skipped}
     _write_json(config.run_dir / "mix.json", result)
-    (config.run_dir / "mix.md").write_text(_mix_markdown(result))
+    write_text(config.run_dir / "mix.md", _mix_markdown(result))
     log(f"[scaling] chosen mix: {chosen} ({config.run_dir / 'mix.md'})")
     return result
 
@@ -187,23 +186,15 @@ def _write_report(config: ScalingConfig, records: list[dict[str, Any]], skipped:
              plot_frontier(records, fits, out / "frontier.png", prediction)]
     downstream = plot_downstream(records, fits, out / "downstream.png", prediction, target)
     plots += [downstream] if downstream else []
-    (out / "report.md").write_text(render_report(records, skipped, fits, prediction, target, plots))
-
-
-def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    write_text(out / "report.md", render_report(records, skipped, fits, prediction, target, plots))
 
 
 def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=1, default=str))
+    write_json(path, value, indent=1, default=str)
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 __all__ = ["fit", "load_scaling_config", "mix", "predict_target", "sweep"]

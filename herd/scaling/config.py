@@ -1,19 +1,21 @@
 """The scaling-law config (`herd scaling sweep|fit|predict|mix --config C key=value ...`).
 
 One file drives every command: the compute budgets, the model ladder, the pretraining settings shared by every
-run (a `herd pretrain` config without out_dir and steps), the downstream tasks, and for `herd scaling mix` the
-candidate data mixes.
+run (a `PretrainConfig` whose out_dir, steps and schedule each run sets), the downstream tasks, and for
+`herd scaling mix` the candidate data mixes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from herd.config_overrides import from_dict
 from herd.errors import HerdError
-from herd.train.config import PretrainConfig
+from herd.train.config import OptimConfig, PretrainConfig
+
+PER_RUN = ("out_dir", "steps")
+"""PretrainConfig fields every run sets itself (with eval_interval, checkpoint_interval, keep_last, optim.warmup_steps)."""
 
 
 @dataclass
@@ -41,8 +43,9 @@ class ScalingConfig:
     """The ladder: name -> ModelConfig fields on top of train.model.preset, e.g. {d64: {dim: 64, n_layers: 2}}."""
     target_models: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Larger shapes kept out of the sweep that `herd scaling predict` may pick for the target budget."""
-    train: dict[str, Any] = field(default_factory=dict)
-    """PretrainConfig fields shared by every run: data, optim, batch_size, seq_len, device, ... (no out_dir, steps)."""
+    train: PretrainConfig = field(default_factory=lambda: PretrainConfig(optim=OptimConfig(warmup_steps=0), progress=False))
+    """The pretraining settings every run shares: model, data, optim, batch_size, seq_len, device, ...; each run sets
+    out_dir, steps, eval_interval (= steps), checkpoint_interval (steps // 4), keep_last (1) and optim.warmup_steps."""
     warmup_fraction: float = 0.05
     """Each run warms up for this fraction of its steps (its cosine then spans the rest: one schedule per run)."""
     min_steps: int = 20
@@ -76,8 +79,9 @@ class ScalingConfig:
             raise HerdError(f"budgets must be positive FLOPs, got {self.budgets}")
         if not self.models:
             raise HerdError("models is empty; give the ladder, e.g. models.d64={dim: 64, n_layers: 2}")
-        for name in ("out_dir", "steps"):
-            if name in self.train:
+        unset = PretrainConfig()
+        for name in PER_RUN:
+            if getattr(self.train, name) != getattr(unset, name):
                 raise HerdError(f"train.{name} is set per run by the sweep; remove it")
         if not 0 <= self.warmup_fraction < 1:
             raise HerdError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
@@ -94,18 +98,14 @@ class ScalingConfig:
     def pretrain_config(self, name: str, *, steps: int, fields: dict[str, Any] | None = None,
                         weights: dict[str, float] | None = None) -> PretrainConfig:
         """The PretrainConfig of run `name`: the shared train section, the ladder's model fields, its steps."""
-        train = dict(self.train)
-        model = dict(train.pop("model", {}))
-        model["fields"] = {**model.get("fields", {}), **(fields or {})}
-        data = dict(train.pop("data", {}))
-        if weights is not None:
-            data["weights"] = weights
-        optim = dict(train.pop("optim", {}))
-        optim["warmup_steps"] = int(self.warmup_fraction * steps)
-        values = {"out_dir": str(self.run_dir / "runs" / name), "model": model, "data": data, "optim": optim,
-                  "steps": steps, "eval_interval": steps, "checkpoint_interval": max(steps // 4, 1), "keep_last": 1,
-                  "progress": False, **train}
-        return from_dict(PretrainConfig, values, where="train.")
+        train = self.train
+        data = train.data if weights is None else replace(train.data, weights=weights)
+        return replace(
+            train, out_dir=str(self.run_dir / "runs" / name),
+            model=replace(train.model, fields={**train.model.fields, **(fields or {})}), data=data,
+            optim=replace(train.optim, warmup_steps=int(self.warmup_fraction * steps)), steps=steps,
+            eval_interval=steps, checkpoint_interval=max(steps // 4, 1), keep_last=1,
+        )
 
 
 __all__ = ["DownstreamSpec", "ScalingConfig"]

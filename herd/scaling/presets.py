@@ -5,18 +5,23 @@
   20 minutes and its target budget is 10x the largest sweep budget;
 - `gpu`: the same commands at GPU scale (one run per GPU with workers = GPUs), on the embedded corpus's
   `small` size or any token shards set in train.data.
+Each preset is a function returning a `ScalingConfig`; gpu copies and edits micro.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from herd.errors import HerdError
-from herd.scaling.config import ScalingConfig
+from herd.run_dir import write_json
+from herd.scaling.config import DownstreamSpec, ScalingConfig
+from herd.train.config import DataSpec, ModelSpec, OptimConfig, PretrainConfig
+
+Log = Callable[[str], None]
 
 DOMAINS = ("web", "math", "code", "multilingual")
 EMBEDDED_SIZES = ("micro", "tiny", "small")
@@ -32,48 +37,53 @@ def _ladder(shapes: list[tuple[int, int]], head_dim: int = 32) -> dict[str, dict
     return ladder
 
 
-MICRO: dict[str, Any] = {
-    "out_dir": "runs/scaling-micro",
-    "corpus": "stdlib",
-    "vocab_size": 1024,
-    "budgets": [1e11, 2e11, 4e11, 8e11, 1.6e12],
-    "target_budget": 1.6e13,
-    "models": _ladder([(16, 2), (24, 2), (32, 2), (40, 2), (48, 2), (64, 2), (80, 3), (96, 3), (128, 4)]),
-    "target_models": _ladder([(160, 5), (192, 6), (256, 6)]),
-    "train": {"model": {"preset": "tiny", "fields": {"max_seq_len": 256}}, "batch_size": 4, "seq_len": 128,
-              "optim": {"lr": 3e-3}, "device": "cpu", "data": {"val_batches": 16}},
-    "warmup_fraction": 0.05,
-    "min_steps": 200,
-    "tokens_per_param": [0.5, 1000.0],
-    "workers": 2,
-    "downstream": {"tasks": ["code_cloze"], "limit": 300},
-}
-
-GPU: dict[str, Any] = {
-    **copy.deepcopy(MICRO),
-    "out_dir": "runs/scaling-gpu",
-    "corpus": "small",
-    "vocab_size": 8192,
-    "budgets": [1e16, 3e16, 1e17, 3e17],
-    "target_budget": 3e18,
-    "models": _ladder([(256, 4), (384, 6), (512, 8), (640, 10), (768, 12)], head_dim=64),
-    "target_models": _ladder([(1024, 16), (1280, 20), (1536, 24)], head_dim=64),
-    "train": {"model": {"preset": "tiny", "fields": {"max_seq_len": 1024}}, "batch_size": 32, "seq_len": 1024,
-              "optim": {"lr": 1e-3}, "device": "cuda", "compile": True, "data": {"val_batches": 32}},
-    "workers": 1,
-    "downstream": {"tasks": ["synth_math_mc", "synth_knowledge", "humaneval_mc"], "limit": 500},
-}
-
-PRESETS = {"micro": MICRO, "gpu": GPU}
+def micro() -> ScalingConfig:
+    return ScalingConfig(
+        out_dir="runs/scaling-micro",
+        corpus="stdlib",
+        vocab_size=1024,
+        budgets=[1e11, 2e11, 4e11, 8e11, 1.6e12],
+        target_budget=1.6e13,
+        models=_ladder([(16, 2), (24, 2), (32, 2), (40, 2), (48, 2), (64, 2), (80, 3), (96, 3), (128, 4)]),
+        target_models=_ladder([(160, 5), (192, 6), (256, 6)]),
+        train=PretrainConfig(model=ModelSpec("tiny", {"max_seq_len": 256}), batch_size=4, seq_len=128,
+                             optim=OptimConfig(lr=3e-3, warmup_steps=0), device="cpu", data=DataSpec(val_batches=16), progress=False),
+        warmup_fraction=0.05,
+        min_steps=200,
+        tokens_per_param=(0.5, 1000.0),
+        workers=2,
+        downstream=DownstreamSpec(tasks=["code_cloze"], limit=300),
+    )
 
 
-def preset(name: str) -> dict[str, Any]:
+def gpu() -> ScalingConfig:
+    return dataclasses.replace(
+        micro(),
+        out_dir="runs/scaling-gpu",
+        corpus="small",
+        vocab_size=8192,
+        budgets=[1e16, 3e16, 1e17, 3e17],
+        target_budget=3e18,
+        models=_ladder([(256, 4), (384, 6), (512, 8), (640, 10), (768, 12)], head_dim=64),
+        target_models=_ladder([(1024, 16), (1280, 20), (1536, 24)], head_dim=64),
+        train=PretrainConfig(model=ModelSpec("tiny", {"max_seq_len": 1024}), batch_size=32, seq_len=1024,
+                             optim=OptimConfig(lr=1e-3, warmup_steps=0), device="cuda", compile=True, data=DataSpec(val_batches=32),
+                             progress=False),
+        workers=1,
+        downstream=DownstreamSpec(tasks=["synth_math_mc", "synth_knowledge", "humaneval_mc"], limit=500),
+    )
+
+
+PRESETS: dict[str, Callable[[], ScalingConfig]] = {"micro": micro, "gpu": gpu}
+
+
+def preset(name: str) -> ScalingConfig:
     if name not in PRESETS:
         raise HerdError(f"unknown scaling preset {name!r}; choose from: {', '.join(PRESETS)}")
-    return copy.deepcopy(PRESETS[name])
+    return PRESETS[name]()
 
 
-def with_corpus_data(config: ScalingConfig, log: Any = print) -> ScalingConfig:
+def with_corpus_data(config: ScalingConfig, log: Log = print) -> ScalingConfig:
     """With `corpus` set: build its token shards in out_dir/data (skipped when already built) and return the config
     pointing train.data at them (and the downstream tasks at the corpus's eval files); else the config as is."""
     if config.corpus is None:
@@ -85,30 +95,28 @@ def with_corpus_data(config: ScalingConfig, log: Any = print) -> ScalingConfig:
     else:
         raise HerdError(f"unknown corpus {config.corpus!r}; choose from: stdlib, {', '.join(EMBEDDED_SIZES)}")
     val = {"val": sources.pop("val")}
-    train = copy.deepcopy(config.train)
-    data = train.setdefault("data", {})
-    data.setdefault("sources", sources)
-    data.setdefault("val_sources", val)
+    data = config.train.data
+    train = dataclasses.replace(config.train, data=dataclasses.replace(
+        data, sources=data.sources or sources, val_sources=data.val_sources or val))
     downstream = config.downstream
     if downstream.data_dir == "data/benchmarks":
         downstream = dataclasses.replace(downstream, data_dir=eval_dir)
     return dataclasses.replace(config, train=train, downstream=downstream, corpus=None)
 
 
-def _embedded_data(config: ScalingConfig, log: Any) -> tuple[dict[str, str], str]:
+def _embedded_data(config: ScalingConfig, log: Log) -> tuple[dict[str, str], str]:
     """herd's generated corpus through the speedrun's data stages: its sources (and val) and its eval directory."""
     from herd.speedrun.presets import preset_config
     from herd.speedrun.run import RunContext, run_stages
 
     settings = preset_config("tiny", [f"corpus.size={config.corpus}", f"tokenizer.vocab_size={config.vocab_size}"])
-    settings["device"] = "cpu"
     ctx = RunContext(config.run_dir / "data", settings)
     run_stages(ctx, log, until="tokenize")
     sources = ctx.outputs("tokenize")["sources"]
     return {d: sources[d] for d in (*DOMAINS, "val")}, str(ctx.stage_dir("corpus") / "eval")
 
 
-def _stdlib_data(config: ScalingConfig, log: Any) -> tuple[dict[str, str], str]:
+def _stdlib_data(config: ScalingConfig, log: Log) -> tuple[dict[str, str], str]:
     """The standard library's source as `code` (and `val`) token shards under a BPE of vocab_size trained on it,
     and the directory of its text splits (code_cloze reads the held-out files there)."""
     import os
@@ -132,7 +140,7 @@ def _stdlib_data(config: ScalingConfig, log: Any) -> tuple[dict[str, str], str]:
         manifest = tokenize_corpus([out / "split" / f"{split}.jsonl"], tokenizer, shards[name], os.cpu_count(),
                                    show_progress=False)
         tokens[name] = sum(shard.num_tokens for shard in manifest.shards)
-    done.write_text(json.dumps({"vocab_size": config.vocab_size, "files": files, "tokens": tokens}))
+    write_json(done, {"vocab_size": config.vocab_size, "files": files, "tokens": tokens})
     log(f"[scaling] stdlib corpus: {files['train']} + {files['val']} files, {tokens['code']:,} training and "
         f"{tokens['val']:,} validation tokens ({time.perf_counter() - start:.0f} s)")
     return shards, str(out / "split")

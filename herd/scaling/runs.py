@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from herd.run_dir import write_json
 from herd.scaling.config import ScalingConfig
 from herd.scaling.plan import PlannedRun
 
@@ -76,8 +77,7 @@ def train_and_score(config: ScalingConfig, run: PlannedRun) -> dict[str, Any]:
                                           limit=config.downstream.limit, batch_size=config.downstream.batch_size)
     record = {**run.as_dict(), "val_loss": result.final_val_loss, "val_bpb": result.final_val_bpb,
               "train_loss": result.final_loss, "train_seconds": _train_seconds(result.run_dir), "downstream": scores}
-    path = result.run_dir / RESULT
-    path.write_text(json.dumps(record, indent=1))
+    write_json(result.run_dir / RESULT, record, indent=1)
     return record
 
 
