@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from tiny import tiny_config
 
 from herd.errors import HerdError
 from herd.model import ModelConfig, RopeScaling, build_model, preset
@@ -12,11 +13,7 @@ from herd.model.rope import rope_frequencies
 
 
 def small_config(**changes) -> ModelConfig:
-    base = ModelConfig(
-        dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=16, ffn_dim_multiplier=None,
-        max_seq_len=256,
-    )
-    return base.replace(**changes)
+    return tiny_config(vocab_size=300, multiple_of=16).replace(**changes)
 
 
 @pytest.mark.parametrize(
