@@ -3,15 +3,16 @@
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tiny import tiny_config
 from torch._dynamo.utils import counters
 from torch.distributed.device_mesh import init_device_mesh
 
-from herd.model import ModelConfig, build_model
+from herd.model import build_model
 from herd.train.distributed import Distributed
 from herd.train.losses import next_token_loss
 from herd.train.parallelize import apply_fsdp, parallelize
 
-CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=80)
+CONFIG = tiny_config(vocab_size=128, ffn_dim_multiplier=1.3, max_seq_len=80)
 
 
 def test_checkpointed_blocks_still_compile_and_match_eager():
