@@ -29,7 +29,6 @@ from herd.eval.tasks.gsm8k import GSM8K
 from herd.eval.tasks.multiple_choice import ARCChallenge
 from herd.model import build_model
 from herd.model.presets import tiny
-from herd.tokenizer import Tokenizer, default_tokenizer_path
 
 pytestmark = pytest.mark.slow
 SUBJECTS = ("anatomy", "astronomy")
@@ -114,7 +113,7 @@ def _yaml(path: Path, config: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, meta_tokenizer):
     """(herd's (scores, records) per task, lm-eval's results and samples) on the same model and files."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -124,7 +123,7 @@ def runs(tmp_path_factory):
     with torch.no_grad():  # weights large enough that prompts and choices move the scores well past 1e-4
         for name, param in model.named_parameters():
             param.fill_(1.0) if "norm" in name else param.normal_(0.0, 0.3)
-    save(model, Tokenizer(default_tokenizer_path()), root / "hf", format="hf")
+    save(model, meta_tokenizer, root / "hf", format="hf")
     _write_data(root / "data")
     (root / "tasks").mkdir()
     _write_lm_eval_tasks(root / "tasks", root / "data", root / "cache")
