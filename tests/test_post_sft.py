@@ -1,12 +1,11 @@
-# ruff: noqa: F811 - tests take the fixtures imported from test_post_data as arguments
 """SFT: the loss reaches assistant tokens only, a tiny run learns its answers, and a run resumes exactly."""
 
 import json
 
 import pytest
 import torch
-from test_post_data import QA, chat_records, make_model, tiny_model_dir, tiny_tok_path, tok, write_jsonl  # noqa: F401
 from test_run_dir import crash_mid_write
+from tiny import QA, chat_records, make_model, write_jsonl
 
 import herd
 from herd.generation import generate_tokens
