@@ -1,6 +1,5 @@
-# ruff: noqa: F811 - tests take the fixtures imported from test_post_data as arguments
 """Every `herd ...` command in README.md's bash blocks, so the README cannot drift: the quick ones run with tiny
-settings (test_post_data's tiny model or the `tiny` preset, paths in a tmp dir), the rest are parsed (argparse takes
+settings (conftest's tiny model or the `tiny` preset, paths in a tmp dir), the rest are parsed (argparse takes
 them, with their optional parts too, and their key=value overrides are known keys of their config) where they take
 minutes or need something outside (a server, a GPU, Meta's checkpoints). A README command missing from RUN and PARSE
 fails test_every_readme_command_is_covered. The cases run in README order (the examples block is a chain)."""
@@ -19,7 +18,6 @@ import yaml
 
 from herd.cli import build_parser, main
 from herd.cli.stages import STAGES
-from test_post_data import tiny_model_dir, tiny_tok_path  # noqa: F401 - session fixtures, shared
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -51,7 +49,7 @@ class Run:
     """How a README command runs here: placeholders it maps differently, arguments that keep it tiny."""
 
     extra: list[str] = field(default_factory=list)
-    model: str = "tiny_model"  # DIR: test_post_data's model (context 256); "tiny": the preset (context 1024)
+    model: str = "tiny_model"  # DIR: conftest's tiny_model_dir (context 256); "tiny": the preset (context 1024)
     stdin: str = ""
     exit_code: int = 0
     needs_shared_data: bool = False
