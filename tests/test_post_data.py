@@ -1,65 +1,18 @@
 """Post-training data readers and batches: chat and preference records, errors naming file:line, packing with
-loss masks. Also holds the tiny tokenizer/model fixtures the other test_post_* modules import."""
+loss masks."""
 
 import functools
 import json
 import operator
-from pathlib import Path
 
 import pytest
 import torch
+from tiny import QA, chat_records, write_jsonl
 
-import herd
-from herd.data.readers import corpus_texts
 from herd.errors import HerdError
-from herd.model import ModelConfig, build_model
 from herd.post.batches import Batches, encode_pairs, encode_reply, pack_chats, pair_batch
 from herd.post.data import PreferencePair, read_chats, read_preferences, read_prompts
-from herd.tokenizer import Tokenizer
-from herd.tokenizer.train_bpe import train_tokenizer
 from herd.train.packing import IGNORE_INDEX
-
-QA = [("what is the sky", "blue"), ("what is grass", "green"), ("what is snow", "white"), ("what is coal", "black"),
-      ("what is the sun", "yellow"), ("what is a rose", "red"), ("what is the sea", "deep blue"),
-      ("what is a plum", "purple")]
-
-
-def write_jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def chat_records() -> list[dict]:
-    return [{"messages": [{"role": "system", "content": "answer with a color"}, {"role": "user", "content": q},
-                          {"role": "assistant", "content": a}]} for q, a in QA]
-
-
-@pytest.fixture(scope="session")
-def tiny_tok_path(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("post_tok")
-    texts = [f"{q} {a} answer with a color system user assistant good bad" for q, a in QA] * 20
-    corpus = write_jsonl(tmp / "corpus.jsonl", [{"text": t} for t in texts])
-    return train_tokenizer(corpus_texts([corpus])[1], 300, tmp / "tok.model", show_progress=False)
-
-
-def make_model(tok: Tokenizer, seed: int = 0):
-    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.n_words, multiple_of=32,
-                         ffn_dim_multiplier=None, max_seq_len=256)
-    model = build_model(config)
-    model.init_weights(seed)
-    return model
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tiny_tok_path, tmp_path_factory) -> Path:
-    """A randomly initialized dim-64, 2-layer model with a 556-id tokenizer, saved in herd format."""
-    tok = Tokenizer(tiny_tok_path)
-    return herd.save(make_model(tok), tok, tmp_path_factory.mktemp("post_model") / "base")
-
-
-@pytest.fixture()
-def tok(tiny_tok_path) -> Tokenizer:
-    return Tokenizer(tiny_tok_path)
 
 
 # --- readers ---------------------------------------------------------------------------------------------
