@@ -1,7 +1,5 @@
 """`herd guard | codeshield | cyberseceval`: Llama Guard 2, Code Shield and CyberSecEval 2."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import sys
