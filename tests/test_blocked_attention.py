@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import tiny_config
+from tiny import model_config
 
 from herd.model import ModelConfig, attention, build_model
 from herd.model.attention import BlockedRows, RowKernel, row_kernel
@@ -102,7 +102,7 @@ def test_bf16_inputs_are_computed_in_fp32():
 def test_model_gradients_match_sdpa(monkeypatch, autocast, rtol):
     """The model's training forward takes the blocked path, under bf16 autocast too; its loss and gradients are
     SDPA's (to bf16's precision under autocast, where the blocked path is the more exact one)."""
-    config = tiny_config(vocab_size=128, ffn_dim_multiplier=1.3, max_seq_len=96)
+    config = model_config(vocab_size=128, ffn_dim_multiplier=1.3, max_seq_len=96)
     model = build_model(config)
     model.init_weights(0)
     tokens = torch.randint(0, 128, (2, 96), generator=torch.Generator().manual_seed(1))
@@ -128,7 +128,7 @@ def test_model_gradients_match_sdpa(monkeypatch, autocast, rtol):
 def test_compiled_blocks_match_eager():
     """torch.compile traces the blocked attention (compile=true keeps it), with and without a document mask: same
     loss and gradients as eager (which skips keys under the mask)."""
-    config = tiny_config(vocab_size=128, ffn_dim_multiplier=1.3, max_seq_len=80)
+    config = model_config(vocab_size=128, ffn_dim_multiplier=1.3, max_seq_len=80)
     models = [build_model(config) for _ in range(2)]
     for model in models:
         model.init_weights(0)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny import tiny_config
+from tiny import model_config
 
 import herd.checkpoint as ckpt
 from herd.checkpoint import hf_format, hub
@@ -30,7 +30,7 @@ def tok(byte_bpe_path) -> Tokenizer:
 
 def small_config(**changes) -> ModelConfig:
     """The tiny config with llama3 RoPE scaling and 512 positions."""
-    base = tiny_config(rope_scaling=RopeScaling(factor=8.0, original_max_position_embeddings=64), max_seq_len=512)
+    base = model_config(rope_scaling=RopeScaling(factor=8.0, original_max_position_embeddings=64), max_seq_len=512)
     return base.replace(**changes)
 
 

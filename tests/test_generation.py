@@ -3,7 +3,7 @@ sampling (seeds, top-k, top-p, frequencies), stops, streaming text and context e
 
 import pytest
 import torch
-from tiny import tiny_config
+from tiny import model_config
 
 from herd.errors import HerdError
 from herd.generation import SamplingParams, TextStream, generate, generate_results, generate_tokens, sample
@@ -11,7 +11,7 @@ from herd.model import KVCache, ModelConfig, build_model, preset
 from herd.tokenizer import write_bpe_file
 
 ATOL = 1e-5
-SMALL = tiny_config(multiple_of=16, max_seq_len=96)
+SMALL = model_config(multiple_of=16, max_seq_len=96)
 
 
 def random_model(config: ModelConfig = SMALL, seed: int = 0):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from tiny import tiny_config
+from tiny import model_config
 
 from herd.errors import HerdError
 from herd.model import ModelConfig, RopeScaling, build_model, preset
@@ -13,7 +13,7 @@ from herd.model.rope import rope_frequencies
 
 
 def small_config(**changes) -> ModelConfig:
-    return tiny_config(vocab_size=300, multiple_of=16).replace(**changes)
+    return model_config(vocab_size=300, multiple_of=16).replace(**changes)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tiny import tiny_config
+from tiny import model_config
 from torch._dynamo.utils import counters
 from torch.distributed.device_mesh import init_device_mesh
 
@@ -12,7 +12,7 @@ from herd.train.distributed import Distributed
 from herd.train.losses import next_token_loss
 from herd.train.parallelize import apply_fsdp, parallelize
 
-CONFIG = tiny_config(vocab_size=128, ffn_dim_multiplier=1.3, max_seq_len=80)
+CONFIG = model_config(vocab_size=128, ffn_dim_multiplier=1.3, max_seq_len=80)
 
 
 def test_checkpointed_blocks_still_compile_and_match_eager():

@@ -31,7 +31,7 @@ def byte_bpe_ranks() -> dict[bytes, int]:
     return {bytes([b]): b for b in range(256)} | {m: 256 + i for i, m in enumerate(BYTE_MERGES)}
 
 
-def tiny_config(**changes) -> ModelConfig:
+def model_config(**changes) -> ModelConfig:
     """dim 64, 2 layers, 4 heads over 2 KV heads, the byte BPE's 520 ids, FFN 192 wide, 256 positions."""
     base = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=520, multiple_of=32,
                        ffn_dim_multiplier=None, max_seq_len=256)
@@ -40,6 +40,6 @@ def tiny_config(**changes) -> ModelConfig:
 
 def make_model(tok: Tokenizer, seed: int = 0) -> Transformer:
     """The tiny config on `tok`'s vocabulary, initialized with `seed`."""
-    model = build_model(tiny_config(vocab_size=tok.n_words))
+    model = build_model(model_config(vocab_size=tok.n_words))
     model.init_weights(seed)
     return model
