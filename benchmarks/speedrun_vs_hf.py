@@ -14,6 +14,7 @@ Usage: python benchmarks/speedrun_vs_hf.py [--preset tiny] [--steps 150] [--runs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import statistics
 import time
@@ -33,7 +34,7 @@ def run_herd(ctx: RunContext, out: Path, steps: int, seed: int) -> tuple[float, 
     from herd.train.pretrain import pretrain
 
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resumed one
-    s = {**ctx.settings("pretrain"), "eval_interval": steps, "checkpoint_interval": steps}
+    s = dataclasses.replace(ctx.config.pretrain, eval_interval=steps, checkpoint_interval=steps)
     config = pretrain_config(ctx, out, s, steps=steps)
     config.seed = seed
     wall, cpu = time.perf_counter(), time.process_time()
@@ -46,7 +47,7 @@ def hf_model(ctx: RunContext, n_words: int):
 
     from herd.model import ModelConfig
 
-    m = ctx.settings("pretrain")["model"]
+    m = ctx.config.pretrain.model
     ffn = ModelConfig(**{k: m[k] for k in ("dim", "n_heads", "n_kv_heads", "multiple_of")}).ffn_hidden_dim
     config = LlamaConfig(
         hidden_size=m["dim"], intermediate_size=ffn, num_hidden_layers=m["n_layers"], num_attention_heads=m["n_heads"],
@@ -66,12 +67,12 @@ def hf_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[to
 def run_hf(ctx: RunContext, budget_s: float, seed: int) -> tuple[float, int, float]:
     """The plain loop for `budget_s` wall-clock seconds: (val loss, steps done, CPU seconds)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    s, sources = ctx.settings("pretrain"), ctx.outputs("tokenize")["sources"]
-    train = {d: sources[d] for d in s["weights"]}
-    data = TokenDataLoader(DataLoaderConfig(train, s["weights"], s["batch_size"], s["seq_len"], seed))
+    s, sources = ctx.config.pretrain, ctx.outputs("tokenize")["sources"]
+    train = {d: sources[d] for d in s.weights}
+    data = TokenDataLoader(DataLoaderConfig(train, s.weights, s.batch_size, s.seq_len, seed))
     torch.manual_seed(seed)
     model = hf_model(ctx, data.n_words).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s["lr"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr)
     steps = 0
     for batch in data:
         loss, count = hf_loss(model, batch)
@@ -83,10 +84,10 @@ def run_hf(ctx: RunContext, budget_s: float, seed: int) -> tuple[float, int, flo
         if time.perf_counter() - wall >= budget_s:
             break
     model.eval()
-    val = TokenDataLoader(DataLoaderConfig({"val": sources["val"]}, None, s["batch_size"], s["seq_len"], seed))
+    val = TokenDataLoader(DataLoaderConfig({"val": sources["val"]}, None, s.batch_size, s.seq_len, seed))
     nats, tokens = 0.0, 0
     with torch.no_grad():
-        for _, batch in zip(range(s["val_batches"]), val):
+        for _, batch in zip(range(s.val_batches), val):
             loss, count = hf_loss(model, batch)
             nats, tokens = nats + float(loss), tokens + count
     return nats / max(tokens, 1), steps, time.process_time() - cpu
@@ -110,9 +111,9 @@ def main() -> None:
         rows.append((herd_loss, herd_wall, herd_cpu, hf_val, hf_steps, hf_cpu))
         print(f"run {run}: herd {herd_loss:.3f} ({args.steps} steps, {herd_wall:.0f} s wall, {herd_cpu:.0f} CPU-s) | "
               f"hf {hf_val:.3f} ({hf_steps} steps in the same wall-clock, {hf_cpu:.0f} CPU-s)", flush=True)
-    m = ctx.settings("pretrain")
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; preset {args.preset}: model {m['model']['dim']} "
-          f"x {m['model']['n_layers']} layers, batch {m['batch_size']} x {m['seq_len']}, {args.runs} runs, medians")
+    m = ctx.config.pretrain
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; preset {args.preset}: model {m.model['dim']} "
+          f"x {m.model['n_layers']} layers, batch {m.batch_size} x {m.seq_len}, {args.runs} runs, medians")
     med = [statistics.median(r[i] for r in rows) for i in range(6)]
     print(f"{'':>5}  {'val loss (nats/token)':>21}  {'steps':>6}  {'wall s':>7}  {'CPU s':>6}")
     print(f"{'herd':>5}  {med[0]:21.3f}  {args.steps:6d}  {med[1]:7.0f}  {med[2]:6.0f}")

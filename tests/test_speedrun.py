@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from herd.config_overrides import from_dict
+from herd.config_overrides import from_dict, to_dict
 from herd.errors import HerdError
 from herd.model import ModelConfig, preset
 from herd.speedrun import PRESETS, STAGES, preset_config, speedrun
+from herd.speedrun.presets import micro
 from herd.speedrun.post_stages import stage_fields
 from herd.speedrun.run import RunContext
 from herd.speedrun.train_stages import pretrain_config
@@ -21,31 +22,85 @@ def test_presets_construct_valid_configs(name, tmp_path):
     ctx = RunContext(tmp_path, config)
     sources = {d: str(tmp_path / d) for d in ("web", "math", "multilingual", "code", "val")}
     ctx.manifests["tokenize"] = {"outputs": {"sources": sources}}
-    pretrain = pretrain_config(ctx, tmp_path / "p", config["pretrain"], steps=config["pretrain"]["steps"])
-    model = from_dict(ModelConfig, {**config["pretrain"]["model"], "vocab_size": config["tokenizer"]["vocab_size"] + 256},
+    pretrain = pretrain_config(ctx, tmp_path / "p", config.pretrain, steps=config.pretrain.steps)
+    model = from_dict(ModelConfig, {**config.pretrain.model, "vocab_size": config.tokenizer.vocab_size + 256},
                       base=preset("tiny"))
     assert pretrain.seq_len <= model.max_seq_len and model.dim % model.n_heads == 0
-    anneal = pretrain_config(ctx, tmp_path / "a", config["pretrain"], steps=pretrain.steps + config["anneal"]["steps"],
-                             anneal=config["anneal"]["steps"])
-    assert anneal.optim.anneal_steps == config["anneal"]["steps"]
+    anneal = pretrain_config(ctx, tmp_path / "a", config.pretrain, steps=pretrain.steps + config.anneal.steps,
+                             anneal=config.anneal.steps)
+    assert anneal.optim.anneal_steps == config.anneal.steps
 
 
 def test_bad_preset_and_override():
     with pytest.raises(HerdError, match="choose from: micro, tiny, gpu, node"):
         preset_config("huge")
-    with pytest.raises(HerdError, match="stage.key=value"):
+    with pytest.raises(HerdError, match=r"unknown config key 'pretrain.stepz'; valid keys in pretrain: model, steps, "):
         preset_config("tiny", ["pretrain.stepz=3"])
-    assert preset_config("tiny", ["pretrain.steps=7"])["pretrain"]["steps"] == 7
+    with pytest.raises(HerdError, match=r"unknown config key 'pretrian'; valid keys: corpus, data, tokenizer, "):
+        preset_config("tiny", ["pretrian.steps=3"])
+    with pytest.raises(HerdError, match="config key 'sft.lr' takes a float, got 'fast'"):
+        preset_config("tiny", ["sft.lr=fast"])
+    with pytest.raises(HerdError, match="unknown tokenizer.source 'sentencepiece'; choose from: bpe, llama3"):
+        preset_config("micro", ["tokenizer.source=sentencepiece"])
+    config = preset_config("tiny", ["pretrain.steps=7", "pretrain.weights.web=0.5", "pretrain.model.dim=96",
+                                    "eval.real_tasks=[\"gsm8k\"]", "progress=no"])
+    assert config.pretrain.steps == 7 and config.pretrain.weights["web"] == 0.5 and config.pretrain.weights["math"] == 0.3
+    assert config.pretrain.model["n_layers"] == 4 and config.eval.real_tasks == ["gsm8k"] and config.progress is False
+    assert preset_config("tiny").pretrain.steps == 400  # overrides change a copy, never the preset
+
+
+TINY = {  # the presets' numbers as they were when they were nested dicts
+    "seed": 0, "device": "cpu", "dtype": "auto", "progress": True,
+    "corpus": {"size": "tiny"}, "data": {"workers": 2, "val_every": 40},
+    "tokenizer": {"source": "bpe", "vocab_size": 2048}, "tokenize": {"workers": 2},
+    "pretrain": {"model": {"dim": 160, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 64, "max_seq_len": 512},
+                 "steps": 400, "batch_size": 16, "seq_len": 256, "lr": 3e-3, "warmup_steps": 40,
+                 "weights": {"web": 0.40, "math": 0.30, "code": 0.17, "multilingual": 0.13},
+                 "eval_interval": 100, "val_batches": 8, "checkpoint_interval": 100,
+                 "compile": False, "activation_checkpointing": False},
+    "anneal": {"steps": 60},
+    "sft": {"steps": 240, "batch_size": 16, "seq_len": 256, "lr": 1e-3},
+    "rm": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 5e-4},
+    "rejection": {"samples_per_prompt": 4, "max_new_tokens": 64, "temperature": 0.8},
+    "sft2": {"steps": 80, "batch_size": 16, "seq_len": 256, "lr": 5e-4, "rs_repeats": 2},
+    "dpo": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 1e-4, "beta": 0.1},
+    "eval": {"limit": 60, "data_dir": "data/benchmarks", "real_tasks": ["gsm8k", "humaneval"], "real_limit": 20},
+    "safety": {"guard_steps": 40, "guard_examples": 400, "guard_eval": 48, "probe_prompts": 16, "max_new_tokens": 48},
+    "final": {"transcripts": 4, "max_new_tokens": 64, "rm_prompts": 24},
+}
+MICRO_CHANGES = {
+    "corpus": {"size": "micro"}, "data": {"val_every": 20}, "tokenizer": {"vocab_size": 512},
+    "pretrain": {"model": {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32, "max_seq_len": 512},
+                 "steps": 30, "batch_size": 8, "seq_len": 128, "warmup_steps": 5, "eval_interval": 15,
+                 "val_batches": 2, "checkpoint_interval": 15},
+    "anneal": {"steps": 10},
+    "sft": {"steps": 15, "batch_size": 8, "seq_len": 128}, "sft2": {"steps": 8, "batch_size": 8, "seq_len": 128},
+    "rm": {"steps": 10, "batch_size": 8, "seq_len": 128}, "dpo": {"steps": 10, "batch_size": 8, "seq_len": 128},
+    "rejection": {"samples_per_prompt": 2, "max_new_tokens": 16}, "eval": {"limit": 8, "real_limit": 4},
+    "safety": {"guard_steps": 6, "guard_examples": 80, "guard_eval": 8, "probe_prompts": 4, "max_new_tokens": 16},
+    "final": {"transcripts": 2, "max_new_tokens": 16, "rm_prompts": 8},
+}
+
+
+def test_typed_presets_carry_the_numbers_of_the_old_dicts():
+    assert to_dict(PRESETS["tiny"]()) == TINY
+    expected = {k: {**v, **MICRO_CHANGES.get(k, {})} if isinstance(v, dict) else v for k, v in TINY.items()}
+    assert to_dict(PRESETS["micro"]()) == expected
+    gpu, node = PRESETS["gpu"](), PRESETS["node"]()
+    assert (gpu.device, gpu.pretrain.steps, gpu.pretrain.compile, gpu.dpo.lr, gpu.tokenizer.vocab_size) == (
+        "cuda", 5000, True, 1e-5, 128000)
+    assert (node.pretrain.model["dim"], node.pretrain.steps, node.pretrain.activation_checkpointing,
+            node.anneal.steps, node.sft.steps) == (1536, 10000, True, 1000, 1500)
 
 
 def test_dtype_reaches_every_training_stage(tmp_path):
     config = preset_config("tiny", ["dtype=bfloat16"])
     ctx = RunContext(tmp_path, config)
-    sources = {d: str(tmp_path / d) for d in (*config["pretrain"]["weights"], "val")}
+    sources = {d: str(tmp_path / d) for d in (*config.pretrain.weights, "val")}
     ctx.manifests["tokenize"] = {"outputs": {"sources": sources}}
     ctx.manifests["anneal"] = {"outputs": {"model": str(tmp_path / "model")}}
-    assert pretrain_config(ctx, tmp_path, config["pretrain"], steps=100).dtype == "bfloat16"
-    assert stage_fields(ctx, tmp_path, config["sft"], str(tmp_path / "model"))["dtype"] == "bfloat16"
+    assert pretrain_config(ctx, tmp_path, config.pretrain, steps=100).dtype == "bfloat16"
+    assert stage_fields(ctx, tmp_path, config.sft, str(tmp_path / "model"))["dtype"] == "bfloat16"
     assert RunContext(tmp_path, preset_config("tiny")).dtype == "auto"
 
 
@@ -54,20 +109,12 @@ def test_llama3_tokenizer_gives_uint32_shards(tmp_path):
     from herd.speedrun.run import run_stages
 
     config = preset_config("micro", ["tokenizer.source=llama3", "progress=false"])
-    assert PRESETS["gpu"]["tokenizer"]["source"] == PRESETS["node"]["tokenizer"]["source"] == "llama3"
+    assert PRESETS["gpu"]().tokenizer.source == PRESETS["node"]().tokenizer.source == "llama3"
     ctx = RunContext(tmp_path, config)
     run_stages(ctx, log=lambda _: None, until="tokenize")
     assert ctx.outputs("tokenizer")["vocab_size"] == 128000
     manifest = json.loads((Path(ctx.outputs("tokenize")["sources"]["math"]) / "manifest.json").read_text())
     assert manifest["dtype"] == "uint32" and ctx.outputs("tokenize")["tokens"]["math"] > 1000
-
-
-def test_unknown_tokenizer_source(tmp_path):
-    from herd.speedrun.data_stages import tokenizer_stage
-
-    ctx = RunContext(tmp_path, preset_config("micro"))
-    with pytest.raises(HerdError, match="choose from: bpe, llama3"):
-        tokenizer_stage(ctx, tmp_path, {"source": "sentencepiece", "vocab_size": 512})
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +137,7 @@ def test_micro_spine_manifests_and_report(micro_run):
     assert (out / "curves.png").stat().st_size > 1000
     assert (out / "final" / "config.json").is_file() or any((out / "final").iterdir())
     anneal = json.loads((out / "06-anneal" / "speedrun.json").read_text())["outputs"]
-    assert anneal["steps"] == PRESETS["micro"]["pretrain"]["steps"] + PRESETS["micro"]["anneal"]["steps"]
+    assert anneal["steps"] == micro().pretrain.steps + micro().anneal.steps
     assert anneal["new_tokens"] > 0  # the anneal continued pretraining's checkpoint, not a fresh run
 
 
@@ -115,7 +162,7 @@ def test_addition_probe_and_safety_scores(micro_run):
     safety = json.loads((out / f"{list(STAGES).index('safety') + 1:02d}-safety" / "safety.json").read_text())
     assert sum(safety["codeshield"]["verdicts"].values()) == safety["codeshield"]["n"] > 0
     guard = safety["guard"]
-    assert guard["held_out"]["n"] == PRESETS["micro"]["safety"]["guard_eval"] and 0 <= guard["replies_flagged"] <= 1
+    assert guard["held_out"]["n"] == micro().safety.guard_eval and 0 <= guard["replies_flagged"] <= 1
 
 
 def test_final_model_loads_and_chats(micro_run):

@@ -10,16 +10,19 @@ report = speedrun("tiny", "runs/speedrun", ["pretrain.steps=800"])   # -> Path o
 ```
 
 Every stage writes RUN/NN-stage/speedrun.json; running the same command again skips finished stages and
-resumes an interrupted one. Presets: see `herd.speedrun.presets` (micro, tiny, gpu, node).
+resumes an interrupted one. Presets: see `herd.speedrun.presets` (micro, tiny, gpu, node), each a `SpeedrunConfig`
+(`herd.speedrun.config`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from herd.config_overrides import to_dict
+from herd.run_dir import write_json
+from herd.speedrun.config import SpeedrunConfig
 from herd.speedrun.presets import PRESETS, preset_config
 from herd.speedrun.run import STAGES, RunContext, run_stages
 
@@ -31,9 +34,8 @@ def speedrun(preset: str = "tiny", out: str | Path = "runs/speedrun", overrides:
 
     config = preset_config(preset, tuple(overrides))
     run = Path(out)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "speedrun_config.json").write_text(json.dumps({"preset": preset, "overrides": list(overrides),
-                                                           "config": config}, indent=1))
+    write_json(run / "speedrun_config.json", {"preset": preset, "overrides": list(overrides), "config": to_dict(config)},
+               indent=1)
     started = time.time()
     ctx = RunContext(run, config)
     run_stages(ctx, log)
@@ -42,4 +44,4 @@ def speedrun(preset: str = "tiny", out: str | Path = "runs/speedrun", overrides:
     return report
 
 
-__all__ = ["PRESETS", "STAGES", "preset_config", "speedrun"]
+__all__ = ["PRESETS", "STAGES", "SpeedrunConfig", "preset_config", "speedrun"]

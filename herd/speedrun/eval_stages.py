@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,13 +20,18 @@ from herd.errors import HerdError
 from herd.eval.evaluate import EvalOptions, evaluate_task
 from herd.eval.runner import write_records
 from herd.eval.tasks.synthetic import SYNTHETIC
+from herd.run_dir import atomic_open, write_json
+from herd.speedrun.config import EvalSettings, FinalSettings
+
+if TYPE_CHECKING:
+    from herd.speedrun.run import RunContext
 
 MODELS = ("base", "sft", "sft2", "dpo")
 CHAT_MODELS = MODELS[1:]
 STAGE_OF = {"base": "anneal", "sft": "sft", "sft2": "sft2", "dpo": "dpo"}
 
 
-def eval_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+def eval_stage(ctx: RunContext, out: Path, s: EvalSettings) -> dict[str, Any]:
     from herd.checkpoint import load
     from herd.eval.tasks import get_task
 
@@ -36,9 +41,9 @@ def eval_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
         model, tok = load(ctx.outputs(STAGE_OF[label])["model"], device=ctx.device)
         model.eval()
         chat = label != "base"
-        tasks = [(cls(chat=chat), data_dir, s["limit"]) for cls in SYNTHETIC]
-        for name in s.get("real_tasks", []):
-            tasks.append((get_task(name), Path(s["data_dir"]), s["real_limit"]))
+        tasks = [(cls(chat=chat), data_dir, s.limit) for cls in SYNTHETIC]
+        for name in s.real_tasks:
+            tasks.append((get_task(name), Path(s.data_dir), s.real_limit))
         for task, where, limit in tasks:
             try:
                 result, records = evaluate_task(model, tok, task, where, EvalOptions(chat=chat, limit=limit, seed=ctx.seed))
@@ -49,13 +54,13 @@ def eval_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
             scores[task.name][label] = result[task.metric]
             scores[task.name]["n"] = result["n"]
         del model
-    rewards = reply_rewards(ctx, s, data_dir, ctx.settings("final")["rm_prompts"])
-    (out / "scores.json").write_text(json.dumps({"scores": scores, "reward": rewards}, indent=1))
+    rewards = reply_rewards(ctx, data_dir, ctx.config.final.rm_prompts)
+    write_json(out / "scores.json", {"scores": scores, "reward": rewards}, indent=1)
     return {"scores": scores, "reward": rewards}
 
 
 @torch.no_grad()
-def reply_rewards(ctx: Any, s: dict[str, Any], data_dir: Path, n: int) -> dict[str, float]:
+def reply_rewards(ctx: RunContext, data_dir: Path, n: int) -> dict[str, float]:
     """Mean reward-model score of each chat model's greedy replies to the first `n` held-out math questions."""
     from herd.checkpoint import load
     from herd.generation import generate_tokens
@@ -87,7 +92,7 @@ TRANSCRIPT_PROMPTS = (
 )
 
 
-def final_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+def final_stage(ctx: RunContext, out: Path, s: FinalSettings) -> dict[str, Any]:
     """RUN/final: the DPO model, ready for `herd chat`; transcripts.jsonl holds sample conversations with it."""
     from herd.checkpoint import load
     from herd.generation import generate_tokens
@@ -99,18 +104,18 @@ def final_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
     model, tok = load(final, device=ctx.device)
     model.eval()
     country = _a_country(ctx)
-    questions = [p.format(country=country) for p in TRANSCRIPT_PROMPTS][: s["transcripts"]]
+    questions = [p.format(country=country) for p in TRANSCRIPT_PROMPTS][: s.transcripts]
     prompts = [tok.encode_dialog([{"role": "user", "content": q}]) for q in questions]
     with torch.no_grad():
-        results = generate_tokens(model, prompts, max_new_tokens=s["max_new_tokens"], stop_ids=tok.stop_ids)
+        results = generate_tokens(model, prompts, max_new_tokens=s.max_new_tokens, stop_ids=tok.stop_ids)
     transcripts = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": tok.decode(r.tokens)}]}
                    for q, r in zip(questions, results)]
-    with (out / "transcripts.jsonl").open("w", encoding="utf-8") as f:
+    with atomic_open(out / "transcripts.jsonl") as f:
         f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in transcripts)
     return {"model": str(final), "transcripts": transcripts}
 
 
-def _a_country(ctx: Any) -> str:
+def _a_country(ctx: RunContext) -> str:
     with (ctx.stage_dir("corpus") / "post" / "sft.jsonl").open() as f:
         for line in f:
             text = json.loads(line)["messages"][0]["content"]

@@ -4,79 +4,86 @@ model on those replies mixed with the dialogs (`sft2`), and DPO from the second 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from herd.config_overrides import from_dict
+from herd.post.stage import fine_tuning_optim
+from herd.run_dir import atomic_open
+from herd.speedrun.config import DPOSettings, PostSettings, RejectionSettings, SFT2Settings
+
+if TYPE_CHECKING:
+    from herd.post import PostResult
+    from herd.speedrun.run import RunContext
 
 
-def stage_fields(ctx: Any, out: Path, s: dict[str, Any], model: str) -> dict[str, Any]:
-    """The fields every post-training stage's config shares: run dir, model, shapes, seed, device, dtype, schedule."""
+def stage_fields(ctx: RunContext, out: Path, s: PostSettings, model: str) -> dict[str, Any]:
+    """The `PostConfig` fields every post-training stage shares: run dir, model, shapes, seed, device, dtype, schedule."""
     return {
-        "out_dir": str(out), "model": model, "steps": s["steps"], "batch_size": s["batch_size"],
-        "seq_len": s["seq_len"], "seed": ctx.seed, "device": ctx.device, "dtype": ctx.dtype, "progress": ctx.progress,
-        "optim": {"lr": s["lr"], "warmup_steps": min(10, s["steps"] // 5), "anneal_steps": 0},
-        "checkpoint_interval": max(s["steps"] // 2, 1), "keep_last": 1,
+        "out_dir": str(out), "model": model, "steps": s.steps, "batch_size": s.batch_size, "seq_len": s.seq_len,
+        "seed": ctx.seed, "device": ctx.device, "dtype": ctx.dtype, "progress": ctx.progress,
+        "optim": dataclasses.replace(fine_tuning_optim(), lr=s.lr, warmup_steps=min(10, s.steps // 5), anneal_steps=0),
+        "checkpoint_interval": max(s.steps // 2, 1), "keep_last": 1,
     }
 
 
-def _outputs(result: Any) -> dict[str, Any]:
+def _outputs(result: PostResult) -> dict[str, Any]:
     return {"model": str(result.model_dir), "steps": result.steps, "final_loss": result.final_loss,
             "figures": result.figures, "metrics": str(result.run_dir / "metrics.jsonl")}
 
 
-def sft_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+def sft_stage(ctx: RunContext, out: Path, s: PostSettings) -> dict[str, Any]:
     from herd.post import SFTConfig, sft
 
     post = ctx.stage_dir("corpus") / "post"
-    config = from_dict(SFTConfig, {**stage_fields(ctx, out, s, ctx.outputs("anneal")["model"]),
-                                   "data": str(post / "sft.jsonl"), "val_data": str(post / "sft_val.jsonl")})
+    config = SFTConfig(**stage_fields(ctx, out, s, ctx.outputs("anneal")["model"]),
+                       data=str(post / "sft.jsonl"), val_data=str(post / "sft_val.jsonl"))
     return _outputs(sft(config))
 
 
-def rm_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+def rm_stage(ctx: RunContext, out: Path, s: PostSettings) -> dict[str, Any]:
     from herd.post import RewardConfig, train_reward_model
 
     post = ctx.stage_dir("corpus") / "post"
-    config = from_dict(RewardConfig, {**stage_fields(ctx, out, s, ctx.outputs("sft")["model"]),
-                                      "data": str(post / "prefs.jsonl"), "val_data": str(post / "prefs_val.jsonl")})
+    config = RewardConfig(**stage_fields(ctx, out, s, ctx.outputs("sft")["model"]),
+                          data=str(post / "prefs.jsonl"), val_data=str(post / "prefs_val.jsonl"))
     return _outputs(train_reward_model(config))
 
 
-def rejection_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+def rejection_stage(ctx: RunContext, out: Path, s: RejectionSettings) -> dict[str, Any]:
     from herd.post import RejectionSamplingConfig, rejection_sample
 
-    config = from_dict(RejectionSamplingConfig, {
-        "out_dir": str(out), "policy": ctx.outputs("sft")["model"], "reward_model": ctx.outputs("rm")["model"],
-        "prompts": str(ctx.stage_dir("corpus") / "post" / "prompts.jsonl"), "seed": ctx.seed, "device": ctx.device,
-        "samples_per_prompt": s["samples_per_prompt"], "max_new_tokens": s["max_new_tokens"],
-        "temperature": s["temperature"], "batch_size": 32, "progress": ctx.progress,
-    })
+    config = RejectionSamplingConfig(
+        out_dir=str(out), policy=ctx.outputs("sft")["model"], reward_model=ctx.outputs("rm")["model"],
+        prompts=str(ctx.stage_dir("corpus") / "post" / "prompts.jsonl"), seed=ctx.seed, device=ctx.device,
+        samples_per_prompt=s.samples_per_prompt, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+        batch_size=32, progress=ctx.progress,
+    )
     done = rejection_sample(config)
     return {k: done[k] for k in ("prompts", "samples", "mean_sample_reward", "mean_kept_reward", "output")}
 
 
-def sft2_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+def sft2_stage(ctx: RunContext, out: Path, s: SFT2Settings) -> dict[str, Any]:
     """SFT round 2: the rejection-sampled best replies (each repeated `rs_repeats` times) plus the round-1 dialogs."""
     from herd.post import SFTConfig, sft
 
     post = ctx.stage_dir("corpus") / "post"
     kept = [json.loads(line) for line in Path(ctx.outputs("rejection")["output"]).read_text(encoding="utf-8").splitlines()]
     data = out / "sft_mix.jsonl"
-    with data.open("w", encoding="utf-8") as f:
-        for _ in range(s["rs_repeats"]):
+    with atomic_open(data) as f:
+        for _ in range(s.rs_repeats):
             f.writelines(json.dumps({"messages": r["messages"]}) + "\n" for r in kept)
         f.write((post / "sft.jsonl").read_text(encoding="utf-8"))
-    config = from_dict(SFTConfig, {**stage_fields(ctx, out, s, ctx.outputs("sft")["model"]),
-                                   "data": str(data), "val_data": str(post / "sft_val.jsonl")})
+    config = SFTConfig(**stage_fields(ctx, out, s, ctx.outputs("sft")["model"]),
+                       data=str(data), val_data=str(post / "sft_val.jsonl"))
     return {**_outputs(sft(config)), "rejection_dialogs": len(kept)}
 
 
-def dpo_stage(ctx: Any, out: Path, s: dict[str, Any]) -> dict[str, Any]:
+def dpo_stage(ctx: RunContext, out: Path, s: DPOSettings) -> dict[str, Any]:
     from herd.post import DPOConfig, dpo
 
     post = ctx.stage_dir("corpus") / "post"
-    config = from_dict(DPOConfig, {**stage_fields(ctx, out, s, ctx.outputs("sft2")["model"]), "beta": s["beta"],
-                                   "data": str(post / "prefs.jsonl"), "val_data": str(post / "prefs_val.jsonl")})
+    config = DPOConfig(**stage_fields(ctx, out, s, ctx.outputs("sft2")["model"]), beta=s.beta,
+                       data=str(post / "prefs.jsonl"), val_data=str(post / "prefs_val.jsonl"))
     return _outputs(dpo(config))

@@ -10,12 +10,12 @@ import numpy as np
 
 from herd.safety.guard_metrics import headline
 from herd.speedrun.eval_stages import MODELS
-from herd.speedrun.run import STAGES
+from herd.speedrun.run import STAGES, RunContext
 
 TOKEN_STAGES = {"pretrain", "anneal"}
 
 
-def write_report(ctx: Any, preset: str, wall_s: float) -> Path:
+def write_report(ctx: RunContext, preset: str, wall_s: float) -> Path:
     m = ctx.manifests
     lines = [f"# herd speedrun report card: preset `{preset}`", ""]
     total = sum(x["duration_s"] for x in m.values())
@@ -77,7 +77,7 @@ def _stage_row(name: str, manifest: dict[str, Any]) -> str:
     return f"| {name} | {secs:.1f} | {_fmt(manifest.get('cpu_s'), 1)} | {tokens} | {rate} | {metrics} |"
 
 
-def unigram_bpb(ctx: Any) -> float | None:
+def unigram_bpb(ctx: RunContext) -> float | None:
     """Bits per byte of the validation text under a unigram model of the training tokens (add-one smoothed)."""
     tok = ctx.outputs("tokenize")
     counts = None
@@ -95,7 +95,7 @@ def unigram_bpb(ctx: Any) -> float | None:
     return float(-(val * logp).sum() / max(tok["bytes"]["val"], 1) * _text_share(ctx))
 
 
-def _text_share(ctx: Any) -> float:
+def _text_share(ctx: RunContext) -> float:
     """val bytes of JSONL lines -> of the texts (the JSON quoting is not text): measured on the file."""
     path = ctx.stage_dir("data") / "split" / "val.jsonl"
     text = sum(len(json.loads(line)["text"].encode()) for line in path.open(encoding="utf-8"))
@@ -113,7 +113,7 @@ def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.pad(a, (0, size - len(a))) + np.pad(b, (0, size - len(b)))
 
 
-def _headline(ctx: Any) -> list[str]:
+def _headline(ctx: RunContext) -> list[str]:
     anneal = ctx.outputs("anneal")
     base = unigram_bpb(ctx)
     ev = ctx.outputs("eval")
@@ -140,7 +140,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _plot_curves(ctx: Any) -> Path | None:
+def _plot_curves(ctx: RunContext) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,7 +174,7 @@ def _plot_curves(ctx: Any) -> Path | None:
     return path
 
 
-def _data_section(ctx: Any) -> list[str]:
+def _data_section(ctx: RunContext) -> list[str]:
     out = ctx.outputs("data")
     lines = ["## What the data pipelines removed", "",
              "| domain | stage | docs in | docs out | dropped (reason: docs) |", "|---|---|---:|---:|---|"]
@@ -196,7 +196,7 @@ def _data_section(ctx: Any) -> list[str]:
     return lines + [""]
 
 
-def _eval_section(ctx: Any) -> list[str]:
+def _eval_section(ctx: RunContext) -> list[str]:
     ev = ctx.outputs("eval")
     lines = ["## Evaluation", "",
              ("Base: 3-shot plain text (knowledge 0-shot); SFT, SFT2 and DPO: 0-shot chat. Synthetic tasks are held "
@@ -210,7 +210,7 @@ def _eval_section(ctx: Any) -> list[str]:
     return lines
 
 
-def _safety_section(ctx: Any) -> list[str]:
+def _safety_section(ctx: RunContext) -> list[str]:
     out = ctx.outputs("safety")
     cs = out["codeshield"]
     lines = ["## Safety (the final model)", "",
@@ -231,7 +231,7 @@ def _safety_section(ctx: Any) -> list[str]:
     return lines
 
 
-def _transcripts(ctx: Any) -> list[str]:
+def _transcripts(ctx: RunContext) -> list[str]:
     lines = ["## Sample chat transcripts (RUN/final, greedy)", ""]
     for t in ctx.outputs("final")["transcripts"]:
         user, reply = t["messages"][0]["content"], t["messages"][1]["content"]

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from herd.config_overrides import to_dict
+from herd.run_dir import read_manifest, write_manifest
 from herd.speedrun import data_stages, eval_stages, post_stages, safety_stage, train_stages
+from herd.speedrun.config import SpeedrunConfig
 
 MANIFEST = "speedrun.json"
-StageFn = Callable[[Any, Path, dict[str, Any]], dict[str, Any]]
+StageFn = Callable[["RunContext", Path, Any], dict[str, Any]]
 STAGES: dict[str, StageFn] = {
     "corpus": data_stages.corpus_stage,
     "data": data_stages.data_stage,
@@ -38,32 +40,34 @@ STAGES: dict[str, StageFn] = {
 
 @dataclass
 class RunContext:
+    """A speedrun in progress: its directory, its config and the manifests of the stages done so far."""
+
     run: Path
-    config: dict[str, Any]
+    config: SpeedrunConfig
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def seed(self) -> int:
-        return int(self.config["seed"])
+        return self.config.seed
 
     @property
     def device(self) -> str:
-        return self.config["device"]
+        return self.config.device
 
     @property
-    def dtype(self) -> str:
-        """Compute dtype of the training stages (`PretrainConfig.dtype`); older run configs have none: auto."""
-        return self.config.get("dtype", "auto")
+    def dtype(self) -> Literal["auto", "float32", "bfloat16"]:
+        return self.config.dtype
 
     @property
     def progress(self) -> bool:
-        return bool(self.config.get("progress", True))
+        return self.config.progress
 
     def stage_dir(self, name: str) -> Path:
         return self.run / f"{list(STAGES).index(name) + 1:02d}-{name}"
 
-    def settings(self, name: str) -> dict[str, Any]:
-        return self.config.get(name, {})
+    def settings(self, name: str) -> Any:
+        """The config section of stage `name`."""
+        return getattr(self.config, name)
 
     def outputs(self, name: str) -> dict[str, Any]:
         return self.manifests[name]["outputs"]
@@ -76,25 +80,22 @@ def run_stages(ctx: RunContext, log: Callable[[str], None] = print, *, until: st
         if until is not None and list(STAGES).index(name) > list(STAGES).index(until):
             return
         settings = ctx.settings(name)
-        identity = [chain, name, settings, ctx.seed, ctx.device] + ([ctx.dtype] if ctx.dtype != "auto" else [])
+        recorded = to_dict(settings)
+        identity = [chain, name, recorded, ctx.seed, ctx.device] + ([ctx.dtype] if ctx.dtype != "auto" else [])
         chain = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         out = ctx.stage_dir(name)
         path = out / MANIFEST
-        if path.is_file():
-            done = json.loads(path.read_text())
-            if done.get("complete") and done.get("chain") == chain:
-                ctx.manifests[name] = done
-                log(f"[speedrun] {name}: done already ({path}), skipped")
-                continue
+        done = read_manifest(path, chain, key="chain")
+        if done:
+            ctx.manifests[name] = done
+            log(f"[speedrun] {name}: done already ({path}), skipped")
+            continue
         log(f"[speedrun] {name}: running in {out}")
         out.mkdir(parents=True, exist_ok=True)
         started, cpu = time.time(), time.process_time()
         outputs = fn(ctx, out, settings)
-        manifest = {"stage": name, "complete": True, "chain": chain, "config": settings, "seed": ctx.seed,
-                    "device": ctx.device, "dtype": ctx.dtype, "started": started, "duration_s": time.time() - started,
+        manifest = {"stage": name, "chain": chain, "config": recorded, "seed": ctx.seed, "device": ctx.device,
+                    "dtype": ctx.dtype, "started": started, "duration_s": time.time() - started,
                     "cpu_s": time.process_time() - cpu, "outputs": outputs}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1, default=str))
-        os.replace(tmp, path)
-        ctx.manifests[name] = manifest
+        ctx.manifests[name] = write_manifest(path, manifest, default=str)
         log(f"[speedrun] {name}: finished in {manifest['duration_s']:.1f}s")

@@ -1,0 +1,167 @@
+"""The speedrun's typed config: run-wide settings plus one section per stage, each read as `stage.key=value`.
+
+A section holds what the recipe chooses for its stage; the stage builds the library's own config from it
+(`PretrainConfig`, `SFTConfig`, `RewardConfig`, `RejectionSamplingConfig`, `DPOConfig`) with the run's paths filled in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from herd.errors import HerdError
+
+TOKENIZER_SOURCES = ("bpe", "llama3")
+
+
+@dataclass
+class CorpusSettings:
+    size: str
+    """Size of herd's generated corpus (herd.corpus): micro, tiny or small."""
+
+
+@dataclass
+class DataSettings:
+    workers: int
+    """Processes of each domain's cleaning pipeline."""
+    val_every: int
+    """Every val_every-th clean document of a domain goes to the validation split."""
+
+
+@dataclass
+class TokenizerSettings:
+    source: str
+    """bpe: a BPE of vocab_size trained on the training split; llama3: Meta's 128K tokenizer (uint32 shards)."""
+    vocab_size: int
+    """Words of the trained BPE (special tokens come on top); llama3 ignores it."""
+
+    def __post_init__(self) -> None:
+        if self.source not in TOKENIZER_SOURCES:
+            raise HerdError(f"unknown tokenizer.source {self.source!r}; choose from: {', '.join(TOKENIZER_SOURCES)}")
+
+
+@dataclass
+class TokenizeSettings:
+    workers: int
+    """Processes writing the token shards."""
+
+
+@dataclass
+class PretrainSettings:
+    """The recipe's part of `PretrainConfig` (the stage adds the run's paths, seed, device and dtype)."""
+
+    model: dict[str, Any]
+    """ModelConfig fields on top of the tiny model preset (vocab_size: the tokenizer's)."""
+    steps: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    """optim.lr."""
+    warmup_steps: int
+    """optim.warmup_steps."""
+    weights: dict[str, float]
+    """data.weights: domain -> mix weight."""
+    eval_interval: int
+    val_batches: int
+    """data.val_batches."""
+    checkpoint_interval: int
+    compile: bool = False
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class AnnealSettings:
+    steps: int
+    """Steps continuing pretraining's last checkpoint, the LR falling linearly to 0."""
+
+
+@dataclass
+class PostSettings:
+    """The recipe's part of a post-training stage's `PostConfig`: warmup is min(10, steps // 5) steps and a
+    checkpoint is saved halfway."""
+
+    steps: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    """optim.lr."""
+
+
+@dataclass
+class SFT2Settings(PostSettings):
+    rs_repeats: int = 2
+    """Times each rejection-sampled reply is repeated in the round-2 mix."""
+
+
+@dataclass
+class DPOSettings(PostSettings):
+    beta: float = 0.1
+    """DPOConfig.beta."""
+
+
+@dataclass
+class RejectionSettings:
+    """The recipe's part of `RejectionSamplingConfig`."""
+
+    samples_per_prompt: int
+    max_new_tokens: int
+    temperature: float
+
+
+@dataclass
+class EvalSettings:
+    limit: int
+    """Samples of each synthetic task."""
+    data_dir: str
+    """Where the real benchmarks' data is (absent ones are skipped)."""
+    real_tasks: list[str]
+    real_limit: int
+    """Samples of each real benchmark."""
+
+
+@dataclass
+class SafetySettings:
+    guard_steps: int
+    """SFT steps of the small Llama Guard; 0 skips the guard (Code Shield only)."""
+    guard_examples: int
+    """Synthetic requests the guard trains on."""
+    guard_eval: int
+    """Held-out requests it is scored on."""
+    probe_prompts: int
+    """Held-out requests sent to the final model and moderated on the way in and out."""
+    max_new_tokens: int
+
+
+@dataclass
+class FinalSettings:
+    transcripts: int
+    """Sample chats with the final model."""
+    max_new_tokens: int
+    rm_prompts: int
+    """Held-out math questions whose greedy replies the reward model scores (eval stage)."""
+
+
+@dataclass
+class SpeedrunConfig:
+    """Every setting of a speedrun; the sections are the stages, in the order they run."""
+
+    corpus: CorpusSettings
+    data: DataSettings
+    tokenizer: TokenizerSettings
+    tokenize: TokenizeSettings
+    pretrain: PretrainSettings
+    anneal: AnnealSettings
+    sft: PostSettings
+    rm: PostSettings
+    rejection: RejectionSettings
+    sft2: SFT2Settings
+    dpo: DPOSettings
+    eval: EvalSettings
+    safety: SafetySettings
+    final: FinalSettings
+    seed: int = 0
+    device: str = "cpu"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Compute dtype of every training stage (`PretrainConfig.dtype`): auto is fp32 on CPU, bf16 on GPU."""
+    progress: bool = True
+    """Progress bars of the training stages."""
