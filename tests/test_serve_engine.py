@@ -178,3 +178,10 @@ def test_decodes_split_into_attention_groups_by_context_length():
     assert _cuts([]) == [0]
     assert _cuts([3, 3, 4, 4]) == [0, 4]  # alike: one group
     assert _cuts([2, 2, 2, 2, 40, 40, 40, 40]) == [0, 4, 8]  # far apart: no short context padded to 40 blocks
+
+
+def test_engine_config_lives_with_the_engine_configuration():
+    """EngineConfig is the engine's configuration (herd.serve.config), not part of the scheduler, and checks itself."""
+    assert EngineConfig.__module__ == "herd.serve.config"
+    with pytest.raises(HerdError, match="max_step_tokens \\(4\\) must be at least max_running \\(8\\)"):
+        EngineConfig(max_running=8, max_step_tokens=4)
