@@ -16,12 +16,16 @@ TOKENIZER_SOURCES = ("bpe", "llama3")
 
 @dataclass
 class CorpusSettings:
+    """The generated raw corpus (`corpus` stage)."""
+
     size: str
     """Size of herd's generated corpus (herd.corpus): micro, tiny or small."""
 
 
 @dataclass
 class DataSettings:
+    """The cleaning pipelines and the train / validation split (`data` stage)."""
+
     workers: int
     """Processes of each domain's cleaning pipeline."""
     val_every: int
@@ -30,6 +34,8 @@ class DataSettings:
 
 @dataclass
 class TokenizerSettings:
+    """The tokenizer (`tokenizer` stage)."""
+
     source: str
     """bpe: a BPE of vocab_size trained on the training split; llama3: Meta's 128K tokenizer (uint32 shards)."""
     vocab_size: int
@@ -42,6 +48,8 @@ class TokenizerSettings:
 
 @dataclass
 class TokenizeSettings:
+    """The token shards (`tokenize` stage)."""
+
     workers: int
     """Processes writing the token shards."""
 
@@ -53,74 +61,98 @@ class PretrainSettings:
     model: dict[str, Any]
     """ModelConfig fields on top of the tiny model preset (vocab_size: the tokenizer's)."""
     steps: int
+    """Optimizer steps (the anneal adds its own on top)."""
     batch_size: int
+    """Rows per micro-batch (per data-parallel rank)."""
     seq_len: int
+    """Tokens per row."""
     lr: float
-    """optim.lr."""
+    """optim.lr: the peak learning rate."""
     warmup_steps: int
     """optim.warmup_steps."""
     weights: dict[str, float]
     """data.weights: domain -> mix weight."""
     eval_interval: int
+    """Validate every this many steps."""
     val_batches: int
     """data.val_batches."""
     checkpoint_interval: int
+    """Save a resume checkpoint every this many steps."""
     compile: bool = False
+    """torch.compile each block."""
     activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass."""
 
 
 @dataclass
 class AnnealSettings:
+    """Llama 3's annealing (`anneal` stage)."""
+
     steps: int
     """Steps continuing pretraining's last checkpoint, the LR falling linearly to 0."""
 
 
 @dataclass
 class PostSettings:
-    """The recipe's part of a post-training stage's `PostConfig`: warmup is min(10, steps // 5) steps and a
-    checkpoint is saved halfway."""
+    """The recipe's part of a post-training stage's `PostConfig` (`sft`, `rm` stages): warmup is
+    min(10, steps // 5) steps and a checkpoint is saved halfway."""
 
     steps: int
+    """Optimizer steps."""
     batch_size: int
+    """Examples per micro-batch (packed rows for SFT, preference pairs for the reward model and DPO)."""
     seq_len: int
+    """Tokens per row."""
     lr: float
-    """optim.lr."""
+    """optim.lr: the peak learning rate."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SFT2Settings(PostSettings):
-    rs_repeats: int = 2
-    """Times each rejection-sampled reply is repeated in the round-2 mix."""
+    """SFT round 2 on the rejection-sampled replies mixed with the round-1 dialogs (`sft2` stage)."""
+
+    rs_repeats: int
+    """Times each rejection-sampled reply is repeated in the mix."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DPOSettings(PostSettings):
-    beta: float = 0.1
+    """DPO from the round-2 model (`dpo` stage)."""
+
+    beta: float
     """DPOConfig.beta."""
 
 
 @dataclass
 class RejectionSettings:
-    """The recipe's part of `RejectionSamplingConfig`."""
+    """The recipe's part of `RejectionSamplingConfig` (`rejection` stage)."""
 
     samples_per_prompt: int
+    """Replies sampled per prompt; the reward model keeps the best."""
     max_new_tokens: int
+    """Longest reply."""
     temperature: float
+    """Sampling temperature."""
 
 
 @dataclass
 class EvalSettings:
+    """The benchmarks every model is scored on (`eval` stage)."""
+
     limit: int
     """Samples of each synthetic task."""
     data_dir: str
     """Where the real benchmarks' data is (absent ones are skipped)."""
     real_tasks: list[str]
+    """Real benchmarks (herd eval task names) scored when their data is in data_dir."""
     real_limit: int
     """Samples of each real benchmark."""
 
 
 @dataclass
 class SafetySettings:
+    """Code Shield and a small Llama Guard on the final model (`safety` stage)."""
+
     guard_steps: int
     """SFT steps of the small Llama Guard; 0 skips the guard (Code Shield only)."""
     guard_examples: int
@@ -130,13 +162,17 @@ class SafetySettings:
     probe_prompts: int
     """Held-out requests sent to the final model and moderated on the way in and out."""
     max_new_tokens: int
+    """Longest reply of the final model to a probe."""
 
 
 @dataclass
 class FinalSettings:
+    """RUN/final and its sample chats (`final` stage)."""
+
     transcripts: int
     """Sample chats with the final model."""
     max_new_tokens: int
+    """Longest reply in a sample chat."""
     rm_prompts: int
     """Held-out math questions whose greedy replies the reward model scores (eval stage)."""
 
@@ -160,7 +196,9 @@ class SpeedrunConfig:
     safety: SafetySettings
     final: FinalSettings
     seed: int = 0
+    """Seeds the corpus, the training runs and the sampling."""
     device: str = "cpu"
+    """Device of every model stage (cpu, cuda, ...)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Compute dtype of every training stage (`PretrainConfig.dtype`): auto is fp32 on CPU, bf16 on GPU."""
     progress: bool = True
