@@ -63,6 +63,10 @@ def check_overrides(command: str, overrides: list[str], tmp_path, monkeypatch) -
 
         for preset in PRESETS:
             load_scaling_config(None, overrides, preset_name=preset)
+    elif command == "guard train":
+        from herd.safety.guard_train import GuardTrainConfig
+
+        load_config(GuardTrainConfig, None, ["base=tiny", *overrides])
     elif command == "data run":
         (tmp_path / "raw.jsonl").write_text("".join(json.dumps({"text": f"document {i} " * 20}) + "\n"
                                                     for i in range(8)))

@@ -25,7 +25,7 @@ def add_guard(commands: argparse._SubParsersAction) -> None:
                                                     '{"text", "category" (name, S-code or null), "role", "context"}')
     train.add_argument("--out", required=True, help="run directory; the guard lands in OUT/model")
     train.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="GuardTrainConfig fields: sft.steps=200 sft.lora.rank=8 examples=2000 ...")
+                       help="GuardTrainConfig fields, e.g. sft.steps=200 sft.lora.rank=8 examples=2000")
     train.set_defaults(run=cmd_guard_train)
     score = actions.add_parser("eval", help="score a guard: F1, precision, recall, FPR, AUPRC vs base rate")
     score.add_argument("--model", dest="guard_model", required=True, help="the guard to score")
