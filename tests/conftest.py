@@ -1,5 +1,6 @@
 """Shared tiny fixtures: tokenizers (Meta's 128K from the llama-models package, a 520-id byte-level BPE, a BPE
-trained on tiny.QA) and the tiny model (tiny.make_model) saved as a checkpoint in herd, HF or Meta format.
+trained on tiny.QA), the tiny model (tiny.make_model) saved as a checkpoint in herd, HF or Meta format, and the
+pretraining tests' token shards.
 
 Session-scoped fixtures are built once for the whole run, so a test must not change them: a test that damages a
 checkpoint copies it or saves its own. `tok` is built for each test. Helpers live in tests/tiny.py.
@@ -11,11 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tiny import QA, byte_bpe_ranks, make_model
+from tiny import QA, byte_bpe_ranks, make_docs, make_model, write_jsonl
 
 import herd
 from herd.tokenizer import Tokenizer, default_tokenizer_path, write_bpe_file
 from herd.tokenizer.train_bpe import train_tokenizer
+from herd.train.token_shards import tokenize_corpus
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +65,16 @@ def tiny_checkpoint(tiny_tok_path, tmp_path_factory) -> Callable[[str], Path]:
 def tiny_model_dir(tiny_checkpoint) -> Path:
     """The tiny model in herd format (read-only)."""
     return tiny_checkpoint("herd")
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> dict[str, str]:
+    """Train and validation token shards of a byte-level tokenizer (256 byte tokens + 256 specials: 512 ids)."""
+    tmp = tmp_path_factory.mktemp("shards")
+    tok = write_bpe_file({bytes([i]): i for i in range(256)}, tmp / "bytes.model")
+    out = {}
+    for name, seed, n in (("train", 0, 300), ("val", 1, 40)):
+        corpus = write_jsonl(tmp / f"{name}.jsonl", [{"text": d} for d in make_docs(n, seed)])
+        tokenize_corpus([corpus], tok, tmp / name, 1, show_progress=False)
+        out[name] = str(tmp / name)
+    return out

@@ -17,7 +17,7 @@ import pytest
 import test_trainer
 import torch
 from test_serve_engine import _run, _tokens
-from test_trainer import losses, shards, tiny_config  # noqa: F401 (shards: a fixture)
+from tiny import losses, tiny_config
 
 import herd
 from herd.model import cpu_tuning
@@ -91,7 +91,7 @@ def test_the_plain_bf16_loss_equals_the_prepacked_one(monkeypatch, prepacks):
         torch.testing.assert_close(plain, fast, rtol=1e-3, atol=1e-4)
 
 
-def test_bf16_training_on_the_plain_path_matches_the_fast_path(shards, tmp_path, monkeypatch, prepacks):  # noqa: F811
+def test_bf16_training_on_the_plain_path_matches_the_fast_path(shards, tmp_path, monkeypatch, prepacks):
     runs = {}
     for plain in ("0", "1"):
         monkeypatch.setenv(cpu_tuning.PLAIN_ENV, plain)

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - tests take the imported `shards` fixture as an argument
 """3-D parallelism on CPU (gloo, under torchrun): each layout reproduces the single-process loss curve, DCP
 checkpoints (written async) reload on another world size, the final model exports whole, a hung collective ends every rank.
 """
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer import STAGES, TINY_MODEL, losses, shards, tiny_config  # noqa: F401 - `shards` is test_trainer's fixture, shared
+from test_trainer import STAGES
+from tiny import TINY_MODEL, losses, tiny_config
 
 from herd.errors import HerdError
 from herd.train.distributed import PIPELINE_MIN_TORCH, ParallelConfig, clip_scale

@@ -8,7 +8,6 @@ import itertools
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -21,11 +20,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_MODEL, losses, tiny_config
 
 from herd.config_overrides import load_config, to_dict
 from herd.errors import HerdError
 from herd.model import ModelConfig, build_model, lazy_compile
-from herd.tokenizer import write_bpe_file
 from herd.train import fused_loss
 from herd.train import pretrain as pretrain_mod
 from herd.train.checkpointing import CheckpointManager
@@ -35,48 +34,8 @@ from herd.train.metrics import flops_per_token, read_records
 from herd.train.packing import IGNORE_INDEX
 from herd.train.pretrain import pretrain
 from herd.train.schedule import grad_accum_at, learning_rate
-from herd.train.token_shards import tokenize_corpus
 
 GOLDEN = Path(__file__).parent / "golden" / "pretrain_tiny.json"
-TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32, "max_seq_len": 64}
-
-
-def make_docs(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    words = ["".join(rng.choice("abcdefgh") for _ in range(rng.randint(1, 5))) for _ in range(50)]
-    return [" ".join(rng.choice(words) for _ in range(rng.choice([3, 10, 30, 80]))) for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> dict[str, str]:
-    """Train and validation token shards of a byte-level tokenizer (256 byte tokens + 256 specials: 512 ids)."""
-    tmp = tmp_path_factory.mktemp("data")
-    tok = write_bpe_file({bytes([i]): i for i in range(256)}, tmp / "bytes.model")
-    out = {}
-    for name, seed, n in (("train", 0, 300), ("val", 1, 40)):
-        corpus = tmp / f"{name}.jsonl"
-        corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in make_docs(n, seed)))
-        tokenize_corpus([corpus], tok, tmp / name, 1, show_progress=False)
-        out[name] = str(tmp / name)
-    return out
-
-
-def tiny_config(shards: dict[str, str], out: Path, *overrides: str) -> PretrainConfig:
-    base = {
-        "out_dir": str(out), "model": {"preset": "tiny", "fields": TINY_MODEL},
-        "data": {"sources": {"train": shards["train"]}, "val_sources": {"val": shards["val"]}, "val_batches": 2},
-        "optim": {"lr": 3e-3, "warmup_steps": 3, "anneal_steps": 2},
-        "steps": 12, "batch_size": 4, "seq_len": 32, "checkpoint_interval": 4, "eval_interval": 6,
-        "device": "cpu", "progress": False, "export_format": None,
-    }
-    path = out.parent / f"{out.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(base))
-    return load_config(PretrainConfig, path, overrides)
-
-
-def losses(run_dir: Path) -> list[float]:
-    return [r["loss"] for r in read_records(Path(run_dir) / "metrics.jsonl") if "loss" in r]
 
 
 def fail_at(calls: set[int], make_bad):

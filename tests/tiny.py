@@ -1,19 +1,26 @@
 """Tiny shared test objects: the question/answer set the tiny tokenizer is trained on and its chat records, a
-JSONL writer, the tiny llama-shaped config and model, and the byte-level BPE's ranks. conftest.py builds the
-shared fixtures from them; tests import the helpers (`from tiny import make_model`)."""
+JSONL writer, the tiny llama-shaped config and model, the byte-level BPE's ranks, and the tiny pretraining run
+(its documents, model fields, config and losses). conftest.py builds the shared fixtures from them; tests import
+the helpers (`from tiny import make_model`)."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
+from herd.config_overrides import load_config
 from herd.model import ModelConfig, Transformer, build_model
 from herd.tokenizer import Tokenizer
+from herd.train.config import PretrainConfig
+from herd.train.metrics import read_records
 
 QA = [("what is the sky", "blue"), ("what is grass", "green"), ("what is snow", "white"), ("what is coal", "black"),
       ("what is the sun", "yellow"), ("what is a rose", "red"), ("what is the sea", "deep blue"),
       ("what is a plum", "purple")]
 BYTE_MERGES = [b"th", b"he", b"the", b" t", b" the", b"in", b"er", b"an"]
+TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32, "max_seq_len": 64}
+"""The pretraining tests' model: these fields over the `tiny` preset, on conftest's 512-id byte shards."""
 
 
 def write_jsonl(path: Path, records: list) -> Path:
@@ -43,3 +50,30 @@ def make_model(tok: Tokenizer, seed: int = 0) -> Transformer:
     model = build_model(model_config(vocab_size=tok.n_words))
     model.init_weights(seed)
     return model
+
+
+def make_docs(n: int, seed: int) -> list[str]:
+    """`n` documents of 3 to 80 words drawn from 50 random words over a-h (the pretraining shards' text)."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abcdefgh") for _ in range(rng.randint(1, 5))) for _ in range(50)]
+    return [" ".join(rng.choice(words) for _ in range(rng.choice([3, 10, 30, 80]))) for _ in range(n)]
+
+
+def tiny_config(shards: dict[str, str], out: Path, *overrides: str) -> PretrainConfig:
+    """A 12-step CPU pretraining of TINY_MODEL on `shards` (conftest's fixture) into `out`, with `overrides`."""
+    base = {
+        "out_dir": str(out), "model": {"preset": "tiny", "fields": TINY_MODEL},
+        "data": {"sources": {"train": shards["train"]}, "val_sources": {"val": shards["val"]}, "val_batches": 2},
+        "optim": {"lr": 3e-3, "warmup_steps": 3, "anneal_steps": 2},
+        "steps": 12, "batch_size": 4, "seq_len": 32, "checkpoint_interval": 4, "eval_interval": 6,
+        "device": "cpu", "progress": False, "export_format": None,
+    }
+    path = out.parent / f"{out.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(base))
+    return load_config(PretrainConfig, path, overrides)
+
+
+def losses(run_dir: Path) -> list[float]:
+    """The training losses a run's metrics.jsonl recorded, in order."""
+    return [r["loss"] for r in read_records(Path(run_dir) / "metrics.jsonl") if "loss" in r]
