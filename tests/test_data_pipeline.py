@@ -122,9 +122,7 @@ def test_bad_input_is_counted_logged_and_skipped(tmp_path):
     assert [d.id for d in read_documents([tmp_path / "out"])] == ["g0", "g1", "g2"]  # no good document lost
 
 
-def test_stats_balance_and_token_counts(tmp_path):
-    from herd.tokenizer import load_tokenizer
-
+def test_stats_balance_and_token_counts(tmp_path, meta_tokenizer):
     stages = ["normalize", {"gopher_quality": {"min_words": 8}}, "pii_mask", "exact_dedup"]
     root = corpus(tmp_path)
     write_jsonl(
@@ -139,10 +137,9 @@ def test_stats_balance_and_token_counts(tmp_path):
         assert s.docs_in == s.docs_out + sum(s.dropped.values()), s.name
     assert stats[2].dropped == {"gopher_short_doc": 4}
     assert stats[4].dropped == {"exact_duplicate": 1}  # the copy of f0-1 (case and punctuation differ)
-    tok = load_tokenizer()
     kept = list(read_documents([out]))
     assert stats[-1].docs_out == len(kept) == 21 - 4 - 1
-    assert stats[-1].tokens_out == sum(len(tok.encode(d.text)) for d in kept)
+    assert stats[-1].tokens_out == sum(len(meta_tokenizer.encode(d.text)) for d in kept)
     assert stats[-1].bytes_out == sum(len(d.text.encode()) for d in kept)
     report = (out / "report.md").read_text()
     assert "| gopher_quality | 21 | 17 |" in report and "gopher_short_doc" in report
