@@ -8,7 +8,7 @@ import dataclasses
 import json
 
 import pytest
-from test_safety_guardrails import live_server
+from live_server import live_server
 
 import herd
 from herd.errors import HerdError
