@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import model_config
 
 from herd.data.readers import corpus_texts
 from herd.errors import HerdError
-from herd.model import ModelConfig, build_model
+from herd.model import build_model
 from herd.tokenizer import Tokenizer, load_tokenizer
 from herd.tokenizer.train_bpe import train_tokenizer
 from herd.train import token_shards
@@ -206,16 +207,7 @@ def test_bos_eos_doc_ids_and_masked_targets():
 
 def test_model_doc_ids_make_a_packed_row_equal_separate_documents():
     torch.manual_seed(0)
-    config = ModelConfig(
-        dim=32,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        vocab_size=64,
-        multiple_of=16,
-        ffn_dim_multiplier=None,
-        max_seq_len=64,
-    )
+    config = model_config(dim=32, vocab_size=64, multiple_of=16, max_seq_len=64)
     model = build_model(config)
     model.init_weights(seed=0)
     docs = [[3, 4, 5, 6], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16]]
