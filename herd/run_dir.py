@@ -86,7 +86,8 @@ def write_manifest(path: str | Path, manifest: dict[str, Any], *, default: Calla
 def read_manifest(path: str | Path, identity: Any, *, key: str = "config") -> dict[str, Any] | None:
     """The manifest at `path` if its stage finished with `identity` (stored under `key`), else None: run the stage.
 
-    A missing manifest is silently not finished; an unreadable one, or one of another config, says so in a warning."""
+    A missing manifest, or one of another config (the user changed it: the stage runs again), is silently not
+    finished; an unreadable or unfinished one says so in a warning."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -98,10 +99,7 @@ def read_manifest(path: str | Path, identity: Any, *, key: str = "config") -> di
     if not isinstance(done, dict) or done.get("complete") is not True:
         warnings.warn(f"{path} is not a finished stage's manifest; running the stage again", stacklevel=2)
         return None
-    if done.get(key) != identity:
-        warnings.warn(f"{path} records a finished run of another {key}, so the stage is not skipped", stacklevel=2)
-        return None
-    return done
+    return done if done.get(key) == identity else None
 
 
 def fsync(path: str | Path) -> None:
