@@ -118,6 +118,14 @@ def test_guard_train_writes_a_loadable_guard_and_its_held_out_scores(trained_gua
     main(["guard", "eval", "--model", str(trained_guard / "model"), "--held-out", "4"])
     out = capsys.readouterr().out
     assert out.startswith("llama guard 2: ") and "custom taxonomies: " in out
+    rng = random.Random(5)
+    labelled_file = trained_guard / "labelled.jsonl"
+    labelled_file.write_text("".join(json.dumps({"text": _soup(rng, VIOLENT if i % 2 else CALM),
+                                                 "category": "S1" if i % 2 else None}) + "\n" for i in range(8)))
+    main(["guard", "eval", "--model", str(trained_guard / "model"), "--data", str(labelled_file)])
+    out = capsys.readouterr().out
+    scores = json.loads(out[out.index("{"):])["labelled.jsonl"]
+    assert out.startswith("labelled.jsonl: F1 1.000") and scores["base_rate"] == 0.5 and scores["learned"]
 
 
 def test_the_fine_tuned_guard_guards_the_server(trained_guard):
