@@ -38,6 +38,7 @@ def test_a_perfect_guard_learned_and_scores_one():
     assert metrics["learned"] and metrics["f1"] == metrics["auprc"] == metrics["recall"] == 1.0
     assert metrics["fpr"] == 0.0 and metrics["per_category_recall"] == {"Hate": 1.0, "Violent Crimes": 1.0}
     assert headline(metrics).startswith("F1 1.000 (precision 1.000, recall 1.000), false-positive rate 0.0%")
+    assert headline(metrics).endswith("recall by category Hate 1.00, Violent Crimes 1.00")
 
 
 def test_scores_match_sklearn_and_count_categories_and_unlisted():

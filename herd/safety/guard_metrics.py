@@ -72,12 +72,11 @@ def headline(metrics: dict[str, Any]) -> str:
                f"scores F1 {metrics['constant_f1']:.3f}")
     if reason:
         return f"did not learn: {reason} ({context})"
-    recalls = metrics["per_category_recall"]
-    lowest = min(recalls.items(), key=lambda kv: kv[1]) if recalls else None
+    recalls = sorted(metrics["per_category_recall"].items(), key=lambda kv: (kv[1], kv[0]))
     return (f"F1 {metrics['f1']:.3f} (precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}), "
             f"false-positive rate {_pct(metrics['fpr'])}, "
             f"AUPRC {_fmt(metrics['auprc'])} ({context})"
-            + (f"; lowest category recall {lowest[1]:.2f} ({lowest[0]})" if lowest else "")
+            + ("; recall by category " + ", ".join(f"{name} {r:.2f}" for name, r in recalls) if recalls else "")
             + (f"; harmful but unlisted flagged {_pct(metrics['unlisted_flagged'])}"
                if metrics["unlisted_flagged"] is not None else ""))
 
