@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 from synthetic_corpora import quality_corpus
+from test_run_dir import crash_mid_write
 
 from herd.data import InputConfig, OutputConfig, PipelineConfig, read_documents, run_pipeline
-from herd.data.classifier import load_classifier
+from herd.data.classifier import ClassifierOptions, TextClassifier, load_classifier
 from herd.data.quality_model import QualityTrainConfig, train_quality
 from herd.data.teachers import PromptTeacher, RuleTeacher
 from herd.errors import HerdError
@@ -92,6 +93,19 @@ def test_prompt_teacher_reads_yes_vs_no_logits():
     teacher = PromptTeacher(model, tok, prompt="{text} Answer:")
     assert teacher(["a great text", "a poor text"]) == ["good", "bad"]
     assert teacher.margins(["great"]) == [3.0]
+
+
+def test_a_save_that_crashes_keeps_the_old_classifier(tmp_path, monkeypatch):
+    """Retraining over a classifier that stops half-way leaves the old one for the quality_classifier stage."""
+    path = tmp_path / "quality.npz"
+    small = ClassifierOptions(hash_bits=4)
+    TextClassifier(small, ["bad", "good"], np.ones((1, 16)), np.zeros(1)).save(path)
+    crash_mid_write(monkeypatch, path)
+    with pytest.raises(OSError, match="simulated crash"):
+        TextClassifier(small, ["bad", "good"], np.full((1, 16), 2.0), np.zeros(1)).save(path)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["quality.npz"]
+    np.testing.assert_array_equal(load_classifier(path).coef, np.ones((1, 16)))
 
 
 def test_training_errors_are_one_line(tmp_path):

@@ -1,7 +1,9 @@
 """DPO beyond its loss: with LoRA the reference is the base model under the adapters (no second copy), and DPO on
 pairs a reward model ranked raises that reward model's score of the policy's sampled replies on held-out prompts."""
 
+import io
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ import herd.checkpoint
 from herd.generation import generate_tokens
 from herd.post.batches import encode_pairs, pair_batch
 from herd.post.data import PreferencePair
-from herd.post.dpo import DPOConfig, dpo
+from herd.post.dpo import DPOConfig, _reference_logps, dpo
 from herd.post.logps import token_logps
 from herd.post.lora import LoRAConfig, WithoutAdapters, apply_lora
 from herd.post.reward_model import RewardConfig, load_reward_model, train_reward_model
@@ -50,6 +52,29 @@ def test_lora_dpo_loads_the_model_once(tmp_path, tiny_model_dir, monkeypatch, re
     result = dpo(config)
     assert len(loads) == 1  # the policy; the reference is its base under the adapters
     assert result.figures["val_margin"] > 0.1 and result.figures["val_accuracy"] >= 0.9
+
+
+def test_reference_logps_cut_off_mid_write_are_computed_again(tmp_path, monkeypatch):
+    """A run killed while caching the reference log-probs leaves no half file: its resume computes them again
+    (a truncated reference_logps.pt failed torch.load on every resume)."""
+    real_save, logps = torch.save, torch.arange(64, dtype=torch.float32)
+
+    def save_half_then_crash(obj, f):  # torch writes a path from C++, past Python's open: cut its bytes here
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        half = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+        f.write(half) if hasattr(f, "write") else open(f, "wb").write(half)
+        raise OSError("simulated crash")
+
+    monkeypatch.setitem(_reference_logps.__globals__, "sequence_logps", lambda *a: logps.clone())  # no model needed
+    config = SimpleNamespace(run_dir=tmp_path / "run", batch_size=2)
+    monkeypatch.setattr(torch, "save", save_half_then_crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        _reference_logps(config, None, None, 0, "cpu")
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(_reference_logps(config, None, None, 0, "cpu"), logps)
+    assert [p.name for p in config.run_dir.iterdir()] == ["reference_logps.pt"]
+    assert torch.equal(torch.load(config.run_dir / "reference_logps.pt", weights_only=True), logps)
 
 
 def sampled_reward(model, rm, tok, prompts, samples: int) -> float:

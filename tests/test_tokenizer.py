@@ -9,6 +9,7 @@ import pytest
 ref_tokenizer = pytest.importorskip("llama_models.llama3.tokenizer")
 ref_chat_format = pytest.importorskip("llama_models.llama3.chat_format")
 from llama_models.datatypes import RawMessage  # noqa: E402
+from test_run_dir import crash_mid_write  # noqa: E402
 
 from herd.errors import HerdError  # noqa: E402
 from herd.tokenizer import (  # noqa: E402
@@ -295,6 +296,18 @@ def test_small_bpe_file_loads_with_specials_after_its_ranks(tmp_path):
     assert 256 in ids and 258 in ids
     assert small.decode(ids) == "<|begin_of_text|>" + text
     assert load_tokenizer(small.save(tmp_path / "dir" / "tokenizer.model").parent).encode(text) == ids[1:]
+
+
+def test_a_save_that_crashes_keeps_the_old_file(tmp_path, monkeypatch):
+    """Rewriting a tokenizer file (a re-exported model dir) that stops half-way leaves the old file loadable."""
+    path = write_small_bpe(tmp_path / "tokenizer.model")
+    old = path.read_bytes()
+    crash_mid_write(monkeypatch, path)
+    with pytest.raises(OSError, match="simulated crash"):
+        load_tokenizer(path).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["tokenizer.model"]
+    assert load_tokenizer(path).n_words == 259 + 256
 
 
 def test_missing_file_errors(tmp_path):

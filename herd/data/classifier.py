@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from herd.errors import HerdError
+from herd.run_dir import atomic_open
 
 Features = Literal["hashed", "embedding"]
 
@@ -27,9 +28,9 @@ class ClassifierOptions:
     ngram: int = 2
     hash_bits: int = 20
     embedding_model: str | None = None
+    """With `features: embedding`: a sentence-transformers folder; None: the bundled all-MiniLM-L6-v2."""
     alpha: float = 1e-5
     """L2 regularisation strength of the logistic regression."""
-    """With `features: embedding`: a sentence-transformers folder; None: the bundled all-MiniLM-L6-v2."""
 
 
 @dataclass
@@ -69,13 +70,11 @@ class TextClassifier:
         return self.probabilities(texts)[:, self.classes.index(positive)]
 
     def save(self, path: str | Path) -> Path:
-        """Write the classifier to `path` (a .npz file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the classifier to `path` (a .npz file), atomically."""
         meta = {"options": asdict(self.options), "classes": self.classes, "metrics": self.metrics}
-        with open(path, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.savez(f, coef=self.coef, intercept=self.intercept, meta=np.array(json.dumps(meta)))
-        return path
+        return Path(path)
 
 
 def train_classifier(

@@ -19,6 +19,7 @@ from herd.data.readers import InputConfig, good_documents
 from herd.data.stage import GlobalStage, StageContext
 from herd.data.teachers import QUALITY_PROMPT, PromptTeacher, RuleTeacher, Teacher
 from herd.errors import HerdError
+from herd.run_dir import write_text
 
 
 @dataclass
@@ -62,7 +63,7 @@ def train_quality(config: str | Path | QualityTrainConfig, teacher: Teacher | No
     model.metrics = evaluate(model, [texts[i] for i in test], [labels[i] for i in test])
     model.metrics.update(train_docs=len(train), label_counts=dict(sorted(_counts(labels).items())))
     model.save(config.out)
-    Path(str(config.out) + ".json").write_text(json.dumps({"config": asdict(config), **model.metrics}, indent=2))
+    write_text(str(config.out) + ".json", json.dumps({"config": asdict(config), **model.metrics}, indent=2))
     return model
 
 

@@ -30,6 +30,7 @@ from herd.eval.judge import (
     parse_verdict,
     shown_rate,
 )
+from herd.run_dir import write_text
 
 CATEGORIES = (
     "advice", "brainstorming", "classification", "closed_qa", "coding", "creative_writing", "extraction",
@@ -178,10 +179,9 @@ def run_pairwise(
     summary = summarize(records)
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         config = {"model_a": model_a, "model_b": model_b, "judge": judge, "judge_url": judge_url,
                   "max_new_tokens": max_new_tokens, "judge_max_new_tokens": judge_max_new_tokens}
         body = {"config": config, "summary": summary, "records": records}
-        (out / "pairwise.json").write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (out / "pairwise.md").write_text(markdown_table(summary, model_a, model_b, judge), encoding="utf-8")
+        write_text(out / "pairwise.json", json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+        write_text(out / "pairwise.md", markdown_table(summary, model_a, model_b, judge))
     return summary

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from herd.eval.evaluate import EvalOptions, evaluate_task
 from herd.eval.tasks import get_task
+from herd.run_dir import atomic_open, write_json, write_text
 
 
 def run_eval(
@@ -44,14 +45,13 @@ def run_eval(
     if out_dir is not None:
         out = Path(out_dir)
         meta = {"model": str(model_path), "chat": chat, "limit": limit, "seed": seed}
-        (out / "results.json").write_text(json.dumps({"config": meta, "results": results}, indent=2) + "\n")
-        (out / "results.md").write_text(markdown_table(results, str(model_path), task_objects))
+        write_json(out / "results.json", {"config": meta, "results": results})
+        write_text(out / "results.md", markdown_table(results, str(model_path), task_objects))
     return results
 
 
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 

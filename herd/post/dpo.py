@@ -23,6 +23,7 @@ from herd.post.data import read_preferences
 from herd.post.logps import Model, token_logps
 from herd.post.lora import WithoutAdapters
 from herd.post.stage import PostConfig, PostResult, export_trained, finished, load_start, reference_model, train_stage
+from herd.run_dir import atomic_open
 from herd.train.losses import Batch, LossOutput
 from herd.train.packing import IGNORE_INDEX
 
@@ -149,6 +150,6 @@ def _reference_logps(config: DPOConfig, reference: Model, pairs: PairTensors, pa
     if path.is_file():
         return torch.load(path, weights_only=True)
     logps = sequence_logps(reference, pairs, config.batch_size, pad_id, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(logps, path)
+    with atomic_open(path, "wb") as f:  # a file object: torch names the archive inside "archive", not after a temp name
+        torch.save(logps, f)
     return logps

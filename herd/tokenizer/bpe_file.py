@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from herd.errors import HerdError
+from herd.run_dir import write_text
 
 
 def read_bpe_file(path: str | Path) -> dict[bytes, int]:
@@ -39,12 +40,11 @@ def read_bpe_file(path: str | Path) -> dict[bytes, int]:
 
 
 def write_bpe_file(ranks: Mapping[bytes, int], path: str | Path) -> Path:
-    """Write mergeable ranks as a tiktoken BPE file, in rank order; returns the path."""
+    """Write mergeable ranks as a tiktoken BPE file, in rank order, atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     by_rank = sorted(ranks.items(), key=lambda item: item[1])
     lines = (f"{base64.b64encode(token).decode('ascii')} {rank}\n" for token, rank in by_rank)
-    path.write_text("".join(lines), encoding="ascii")
+    write_text(path, "".join(lines))  # base64 and digits: ASCII, so UTF-8 writes the same bytes
     return path
 
 
