@@ -1,7 +1,6 @@
 """Training tokens/s on CPU: herd's step, eager and compiled, vs a plain HF `LlamaForCausalLM` + AdamW loop.
 
-Same shapes and batch for both (weights differ). Each side lives in its own process (as each side's users run it:
-herd's trainer sets process-wide allocator options); after warm-up the processes take turns, `--steps` steps each,
+Same shapes and batch for both (weights differ). Each side lives in its own process; after warm-up the processes take turns, `--steps` steps each,
 for `--rounds` rounds, so the machine's drifts between fast and slow phases hit every side alike. Reported: each
 side's median rate, and the median over rounds of each round's ratio (the steadier figure on a noisy machine).
 fp32 by default; `--dtype bfloat16` runs every side under bf16 autocast (fp32 weights), for CPUs with native bf16.
@@ -101,9 +100,8 @@ def tokens_per_s(step: Callable[[], None], tokens: int, steps: int) -> tuple[flo
 
 
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}
-SIDES = ("herd", "herd+compile", "hf", "hf+retain")
-"""herd+compile: herd with `compile=true` (blocks compiled by torch.compile). hf+retain: the HF loop with herd's
-host-memory setting (herd.model.cpu_tuning), to show that part of the lead."""
+SIDES = ("herd", "herd+compile", "hf")
+"""herd+compile: herd with `compile=true` (blocks compiled by torch.compile)."""
 
 
 def serve_side(args: argparse.Namespace) -> None:
@@ -115,10 +113,6 @@ def serve_side(args: argparse.Namespace) -> None:
     tokens = torch.randint(0, args.vocab, (args.batch_size, args.seq_len + 1))
     # one document per row: the same causal attention on both sides
     batch = (tokens[:, :-1], tokens[:, 1:].clone(), torch.zeros(args.batch_size, args.seq_len, dtype=torch.long))
-    if args.side == "hf+retain":
-        from herd.model.cpu_tuning import retain_freed_memory
-
-        retain_freed_memory()
     if args.side.startswith("herd"):
         step = herd_step(args, batch, compile=args.side == "herd+compile")
     else:

@@ -230,26 +230,6 @@ def test_next_token_loss_takes_the_chunked_path_with_the_same_gradients():
 
 
 # --- the loop ------------------------------------------------------------------------------------------------
-def test_retained_host_memory_is_reused_without_page_faults():
-    """glibc maps a block above 32 MB afresh on every allocation (a page fault per 4 KB); once the trainer's
-    setting is on, the freed block is reused."""
-    import resource
-
-    from herd.model.cpu_tuning import retain_freed_memory
-
-    if not retain_freed_memory():
-        pytest.skip("needs Linux with glibc")
-
-    def faults_of_a_fresh_64_mb_buffer() -> int:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        torch.ones(16 << 20)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    faults_of_a_fresh_64_mb_buffer(), faults_of_a_fresh_64_mb_buffer()  # the heap grows to fit it
-    assert min(faults_of_a_fresh_64_mb_buffer() for _ in range(3)) < 160  # of 16,384 pages (the least of 3: other
-    # threads of the process may fault meanwhile)
-
-
 def test_run_writes_metrics_manifest_checkpoints_and_model(shards, tmp_path):
     config = tiny_config(shards, tmp_path / "run", "export_format=herd", "keep_last=2")
     result = pretrain(config)

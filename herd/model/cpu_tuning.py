@@ -1,8 +1,9 @@
-"""CPU tuning: every private torch API and process-wide setting herd uses for speed, behind one switch.
+"""CPU tuning: every private torch API herd uses for speed, behind one switch.
 
 `HERD_CPU_PLAIN=1` turns every trick off; herd then runs the plain public-API path, which is the reference the
 tricks are tested against (tests/test_cpu_features.py) and measured against (benchmarks/cpu_tuning.py; a trick
-stays only where it gains at least 5%, benchmarks/README.md has the figures). The tricks:
+stays only where it gains at least 5%; benchmarks/README.md has the figures, and those of the tricks removed for
+gaining less). The tricks:
 
 - prepacked weights (`torch.ops.mkldnn`): a weight reordered once into oneDNN's blocked layout, the reorder
   inductor's CPU freezing applies, then multiplied with its linear kernel. Same math and dtype as `x @ weight.T`.
@@ -11,16 +12,12 @@ stays only where it gains at least 5%, benchmarks/README.md has the figures). Th
 - the compiled decode step's inductor decompositions (`decode_backend`): a one-row matmul and a one-query
   attention written as fused multiply-sums, which inductor's vectorised reductions run at memory speed.
 - int8 weight-only matmul (`torch.ops.aten._weight_int8pack_mm`, as gpt-fast uses) on bf16 activations.
-- glibc's `mallopt` (`retain_freed_memory`): freed host memory stays in the process, so CPU training steps stop
-  page-faulting their fresh buffers in again.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
-import sys
 from collections.abc import Callable
 
 import torch
@@ -137,30 +134,3 @@ def _one_query_attention(
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
     out = (scores.softmax(-1)[..., None] * value.float()[:, :, None]).sum(-2)
     return out.reshape(batch, heads, 1, dim).to(query.dtype), scores.logsumexp(-1).reshape(batch, heads, 1)
-
-
-# --- host memory (glibc) -------------------------------------------------------------------------------------
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-"""glibc's mallopt parameters (malloc.h)."""
-MMAP_THRESHOLDS = (1 << 30, 32 << 20)
-"""Blocks up to this size come from the heap: 1 GiB where glibc accepts it, else its 64-bit ceiling of 32 MiB."""
-
-
-def retain_freed_memory() -> bool:
-    """Serve large blocks from the heap and never trim it; whether it applied (False off Linux/glibc, or plain).
-
-    A training step allocates and frees the same activation and gradient buffers every step. glibc serves blocks
-    above its mmap threshold with fresh mappings and returns a freed heap top to the OS, so each step faults those
-    pages in again and the kernel zero-fills them. Kept instead, as CUDA's caching allocator does on GPUs and
-    Intel's CPU launcher does by preloading jemalloc or tcmalloc; hand-written because torch exposes no host
-    allocator setting. The cost: the process keeps its peak heap until it exits."""
-    if plain_forced() or not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None)
-    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only (musl has no mallopt tuning)
-        return False
-    mallopt = libc.mallopt
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    if not any(mallopt(M_MMAP_THRESHOLD, size) for size in MMAP_THRESHOLDS):
-        return False
-    return bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from herd.model.cpu_tuning import plain_forced
 from herd.train.config import OptimConfig
 
 
@@ -24,13 +23,6 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) 
 
 def step_scaled(optimizer: torch.optim.Optimizer, groups: list[list[nn.Parameter]], scale: torch.Tensor) -> None:
     """`optimizer.step()` on the gradients of `groups` times `scale` (`herd.train.distributed.clip_scale`'s)."""
-    if not plain_forced() and getattr(optimizer, "_step_supports_amp_scaling", False):
-        optimizer.grad_scale = 1 / scale
-        try:
-            optimizer.step()
-        finally:
-            del optimizer.grad_scale
-        return
     for group in groups:
         for param in group:
             param.grad.mul_(scale)

@@ -19,7 +19,6 @@ from torch import nn
 from tqdm import tqdm
 
 from herd.errors import HerdError
-from herd.model.cpu_tuning import retain_freed_memory
 from herd.train.checkpointing import CheckpointManager, rng_state, set_rng_state
 from herd.train.config import FaultConfig
 from herd.train.distributed import Distributed, clip_scale, grad_groups, hang_watchdog
@@ -108,8 +107,6 @@ class Trainer:
         self.flops_per_token, self.peak_tflops = flops_per_token, peak_tflops
         self.state = LoopState()
         self.params = [p for p in model.parameters() if p.requires_grad]
-        if device.type == "cpu":
-            retain_freed_memory()  # no page faults on each step's fresh buffers (see herd.model.cpu_tuning)
 
     # --- resume state -------------------------------------------------------------------------------
     def loop_state_dict(self) -> dict[str, Any]:
