@@ -172,6 +172,17 @@ def fairscale_split(state: dict[str, torch.Tensor], n: int, embedding_dim: int =
     return shards
 
 
+def test_meta_export_is_the_same_bytes_from_any_process(tmp_path, tok, monkeypatch):
+    """The weights file does not carry the temporary name it was written under (torch.save names its zip root
+    after the path it gets; that name held the writer's pid)."""
+    model = random_model(small_config())
+    for pid in (100, 200):
+        monkeypatch.setattr(os, "getpid", lambda: pid)
+        ckpt.save(model, tok, tmp_path / str(pid), format="meta")
+    first, second = ((tmp_path / pid / "consolidated.00.pth").read_bytes() for pid in ("100", "200"))
+    assert first == second
+
+
 @pytest.mark.parametrize("embedding_dim", [0, 1], ids=["llama3-vocab-parallel", "llama2-parallel-embedding"])
 def test_meta_shards_merge_to_the_consolidated_model(tmp_path, tok, embedding_dim):
     model = random_model(small_config())

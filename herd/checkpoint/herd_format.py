@@ -14,7 +14,7 @@ from herd.checkpoint.safetensors_io import read_tensors, write_tensors
 from herd.checkpoint.state import unique_weights
 from herd.errors import HerdError
 from herd.model import ModelConfig, Transformer
-from herd.run_dir import atomic_path, write_json
+from herd.run_dir import write_json
 from herd.tokenizer import Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -60,5 +60,4 @@ def write(model: Transformer, tokenizer: Tokenizer, directory: Path) -> None:
         directory / CONFIG_FILE,
         {"format": FORMAT_TAG, "version": FORMAT_VERSION, "model": model.config.to_params(), "dtype": dtype},
     )
-    with atomic_path(directory / TOKENIZER_FILE) as tmp:
-        tokenizer.save(tmp)
+    tokenizer.save(directory / TOKENIZER_FILE)

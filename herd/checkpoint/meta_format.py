@@ -15,7 +15,7 @@ import torch
 from herd.checkpoint.files import one_line
 from herd.errors import HerdError
 from herd.model import ModelConfig, Transformer
-from herd.run_dir import atomic_path, write_json
+from herd.run_dir import atomic_open, write_json
 from herd.tokenizer import Tokenizer, load_tokenizer
 
 PARAMS_FILE = "params.json"
@@ -90,13 +90,13 @@ def write(model: Transformer, tokenizer: Tokenizer, directory: Path) -> None:
     # Meta's reference `Llama.build(ckpt_dir, max_seq_len, ...)` passes max_seq_len itself next to **params.
     params.pop("max_seq_len")
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    with atomic_path(directory / "consolidated.00.pth") as tmp:
-        torch.save(state, tmp)
+    # A file, not a path: torch names the zip's root folder after the path it gets, and the temporary one holds the pid.
+    with atomic_open(directory / "consolidated.00.pth", "wb") as f:
+        torch.save(state, f)
     for stale in set(directory.glob(SHARD_PATTERN)) - {directory / "consolidated.00.pth"}:
         stale.unlink()
     write_json(directory / PARAMS_FILE, params)
-    with atomic_path(directory / TOKENIZER_FILE) as tmp:
-        tokenizer.save(tmp)
+    tokenizer.save(directory / TOKENIZER_FILE)
 
 
 def read_shard(file: Path) -> dict[str, torch.Tensor]:
