@@ -131,6 +131,7 @@ AVX2_SCRIPT = textwrap.dedent("""
     from herd.model.cpu_tuning import can_prepack
     from herd.model import ModelConfig, build_model
     from herd.serve.packed import PackedLinear, pack_linears
+    from herd.serve.quantize import quantize_int8
     from herd.train.fused_loss import linear_cross_entropy, linear_token_losses
 
     hidden, weight = torch.randn(40, 16, requires_grad=True), torch.randn(100, 16, requires_grad=True)
@@ -143,6 +144,8 @@ AVX2_SCRIPT = textwrap.dedent("""
     with torch.inference_mode():
         logits = pack_linears(model)(torch.randint(0, 128, (1, 8)))
     assert not isinstance(model.output, PackedLinear) and logits.isfinite().all()
+    with torch.inference_mode():  # the int8 kernel has AVX2 and generic builds: it runs here too
+        assert quantize_int8(model)(torch.randint(0, 128, (1, 8))).isfinite().all()
     assert not can_prepack(torch.empty(0, dtype=torch.bfloat16)) and can_prepack(torch.empty(0))  # fp32 still packs
     print("bf16 ok on AVX2")
 """)
@@ -150,7 +153,7 @@ AVX2_SCRIPT = textwrap.dedent("""
 
 def test_a_cpu_capped_at_avx2_trains_and_serves_bf16_plainly():
     """oneDNN capped at AVX2 (and ATen's kernels with it) reports no bf16 support and its bf16 reorder raises, as
-    on an AVX2-only EPYC; the loss and a packed bf16 model then take the plain path."""
+    on an AVX2-only EPYC; the loss and a packed bf16 model then take the plain path, and the int8 kernel runs."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     env.pop("HERD_CPU_PLAIN", None)
     result = subprocess.run([sys.executable, "-c", AVX2_SCRIPT], env=env, capture_output=True, text=True, timeout=120)

@@ -9,8 +9,8 @@ The queries of each key-value head are grouped, so one GEMM serves the whole gro
 keys up to its end only (causality skips the rest), and under a document mask none before its first query's document
 (faster steps where rows hold several documents). The probabilities are kept for the backward pass instead of
 recomputed (recomputing them costs more than the flash kernel saves), so memory grows with length squared: it is
-used up to `MAX_LENGTH` tokens (past that, its small gain costs tens of MB per layer). torch.compile traces it (`compile=true` keeps it;
-compiled, document masks do not skip keys, which would make shapes depend on the data).
+used up to `MAX_LENGTH` tokens (past that, its small gain costs tens of MB per layer). torch.compile traces it
+(`compile=true` keeps it; compiled, document masks do not skip keys, which would make shapes depend on the data).
 """
 
 from __future__ import annotations

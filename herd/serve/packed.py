@@ -1,4 +1,5 @@
-"""Prepacked linears for serving on CPU: each weight reordered once into oneDNN's blocked layout (`herd.model.cpu_tuning`).
+"""Prepacked linears for serving on CPU: each weight reordered once into oneDNN's blocked layout
+(`herd.model.cpu_tuning.prepack`).
 
 Faster than `F.linear` at a decode step's few rows (benchmarks/README.md; `benchmarks/serve_throughput.py` measures
 the engine end to end). Serving only: the reordered weight has no autograd, so a packed model does inference,
