@@ -83,9 +83,9 @@ def test_the_report_card_says_did_not_learn_instead_of_a_headline_f1():
 
     held_out = guard_metrics(TRUTH, LISTED, [unsafe(p=0.8) for _ in TRUTH])
     safety = {"codeshield": {"n": 1, "verdicts": {"ALLOW": 1}, "rules": {}},
-              "guard": {"train_examples": 10, "steps": 5, "held_out": held_out, "probe_prompts": 8,
-                        "harmful_prompts": 5, "inputs_flagged_harmful": 1.0, "inputs_flagged_benign": 1.0,
-                        "replies_flagged": 1.0}}
+              "guard": {"train_examples": 10, "steps": 5, "held_out": held_out, "custom_taxonomies": held_out,
+                        "probe_prompts": 8, "harmful_prompts": 5, "inputs_flagged_harmful": 1.0,
+                        "inputs_flagged_benign": 1.0, "replies_flagged": 1.0, "replies_to_benign_flagged": 1.0}}
 
     class Ctx:
         def outputs(self, stage):
