@@ -139,3 +139,19 @@ def test_the_fine_tuned_guard_guards_the_server(trained_guard):
         refused = asyncio.run(guardrails.check_input([{"role": "system", "content": "Be brief."},
                                                       {"role": "user", "content": _soup(rng, VIOLENT)}]))
         assert refused["error"]["code"] == "content_filter" and "S1: Violent Crimes" in refused["error"]["message"]
+
+
+def test_guard_train_fine_tunes_a_llama3_vocab_preset_with_lora(tmp_path):
+    """The path an 8B takes (Meta's 128K tokenizer, LoRA adapters merged into the saved guard), on the tiny preset:
+    the answers the guard is trained on are the safe / unsafe tokens LlamaGuard reads."""
+    from herd.safety.llama_guard import LlamaGuard
+
+    main(["guard", "train", "--base", "tiny", "--out", str(tmp_path), "examples=8", "held_out=0", "sft.steps=1",
+          "sft.batch_size=1", "sft.seq_len=384", "sft.lora.rank=4", "sft.optim.warmup_steps=0", "sft.device=cpu",
+          "sft.progress=false"])
+    guard = LlamaGuard.load(tmp_path / "model")
+    assert guard.chat_format and guard.tok.n_words > 128_000
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["config"]["lora"]["rank"] == 4 and manifest["config"]["model"] == "tiny"
+    first = json.loads((tmp_path / "guard_sft.jsonl").read_text().splitlines()[0])["messages"][1]["content"]
+    assert guard.tok.encode(first)[0] in (guard._safe, guard._unsafe)
