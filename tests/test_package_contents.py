@@ -1,6 +1,6 @@
 """herd ships only what herd runs: every module under `herd/` is imported by another one (or is an entry point:
-the CLI, a package's `__main__`, a file herd runs by path). Code only tests and benchmarks use lives in `benchmarks/` (workloads) or
-`tests/`, where both import it through pytest's `pythonpath`."""
+the CLI, a package's `__main__`, a file herd runs by path). Code only tests and benchmarks use lives in
+`benchmarks/` (workloads) or `tests/`, where both import it through pytest's `pythonpath`."""
 
 from __future__ import annotations
 
