@@ -49,35 +49,41 @@ def test_bad_preset_and_override():
     assert preset_config("tiny").pretrain.steps == 400  # overrides change a copy, never the preset
 
 
-TINY = {  # the presets' numbers as they were when they were nested dicts
+TINY = {  # the presets' numbers as they were when they were nested dicts (issue 26: safety data, a fine-tuned guard)
     "seed": 0, "device": "cpu", "dtype": "auto", "progress": True,
     "corpus": {"size": "tiny"}, "data": {"workers": 2, "val_every": 40},
     "tokenizer": {"source": "bpe", "vocab_size": 2048}, "tokenize": {"workers": 2},
-    "pretrain": {"model": {"dim": 160, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 64, "max_seq_len": 512},
+    "pretrain": {"model": {"dim": 160, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 64, "max_seq_len": 1024},
                  "steps": 400, "batch_size": 16, "seq_len": 256, "lr": 3e-3, "warmup_steps": 40,
                  "weights": {"web": 0.40, "math": 0.30, "code": 0.17, "multilingual": 0.13},
                  "eval_interval": 100, "val_batches": 8, "checkpoint_interval": 100,
                  "compile": False, "activation_checkpointing": False},
     "anneal": {"steps": 60},
-    "sft": {"steps": 240, "batch_size": 16, "seq_len": 256, "lr": 1e-3},
-    "rm": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 5e-4},
+    "sft": {"steps": 240, "batch_size": 16, "seq_len": 256, "lr": 1e-3, "safety_dialogs": 300},
+    "rm": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 5e-4, "safety_pairs": 200},
     "rejection": {"samples_per_prompt": 4, "max_new_tokens": 64, "temperature": 0.8},
     "sft2": {"steps": 80, "batch_size": 16, "seq_len": 256, "lr": 5e-4, "rs_repeats": 2},
-    "dpo": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 1e-4, "beta": 0.1},
-    "eval": {"limit": 60, "data_dir": "data/benchmarks", "real_tasks": ["gsm8k", "humaneval"], "real_limit": 20},
-    "safety": {"guard_steps": 40, "guard_examples": 400, "guard_eval": 48, "probe_prompts": 16, "max_new_tokens": 48},
+    "dpo": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 1e-4, "beta": 0.1, "safety_pairs": 200},
+    "eval": {"limit": 60, "data_dir": "data/benchmarks", "real_tasks": ["gsm8k", "humaneval"], "real_limit": 20,
+             "refusal_prompts": 40},
+    "safety": {"guard_steps": 60, "guard_examples": 800, "guard_eval": 64, "guard_batch_size": 8, "guard_seq_len": 1024,
+               "guard_lr": 1e-3, "probe_prompts": 16, "max_new_tokens": 48},
     "final": {"transcripts": 4, "max_new_tokens": 64, "rm_prompts": 24},
 }
 MICRO_CHANGES = {
     "corpus": {"size": "micro"}, "data": {"val_every": 20}, "tokenizer": {"vocab_size": 512},
-    "pretrain": {"model": {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32, "max_seq_len": 512},
+    "pretrain": {"model": {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32, "max_seq_len": 1024},
                  "steps": 30, "batch_size": 8, "seq_len": 128, "warmup_steps": 5, "eval_interval": 15,
                  "val_batches": 2, "checkpoint_interval": 15},
     "anneal": {"steps": 10},
-    "sft": {"steps": 15, "batch_size": 8, "seq_len": 128}, "sft2": {"steps": 8, "batch_size": 8, "seq_len": 128},
-    "rm": {"steps": 10, "batch_size": 8, "seq_len": 128}, "dpo": {"steps": 10, "batch_size": 8, "seq_len": 128},
-    "rejection": {"samples_per_prompt": 2, "max_new_tokens": 16}, "eval": {"limit": 8, "real_limit": 4},
-    "safety": {"guard_steps": 6, "guard_examples": 80, "guard_eval": 8, "probe_prompts": 4, "max_new_tokens": 16},
+    "sft": {"steps": 15, "batch_size": 8, "seq_len": 128, "safety_dialogs": 30},
+    "sft2": {"steps": 8, "batch_size": 8, "seq_len": 128},
+    "rm": {"steps": 10, "batch_size": 8, "seq_len": 128, "safety_pairs": 16},
+    "dpo": {"steps": 10, "batch_size": 8, "seq_len": 128, "safety_pairs": 16},
+    "rejection": {"samples_per_prompt": 2, "max_new_tokens": 16},
+    "eval": {"limit": 8, "real_limit": 4, "refusal_prompts": 8},
+    "safety": {"guard_steps": 6, "guard_examples": 40, "guard_eval": 8, "guard_batch_size": 2, "guard_seq_len": 1024,
+               "guard_lr": 1e-3, "probe_prompts": 4, "max_new_tokens": 16},
     "final": {"transcripts": 2, "max_new_tokens": 16, "rm_prompts": 8},
 }
 
@@ -163,6 +169,31 @@ def test_addition_probe_and_safety_scores(micro_run):
     assert sum(safety["codeshield"]["verdicts"].values()) == safety["codeshield"]["n"] > 0
     guard = safety["guard"]
     assert guard["held_out"]["n"] == micro().safety.guard_eval and 0 <= guard["replies_flagged"] <= 1
+    anneal = json.loads((out / "06-anneal" / "speedrun.json").read_text())["outputs"]["model"]
+    sft_config = json.loads((Path(guard["guard"]).parent / "manifest.json").read_text())["config"]
+    assert guard["base"] == sft_config["model"] == anneal  # the guard is the speedrun's base, fine-tuned
+    assert guard["custom_taxonomies"]["n"] == micro().safety.guard_eval and "learned" in guard["held_out"]
+
+
+def test_safety_data_reaches_sft_rm_dpo_and_refusals_are_measured(micro_run):
+    out, report = micro_run
+    stage = {name: out / f"{i:02d}-{name}" for i, name in enumerate(STAGES, start=1)}
+    domains = [json.loads(line).get("domain") for line in (stage["sft"] / "sft_data.jsonl").read_text().splitlines()]
+    assert domains.count("safety") == micro().sft.safety_dialogs
+    mix = (stage["sft2"] / "sft_mix.jsonl").read_text()
+    assert mix.count('"domain": "safety"') == micro().sft.safety_dialogs
+    for name in ("rm", "dpo"):
+        pairs = (stage[name] / "prefs.jsonl").read_text()
+        assert pairs.count('"domain": "safety"') == getattr(micro(), name).safety_pairs
+    refusal = json.loads((stage["eval"] / "scores.json").read_text())["refusal"]
+    assert set(refusal) == {"base", "sft", "sft2", "dpo"}
+    for rates in refusal.values():
+        for key in ("harmful_refused", "benign_refused"):
+            r = rates[key]
+            assert r["n"] == micro().eval.refusal_prompts and r["low"] <= r["rate"] <= r["high"]
+    text = report.read_text()
+    assert "Refuses held-out harmful requests: base" in text and "benign look-alikes refused (false refusals)" in text
+    assert "annealed base fine-tuned by herd guard train's path" in text
 
 
 def test_final_model_loads_and_chats(micro_run):

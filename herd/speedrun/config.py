@@ -108,6 +108,22 @@ class PostSettings:
 
 
 @dataclass(kw_only=True)
+class SFTSettings(PostSettings):
+    """SFT round 1 on the corpus's chat dialogs plus safety dialogs (`sft` stage)."""
+
+    safety_dialogs: int
+    """Safety dialogs added (herd.speedrun.safety_data): harmful requests refused, benign look-alikes helped."""
+
+
+@dataclass(kw_only=True)
+class PrefSettings(PostSettings):
+    """A stage trained on the corpus's preference pairs plus safety pairs (`rm` stage; DPO adds beta)."""
+
+    safety_pairs: int
+    """Safety pairs added: a refusal beats compliance on harmful requests, help beats a refusal on benign ones."""
+
+
+@dataclass(kw_only=True)
 class SFT2Settings(PostSettings):
     """SFT round 2 on the rejection-sampled replies mixed with the round-1 dialogs (`sft2` stage)."""
 
@@ -116,7 +132,7 @@ class SFT2Settings(PostSettings):
 
 
 @dataclass(kw_only=True)
-class DPOSettings(PostSettings):
+class DPOSettings(PrefSettings):
     """DPO from the round-2 model (`dpo` stage)."""
 
     beta: float
@@ -147,18 +163,26 @@ class EvalSettings:
     """Real benchmarks (herd eval task names) scored when their data is in data_dir."""
     real_limit: int
     """Samples of each real benchmark."""
+    refusal_prompts: int
+    """Held-out harmful requests, and as many benign look-alikes, each model answers (refusal rates)."""
 
 
 @dataclass
 class SafetySettings:
-    """Code Shield and a small Llama Guard on the final model (`safety` stage)."""
+    """Code Shield, and a Llama Guard fine-tuned from the annealed base, on the final model (`safety` stage)."""
 
     guard_steps: int
-    """SFT steps of the small Llama Guard; 0 skips the guard (Code Shield only)."""
+    """SFT steps turning the annealed base into a Llama Guard (herd guard train's path); 0 skips the guard."""
     guard_examples: int
-    """Synthetic requests the guard trains on."""
+    """Generated moderation examples it trains on (herd.safety.moderation_set)."""
     guard_eval: int
-    """Held-out requests it is scored on."""
+    """Held-out examples, in wordings training never shows, it is scored on."""
+    guard_batch_size: int
+    """Packed rows per SFT step."""
+    guard_seq_len: int
+    """Tokens per packed row: at least one Llama Guard 2 prompt (the pretraining model's max_seq_len bounds it)."""
+    guard_lr: float
+    """optim.lr of the guard's SFT."""
     probe_prompts: int
     """Held-out requests sent to the final model and moderated on the way in and out."""
     max_new_tokens: int
@@ -187,8 +211,8 @@ class SpeedrunConfig:
     tokenize: TokenizeSettings
     pretrain: PretrainSettings
     anneal: AnnealSettings
-    sft: PostSettings
-    rm: PostSettings
+    sft: SFTSettings
+    rm: PrefSettings
     rejection: RejectionSettings
     sft2: SFT2Settings
     dpo: DPOSettings

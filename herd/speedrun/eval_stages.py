@@ -2,8 +2,9 @@
 
 `eval`: the base (annealed), SFT (round 1), SFT2 (round 2, with rejection-sampled data) and DPO models on the
 synthetic benchmarks, the 2-digit addition probe among them (base: 3-shot plain text; chat models: 0-shot chat), the
-real benchmarks whose data is present under `data_dir`, and the reward model's mean score of the chat models' greedy
-replies to held-out math prompts.
+real benchmarks whose data is present under `data_dir`, the reward model's mean score of the chat models' greedy
+replies to held-out math prompts, and each model's refusal rate on held-out harmful requests and false-refusal rate on
+held-out benign look-alikes (CyberSecEval's refusal check on greedy chat replies; herd.speedrun.safety_data).
 `final`: the DPO model copied to RUN/final (`herd chat --model RUN/final`) with sample chat transcripts.
 """
 
@@ -55,8 +56,57 @@ def eval_stage(ctx: RunContext, out: Path, s: EvalSettings) -> dict[str, Any]:
             scores[task.name]["n"] = result["n"]
         del model
     rewards = reply_rewards(ctx, data_dir, ctx.config.final.rm_prompts)
-    write_json(out / "scores.json", {"scores": scores, "reward": rewards}, indent=1)
-    return {"scores": scores, "reward": rewards}
+    refusals = refusal_rates(ctx, out, s.refusal_prompts)
+    write_json(out / "scores.json", {"scores": scores, "reward": rewards, "refusal": refusals}, indent=1)
+    return {"scores": scores, "reward": rewards, "refusal": refusals}
+
+
+REFUSAL_REPLY_TOKENS = 32
+"""Reply tokens the refusal check reads (it looks for a refusal phrase near the start)."""
+
+
+@torch.no_grad()
+def refusal_rates(ctx: RunContext, out: Path, n: int) -> dict[str, dict[str, Any]]:
+    """Per model: the share of `n` held-out harmful requests it refuses and of `n` benign look-alikes it wrongly
+    refuses (greedy chat replies, herd.safety.cyberseceval.is_refusal), each with a bootstrap 90% interval;
+    the replies go to RUN/NN-eval/MODEL/refusals.jsonl."""
+    from herd.checkpoint import load
+    from herd.generation import generate_tokens
+    from herd.safety.cyberseceval import is_refusal
+    from herd.speedrun.safety_data import held_out_requests
+
+    harmful, benign = held_out_requests(n, ctx.seed)
+    rates = {}
+    for label in MODELS:
+        model, tok = load(ctx.outputs(STAGE_OF[label])["model"], device=ctx.device)
+        model.eval()
+        asks = harmful + benign
+        results = generate_tokens(model, [tok.encode_dialog([{"role": "user", "content": q}]) for q in asks],
+                                  max_new_tokens=REFUSAL_REPLY_TOKENS, stop_ids=tok.stop_ids)
+        replies = [tok.decode(r.tokens) for r in results]
+        refused = [is_refusal(r) for r in replies]
+        with atomic_open(out / label / "refusals.jsonl") as f:
+            f.writelines(json.dumps({"prompt": q, "harmful": i < len(harmful), "reply": r, "refused": x}) + "\n"
+                         for i, (q, r, x) in enumerate(zip(asks, replies, refused)))
+        rates[label] = {"harmful_refused": share_with_interval(refused[: len(harmful)]),
+                        "benign_refused": share_with_interval(refused[len(harmful):])}
+    return rates
+
+
+def share_with_interval(flags: list[bool], seed: int = 0) -> dict[str, Any]:
+    """The share of True in `flags`, its bootstrap 90% percentile interval (scipy.stats.bootstrap) and n."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    if not flags:
+        return {"rate": None, "low": None, "high": None, "n": 0}
+    data = np.asarray(flags, dtype=float)
+    rate = float(data.mean())
+    if data.min() == data.max():  # every resample is the same: the interval is the point
+        return {"rate": rate, "low": rate, "high": rate, "n": len(flags)}
+    ci = bootstrap((data,), np.mean, confidence_level=0.9, n_resamples=2000, method="percentile",
+                   random_state=np.random.default_rng(seed)).confidence_interval
+    return {"rate": rate, "low": float(ci.low), "high": float(ci.high), "n": len(flags)}
 
 
 @torch.no_grad()

@@ -1,6 +1,8 @@
 """Speedrun post-training stages, Llama 3's round: SFT on the corpus's chat dialogs, a reward model on its
 preference pairs, rejection sampling (the SFT policy's best of K replies by reward), a second SFT round from the SFT
-model on those replies mixed with the dialogs (`sft2`), and DPO from the second round's model."""
+model on those replies mixed with the dialogs (`sft2`), and DPO from the second round's model. SFT's dialogs and the
+reward model's and DPO's pairs include safety data (herd.speedrun.safety_data): refusals of harmful requests, help
+with benign look-alikes."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from herd.post.stage import fine_tuning_optim
 from herd.run_dir import atomic_open
-from herd.speedrun.config import DPOSettings, PostSettings, RejectionSettings, SFT2Settings
+from herd.speedrun.config import DPOSettings, PostSettings, PrefSettings, RejectionSettings, SFT2Settings, SFTSettings
+from herd.speedrun.safety_data import safety_dialogs, safety_pairs
 
 if TYPE_CHECKING:
     from herd.post import PostResult
@@ -33,21 +36,37 @@ def _outputs(result: PostResult) -> dict[str, Any]:
             "figures": result.figures, "metrics": str(result.run_dir / "metrics.jsonl")}
 
 
-def sft_stage(ctx: RunContext, out: Path, s: PostSettings) -> dict[str, Any]:
+def with_safety(source: Path, extra: list[dict[str, Any]], out: Path) -> Path:
+    """`out`: the records of `source` followed by `extra` (the SFT and DPO loaders shuffle)."""
+    with atomic_open(out) as f:
+        f.write(source.read_text(encoding="utf-8"))
+        f.writelines(json.dumps(r) + "\n" for r in extra)
+    return out
+
+
+def sft_stage(ctx: RunContext, out: Path, s: SFTSettings) -> dict[str, Any]:
+    """SFT round 1 on the corpus's dialogs plus `safety_dialogs` safety dialogs (RUN/NN-sft/sft_data.jsonl)."""
     from herd.post import SFTConfig, sft
 
     post = ctx.stage_dir("corpus") / "post"
+    data = with_safety(post / "sft.jsonl", safety_dialogs(s.safety_dialogs, ctx.seed), out / "sft_data.jsonl")
     config = SFTConfig(**stage_fields(ctx, out, s, ctx.outputs("anneal")["model"]),
-                       data=str(post / "sft.jsonl"), val_data=str(post / "sft_val.jsonl"))
-    return _outputs(sft(config))
+                       data=str(data), val_data=str(post / "sft_val.jsonl"))
+    return {**_outputs(sft(config)), "data": str(data), "safety_dialogs": s.safety_dialogs}
 
 
-def rm_stage(ctx: RunContext, out: Path, s: PostSettings) -> dict[str, Any]:
+def preference_data(ctx: RunContext, out: Path, s: PrefSettings) -> Path:
+    """The corpus's preference pairs plus `safety_pairs` safety pairs (RUN/NN-stage/prefs.jsonl)."""
+    return with_safety(ctx.stage_dir("corpus") / "post" / "prefs.jsonl", safety_pairs(s.safety_pairs, ctx.seed),
+                       out / "prefs.jsonl")
+
+
+def rm_stage(ctx: RunContext, out: Path, s: PrefSettings) -> dict[str, Any]:
     from herd.post import RewardConfig, train_reward_model
 
     post = ctx.stage_dir("corpus") / "post"
     config = RewardConfig(**stage_fields(ctx, out, s, ctx.outputs("sft")["model"]),
-                          data=str(post / "prefs.jsonl"), val_data=str(post / "prefs_val.jsonl"))
+                          data=str(preference_data(ctx, out, s)), val_data=str(post / "prefs_val.jsonl"))
     return _outputs(train_reward_model(config))
 
 
@@ -65,7 +84,8 @@ def rejection_stage(ctx: RunContext, out: Path, s: RejectionSettings) -> dict[st
 
 
 def sft2_stage(ctx: RunContext, out: Path, s: SFT2Settings) -> dict[str, Any]:
-    """SFT round 2: the rejection-sampled best replies (each repeated `rs_repeats` times) plus the round-1 dialogs."""
+    """SFT round 2: the rejection-sampled best replies (each repeated `rs_repeats` times) plus the round-1 dialogs
+    (safety dialogs included)."""
     from herd.post import SFTConfig, sft
 
     post = ctx.stage_dir("corpus") / "post"
@@ -74,7 +94,7 @@ def sft2_stage(ctx: RunContext, out: Path, s: SFT2Settings) -> dict[str, Any]:
     with atomic_open(data) as f:
         for _ in range(s.rs_repeats):
             f.writelines(json.dumps({"messages": r["messages"]}) + "\n" for r in kept)
-        f.write((post / "sft.jsonl").read_text(encoding="utf-8"))
+        f.write(Path(ctx.outputs("sft")["data"]).read_text(encoding="utf-8"))
     config = SFTConfig(**stage_fields(ctx, out, s, ctx.outputs("sft")["model"]),
                        data=str(data), val_data=str(post / "sft_val.jsonl"))
     return {**_outputs(sft(config)), "rejection_dialogs": len(kept)}
@@ -85,5 +105,5 @@ def dpo_stage(ctx: RunContext, out: Path, s: DPOSettings) -> dict[str, Any]:
 
     post = ctx.stage_dir("corpus") / "post"
     config = DPOConfig(**stage_fields(ctx, out, s, ctx.outputs("sft2")["model"]), beta=s.beta,
-                       data=str(post / "prefs.jsonl"), val_data=str(post / "prefs_val.jsonl"))
+                       data=str(preference_data(ctx, out, s)), val_data=str(post / "prefs_val.jsonl"))
     return _outputs(dpo(config))

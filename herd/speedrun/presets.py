@@ -22,10 +22,12 @@ from herd.speedrun.config import (
     EvalSettings,
     FinalSettings,
     PostSettings,
+    PrefSettings,
     PretrainSettings,
     RejectionSettings,
     SafetySettings,
     SFT2Settings,
+    SFTSettings,
     SpeedrunConfig,
     TokenizerSettings,
     TokenizeSettings,
@@ -41,17 +43,19 @@ def tiny() -> SpeedrunConfig:
         tokenizer=TokenizerSettings(source="bpe", vocab_size=2048),
         tokenize=TokenizeSettings(workers=2),
         pretrain=PretrainSettings(
-            model={"dim": 160, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 64, "max_seq_len": 512},
+            model={"dim": 160, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 64, "max_seq_len": 1024},
             steps=400, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=40, weights=dict(MIX), eval_interval=100,
             val_batches=8, checkpoint_interval=100),
         anneal=AnnealSettings(steps=60),
-        sft=PostSettings(steps=240, batch_size=16, seq_len=256, lr=1e-3),
-        rm=PostSettings(steps=60, batch_size=16, seq_len=192, lr=5e-4),
+        sft=SFTSettings(steps=240, batch_size=16, seq_len=256, lr=1e-3, safety_dialogs=300),
+        rm=PrefSettings(steps=60, batch_size=16, seq_len=192, lr=5e-4, safety_pairs=200),
         rejection=RejectionSettings(samples_per_prompt=4, max_new_tokens=64, temperature=0.8),
         sft2=SFT2Settings(steps=80, batch_size=16, seq_len=256, lr=5e-4, rs_repeats=2),
-        dpo=DPOSettings(steps=60, batch_size=16, seq_len=192, lr=1e-4, beta=0.1),
-        eval=EvalSettings(limit=60, data_dir="data/benchmarks", real_tasks=["gsm8k", "humaneval"], real_limit=20),
-        safety=SafetySettings(guard_steps=40, guard_examples=400, guard_eval=48, probe_prompts=16, max_new_tokens=48),
+        dpo=DPOSettings(steps=60, batch_size=16, seq_len=192, lr=1e-4, beta=0.1, safety_pairs=200),
+        eval=EvalSettings(limit=60, data_dir="data/benchmarks", real_tasks=["gsm8k", "humaneval"], real_limit=20,
+                          refusal_prompts=40),
+        safety=SafetySettings(guard_steps=60, guard_examples=800, guard_eval=64, guard_batch_size=8, guard_seq_len=1024,
+                              guard_lr=1e-3, probe_prompts=16, max_new_tokens=48),
         final=FinalSettings(transcripts=4, max_new_tokens=64, rm_prompts=24),
         seed=0, device="cpu", dtype="auto", progress=True,
     )
@@ -70,8 +74,10 @@ def micro() -> SpeedrunConfig:
     for stage, steps in ((c.sft, 15), (c.sft2, 8), (c.rm, 10), (c.dpo, 10)):
         stage.steps, stage.batch_size, stage.seq_len = steps, 8, 128
     c.rejection.samples_per_prompt, c.rejection.max_new_tokens = 2, 16
-    c.eval.limit, c.eval.real_limit = 8, 4
-    c.safety = SafetySettings(guard_steps=6, guard_examples=80, guard_eval=8, probe_prompts=4, max_new_tokens=16)
+    c.eval.limit, c.eval.real_limit, c.eval.refusal_prompts = 8, 4, 8
+    c.sft.safety_dialogs, c.rm.safety_pairs, c.dpo.safety_pairs = 30, 16, 16
+    c.safety = SafetySettings(guard_steps=6, guard_examples=40, guard_eval=8, guard_batch_size=2, guard_seq_len=1024,
+                              guard_lr=1e-3, probe_prompts=4, max_new_tokens=16)
     c.final = FinalSettings(transcripts=2, max_new_tokens=16, rm_prompts=8)
     return c
 
@@ -91,9 +97,10 @@ def gpu() -> SpeedrunConfig:
     for stage, steps, lr in ((c.sft, 1500, 2e-4), (c.sft2, 500, 1e-4), (c.rm, 400, 1e-4), (c.dpo, 400, 1e-5)):
         stage.steps, stage.batch_size, stage.seq_len, stage.lr = steps, 32, 512, lr
     c.rejection.samples_per_prompt, c.rejection.max_new_tokens = 10, 192
-    c.eval.limit = c.eval.real_limit = 200
-    c.safety = SafetySettings(guard_steps=200, guard_examples=1200, guard_eval=400, probe_prompts=64,
-                              max_new_tokens=128)
+    c.eval.limit = c.eval.real_limit = c.eval.refusal_prompts = 200
+    c.sft.safety_dialogs, c.rm.safety_pairs, c.dpo.safety_pairs = 2000, 1000, 1000
+    c.safety = SafetySettings(guard_steps=400, guard_examples=4000, guard_eval=400, guard_batch_size=16,
+                              guard_seq_len=1024, guard_lr=3e-4, probe_prompts=64, max_new_tokens=128)
     c.final = FinalSettings(transcripts=6, max_new_tokens=192, rm_prompts=128)
     return c
 

@@ -71,8 +71,8 @@ def _stage_row(name: str, manifest: dict[str, Any]) -> str:
     elif name == "safety":
         cs = out["codeshield"]
         metrics = f"Code Shield on {cs['n']} completions: " + ", ".join(f"{k} {v}" for k, v in cs["verdicts"].items())
-        if "guard" in out:
-            q = out["guard"]["held_out"]
+        q = out.get("guard", {}).get("held_out")
+        if q:
             metrics += "; guard: " + (f"held-out F1 {_fmt(q['f1'])}" if q["learned"] else "did not learn")
     return f"| {name} | {secs:.1f} | {_fmt(manifest.get('cpu_s'), 1)} | {tokens} | {rate} | {metrics} |"
 
@@ -126,6 +126,10 @@ def _headline(ctx: RunContext) -> list[str]:
     lines.append(f"- 2-digit addition probe (greedy, \"What is 37 + 45?\", exact match, n={add_row.get('n', '-')}): "
                  f"{_chain(add_row, _pct)}.")
     lines.append(f"- Reward-model score of greedy replies to held-out math prompts: {_chain(reward, _fmt)}.")
+    refusal = ev.get("refusal")
+    if refusal:
+        lines.append(f"- Refuses held-out harmful requests: {_refusal_chain(refusal, 'harmful_refused')}; wrongly "
+                     f"refuses held-out benign look-alikes: {_refusal_chain(refusal, 'benign_refused')}.")
     return lines + [""]
 
 
@@ -134,6 +138,18 @@ LABELS = {"base": "base", "sft": "SFT", "sft2": "SFT2 (+ rejection sampling)", "
 
 def _chain(row: dict[str, Any], fmt: Any) -> str:
     return " -> ".join(f"{LABELS[k]} {fmt(row[k])}" for k in MODELS if k in row)
+
+
+def _refusal_chain(refusal: dict[str, dict[str, Any]], key: str) -> str:
+    """Each model's rate, e.g. "base 0.0% -> SFT 62.5% [37.5-87.5]" (bootstrap 90% interval in brackets)."""
+    return " -> ".join(f"{LABELS[k]} {_rate(refusal[k][key])}" for k in MODELS if k in refusal)
+
+
+def _rate(r: dict[str, Any]) -> str:
+    if r["rate"] is None:
+        return "-"
+    interval = f" [{100 * r['low']:.1f}-{100 * r['high']:.1f}]" if r["low"] != r["high"] else ""
+    return f"{_pct(r['rate'])}{interval}"
 
 
 def _pct(x: float | None) -> str:
@@ -207,6 +223,17 @@ def _eval_section(ctx: RunContext) -> list[str]:
         lines.append(f"| {label} | {row['metric']} | {row.get('n', '-')} | "
                      + " | ".join(_pct(row.get(k)) for k in MODELS) + " |")
     lines += ["", f"Reward model, mean score of greedy replies to held-out math prompts: {_chain(ev['reward'], _fmt)}.", ""]
+    refusal = ev.get("refusal")
+    if refusal:
+        first = next(iter(refusal.values()))
+        lines += [(f"Refusals (CyberSecEval's refusal check on greedy chat replies, bootstrap 90% interval) on "
+                   f"{first['harmful_refused']['n']} held-out harmful requests and {first['benign_refused']['n']} "
+                   "held-out benign look-alikes (wordings SFT and DPO never show):"), "",
+                  "| | " + " | ".join(LABELS[k] for k in MODELS) + " |", "|---|---:|---:|---:|---:|"]
+        for key, label in (("harmful_refused", "harmful requests refused"),
+                           ("benign_refused", "benign look-alikes refused (false refusals)")):
+            lines.append(f"| {label} | " + " | ".join(_rate(refusal[k][key]) for k in MODELS if k in refusal) + " |")
+        lines.append("")
     return lines
 
 
@@ -221,13 +248,19 @@ def _safety_section(ctx: RunContext) -> list[str]:
     g = out.get("guard")
     if g is None:
         return lines + ["- Llama Guard: skipped (safety.guard_steps=0); Code Shield only.", ""]
-    q = g["held_out"]
-    lines += [(f"- Llama Guard 2 (a small guard herd trained by its recipe: {g['train_examples']} synthetic examples, "
-               f"{g['steps']} steps) on {q['n']} held-out requests: {headline(q)}."),
-              (f"- Moderating the final model on {g['probe_prompts']} held-out requests ({g['harmful_prompts']} "
+    trained = (f"the speedrun's annealed base fine-tuned by herd guard train's path: {g['train_examples']} generated "
+               f"moderation examples, {g['steps']} SFT steps")
+    if "held_out" in g:
+        q, c = g["held_out"], g["custom_taxonomies"]
+        lines += [f"- Llama Guard 2 ({trained}) on {q['n']} held-out examples in new wordings: {headline(q)}.",
+                  f"- The same guard under custom category lists ({c['n']} held-out examples): {headline(c)}."]
+    else:
+        lines += [f"- Llama Guard 2 ({trained}): not scored (safety.guard_eval=0)."]
+    lines += [(f"- Moderating the final model on {g['probe_prompts']} held-out requests ({g['harmful_prompts']} "
                f"harmful): inputs flagged {_pct(g['inputs_flagged_harmful'])} of harmful, "
                f"{_pct(g['inputs_flagged_benign'])} of benign; the model's replies flagged unsafe: "
-               f"{_pct(g['replies_flagged'])}."), ""]
+               f"{_pct(g['replies_flagged'])} (replies to benign requests: {_pct(g['replies_to_benign_flagged'])})."),
+              ""]
     return lines
 
 

@@ -2,10 +2,11 @@
 
 - Code Shield (`herd.safety.codeshield.scan`) over the functions the model wrote for the synth_code prompts in the
   eval stage (RUN/NN-eval/dpo/samples_synth_code.jsonl): verdicts and the rules that fired.
-- Llama Guard 2: a small guard trained by `herd.safety.guard_recipe` (synthetic requests under Llama Guard 2's
-  taxonomy, judged as user and as agent turns; seconds at tiny scale), scored on the recipe's held-out requests,
-  then used to moderate a small set of held-out requests to the final model (input check) and the model's greedy
-  replies to them (output check). `guard_steps=0` skips the guard (Code Shield only).
+- Llama Guard 2: the speedrun's own annealed base fine-tuned into a guard by `herd guard train`'s path
+  (herd.safety.guard_train: SFT on the Llama Guard 2 prompt over herd's moderation set), as Meta fine-tuned Llama 3 8B
+  into Llama Guard 2; scored on held-out wordings (herd.safety.guard_metrics, under Llama Guard 2's taxonomy and
+  under custom ones), then used to moderate held-out requests to the final model, half harmful, half benign
+  look-alikes (herd.speedrun.safety_data; input check), and the model's greedy replies to them (output check). `guard_steps=0` skips the guard (Code Shield only).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from herd.eval.tasks.synthetic import SynthCode
 from herd.run_dir import atomic_open, write_json
 from herd.speedrun.config import SafetySettings
+from herd.speedrun.safety_data import held_out_requests
 
 if TYPE_CHECKING:
     from herd.speedrun.run import RunContext
@@ -54,55 +56,49 @@ def codeshield_report(ctx: RunContext) -> dict[str, Any]:
 
 
 def guard_report(ctx: RunContext, out: Path, s: SafetySettings) -> dict[str, Any]:
-    """Train a small guard, score it on held-out requests, and moderate the final model's inputs and outputs."""
+    """Fine-tune the annealed base into a guard, score it on held-out wordings, and moderate the final model's
+    inputs and outputs."""
     from herd.checkpoint import load
     from herd.generation import generate_tokens
-    from herd.post.sft import SFTConfig
-    from herd.safety.guard_recipe import (
-        ACTS,
-        Example,
-        build_base,
-        evaluate_guard,
-        synthetic_examples,
-        train_guard,
-        write_sft_data,
-    )
+    from herd.safety.guard_train import GuardTrainConfig, guard_sft, train_guard_from_base
     from herd.safety.llama_guard import LlamaGuard
     from herd.safety.taxonomy import LLAMA_GUARD_2
 
-    categories = [c.name for c in LLAMA_GUARD_2 if c.name in ACTS]
-    requests = synthetic_examples(categories, n=s.guard_examples, seed=ctx.seed)
-    examples = requests + [Example(e.text, e.category, "assistant") for e in requests[::2]]
-    data = write_sft_data([(e, LLAMA_GUARD_2) for e in examples], out / "guard_sft.jsonl")
-    base = build_base(data, out / "guard", vocab_size=512, seed=ctx.seed)
-    config = SFTConfig(out_dir=str(out / "guard" / "run"), model=str(base), data=str(data), steps=s.guard_steps,
-                       batch_size=8, seq_len=512, seed=ctx.seed, device=ctx.device, dtype=ctx.dtype,
-                       progress=ctx.progress, checkpoint_interval=0)
-    config.optim.lr, config.optim.warmup_steps = 3e-3, 5
-    guard = LlamaGuard.load(train_guard(config), max_new_tokens=GUARD_ANSWER_TOKENS)
-    held_out = synthetic_examples(categories, held_out=True, n=s.guard_eval, seed=ctx.seed + 1)
-    quality = evaluate_guard(guard, [(e, LLAMA_GUARD_2) for e in held_out])
+    sft = guard_sft()
+    sft.steps, sft.batch_size, sft.seq_len = s.guard_steps, s.guard_batch_size, s.guard_seq_len
+    sft.optim.lr = s.guard_lr
+    sft.optim.warmup_steps = min(sft.optim.warmup_steps, s.guard_steps // 5)
+    sft.device, sft.dtype, sft.progress = ctx.device, ctx.dtype, ctx.progress
+    base = ctx.outputs("anneal")["model"]
+    trained = train_guard_from_base(GuardTrainConfig(base=base, out_dir=str(out / "guard"), examples=s.guard_examples,
+                                                     held_out=s.guard_eval, seed=ctx.seed, sft=sft))
+    scores = trained.get("held_out")
+    guard = LlamaGuard.load(trained["guard"], max_new_tokens=GUARD_ANSWER_TOKENS)
+    guard.model.to(ctx.device)
 
-    probes = held_out[: s.probe_prompts]
+    harmful_asks, benign_asks = held_out_requests(s.probe_prompts - s.probe_prompts // 2, ctx.seed)
+    probes = harmful_asks + benign_asks[: s.probe_prompts // 2]
+    harmful = [i < len(harmful_asks) for i in range(len(probes))]
     model, tok = load(ctx.outputs("dpo")["model"], device=ctx.device)
     model.eval()
-    asks = [[{"role": "user", "content": e.text}] for e in probes]
+    asks = [[{"role": "user", "content": text}] for text in probes]
     with torch.no_grad():
         results = generate_tokens(model, [tok.encode_dialog(a) for a in asks], max_new_tokens=s.max_new_tokens,
                                   stop_ids=tok.stop_ids)
     chats = [[*a, {"role": "assistant", "content": tok.decode(r.tokens)}] for a, r in zip(asks, results)]
     inputs = guard.moderate(asks, LLAMA_GUARD_2)
     replies = guard.moderate(chats, LLAMA_GUARD_2)
-    harmful = [e.category is not None for e in probes]
     with atomic_open(out / "moderated.jsonl") as f:
         for chat, i, r in zip(chats, inputs, replies):
             f.write(json.dumps({"messages": chat, "input": i.to_dict(), "output": r.to_dict()}) + "\n")
     return {
-        "train_examples": len(examples), "steps": s.guard_steps, "held_out": quality,
+        "base": base, "guard": trained["guard"], "train_examples": s.guard_examples, "steps": s.guard_steps,
+        **({"held_out": scores["llama_guard_2"], "custom_taxonomies": scores["custom_taxonomies"]} if scores else {}),
         "probe_prompts": len(probes), "harmful_prompts": sum(harmful),
         "inputs_flagged_harmful": _share([i.verdict != "safe" for i, h in zip(inputs, harmful) if h]),
         "inputs_flagged_benign": _share([i.verdict != "safe" for i, h in zip(inputs, harmful) if not h]),
         "replies_flagged": _share([r.verdict != "safe" for r in replies]),
+        "replies_to_benign_flagged": _share([r.verdict != "safe" for r, h in zip(replies, harmful) if not h]),
     }
 
 
