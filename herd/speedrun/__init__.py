@@ -1,8 +1,9 @@
 """`herd speedrun`: the whole Llama 3 recipe, end to end, on the embedded default corpus (`herd.corpus`).
 
 corpus -> data pipelines -> tokenizer -> token shards -> pretrain -> anneal -> SFT -> reward model ->
-rejection sampling -> SFT round 2 (with the best sampled replies) -> DPO -> eval (base / SFT / SFT2 / DPO) ->
-safety (Code Shield, Llama Guard) -> RUN/final (chat-ready) and RUN/report.md.
+rejection sampling -> SFT round 2 (with the best sampled replies) -> DPO -> eval (base / SFT / SFT2 / DPO,
+refusal rates included) -> safety (Code Shield, a Llama Guard fine-tuned from the annealed base) -> RUN/final
+(chat-ready) and RUN/report.md. SFT and DPO data include safety data (herd.speedrun.safety_data).
 
 ```python
 from herd.speedrun import speedrun
