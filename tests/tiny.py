@@ -24,6 +24,8 @@ TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple
 
 
 def write_jsonl(path: Path, records: list) -> Path:
+    """One JSON record a line, its folder made as needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
 
