@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from herd.data import run_pipeline
-from test_data_pipeline import config, corpus, write_jsonl
+from test_data_pipeline import config, corpus
+from tiny import write_jsonl
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install ray)")
 
