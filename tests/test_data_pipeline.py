@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import pytest
 from test_run_dir import crash_mid_write
+from tiny import write_jsonl
 
 from herd.data import Document, DocumentStage, InputConfig, OutputConfig, PipelineConfig, read_documents, run_pipeline
 from herd.data.readers import InputPart, input_files, input_parts, read_file
@@ -18,12 +19,6 @@ from herd.errors import HerdError
 
 GSM8K = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks" / "gsm8k" / "test.jsonl"
 SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "text" / "tinyshakespeare.txt"
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def corpus(tmp_path: Path, n_files: int = 4, per_file: int = 5) -> Path:
