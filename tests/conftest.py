@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tiny import QA, byte_bpe_ranks, make_docs, make_model, write_jsonl
+from tiny import QA, byte_bpe_ranks, make_docs, make_model, write_texts
 
 import herd
 from herd.tokenizer import Tokenizer, default_tokenizer_path, write_bpe_file
@@ -74,7 +74,7 @@ def shards(tmp_path_factory) -> dict[str, str]:
     tok = write_bpe_file({bytes([i]): i for i in range(256)}, tmp / "bytes.model")
     out = {}
     for name, seed, n in (("train", 0, 300), ("val", 1, 40)):
-        corpus = write_jsonl(tmp / f"{name}.jsonl", [{"text": d} for d in make_docs(n, seed)])
+        corpus = write_texts(tmp / f"{name}.jsonl", make_docs(n, seed))
         tokenize_corpus([corpus], tok, tmp / name, 1, show_progress=False)
         out[name] = str(tmp / name)
     return out

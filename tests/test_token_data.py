@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import model_config
+from tiny import model_config, write_texts
 
 from herd.data.readers import corpus_texts
 from herd.errors import HerdError
@@ -29,15 +29,10 @@ def make_docs(n: int, seed: int, alphabet: str = "abcdefghij") -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.choice([1, 5, 20, 60, 300]))) for _ in range(n)]
 
 
-def write_jsonl(path: Path, docs: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in docs), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def tokenizer_path(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("tok")
-    corpus = write_jsonl(tmp / "train.jsonl", make_docs(300, 0) + make_docs(100, 1, alphabet="0123456789+="))
+    corpus = write_texts(tmp / "train.jsonl", make_docs(300, 0) + make_docs(100, 1, alphabet="0123456789+="))
     return train_tokenizer(corpus_texts([corpus])[1], 400, tmp / "tok.model", show_progress=False)
 
 
@@ -47,9 +42,9 @@ def corpus(tmp_path_factory) -> tuple[list[Path], list[str]]:
     tmp = tmp_path_factory.mktemp("corpus")
     first, second, third = make_docs(150, 2), make_docs(60, 3), "a whole text file is one document\n"
     (tmp / "dir").mkdir()
-    write_jsonl(tmp / "dir" / "a.jsonl", second)
+    write_texts(tmp / "dir" / "a.jsonl", second)
     (tmp / "dir" / "b.txt").write_text(third)
-    return [write_jsonl(tmp / "first.jsonl", first), tmp / "dir"], first + second + [third]
+    return [write_texts(tmp / "first.jsonl", first), tmp / "dir"], first + second + [third]
 
 
 def shard_documents(shards: TokenShards) -> list[list[int]]:
@@ -233,7 +228,7 @@ def sources(tokenizer_path, tmp_path_factory) -> dict[str, Path]:
         ("code", make_docs(30, 12, "abc(){}")),
     ]:
         out[name] = tmp / name
-        tokenize_corpus([write_jsonl(tmp / f"{name}.jsonl", docs)], tokenizer_path, out[name], 1, show_progress=False)
+        tokenize_corpus([write_texts(tmp / f"{name}.jsonl", docs)], tokenizer_path, out[name], 1, show_progress=False)
     return out
 
 

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+from tiny import write_texts
 
 from herd.data import Document
 from herd.data.readers import corpus_texts
@@ -45,11 +46,6 @@ def synthetic_docs(n: int, seed: int) -> list[str]:
     return docs
 
 
-def write_jsonl(path: Path, docs: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in docs), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def shakespeare() -> tuple[list[str], list[str]]:
     """(train paragraphs, held-out paragraphs): the first 90% of tinyshakespeare and the rest."""
@@ -64,7 +60,7 @@ def assert_tiktoken_matches_hf(train: list[str], held_out: list[str], vocab_size
     hf = train_hf_bpe(train, vocab_size)
     tok = Tokenizer(
         train_tokenizer(
-            corpus_texts([write_jsonl(tmp_path / "train.jsonl", train)])[1], vocab_size, tmp_path / "tok.model", show_progress=False
+            corpus_texts([write_texts(tmp_path / "train.jsonl", train)])[1], vocab_size, tmp_path / "tok.model", show_progress=False
         )
     )
     assert read_bpe_file(tok.path) == mergeable_ranks(hf)  # training is deterministic
@@ -84,7 +80,7 @@ def test_tiktoken_reproduces_hf_on_held_out_synthetic_text(tmp_path):
 
 def test_trained_file_has_the_requested_size_and_all_bytes(tmp_path):
     path = train_tokenizer(
-        corpus_texts([write_jsonl(tmp_path / "c.jsonl", synthetic_docs(300, 0))])[1],
+        corpus_texts([write_texts(tmp_path / "c.jsonl", synthetic_docs(300, 0))])[1],
         500,
         tmp_path / "out" / "tok.model",
         show_progress=False,
@@ -99,7 +95,7 @@ def test_trained_file_has_the_requested_size_and_all_bytes(tmp_path):
 def test_round_trip_of_unseen_text(tmp_path):
     tok = Tokenizer(
         train_tokenizer(
-            corpus_texts([write_jsonl(tmp_path / "c.jsonl", synthetic_docs(200, 0))])[1],
+            corpus_texts([write_texts(tmp_path / "c.jsonl", synthetic_docs(200, 0))])[1],
             400,
             tmp_path / "tok.model",
             show_progress=False,
@@ -110,7 +106,7 @@ def test_round_trip_of_unseen_text(tmp_path):
 
 
 def test_larger_vocabulary_compresses_more(tmp_path):
-    corpus = [write_jsonl(tmp_path / "c.jsonl", synthetic_docs(400, 0))]
+    corpus = [write_texts(tmp_path / "c.jsonl", synthetic_docs(400, 0))]
     held_out = "\n\n".join(synthetic_docs(50, seed=1))
     counts = [
         len(Tokenizer(train_tokenizer(corpus_texts(corpus)[1], size, tmp_path / f"{size}.model", show_progress=False)).encode(held_out))
@@ -131,7 +127,7 @@ def test_corpus_inputs_are_the_data_pipelines(tmp_path):
     for suffix in ("jsonl.zst", "parquet"):
         with ShardWriter(tmp_path / "d" / f"z.{suffix}", suffix) as writer:
             writer.write_document(Document(text=f"{suffix} doc", id="1"))
-    top = write_jsonl(tmp_path / "top.jsonl", ["first", "doc"])
+    top = write_texts(tmp_path / "top.jsonl", ["first", "doc"])
     files, texts = corpus_texts([top, tmp_path / "d"])
     assert [p.name for p in files] == ["top.jsonl", "a.jsonl.gz", "b.txt", "c.txt", "z.jsonl.zst", "z.parquet"]
     assert list(texts) == ["first", "doc", "gz one", "second file", "third file", "jsonl.zst doc", "parquet doc"]
@@ -161,7 +157,7 @@ def test_missing_input_and_empty_directory(tmp_path):
 
 
 def test_vocab_size_errors(tmp_path):
-    corpus = [write_jsonl(tmp_path / "c.jsonl", ["a tiny corpus"])]
+    corpus = [write_texts(tmp_path / "c.jsonl", ["a tiny corpus"])]
     with pytest.raises(HerdError, match="below 256"):
         train_tokenizer(corpus_texts(corpus)[1], 100, tmp_path / "t.model", show_progress=False)
     with pytest.raises(HerdError, match="short of vocab_size 5000"):

@@ -30,6 +30,11 @@ def write_jsonl(path: Path, records: list) -> Path:
     return path
 
 
+def write_texts(path: Path, texts: list[str]) -> Path:
+    """A JSONL corpus: one {"text": ...} record per text."""
+    return write_jsonl(path, [{"text": text} for text in texts])
+
+
 def chat_records() -> list[dict]:
     return [{"messages": [{"role": "system", "content": "answer with a color"}, {"role": "user", "content": q},
                           {"role": "assistant", "content": a}]} for q, a in QA]
