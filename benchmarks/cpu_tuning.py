@@ -11,12 +11,13 @@ A trick stays in herd where the gain is at least 5% (benchmarks/README.md). Case
 - prepack-serve: a decode step's linears (16 rows, fp32 and bf16) through a dim-512 x 4-layer model with a 32K
   vocabulary, packed (`herd.serve.packed`) or not.
 - prepack-loss: the chunked head + loss (`linear_cross_entropy`), forward and backward, 1,024 rows x dim 256 into
-  an 8K and a 32K vocabulary, fp32 (a bf16 head multiplies plainly: its prepacking gained nothing).
+  an 8K and a 32K vocabulary, fp32 and bf16 autocast.
 - int8: an int8 model's forward of 16 rows (as in decode), torch's int8 kernel vs dequantize-then-multiply.
 - decode: greedy generation with the compiled decode step (dim 512 x 4 layers, 1 row, 64 new tokens), inductor
   with herd's decompositions vs plain inductor (each compiled once, before timing).
-- train-step: herd's fp32 training step (`benchmarks/train_cpu.py`'s, dim 256 x 4 layers, vocab 8,192, 4 x 256
-  tokens), whose trick is the loss head's prepacking.
+- train-step: herd's training step (`benchmarks/train_cpu.py`'s, dim 256 x 4 layers, vocab 8,192, 4 x 256 tokens),
+  fp32 and bf16 autocast, whose trick is the loss head's prepacking (a plain bf16 head reorders its weight at
+  every chunk into fresh buffers, which page-fault).
 On a machine shared with other work, `--threads 1` and the CPU-time columns give the steadiest figures.
 """
 
@@ -108,12 +109,14 @@ def prepack_loss(args: argparse.Namespace) -> None:
     targets = torch.randint(0, 8192, (1024,))
     for vocab in (8192, 32768):
         weight = (torch.randn(vocab, 256) * 0.02).requires_grad_()
+        for dtype in (torch.float32, torch.bfloat16):
 
-        def step() -> None:
-            linear_cross_entropy(hidden, weight, targets).backward()
-            hidden.grad = weight.grad = None
+            def step() -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                    linear_cross_entropy(hidden, weight, targets).backward()
+                hidden.grad = weight.grad = None
 
-        compare(f"prepack-loss fp32, 1024 x {vocab // 1024}K", step, step, args.rounds, 4)
+            compare(f"prepack-loss {str(dtype)[6:]}, 1024 x {vocab // 1024}K", step, step, args.rounds, 4)
 
 
 @torch.inference_mode()
@@ -141,11 +144,12 @@ def train_step(args: argparse.Namespace) -> None:
     from train_cpu import herd_step
 
     torch.manual_seed(0)
-    shape = argparse.Namespace(dim=256, layers=4, heads=8, kv_heads=4, vocab=8192, seq_len=256, dtype="float32")
-    tokens = torch.randint(0, shape.vocab, (4, shape.seq_len + 1))
-    step = herd_step(shape, (tokens[:, :-1], tokens[:, 1:].clone(), torch.zeros(4, shape.seq_len, dtype=torch.long)),
-                     compile=False)
-    compare("train-step fp32, 4 x 256 tokens", step, step, args.rounds, 4)
+    for dtype in ("float32", "bfloat16"):
+        shape = argparse.Namespace(dim=256, layers=4, heads=8, kv_heads=4, vocab=8192, seq_len=256, dtype=dtype)
+        tokens = torch.randint(0, shape.vocab, (4, shape.seq_len + 1))
+        batch = (tokens[:, :-1], tokens[:, 1:].clone(), torch.zeros(4, shape.seq_len, dtype=torch.long))
+        step = herd_step(shape, batch, compile=False)
+        compare(f"train-step {dtype}, 4 x 256 tokens", step, step, args.rounds, 4)
 
 
 def main() -> None:

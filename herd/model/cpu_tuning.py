@@ -86,14 +86,20 @@ def decode_backend() -> str | Callable:
 
 
 def _decode_inductor(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable:
-    """Inductor with the decode step's two decompositions."""
+    """Inductor with the decode step's two decompositions.
+
+    Without AOTAutograd's cache: its key leaves the decompositions out, so it would hand this graph plain inductor's
+    kernels once a plain compile of it is on disk (and plain inductor these). Inductor's own cache, keyed on the
+    decomposed graph, still serves a warm compile."""
+    from torch._functorch import config as functorch_config
     from torch._inductor.compile_fx import compile_fx  # takes seconds: only when compiling
     from torch._inductor.decomposition import select_decomp_table
 
     table = dict(select_decomp_table())
     table[torch.ops.aten.mm.default] = _rowvec_matmul
     table[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default] = _one_query_attention
-    return compile_fx(gm, example_inputs, decompositions=table)
+    with functorch_config.patch(enable_autograd_cache=False):
+        return compile_fx(gm, example_inputs, decompositions=table)
 
 
 def _rowvec_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

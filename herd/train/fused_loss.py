@@ -165,10 +165,10 @@ def _chunks(
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Each chunk of `rows` rows: its first row's index, hidden states, targets and logits (hidden @ weight.T).
 
-    An fp32 weight is reordered once per call for oneDNN (`herd.model.cpu_tuning.prepack`), which the chunks'
-    matmuls repay; a bf16 one is not: torch's bf16 matmul runs oneDNN already, and the reorder costs more than it saves.
+    On a CPU whose oneDNN runs the weight's dtype (`herd.model.cpu_tuning.can_prepack`) the weight is reordered once
+    per call, which the chunks' matmuls repay (a plain bf16 matmul reorders it at every chunk, into fresh buffers).
     """
-    packed = prepack(weight, rows) if weight.dtype == torch.float32 and can_prepack(weight) else None
+    packed = prepack(weight, rows) if can_prepack(weight) else None
     for first in range(0, hidden.shape[0], rows):
         h = hidden[first : first + rows]
         yield first, h, targets[first : first + rows], h @ weight.T if packed is None else prepacked_matmul(h, packed)
