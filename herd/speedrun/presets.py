@@ -54,8 +54,8 @@ def tiny() -> SpeedrunConfig:
         dpo=DPOSettings(steps=60, batch_size=16, seq_len=192, lr=1e-4, beta=0.1, safety_pairs=200),
         eval=EvalSettings(limit=60, data_dir="data/benchmarks", real_tasks=["gsm8k", "humaneval"], real_limit=20,
                           refusal_prompts=40),
-        safety=SafetySettings(guard_steps=60, guard_examples=800, guard_eval=64, guard_batch_size=8, guard_seq_len=1024,
-                              guard_lr=1e-3, probe_prompts=16, max_new_tokens=48),
+        safety=SafetySettings(guard_steps=100, guard_examples=1600, guard_eval=64, guard_batch_size=8,
+                              guard_seq_len=1024, guard_lr=2e-3, probe_prompts=16, max_new_tokens=48),
         final=FinalSettings(transcripts=4, max_new_tokens=64, rm_prompts=24),
         seed=0, device="cpu", dtype="auto", progress=True,
     )
