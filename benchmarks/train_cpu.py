@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import time
 from collections.abc import Callable
 
 import torch
+
+from herd.model.cpu_tuning import PLAIN_ENV
 
 
 def herd_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...], compile: bool) -> Callable[[], None]:
@@ -100,8 +103,10 @@ def tokens_per_s(step: Callable[[], None], tokens: int, steps: int) -> tuple[flo
 
 
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}
-SIDES = ("herd", "herd+compile", "hf")
-"""herd+compile: herd with `compile=true` (blocks compiled by torch.compile)."""
+SIDES = ("herd", "herd+compile", "herd-plain", "hf")
+"""herd+compile: herd with `compile=true` (blocks compiled by torch.compile). herd-plain: herd with HERD_CPU_PLAIN=1
+(none of herd.model.cpu_tuning's tricks), which `--sides herd,herd-plain` measures against herd alone."""
+BASELINES = ("herd-plain", "hf")
 
 
 def serve_side(args: argparse.Namespace) -> None:
@@ -148,15 +153,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--dtype", choices=list(AUTOCAST), default="float32", help="bfloat16: autocast on every side")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, of {', '.join(SIDES)}")
     parser.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)  # one side, in a child process
     args = parser.parse_args()
     if args.side:
         return serve_side(args)
+    sides = args.sides.split(",")
     children = {side: subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--side", side], text=True,
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE) for side in SIDES}
+                                       env={**os.environ, PLAIN_ENV: "1" if side == "herd-plain" else "0"},
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE) for side in sides}
     ready = [_ask(child) for child in children.values()]  # each warms up in turn
     threads = ready[0]["threads"]
-    results: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
+    results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     for _ in range(args.rounds):
         for side, child in children.items():
             results[side].append(_ask(child, "run"))
@@ -171,7 +179,9 @@ def main() -> None:
         medians = {key: statistics.median(r[key] for r in runs) for key in ("wall", "cpu")}
         listed = ", ".join(f"{r['wall']:.0f}" for r in runs)
         print(f"{side:>12}  {medians['wall']:16.0f}  {medians['cpu']:13.0f}  {listed}")
-    for ours, baseline in itertools.product(SIDES[:2], SIDES[2:]):
+    for ours, baseline in itertools.product(sides, BASELINES):
+        if ours in BASELINES or baseline not in sides:
+            continue
         wall, cpu = (statistics.median(h[key] / b[key] for h, b in zip(results[ours], results[baseline], strict=True))
                      for key in ("wall", "cpu"))
         print(f"ratio {ours} / {baseline} (median over rounds): {wall:.2f}x wall-clock, {cpu:.2f}x per CPU-second")
