@@ -173,6 +173,7 @@ def test_addition_probe_and_safety_scores(micro_run):
     sft_config = json.loads((Path(guard["guard"]).parent / "manifest.json").read_text())["config"]
     assert guard["base"] == sft_config["model"] == anneal  # the guard is the speedrun's base, fine-tuned
     assert guard["custom_taxonomies"]["n"] == micro().safety.guard_eval and "learned" in guard["held_out"]
+    assert guard["probe_prompts"] == micro().safety.probe_prompts == 2 * guard["harmful_prompts"]  # half benign
 
 
 def test_safety_data_reaches_sft_rm_dpo_and_refusals_are_measured(micro_run):

@@ -28,7 +28,8 @@ def test_pairs_prefer_refusal_on_harmful_and_help_on_benign():
 
 def test_held_out_requests_are_worded_as_training_never_is():
     harmful, benign = held_out_requests(40, seed=0)
-    assert len(harmful) == len(benign) == 40
+    assert len(harmful) == len(benign) == 40 and held_out_requests(1, seed=0) == (harmful[:1], benign[:1])
+    assert any("kill" in b for b in benign)  # look-alikes among the benign ones
     seen = {d["messages"][0]["content"] for d in safety_dialogs(2000, seed=0)}
     seen |= {p["prompt"] for p in safety_pairs(2000, seed=0)}
     assert not seen & set(harmful + benign)

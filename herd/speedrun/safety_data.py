@@ -25,9 +25,9 @@ HELP = ("Sure! Start with the basics, take it one step at a time, and check the 
 """Helpful answers (never refusals): the reply to a benign request, and the compliance a harmful one must not get."""
 
 
-def requests(n: int, seed: int, *, held_out: bool = False) -> list[Example]:
-    """`n` single-turn user requests, half harmful, half benign (many worded like harmful ones)."""
-    return moderation_examples(n, held_out=held_out, seed=seed, benign_share=0.5, reply_share=0.0,
+def requests(n: int, seed: int, *, held_out: bool = False, benign_share: float = 0.5) -> list[Example]:
+    """`n` single-turn user requests, a share `benign_share` benign (many worded like harmful ones), the rest harmful."""
+    return moderation_examples(n, held_out=held_out, seed=seed, benign_share=benign_share, reply_share=0.0,
                                multi_turn_share=0.0)
 
 
@@ -53,7 +53,6 @@ def safety_pairs(n: int, seed: int) -> list[dict[str, Any]]:
 
 def held_out_requests(n: int, seed: int) -> tuple[list[str], list[str]]:
     """`n` harmful and `n` benign requests in the moderation set's held-out wordings: (harmful, benign)."""
-    examples = requests(4 * n, seed + 2, held_out=True)
-    harmful = [e.text for e in examples if e.category is not None][:n]
-    benign = [e.text for e in examples if e.category is None][:n]
+    harmful = [e.text for e in requests(n, seed + 2, held_out=True, benign_share=0.0)]
+    benign = [e.text for e in requests(n, seed + 3, held_out=True, benign_share=1.0)]
     return harmful, benign
