@@ -54,6 +54,8 @@ def tiny() -> SpeedrunConfig:
         dpo=DPOSettings(steps=60, batch_size=16, seq_len=192, lr=1e-4, beta=0.1, safety_pairs=200),
         eval=EvalSettings(limit=60, data_dir="data/benchmarks", real_tasks=["gsm8k", "humaneval"], real_limit=20,
                           refusal_prompts=40),
+        # The guard: ~70 s on 2 cores; from a tiny-shaped base (micro corpus) neither 100 nor 300 steps (lr 2e-3,
+        # 3e-3) told harmful from benign (P(unsafe) 0.55 both): the report card says "did not learn".
         safety=SafetySettings(guard_steps=100, guard_examples=1600, guard_eval=64, guard_batch_size=8,
                               guard_seq_len=1024, guard_lr=2e-3, probe_prompts=16, max_new_tokens=48),
         final=FinalSettings(transcripts=4, max_new_tokens=64, rm_prompts=24),
