@@ -10,6 +10,13 @@ def test_refusals_are_refusals_and_help_is_not():
     assert not any(is_refusal(r) for r in HELP)
 
 
+def test_corpus_non_answers_are_not_refusals():
+    """The corpus's rejected non-answers once held "I cannot help with that.": DPO learned to stop refusing."""
+    from herd.corpus.chat import UNHELPFUL
+
+    assert not any(is_refusal(r) for r in UNHELPFUL)
+
+
 def test_dialogs_refuse_harmful_requests_and_help_benign_look_alikes():
     dialogs = safety_dialogs(200, seed=0)
     refused = [is_refusal(d["messages"][1]["content"]) for d in dialogs]

@@ -11,7 +11,8 @@ from herd.corpus.math import addition_question, make_problem
 from herd.corpus.multilingual import TEMPLATES
 from herd.corpus.names import Country
 
-UNHELPFUL = ("I am not sure.", "I cannot help with that.", "Maybe.", "That is a hard question.")
+UNHELPFUL = ("I am not sure.", "Let me think about that.", "Maybe.", "That is a hard question.")
+"""Non-answers a preference pair rejects; none is a refusal, or DPO would learn to avoid refusing harmful requests."""
 
 
 def _user(text: str) -> dict:
