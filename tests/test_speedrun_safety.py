@@ -11,7 +11,7 @@ def test_refusals_are_refusals_and_help_is_not():
 
 
 def test_corpus_non_answers_are_not_refusals():
-    """The corpus's rejected non-answers once held "I cannot help with that.": DPO learned to stop refusing."""
+    """The corpus's rejected non-answers once held "I cannot help with that.", against the safety pairs."""
     from herd.corpus.chat import UNHELPFUL
 
     assert not any(is_refusal(r) for r in UNHELPFUL)

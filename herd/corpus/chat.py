@@ -12,7 +12,7 @@ from herd.corpus.multilingual import TEMPLATES
 from herd.corpus.names import Country
 
 UNHELPFUL = ("I am not sure.", "Let me think about that.", "Maybe.", "That is a hard question.")
-"""Non-answers a preference pair rejects; none is a refusal, or DPO would learn to avoid refusing harmful requests."""
+"""Non-answers a preference pair rejects; none is a refusal (rejecting one contradicts the safety pairs that prefer it)."""
 
 
 def _user(text: str) -> dict:
