@@ -12,7 +12,7 @@ from herd.corpus.multilingual import TEMPLATES
 from herd.corpus.names import Country
 
 UNHELPFUL = ("I am not sure.", "Let me think about that.", "Maybe.", "That is a hard question.")
-"""Non-answers a preference pair rejects; none is a refusal (rejecting one contradicts the safety pairs that prefer it)."""
+"""Non-answers a preference pair rejects; none is a refusal (the safety pairs prefer refusals)."""
 
 
 def _user(text: str) -> dict:
