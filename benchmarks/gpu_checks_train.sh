@@ -12,7 +12,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 # as torchtitan runs: fewer fragments, so the batch that herd's memory estimate picks has room to spare
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-timeout 90 python3 -m pytest -q -rs -p no:cacheprovider tests/test_flex_attention.py 2>&1 | tail -5 | tee "$out/tests.txt"
+timeout 90 python3 -m pytest -q -rs -p no:cacheprovider tests/model/test_flex_attention.py 2>&1 | tail -5 | tee "$out/tests.txt"
 timeout 80 python3 benchmarks/loss_gpu.py --rounds 6 > "$out/loss_gpu.txt" 2>&1
 status=$?
 tail -8 "$out/loss_gpu.txt"

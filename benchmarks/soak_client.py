@@ -1,7 +1,7 @@
 """A load test of a live server: many concurrent OpenAI-API requests (chat and completions, streamed or not),
 some of whose clients hang up midway; it counts what completed, what was cancelled and what went wrong.
 
-A workload, not a benchmark to run: `benchmarks/serve_soak.py`, `serve_abuse.py` and tests/test_serve_soak.py import
+A workload, not a benchmark to run: `benchmarks/serve_soak.py`, `serve_abuse.py` and tests/serve/test_serve_soak.py import
 it (tests find benchmarks/ through pytest's `pythonpath`); herd itself never does, so it is not shipped.
 """
 

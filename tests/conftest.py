@@ -12,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tiny import QA, byte_bpe_ranks, make_docs, make_model, write_texts
 
 import herd
 from herd.tokenizer import Tokenizer, default_tokenizer_path, write_bpe_file
 from herd.tokenizer.train_bpe import train_tokenizer
 from herd.train.token_shards import tokenize_corpus
+from tests.tiny import QA, byte_bpe_ranks, make_docs, make_model, write_texts
 
 
 @pytest.fixture(scope="session")

@@ -90,12 +90,12 @@ PARSE = {
     "herd scaling mix --config C": "one sweep per mix",
     **{f"herd {stage} --config C [key=value ...]": "tests/test_examples.py runs examples/STAGE.yaml"
        for stage in STAGES if stage != "pretrain"},
-    "herd serve --model DIR --port 8000 [--api-key KEY]": "a server (tests/test_serve_server.py runs one)",
+    "herd serve --model DIR --port 8000 [--api-key KEY]": "a server (tests/serve/test_serve_server.py runs one)",
     "herd serve --model DIR --api-key-file FILE": "a server",
     "herd serve --model DIR --guard GUARD --code-shield": "a server",
     "herd guard train --base DIR --out runs/guard [--data mine.jsonl] [key=value ...]": "minutes; "
-    "tests/test_safety_guard_train.py runs it on a tiny base",
-    "herd guard eval --model GUARD [--data labelled.jsonl]": "tests/test_safety_guard_train.py runs it",
+    "tests/safety/test_safety_guard_train.py runs it on a tiny base",
+    "herd guard eval --model GUARD [--data labelled.jsonl]": "tests/safety/test_safety_guard_train.py runs it",
     **{f"herd {stage} --config examples/{stage}.yaml": "tests/test_examples.py runs it" for stage in STAGES},
 }
 

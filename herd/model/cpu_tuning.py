@@ -1,7 +1,7 @@
 """CPU tuning: every private torch API herd uses for speed, behind one switch.
 
 `HERD_CPU_PLAIN=1` turns every trick off; herd then runs the plain public-API path, which is the reference the
-tricks are tested against (tests/test_cpu_features.py) and measured against (benchmarks/cpu_tuning.py; a trick
+tricks are tested against (tests/model/test_cpu_features.py) and measured against (benchmarks/cpu_tuning.py; a trick
 stays only where it gains at least 5%; benchmarks/README.md has the figures, and those of the tricks removed for
 gaining less). The tricks:
 
