@@ -170,8 +170,8 @@ def test_arithmetic_reward_credits_the_speedrun_models_answers_as_its_eval_does(
 def rl_config(cls, tmp_path, model_dir, **changes):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
     fields = {"out_dir": str(tmp_path / "run"), "model": str(model_dir), "prompts": str(prompts),
-              "reward": "test_post_rl:starts_with_a_vowel", "seq_len": 64, "max_new_tokens": 2, "device": "cpu",
-              "progress": False, "checkpoint_interval": 0}
+              "reward": "tests.post.test_post_rl:starts_with_a_vowel", "seq_len": 64, "max_new_tokens": 2,
+              "device": "cpu", "progress": False, "checkpoint_interval": 0}
     config = cls(**{**fields, **changes})
     config.optim.lr = 3e-3
     return config
@@ -250,7 +250,7 @@ def test_grpo_raises_the_reward(tmp_path, tiny_model_dir):
 def test_ppo_fits_the_value_model(tmp_path, tiny_model_dir):
     """Each rollout is one minibatch seen for 4 epochs: the value loss on it falls from epoch to epoch."""
     config = rl_config(PPOConfig, tmp_path, tiny_model_dir, steps=8, prompts_per_rollout=8, batch_size=8, epochs=4,
-                       value_coef=1.0, reward="test_post_rl:text_length")
+                       value_coef=1.0, reward="tests.post.test_post_rl:text_length")
     result = ppo(config)
     value_losses = step_means(config.run_dir, "value_loss_sum", "completion_tokens")
     print(f"PPO value loss per step: {[round(v, 4) for v in value_losses]}")
