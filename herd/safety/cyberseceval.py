@@ -20,6 +20,7 @@ from pathlib import Path
 
 from herd.errors import HerdError
 from herd.eval.judge import mostly_unreadable, shown_rate
+from herd.run_dir import write_text
 from herd.safety.cyberseceval_llm import ChatModel
 from herd.tokenizer import Message
 
@@ -308,6 +309,6 @@ def run_cyberseceval(target: ChatModel, judge: ChatModel | None, out_dir: str | 
             records[name] = (prompt_injection if name == "prompt_injection" else interpreter)(
                 cases, target, judge, max_tokens)
         summary["benchmarks"][name] = summarize(name, records[name])
-    (out / "cyberseceval.json").write_text(json.dumps({**summary, "records": records}, indent=1, ensure_ascii=False))
-    (out / "cyberseceval.md").write_text(render_report(summary))
+    write_text(out / "cyberseceval.json", json.dumps({**summary, "records": records}, indent=1, ensure_ascii=False))
+    write_text(out / "cyberseceval.md", render_report(summary))
     return summary

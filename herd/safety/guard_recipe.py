@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from herd.errors import HerdError
+from herd.run_dir import atomic_open, write_json
 from herd.safety.guard_metrics import guard_metrics
 from herd.safety.llama_guard import GUARD_FILE, LlamaGuard, render_prompt, target_text
 from herd.safety.taxonomy import LLAMA_GUARD_2, Category, Taxonomy, code
@@ -156,7 +157,7 @@ def guard_records(examples: Sequence[Example], universe: Taxonomy, *, max_size: 
 def write_sft_data(records: Sequence[tuple[Example, Taxonomy]], path: str | Path) -> Path:
     """The records as SFT chat JSONL: the guard prompt as the user turn, "safe" / "unsafe\\nS.." as the reply."""
     path = Path(path)
-    with path.open("w", encoding="utf-8") as f:
+    with atomic_open(path, encoding="utf-8") as f:
         for example, taxonomy in records:
             prompt = render_prompt(example.conversation(), taxonomy)
             reply = target_text(labelled(example, taxonomy))
@@ -191,7 +192,7 @@ def train_guard(config) -> Path:
     from herd.post.sft import sft
 
     result = sft(config)
-    (Path(result.model_dir) / GUARD_FILE).write_text(json.dumps({"chat_format": True}))
+    write_json(Path(result.model_dir) / GUARD_FILE, {"chat_format": True})
     return Path(result.model_dir)
 
 

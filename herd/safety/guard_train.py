@@ -17,6 +17,7 @@ from typing import Any
 
 from herd.errors import HerdError
 from herd.post.sft import SFTConfig
+from herd.run_dir import write_json
 from herd.safety.guard_metrics import headline
 from herd.safety.guard_recipe import (
     EXTRA_CATEGORIES,
@@ -180,7 +181,7 @@ def train_guard_from_base(config: GuardTrainConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"guard": str(model_dir)}
     if config.held_out:
         result["held_out"] = held_out_scores(LlamaGuard.load(model_dir), config)
-        (Path(config.out_dir) / "guard_eval.json").write_text(json.dumps(result, indent=1))
+        write_json(Path(config.out_dir) / "guard_eval.json", result, indent=1)
     return result
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from herd.run_dir import write_text
 from herd.safety.guard_metrics import headline
 from herd.speedrun.eval_stages import MODELS
 from herd.speedrun.run import STAGES, RunContext
@@ -34,7 +35,7 @@ def write_report(ctx: RunContext, preset: str, wall_s: float) -> Path:
         lines += ["## Pretraining curves", "", f"![loss and validation bits per byte]({curves.name})", ""]
     lines += _data_section(ctx) + _eval_section(ctx) + _safety_section(ctx) + _transcripts(ctx)
     path = ctx.run / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 

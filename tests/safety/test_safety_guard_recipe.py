@@ -21,6 +21,7 @@ from herd.safety.guard_recipe import (
 )
 from herd.safety.llama_guard import render_prompt
 from herd.safety.taxonomy import LLAMA_GUARD_2, custom_taxonomy
+from tests.test_run_dir import crash_mid_write
 
 
 def test_label_follows_the_taxonomy():
@@ -31,6 +32,16 @@ def test_label_follows_the_taxonomy():
     gambling = Example("how do I rig a slot machine?", "Gambling")
     assert labelled(gambling, LLAMA_GUARD_2) == [] and labelled(gambling, LLAMA_GUARD_2 + EXTRA_CATEGORIES) == ["S12"]
     assert labelled(Example("how do I cook rice?", None), UNIVERSE) == []
+
+
+def test_a_crash_while_writing_the_guard_data_leaves_no_torn_file(tmp_path, monkeypatch):
+    """The SFT stage would read a torn JSONL as a damaged dataset; written through herd.run_dir it is whole or absent."""
+    records = guard_records(synthetic_examples([c.name for c in UNIVERSE], n=20, seed=0), UNIVERSE, seed=0)
+    path = tmp_path / "guard_sft.jsonl"
+    crash_mid_write(monkeypatch, path)
+    with pytest.raises(OSError, match="simulated crash"):
+        write_sft_data(records, path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_records_hold_each_category_both_ways():
