@@ -8,6 +8,7 @@ skip (same config) or redo. Standard library only.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import warnings
@@ -102,10 +103,20 @@ def read_manifest(path: str | Path, identity: Any, *, key: str = "config") -> di
     return done if done.get(key) == identity else None
 
 
+UNSYNCABLE = (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES)
+"""What a filesystem that cannot sync a directory says (CIFS, some FUSE and container mounts; no read access)."""
+
+
 def fsync(path: str | Path) -> None:
-    """Flush a file's or directory's data to disk (a rename is durable once its directory is synced)."""
-    fd = os.open(path, os.O_RDONLY)
+    """Flush a file's or directory's data to disk (a rename is durable once its directory is synced). A directory
+    its filesystem cannot sync is skipped: the rename is still atomic, only its durability rests with the OS."""
+    directory = Path(path).is_dir()
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        if not (directory and error.errno in UNSYNCABLE):
+            raise

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import builtins
+import errno
 import io
 import json
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -133,3 +135,17 @@ def test_unreadable_or_incomplete_manifest_is_not_finished(tmp_path, text):
     path.write_bytes(text.encode("latin-1"))
     with pytest.warns(UserWarning, match="manifest.json"):
         assert read_manifest(path, {"lr": 1}) is None
+
+
+def test_a_filesystem_that_cannot_sync_directories_still_gets_its_files(tmp_path, monkeypatch):
+    """CIFS and some FUSE mounts answer EINVAL to fsync on a directory: the write goes on (the rename is atomic)."""
+    real_fsync = os.fsync
+
+    def no_directory_sync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_directory_sync)
+    write_json(tmp_path / "out.json", {"a": 1})
+    assert json.loads((tmp_path / "out.json").read_text()) == {"a": 1}
