@@ -80,7 +80,8 @@ def generate_tokens(
     weight = model.tok_embeddings.weight
     tokens, pad = _left_pad(prompts, weight.device)
     cache = KVCache.allocate(
-        model.config, len(prompts), tokens.shape[1] + max_new_tokens, dtype=weight.dtype, device=weight.device, pad=pad
+        model.config, len(prompts), tokens.shape[1] + max_new_tokens, dtype=weight.dtype, device=weight.device, pad=pad,
+        kv_heads=model.kv_heads,
     )
     generator = torch.Generator(device=weight.device).manual_seed(seed)
     check_every = check_every or (1 if weight.device.type == "cpu" else 8)
@@ -93,6 +94,8 @@ def generate_tokens(
     live, checked = list(range(len(prompts))), 0
     for i in range(max_new_tokens):
         ids = sample(logits, params, generator)
+        if model.tp is not None:  # rank 0 samples for every rank
+            model.tp.broadcast(ids)
         new_ids[:, i] = ids
         if new_logprobs is not None:
             new_logprobs[:, i] = token_logprobs(logits, ids)

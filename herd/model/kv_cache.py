@@ -38,8 +38,10 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device | str,
         pad: torch.Tensor | None = None,
+        kv_heads: int | None = None,
     ) -> KVCache:
-        shape = (batch_size, config.kv_heads, max_len, config.head_dim)
+        """Zeroed slots for `kv_heads` heads (default all of the config's; a tensor-parallel rank caches its own)."""
+        shape = (batch_size, kv_heads or config.kv_heads, max_len, config.head_dim)
         keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         if pad is None:

@@ -77,8 +77,13 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(config, layer_id)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config.dim, config.ffn_hidden_dim)
+        self.tp = None
+        """Tensor parallelism (herd.model.tensor_parallel): sums the ranks' partial outputs of wo and w2."""
 
     def forward(self, x, cos, sin, context):  # noqa: ANN001, ANN201 - hot path, types as in Attention
+        if self.tp is not None:
+            h = x + self.tp.reduce(self.attention(self.attention_norm(x), cos, sin, context))
+            return h + self.tp.reduce(self.feed_forward(self.ffn_norm(h)))
         h = x + self.attention(self.attention_norm(x), cos, sin, context)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -99,6 +104,19 @@ class Transformer(nn.Module):
             "rope_freqs", rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling), persistent=False
         )
         self.row_kernel = row_kernel(self.rope_freqs.device, self.training)
+        self.tp = None
+        """This rank's `TensorParallel` when the weights are its slices (herd.model.tensor_parallel.parallelize)."""
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads this process holds and caches: all of them, or its slice under tensor parallelism."""
+        return self.config.kv_heads // (1 if self.tp is None else self.tp.world)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The head on final-normed hidden states: logits over the whole vocabulary (gathered from the ranks'
+        slices under tensor parallelism)."""
+        logits = self.output(h)
+        return logits if self.tp is None else self.tp.gather(logits)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
         """Move/cast as usual, but keep the RoPE frequencies in fp32 whatever dtype the weights take; choose the
@@ -150,7 +168,7 @@ class Transformer(nn.Module):
         if self.norm is None:  # a pipeline stage before the last (herd.train.pipeline): hidden states out
             return h
         h = self.norm(h[:, -1:] if last_only else h)
-        return self.output(h) if head else h
+        return self.logits(h) if head else h
 
     def _context(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None, cache: KVCache | None) -> AttentionContext:
         """The context `tokens` run with, after checking them against the model and the cache."""

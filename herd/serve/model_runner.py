@@ -58,7 +58,7 @@ def run_segments(model: Transformer, kv: PagedKV, segments: Sequence[Segment]) -
             indices.append(i)
     if not ends:
         return [], None
-    return indices, model.output(hidden[0, ends])
+    return indices, model.logits(hidden[0, ends])
 
 
 def _cuts(widths: list[int]) -> list[int]:

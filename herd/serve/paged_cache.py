@@ -17,9 +17,11 @@ class PagedKV:
     """Keys and values [num_blocks * block_size, n_kv_heads, head_dim] for every layer."""
 
     def __init__(
-        self, config: ModelConfig, num_blocks: int, block_size: int, *, dtype: torch.dtype, device: torch.device
+        self, config: ModelConfig, num_blocks: int, block_size: int, *, dtype: torch.dtype, device: torch.device,
+        kv_heads: int | None = None,
     ) -> None:
-        shape = (num_blocks * block_size, config.kv_heads, config.head_dim)
+        """`kv_heads`: heads cached (default all of the config's; a tensor-parallel rank caches its own)."""
+        shape = (num_blocks * block_size, kv_heads or config.kv_heads, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.block_size = block_size

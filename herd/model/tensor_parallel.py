@@ -1,0 +1,192 @@
+"""Tensor-parallel inference: which dim of each parameter is split over the ranks, how it is cut, and the collectives
+of the sharded forward (one all-reduce after `wo` and one after `w2` per block, one for the vocab-parallel embedding,
+an all-gather of the vocab-parallel logits).
+
+Plain torch.distributed on local shards (gpt-fast's way), not the DTensor plans of herd.train.parallelize: each rank
+holds ordinary tensors, so int8/fp8 linears, the contiguous and paged KV caches (local KV heads only) and the engine
+work on them unchanged, and a decode step pays no DTensor dispatch. The split is Meta's reference (llama_models'
+llama3: ColumnParallelLinear wq/wk/wv/w1/w3/output, RowParallelLinear wo/w2, VocabParallelEmbedding), so rank r of
+an N-way run holds exactly what `consolidated.0r.pth` of an MP=N checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from herd.errors import HerdError
+from herd.model.config import ModelConfig
+
+SHARD_DIMS: dict[str, int | None] = {
+    "tok_embeddings": 0,  # vocab-parallel rows (Llama 3's VocabParallelEmbedding; Llama 2 split dim 1)
+    "attention.wq": 0,
+    "attention.wk": 0,
+    "attention.wv": 0,
+    "attention.wo": 1,
+    "feed_forward.w1": 0,
+    "feed_forward.w3": 0,
+    "feed_forward.w2": 1,
+    "output": 0,  # vocab-parallel head: each rank's logits for its slice of the vocabulary
+    "attention_norm": None,
+    "ffn_norm": None,
+    "norm": None,
+}
+"""Split dim of each parameter's module (weight [out, in]): 0 column-parallel / vocab rows, 1 row-parallel, None
+replicated."""
+
+_MODULE = re.compile(r"^(?:layers\.\d+\.)?(.+)\.(?:weight|scale)$")
+
+
+def shard_dim(name: str) -> int | None:
+    """Split dim of herd state-dict entry `name` ("layers.3.attention.wk.weight" -> 0, "norm.weight" -> None).
+
+    An int8 linear's per-output-channel "scale" [out] follows its weight's dim 0 and is whole for row-parallel ones.
+    """
+    match = _MODULE.match(name)
+    if match is None or match.group(1) not in SHARD_DIMS:
+        raise HerdError(f"tensor parallelism: no split is defined for parameter {name!r}")
+    dim = SHARD_DIMS[match.group(1)]
+    return None if name.endswith(".scale") and dim == 1 else dim
+
+
+def shard_bounds(size: int, rank: int, world: int, what: str = "dimension") -> tuple[int, int]:
+    """[start, stop) of rank `rank`'s contiguous chunk when `size` is cut into `world` equal chunks."""
+    if size % world:
+        raise HerdError(
+            f"tensor parallelism: {what} of {size} is not divisible by --tp {world}; use a --tp that divides it"
+        )
+    step = size // world
+    return rank * step, (rank + 1) * step
+
+
+def shard(tensor: torch.Tensor, dim: int | None, rank: int, world: int) -> torch.Tensor:
+    """Rank `rank`'s chunk of `tensor` along `dim` (a view; the whole tensor when dim is None)."""
+    if dim is None:
+        return tensor
+    start, stop = shard_bounds(tensor.shape[dim], rank, world)
+    return tensor.narrow(dim, start, stop - start)
+
+
+def check_config(config: ModelConfig, world: int) -> None:
+    """One-line HerdError unless `world` ranks can split the heads, KV heads, vocabulary and FFN of `config`."""
+    for what, size in (("n_heads", config.n_heads), ("n_kv_heads", config.kv_heads),
+                       ("vocab_size", config.vocab_size), ("the FFN hidden size", config.ffn_hidden_dim)):
+        shard_bounds(size, 0, world, f"the model's {what}")
+
+
+@dataclass(frozen=True)
+class TensorParallel:
+    """This process's place in a tensor-parallel group and the collectives the sharded forward runs."""
+
+    rank: int
+    world: int
+    group: dist.ProcessGroup | None = None
+
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of the ranks' partial outputs (in place)."""
+        dist.all_reduce(x, group=self.group)
+        return x
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """The ranks' slices of the last dim joined in rank order (vocab-parallel logits -> full logits)."""
+        parts = [torch.empty_like(x) for _ in range(self.world)]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts, dim=-1)
+
+    def broadcast(self, x: torch.Tensor) -> torch.Tensor:
+        """Rank 0's `x` on every rank (in place): the sampled tokens."""
+        dist.broadcast(x, src=dist.get_global_rank(self.group, 0) if self.group else 0, group=self.group)
+        return x
+
+    def broadcast_object(self, obj: object = None) -> object:
+        """Rank 0's picklable `obj` on every rank (the serving engine's step plan)."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=dist.get_global_rank(self.group, 0) if self.group else 0, group=self.group)
+        return box[0]
+
+    def close(self) -> None:
+        """Leave the job once every rank is done (a process exiting with the group alive aborts)."""
+        if dist.is_initialized():
+            dist.barrier(group=self.group)
+            dist.destroy_process_group()
+
+
+def init_tensor_parallel(tp: int, *, timeout_s: float = 1800.0) -> TensorParallel | None:
+    """Join torchrun's job as one of `tp` ranks (nccl on GPUs, gloo on CPUs); None for --tp 1 run alone.
+
+    The world must be exactly `tp` ranks: one model replica, every rank running the same program.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if tp < 1:
+        raise HerdError(f"--tp must be >= 1, got {tp}")
+    if tp == 1 and world == 1:
+        return None
+    if "RANK" not in os.environ:
+        raise HerdError(f"--tp {tp} runs under torchrun: torchrun --nproc-per-node {tp} -m herd.cli ... --tp {tp}")
+    if world != tp:
+        raise HerdError(f"torchrun started {world} processes but --tp is {tp}; make --nproc-per-node equal --tp")
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(seconds=timeout_s))
+    return TensorParallel(dist.get_rank(), world)
+
+
+def tp_device(tp: TensorParallel | None, device: str | torch.device) -> torch.device:
+    """`device` for this rank: "cuda" becomes this rank's GPU (LOCAL_RANK)."""
+    device = torch.device(device)
+    if tp is not None and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+class VocabParallelEmbedding(nn.Module):
+    """This rank's rows [start, start + rows) of the embedding; other ids embed as zeros, the all-reduce sums the
+    ranks' rows (exact: one non-zero term per token)."""
+
+    def __init__(self, weight: torch.Tensor, start: int, tp: TensorParallel) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.start, self.tp = start, tp
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        local = tokens - self.start
+        outside = (local < 0) | (local >= self.weight.shape[0])
+        h = F.embedding(local.masked_fill(outside, 0), self.weight)
+        return self.tp.reduce(h.masked_fill_(outside[..., None], 0))
+
+
+@torch.no_grad()
+def parallelize(model: nn.Module, tp: TensorParallel) -> nn.Module:
+    """Cut `model`'s weights in place to this rank's slices (SHARD_DIMS) and wire the collectives; returns it.
+
+    On a model built on "meta" nothing is copied: assign the rank's local state dict afterwards
+    (`load_state_dict(local, assign=True)` then `place_buffers`), as herd's loaders do for a whole model.
+    """
+    config: ModelConfig = model.config
+    check_config(config, tp.world)
+    tied = config.tie_word_embeddings
+    for name, module in model.named_modules():
+        dim = SHARD_DIMS.get(re.sub(r"^layers\.\d+\.", "", name))
+        if dim is not None and isinstance(module, nn.Linear | nn.Embedding) and not (tied and name == "output"):
+            local = shard(module.weight, dim, tp.rank, tp.world)
+            module.weight = nn.Parameter(local.clone() if local.device.type != "meta" else local, requires_grad=False)
+            if isinstance(module, nn.Linear):
+                module.out_features, module.in_features = module.weight.shape
+    start, _ = shard_bounds(config.vocab_size, tp.rank, tp.world)
+    model.tok_embeddings = VocabParallelEmbedding(model.tok_embeddings.weight, start, tp)
+    if tied:
+        model.output.weight = model.tok_embeddings.weight
+    for layer in model.layers:
+        layer.attention.n_heads //= tp.world
+        layer.attention.n_kv_heads //= tp.world
+        layer.tp = tp
+    model.tp = tp
+    return model
