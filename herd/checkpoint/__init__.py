@@ -3,6 +3,6 @@
 `load` also takes a preset name or a Hugging Face Hub id; `convert` and `info` back `herd convert` / `herd info`.
 """
 
-from herd.checkpoint.loading import convert, detect_format, info, load, save
+from herd.checkpoint.loading import convert, detect_format, info, load, load_shard, save
 
-__all__ = ["convert", "detect_format", "info", "load", "save"]
+__all__ = ["convert", "detect_format", "info", "load", "load_shard", "save"]

@@ -45,7 +45,7 @@ LAYER_NAMES = {
 _HERD_TOP_LEVEL = {hf: herd for herd, hf in TOP_LEVEL_NAMES.items()}
 _HERD_LAYER = {hf: herd for herd, hf in LAYER_NAMES.items()}
 # Buffers old transformers versions saved with the weights.
-_NOT_WEIGHTS_SUFFIX = "rotary_emb.inv_freq"
+NOT_WEIGHTS_SUFFIX = "rotary_emb.inv_freq"
 
 # The type of each LlamaConfig key herd reads (checked before any arithmetic on them).
 _HF_TYPES: dict[str, Any] = {
@@ -101,7 +101,7 @@ def from_hf_rotary(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return weight.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def _rotary_heads(name: str, config: ModelConfig) -> int | None:
+def rotary_heads(name: str, config: ModelConfig) -> int | None:
     """How many heads a herd weight's rows hold when RoPE applies to its output, else None."""
     if name.endswith("attention.wq.weight"):
         return config.n_heads
@@ -240,11 +240,11 @@ def read_state(directory: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
     """herd-named tensors, memory-mapped except wq/wk, whose rows are permuted back to Meta's layout."""
     state: dict[str, torch.Tensor] = {}
     for name, tensor in read_tensors(directory).items():
-        if not name.endswith(_NOT_WEIGHTS_SUFFIX):
+        if not name.endswith(NOT_WEIGHTS_SUFFIX):
             state[herd_name(name) or name] = tensor  # an unknown name stays as is, for the check to report
     check_state(config, state, str(directory))
     for name, tensor in state.items():
-        heads = _rotary_heads(name, config)
+        heads = rotary_heads(name, config)
         if heads is not None:
             state[name] = from_hf_rotary(tensor, heads)
     return state
@@ -259,7 +259,7 @@ def write(model: Transformer, tokenizer: Tokenizer, directory: Path) -> None:
     config = model.config
     tensors = {}
     for name, tensor in unique_weights(model).items():
-        heads = _rotary_heads(name, config)
+        heads = rotary_heads(name, config)
         tensors[hf_name(name)] = tensor if heads is None else to_hf_rotary(tensor, heads)
     write_tensors(directory, tensors)
     write_json(directory / CONFIG_FILE, config_to_hf(config, model.tok_embeddings.weight.dtype, tokenizer))

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 
-from herd.checkpoint import herd_format, hf_format, hub, meta_format, safetensors_io
+from herd.checkpoint import herd_format, hf_format, hub, meta_format, safetensors_io, sharded
 from herd.checkpoint.files import read_json
 from herd.checkpoint.state import model_from_state
 from herd.errors import HerdError
@@ -66,6 +66,18 @@ def load(
         config, state, source=str(directory), device=device, dtype=dtype, check_finite=check_finite
     )
     return model, fmt.read_tokenizer(directory)
+
+
+def load_shard(path: str | Path, rank: int, world: int) -> tuple[ModelConfig, Tokenizer, dict[str, torch.Tensor]]:
+    """Config, tokenizer and rank `rank`'s slice of every weight (herd.model.tensor_parallel's split over `world`
+    ranks) of a Meta / HF / herd directory or a Hub id, reading only that slice (herd.checkpoint.sharded).
+
+    Tensors keep the checkpoint's dtype; a tied head is left out (it is the embedding's slice)."""
+    directory = _resolve(str(path))
+    fmt = detect_format(directory)
+    config = FORMATS[fmt].read_config(directory)
+    state = sharded.read_shard_state(directory, fmt, config, rank, world)
+    return config, FORMATS[fmt].read_tokenizer(directory), state
 
 
 def save(model: Transformer, tokenizer: Tokenizer, out_dir: str | Path, format: Format = "herd") -> Path:

@@ -1,6 +1,7 @@
 """Meta's checkpoint format: `params.json` + model-parallel shards `consolidated.NN.pth` (+ `tokenizer.model`).
 
-Shards are merged on load by the split table below; save writes one shard that Meta's reference code reads.
+Shards are merged on load by the split table below; save writes one shard that Meta's reference code reads, or
+`mp` model-parallel shards cut by the same table (herd.checkpoint.sharded reads a rank's slice of either).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ TOKENIZER_FILE = "tokenizer.model"
 # The dimension fairscale model parallelism split each weight on across the shards (None: replicated), keyed
 # by module name without `layers.N.`. Column-parallel layers split their output rows, row-parallel ones their
 # input columns; Llama 3's VocabParallelEmbedding splits the vocabulary (Llama 2's ParallelEmbedding split the
-# embedding width instead, see `_Layout.of`).
+# embedding width instead, see `ShardLayout.of`).
 SPLIT_DIM: dict[str, int | None] = {
     "tok_embeddings": 0,
     "attention.wq": 0,
@@ -64,7 +65,7 @@ def read_state(directory: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
     names = [name for name in first if name not in NOT_WEIGHTS]
     if len(files) == 1:
         return {name: first[name] for name in names}
-    layouts = {name: _Layout.of(name, first[name], len(files), config) for name in names}
+    layouts = {name: ShardLayout.of(name, first[name], len(files), config) for name in names}
     merged = {name: torch.empty(layouts[name].shape, dtype=first[name].dtype) for name in names}
     keys = set(first)
     del first  # copied shard by shard below, with one shard's memory map open at a time
@@ -83,17 +84,25 @@ def read_tokenizer(directory: Path) -> Tokenizer:
     return load_tokenizer(directory)
 
 
-def write(model: Transformer, tokenizer: Tokenizer, directory: Path) -> None:
-    """One `consolidated.00.pth` (the tied head written out too, as Meta's reference model expects it),
-    `params.json` and `tokenizer.model`; other shards left in `directory` are removed."""
-    params = model.config.to_params()
+def write(model: Transformer, tokenizer: Tokenizer, directory: Path, *, mp: int = 1) -> None:
+    """`consolidated.00.pth` .. `consolidated.{mp-1}.pth` (the tied head written out too, as Meta's reference model
+    expects it; `mp` model-parallel shards cut by `SPLIT_DIM`, kv heads repeated on consecutive shards when `mp`
+    exceeds them, as Meta's resharding does), `params.json` and `tokenizer.model`; other shards in `directory` are
+    removed."""
+    config = model.config
+    params = config.to_params()
     # Meta's reference `Llama.build(ckpt_dir, max_seq_len, ...)` passes max_seq_len itself next to **params.
     params.pop("max_seq_len")
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    # A file, not a path: torch names the zip's root folder after the path it gets, and the temporary one holds the pid.
-    with atomic_open(directory / "consolidated.00.pth", "wb") as f:
-        torch.save(state, f)
-    for stale in set(directory.glob(SHARD_PATTERN)) - {directory / "consolidated.00.pth"}:
+    files = [directory / f"consolidated.{rank:02d}.pth" for rank in range(mp)]
+    for rank, file in enumerate(files):
+        # Pieces are cloned (mp > 1), or torch.save would store the whole tensor each views.
+        shard = {name: ShardLayout.of_whole(name, t, mp, config).piece(t, rank) for name, t in state.items()}
+        # A file, not a path: torch names the zip's root folder after the path it gets, and the temporary one holds
+        # the pid.
+        with atomic_open(file, "wb") as f:
+            torch.save(shard if mp == 1 else {name: piece.clone() for name, piece in shard.items()}, f)
+    for stale in set(directory.glob(SHARD_PATTERN)) - set(files):
         stale.unlink()
     write_json(directory / PARAMS_FILE, params)
     tokenizer.save(directory / TOKENIZER_FILE)
@@ -118,8 +127,21 @@ def read_shard(file: Path) -> dict[str, torch.Tensor]:
     return shard
 
 
+def _split(name: str, n_shards: int, config: ModelConfig) -> tuple[int | None, int]:
+    """(split dim by `SPLIT_DIM`, consecutive shards holding the same piece) of weight `name` over `n_shards`."""
+    parts = name.split(".")
+    module = ".".join(parts[2:-1] if parts[0] == "layers" else parts[:-1])
+    repeats = 1
+    if module in ("attention.wk", "attention.wv") and n_shards > config.kv_heads:
+        if n_shards % config.kv_heads:
+            raise HerdError(f"{n_shards} model-parallel shards cannot hold {config.kv_heads} kv heads; "
+                            "use a shard count that is a multiple or a divisor of it")
+        repeats = n_shards // config.kv_heads  # Meta's resharding repeats each kv head on consecutive shards
+    return SPLIT_DIM.get(module), repeats
+
+
 @dataclass(frozen=True)
-class _Layout:
+class ShardLayout:
     """Where each shard's piece of one tensor goes in the merged tensor (by `SPLIT_DIM`)."""
 
     name: str
@@ -131,19 +153,34 @@ class _Layout:
     shape: torch.Size
 
     @classmethod
-    def of(cls, name: str, piece: torch.Tensor, n_shards: int, config: ModelConfig) -> _Layout:
-        parts = name.split(".")
-        module = ".".join(parts[2:-1] if parts[0] == "layers" else parts[:-1])
-        dim = SPLIT_DIM.get(module)
-        if module == "tok_embeddings" and piece.dim() == 2 and piece.shape[1] != config.dim:
+    def of(cls, name: str, piece: torch.Tensor, n_shards: int, config: ModelConfig) -> ShardLayout:
+        """The layout of `name` read from one of `n_shards` shards' `piece`."""
+        dim, repeats = _split(name, n_shards, config)
+        if dim == 0 and name == "tok_embeddings.weight" and piece.dim() == 2 and piece.shape[1] != config.dim:
             dim = 1  # Llama 2's ParallelEmbedding
-        repeats = 1
-        if module in ("attention.wk", "attention.wv") and n_shards > config.kv_heads:
-            repeats = n_shards // config.kv_heads  # Meta's resharding repeats each kv head on consecutive shards
         shape = list(piece.shape)
         if dim is not None:
             shape[dim] *= n_shards // repeats
         return cls(name, piece.shape, dim, repeats, torch.Size(shape))
+
+    @classmethod
+    def of_whole(cls, name: str, whole: torch.Tensor, n_shards: int, config: ModelConfig) -> ShardLayout:
+        """The layout that cuts the consolidated tensor `whole` into `n_shards` shards (Llama 3's)."""
+        dim, repeats = _split(name, n_shards, config)
+        shape = list(whole.shape)
+        if dim is not None:
+            if shape[dim] % (n_shards // repeats):
+                raise HerdError(f"cannot cut {name} ({shape[dim]} along dim {dim}) into {n_shards} model-parallel "
+                                "shards; pick a shard count that divides it")
+            shape[dim] //= n_shards // repeats
+        return cls(name, torch.Size(shape), dim, repeats, whole.shape)
+
+    def piece(self, whole: torch.Tensor, rank: int) -> torch.Tensor:
+        """Shard `rank`'s piece of the consolidated tensor `whole` (a view)."""
+        if self.dim is None:
+            return whole
+        size = self.piece_shape[self.dim]
+        return whole.narrow(self.dim, rank // self.repeats * size, size)
 
     def copy_piece(self, piece: torch.Tensor, rank: int, merged: torch.Tensor, file: Path) -> None:
         if piece.shape != self.piece_shape:
