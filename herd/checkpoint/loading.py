@@ -72,7 +72,7 @@ def load_shard(path: str | Path, rank: int, world: int) -> tuple[ModelConfig, To
     """Config, tokenizer and rank `rank`'s slice of every weight (herd.model.tensor_parallel's split over `world`
     ranks) of a Meta / HF / herd directory or a Hub id, reading only that slice (herd.checkpoint.sharded).
 
-    Tensors keep the checkpoint's dtype; a tied head is left out (it is the embedding's slice)."""
+    Tensors keep the checkpoint's dtype; a tied head is the embedding's slice (the same tensor)."""
     directory = _resolve(str(path))
     fmt = detect_format(directory)
     config = FORMATS[fmt].read_config(directory)

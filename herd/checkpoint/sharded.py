@@ -28,17 +28,20 @@ from herd.model.tensor_parallel import check_config, shard_bounds, shard_dim
 def read_shard_state(directory: Path, fmt: str, config: ModelConfig, rank: int, world: int) -> dict[str, torch.Tensor]:
     """herd-named tensors of rank `rank` of `world` from the `fmt` ("meta", "hf", "herd") checkpoint in `directory`.
 
-    With tied embeddings the stored head is skipped (the caller ties it to the embedding slice). Errors name the
-    rank and the file.
+    With tied embeddings a stored head is not read: "output.weight" is the embedding's slice (the same tensor).
+    Errors name the rank and the file.
     """
     if not 0 <= rank < world:
         raise HerdError(f"rank {rank} is outside a tensor-parallel group of {world}")
     check_config(config, world)
     read = _read_meta if fmt == "meta" else _read_safetensors
     try:
-        return read(directory, fmt, config, rank, world)
+        state = read(directory, fmt, config, rank, world)
     except HerdError as e:
         raise HerdError(f"rank {rank} of {world}: {e}") from None
+    if config.tie_word_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    return state
 
 
 def _bounds(name: str, shape: torch.Size, rank: int, world: int) -> tuple[int | None, int, int]:
