@@ -1,4 +1,4 @@
-"""herd's tokenizer: Meta's Llama 3 tiktoken BPE (128K or any trained size) and the Llama 3 chat format.
+"""herd's tokenizer: Meta's Llama 3 tiktoken BPE (128K or any trained size) and the Llama 3 chat format (+ 3.1 tools).
 
 `load_tokenizer()` with no path loads the 128K `tokenizer.model` that the llama-models package ships.
 """
@@ -10,11 +10,24 @@ from herd.errors import HerdError
 from herd.tokenizer.bpe_file import read_bpe_file, write_bpe_file
 from herd.tokenizer.chat_format import HEADER_ROLES, ChatFormat, Message, validate_messages
 from herd.tokenizer.tiktoken_bpe import PAT_STR, SPECIAL_TOKENS, StreamDecoder, Tokenizer, split_for_tiktoken
+from herd.tokenizer.tool_calls import (
+    BUILTIN_TOOLS,
+    ToolCall,
+    ToolFormat,
+    Tools,
+    custom_tools_prompt,
+    new_call_id,
+    parse_tool_calls,
+    parse_tools,
+    system_prompt,
+    tool_call_text,
+)
 
 # Where a tokenizer file sits inside a model directory (Meta checkpoint dir, HF repo's original/).
 TOKENIZER_FILE_NAMES = ("tokenizer.model", "original/tokenizer.model")
 
 __all__ = [
+    "BUILTIN_TOOLS",
     "HEADER_ROLES",
     "PAT_STR",
     "SPECIAL_TOKENS",
@@ -22,10 +35,19 @@ __all__ = [
     "Message",
     "StreamDecoder",
     "Tokenizer",
+    "ToolCall",
+    "ToolFormat",
+    "Tools",
+    "custom_tools_prompt",
     "default_tokenizer_path",
     "load_tokenizer",
+    "new_call_id",
+    "parse_tool_calls",
+    "parse_tools",
     "read_bpe_file",
     "split_for_tiktoken",
+    "system_prompt",
+    "tool_call_text",
     "validate_messages",
     "write_bpe_file",
 ]

@@ -7,7 +7,7 @@ import codecs
 import re
 from collections.abc import Iterable, Iterator, Sequence, Set
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import tiktoken
 
@@ -166,15 +166,15 @@ class Tokenizer:
         """A decoder for ids arriving one at a time that never splits a multi-byte UTF-8 character."""
         return StreamDecoder(self)
 
-    def encode_dialog(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
-        """Encode a chat in the Llama 3 format; see `ChatFormat.encode_dialog`."""
-        return self.chat.encode_dialog(messages, add_generation_prompt)
+    def encode_dialog(self, messages: Sequence[Message], add_generation_prompt: bool = True, **tools: Any) -> list[int]:
+        """Encode a chat in the Llama 3 format; see `ChatFormat.encode_dialog` (tools=, tool_format=, date=)."""
+        return self.chat.encode_dialog(messages, add_generation_prompt, **tools)
 
     def encode_dialog_with_mask(
-        self, messages: Sequence[Message], add_generation_prompt: bool = False
+        self, messages: Sequence[Message], add_generation_prompt: bool = False, **tools: Any
     ) -> tuple[list[int], list[int]]:
         """Encode a chat plus its loss mask; see `ChatFormat.encode_dialog_with_mask`."""
-        return self.chat.encode_dialog_with_mask(messages, add_generation_prompt)
+        return self.chat.encode_dialog_with_mask(messages, add_generation_prompt, **tools)
 
     def save(self, path: str | Path) -> Path:
         """Write this tokenizer's BPE file to `path` (the specials follow from its size); returns the path."""
