@@ -23,6 +23,8 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--quantize", choices=("int8",), default=None, help="int8 weight-only linears")
     serve.add_argument("--guard", default=None, help="a Llama Guard model checking each user turn and reply")
     serve.add_argument("--code-shield", action="store_true", help="refuse replies whose code Code Shield blocks")
+    serve.add_argument("--tp", type=int, default=1,
+                       help="tensor-parallel ranks: torchrun --nproc-per-node N -m herd.cli serve ... --tp N")
     serve.set_defaults(run=cmd_serve)
 
 
@@ -40,5 +42,5 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(
         args.model, args.host, args.port, resolve_api_key(args.api_key, args.api_key_file),
         engine_config=EngineConfig(max_running=args.max_running), max_queue=args.max_queue,
-        max_prompt_tokens=args.max_prompt_tokens, quantize=args.quantize, guardrails=guardrails, **limits,
+        max_prompt_tokens=args.max_prompt_tokens, quantize=args.quantize, guardrails=guardrails, tp=args.tp, **limits,
     )

@@ -13,7 +13,7 @@ from herd.errors import HerdError
 from herd.generation import TextStream, sample, token_logprobs
 from herd.model import Transformer
 from herd.serve.config import EngineConfig
-from herd.serve.model_runner import Segment, run_segments
+from herd.serve.model_runner import Segment, end_steps, follow_steps, run_segments
 from herd.serve.paged_cache import PagedKV
 from herd.serve.request import RequestParams, Sequence, StepOutput
 from herd.serve.scheduler import Scheduler
@@ -71,6 +71,14 @@ class Engine:
         seq = self._sequences.pop(request_id, None)
         if seq is not None:
             self.scheduler.remove(seq)
+
+    def follow(self) -> None:
+        """Tensor parallelism, ranks other than 0: run every step rank 0's engine schedules, until it closes."""
+        follow_steps(self.model, self.kv)
+
+    def close(self) -> None:
+        """Tensor parallelism, rank 0: release the other ranks from `follow` (nothing in a single process)."""
+        end_steps(self.model)
 
     def has_unfinished(self) -> bool:
         return bool(self._sequences)

@@ -36,6 +36,8 @@ def run_segments(model: Transformer, kv: PagedKV, segments: Sequence[Segment]) -
     and their next-token logits [N, vocab] in that order (None when none does)."""
     if not segments:
         return [], None
+    if model.tp is not None and model.tp.rank == 0:  # every rank runs the step rank 0 scheduled
+        model.tp.broadcast_object(list(segments))
     decodes = sorted((i for i, s in enumerate(segments) if len(s.tokens) == 1), key=lambda i: segments[i].start)
     prefills = [i for i, s in enumerate(segments) if len(s.tokens) > 1]
     order = decodes + prefills
@@ -59,6 +61,19 @@ def run_segments(model: Transformer, kv: PagedKV, segments: Sequence[Segment]) -
     if not ends:
         return [], None
     return indices, model.logits(hidden[0, ends])
+
+
+def follow_steps(model: Transformer, kv: PagedKV) -> None:
+    """A tensor-parallel rank other than 0: run each step rank 0's engine broadcasts, until `end_steps`. The cache
+    blocks are rank 0's scheduler's, so freeing a request there frees its blocks on every rank."""
+    while (segments := model.tp.broadcast_object()) is not None:
+        run_segments(model, kv, segments)
+
+
+def end_steps(model: Transformer) -> None:
+    """Rank 0 of a tensor-parallel engine: release the other ranks from `follow_steps`."""
+    if model.tp is not None and model.tp.rank == 0:
+        model.tp.broadcast_object(None)
 
 
 def _cuts(widths: list[int]) -> list[int]:

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 
 Outputs = AsyncIterator[tuple[int, StepOutput]]
 API_KEY_ENV = "HERD_API_KEY"
+IDLE_RANK_TIMEOUT_S = 30 * 86400.0
+"""How long a tensor-parallel rank waits for rank 0's next engine step (an idle server sends none)."""
 
 
 def create_app(
@@ -190,17 +192,23 @@ def serve(
     guardrails: Guardrails | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     header_timeout: float = HEADER_TIMEOUT_S,
+    tp: int = 1,
 ) -> None:
     """Load `model_path` (anything `herd.load` takes) and serve it until interrupted (`herd serve`).
 
     quantize="int8" serves int8 weight-only linears (per-channel scales); otherwise a CPU model serves prepacked
     linears (`pack_linears`). `guardrails` check chats. A client gets `header_timeout` seconds to send each
-    request's headers."""
+    request's headers. `tp` > 1 (under torchrun, one process a rank): each rank holds its slice of the weights
+    and runs every engine step; rank 0 alone serves HTTP and schedules."""
     import uvicorn
 
     from herd.checkpoint import load
+    from herd.model.tensor_parallel import init_tensor_parallel, parallelize
 
+    group = init_tensor_parallel(tp, timeout_s=IDLE_RANK_TIMEOUT_S)
     model, tok = load(model_path)
+    if group is not None:
+        parallelize(model, group)
     if quantize is None:
         pack_linears(model)
     else:
@@ -214,7 +222,15 @@ def serve(
         engine_config=engine_config, max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, guardrails=guardrails,
         max_body_bytes=max_body_bytes,
     )
-    uvicorn.run(app, host=host, port=port, **uvicorn_options(header_timeout))
+    if group is not None and group.rank > 0:
+        app.state.runner.engine.follow()
+    else:
+        try:
+            uvicorn.run(app, host=host, port=port, **uvicorn_options(header_timeout))
+        finally:
+            app.state.runner.engine.close()
+    if group is not None:
+        group.close()
 
 
 class _Call:

@@ -1,0 +1,93 @@
+"""`herd serve --tp 2` under torchrun (2 gloo CPU ranks) answers the `openai` client with tp=1's greedy text:
+plain and streamed, concurrent requests, and a client that disconnects frees the cache of every rank."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+import herd
+from herd.serve.config import EngineConfig
+from herd.serve.server import create_app
+from tests.live_server import free_port, live_server
+
+openai = pytest.importorskip("openai")
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = ["The sky is", "Once upon a time", "1, 2, 3,", "Hello", "Paris is the capital of", "def f(x):"]
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, process.stderr.read()[-6000:]
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the tp=2 server did not start"
+        time.sleep(0.5)
+
+
+def _idle(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (health := httpx.get(url + "/health").json())["running"] or health["kv_cache_usage"]:
+        assert time.monotonic() < deadline, f"engine still busy: {health}"
+        time.sleep(0.05)
+
+
+def _texts(client, stream: bool = False) -> list[str]:
+    """Each prompt's greedy completion, 8 requests at once."""
+    def one(prompt: str) -> str:
+        if not stream:
+            return client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0).choices[0].text
+        chunks = client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0, stream=True)
+        return "".join(chunk.choices[0].text for chunk in chunks)
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, PROMPTS + PROMPTS[:2]))
+
+
+@pytest.fixture(scope="module")
+def tp1_texts():
+    model, tok = herd.load("tiny")
+    with live_server(create_app(model, tok, model_name="tiny", engine_config=EngineConfig(max_running=4))) as url:
+        texts = _texts(openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60))
+    assert all(texts)
+    return texts
+
+
+@pytest.mark.slow
+def test_serve_tp2_under_torchrun_matches_tp1(tp1_texts):
+    port = free_port()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "herd.cli",
+               "serve", "--model", "tiny", "--tp", "2", "--port", str(port), "--max-running", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        assert _texts(client) == tp1_texts
+        assert _texts(client, stream=True) == tp1_texts
+        with httpx.Client(timeout=30) as http:  # a streaming client that goes away mid-reply
+            response = http.send(http.build_request("POST", url + "/v1/completions", json={
+                "model": "tiny", "prompt": "Go on and on", "max_tokens": 500, "stream": True}), stream=True)
+            next(response.iter_lines())
+            assert httpx.get(url + "/health").json()["kv_cache_usage"] > 0
+            response.close()
+        _idle(url)  # rank 0 freed its blocks, which address every rank's cache
+        assert _texts(client)[:2] == tp1_texts[:2]  # and every rank still runs the same steps
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
