@@ -1,7 +1,9 @@
 """`herd generate | chat | convert | average | info`: commands on one model or checkpoint."""
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -11,6 +13,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a Meta, HF or herd directory, a Hub id, or a preset name")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: as stored)")
+    parser.add_argument("--tp", type=int, default=1,
+                        help="tensor-parallel ranks: torchrun --nproc-per-node N -m herd.cli ... --tp N")
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -23,13 +27,30 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
+    """The model (this rank's slice under --tp N) and its tokenizer."""
     import torch
 
     import herd
+    from herd.model.tensor_parallel import init_tensor_parallel, parallelize, tp_device
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tp = init_tensor_parallel(args.tp)
+    device = tp_device(tp, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    return herd.load(args.model, device=device, dtype=dtype)
+    model, tok = herd.load(args.model, device=device, dtype=dtype)
+    return (model, tok) if tp is None else (parallelize(model, tp), tok)
+
+
+class _RankZeroLines:
+    """Rank 0's stdin on every tensor-parallel rank, a line at a time (each rank runs the same chat)."""
+
+    def __init__(self, stdin, tp) -> None:  # noqa: ANN001 - a TextIO and a TensorParallel
+        self.stdin, self.tp = stdin, tp
+
+    def isatty(self) -> bool:
+        return self.tp.broadcast_object(self.stdin.isatty() if self.tp.rank == 0 else None)
+
+    def readline(self) -> str:
+        return self.tp.broadcast_object(self.stdin.readline() if self.tp.rank == 0 else None)
 
 
 def _sampling(args: argparse.Namespace) -> dict:
@@ -53,12 +74,19 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import herd
 
     model, tok = _load(args)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    tp, prompt = model.tp, args.prompt
+    if prompt == "-":
+        prompt = sys.stdin.read() if tp is None or tp.rank == 0 else None
+        prompt = prompt if tp is None else tp.broadcast_object(prompt)
+    shown = tp is None or tp.rank == 0  # every rank generates, rank 0 prints
     herd.generate(
         model, tok, prompt, stop=args.stop or None, chat=args.chat, **_sampling(args),
-        on_text=lambda _row, piece: print(piece, end="", flush=True),
+        on_text=lambda _row, piece: shown and print(piece, end="", flush=True),
     )
-    print()
+    if shown:
+        print()
+    if tp is not None:
+        tp.close()
 
 
 def add_chat(commands: argparse._SubParsersAction) -> None:
@@ -73,7 +101,12 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from herd.chat import run_chat
 
     model, tok = _load(args)
-    run_chat(model, tok, sys.stdin, sys.stdout, system=args.system, **_sampling(args))
+    if model.tp is None:
+        run_chat(model, tok, sys.stdin, sys.stdout, system=args.system, **_sampling(args))
+        return
+    with open(os.devnull, "w") if model.tp.rank else contextlib.nullcontext(sys.stdout) as out:
+        run_chat(model, tok, _RankZeroLines(sys.stdin, model.tp), out, system=args.system, **_sampling(args))
+    model.tp.close()
 
 
 def add_convert(commands: argparse._SubParsersAction) -> None:

@@ -1,6 +1,7 @@
 """Tensor-parallel inference (herd.model.tensor_parallel): the sharding spec, its one-line errors, and tp=2 / tp=4
 ranks under torchrun (gloo, CPU) reproducing the single-process logits and greedy tokens."""
 
+import io
 import os
 import subprocess
 import sys
@@ -27,11 +28,13 @@ def tp_model() -> torch.nn.Module:
     return model.eval()
 
 
-def torchrun(nproc: int, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """`args` (a script and its arguments, or -m module ...) under torchrun with `nproc` CPU ranks."""
+def torchrun(nproc: int, *args: str, stdin: str | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`args` (a script and its arguments, or -m module ...) under torchrun with `nproc` CPU ranks; rank 0 reads
+    `stdin`."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False,
+                            input=stdin)
     assert result.returncode == 0, result.stderr[-6000:]
     return result
 
@@ -83,3 +86,25 @@ def test_tp_generate_equals_single_process(tmp_path, tp):
         assert (result["logits"] - logits).abs().max() < 1e-5
         assert result["greedy"] == greedy
         assert result["sampled"] == ranks[0]["sampled"]  # rank 0 samples, every rank continues with its choice
+
+
+@pytest.mark.slow
+def test_cli_generate_and_chat_tp2_print_tp1_text(capsys, monkeypatch):
+    from herd.cli import main
+
+    prompt = ["--model", "tiny", "--max-new-tokens", "8"]
+    main(["generate", *prompt, "--prompt", "The sky is"])
+    generated = capsys.readouterr().out
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\nWhat is 2+2?\n"))
+    main(["chat", *prompt])
+    chatted = capsys.readouterr().out
+    assert generated.strip() and chatted.count("> ") == 2
+    assert torchrun(2, "-m", "herd.cli", "generate", *prompt, "--prompt", "The sky is", "--tp", "2").stdout == generated
+    assert torchrun(2, "-m", "herd.cli", "chat", *prompt, "--tp", "2", stdin="Hello\nWhat is 2+2?\n").stdout == chatted
+
+
+def test_cli_tp_without_torchrun_is_one_line_error():
+    result = subprocess.run([sys.executable, "-m", "herd.cli", "generate", "--model", "tiny", "--prompt", "x", "--tp",
+                             "2"], capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    assert result.stderr == "herd: error: --tp 2 runs under torchrun: torchrun --nproc-per-node 2 -m herd.cli ... --tp 2\n"
