@@ -99,12 +99,13 @@ def test_cli_generate_and_chat_tp2_print_tp1_text(capsys, monkeypatch):
     main(["chat", *prompt])
     chatted = capsys.readouterr().out
     assert generated.strip() and chatted.count("> ") == 2
-    assert torchrun(2, "-m", "herd.cli", "generate", *prompt, "--prompt", "The sky is", "--tp", "2").stdout == generated
-    assert torchrun(2, "-m", "herd.cli", "chat", *prompt, "--tp", "2", stdin="Hello\nWhat is 2+2?\n").stdout == chatted
+    cli = ("-m", "herd.cli")
+    assert torchrun(2, *cli, "generate", *prompt, "--prompt", "The sky is", "--tp", "2").stdout == generated
+    assert torchrun(2, *cli, "chat", *prompt, "--tp", "2", stdin="Hello\nWhat is 2+2?\n").stdout == chatted
 
 
 def test_cli_tp_without_torchrun_is_one_line_error():
-    result = subprocess.run([sys.executable, "-m", "herd.cli", "generate", "--model", "tiny", "--prompt", "x", "--tp",
-                             "2"], capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    command = [sys.executable, "-m", "herd.cli", "generate", "--model", "tiny", "--prompt", "x", "--tp", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2
     assert result.stderr == "herd: error: --tp 2 runs under torchrun: torchrun --nproc-per-node 2 -m herd.cli ... --tp 2\n"
