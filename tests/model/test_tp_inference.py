@@ -106,6 +106,8 @@ def test_cli_generate_and_chat_tp2_print_tp1_text(capsys, monkeypatch):
 
 def test_cli_tp_without_torchrun_is_one_line_error():
     command = [sys.executable, "-m", "herd.cli", "generate", "--model", "tiny", "--prompt", "x", "--tp", "2"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
     assert result.returncode == 2
-    assert result.stderr == "herd: error: --tp 2 runs under torchrun: torchrun --nproc-per-node 2 -m herd.cli ... --tp 2\n"
+    expected = "herd: error: --tp 2 runs under torchrun: torchrun --nproc-per-node 2 -m herd.cli ... --tp 2\n"
+    assert result.stderr == expected
