@@ -57,7 +57,7 @@ def check_memory(
     total = sum(estimate.values())
     parts = ", ".join(f"{name} {value / GIB:.2f}" for name, value in estimate.items())
     line = f"memory estimate per rank: {total / GIB:.2f} GiB ({parts} GiB)"
-    available = _available_bytes(device)
+    available = available_bytes(device)
     print(line + (f"; {device} has {available / GIB:.1f} GiB available" if available else ""), flush=True)
     if available and total > available:
         raise HerdError(
@@ -66,7 +66,8 @@ def check_memory(
         )
 
 
-def _available_bytes(device: torch.device) -> int | None:
+def available_bytes(device: torch.device) -> int | None:
+    """Free bytes on a GPU, or the host's MemAvailable for any other device (None where it cannot be read)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free

@@ -1,0 +1,167 @@
+"""How much device memory each tensor-parallel rank of an inference run needs, printed before loading, failing
+fast with what to change when it does not fit.
+
+Per rank: the weights (each parameter's local slice by herd.model.tensor_parallel's split, at `dtype`; with
+`quantize` the attention, feed-forward and head linears at one byte a weight plus an fp32 scale per local output
+channel, as herd.serve.quantize stores them), the KV cache (k and v of every layer for `batch` sequences of
+`context` tokens, local kv heads only) and a workspace: one block's transient activations for a forward of
+`step_tokens` tokens (residual and normed input, local q/k/v and attention output, the local SwiGLU's three
+hidden tensors; attention itself is taken as fused, as SDPA's flash kernels are on GPUs) plus the last
+positions' full-vocabulary fp32 logits. Allocator slack and the CUDA context come on top: the plan is a floor.
+The free-memory probe is the training estimate's (herd.train.memory_estimate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from herd.checkpoint.state import expected_shapes
+from herd.errors import HerdError
+from herd.model import ModelConfig
+from herd.model.tensor_parallel import check_config, shard_dim
+from herd.serve.quantize import QUANTIZED
+from herd.train.memory_estimate import GIB, available_bytes
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_QUANTIZED_MODULES = ("attention.w", "feed_forward.w", "output.")
+_SCALE_BYTES = 4
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes per rank of one tensor-parallel inference run, and what one device offers (None: unknown)."""
+
+    tp: int
+    dtype: str
+    quantize: str | None
+    context: int
+    batch: int
+    step_tokens: int | None
+    """The longest forward's tokens as asked (None: a prefill of batch x context)."""
+    weights: int
+    kv_cache: int
+    workspace: int
+    available: int | None
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.workspace
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.total <= self.available
+
+    def describe(self) -> str:
+        """One line: the parts per rank, their sum and what the device has."""
+        kind = self.dtype if self.quantize is None else f"{self.quantize} weights, {self.dtype}"
+        parts = (f"weights {self.weights / GIB:.1f} + KV cache {self.kv_cache / GIB:.1f} ({self.batch} x "
+                 f"{self.context} tokens) + workspace {self.workspace / GIB:.1f} = {self.total / GIB:.1f} GiB")
+        have = "" if self.available is None else f" of {self.available / GIB:.1f} GiB"
+        return f"per rank at tp {self.tp} ({kind}): {parts}{have}"
+
+
+def plan_memory(
+    config: ModelConfig, *, tp: int = 1, dtype: str = "bfloat16", quantize: str | None = None,
+    context: int | None = None, batch: int = 1, step_tokens: int | None = None, available: int | None = None,
+) -> MemoryPlan:
+    """The per-rank plan of `config` over `tp` ranks; `context` defaults to the model's max_seq_len and
+    `step_tokens` (the longest forward: a prefill, or a serving step's budget) to batch x context."""
+    if dtype not in DTYPE_BYTES:
+        raise HerdError(f"unknown dtype {dtype!r} for the memory plan; use one of: {', '.join(DTYPE_BYTES)}")
+    if quantize is not None and quantize not in QUANTIZED:
+        raise HerdError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZED)}")
+    check_config(config, tp)
+    context = config.max_seq_len if context is None else context
+    size = DTYPE_BYTES[dtype]
+    kv_local = config.kv_heads // tp * config.head_dim
+    kv_cache = 2 * config.n_layers * batch * context * kv_local * size
+    per_token = 2 * config.dim + (config.n_heads // tp * config.head_dim) * 2 + 2 * kv_local
+    per_token += 3 * config.ffn_hidden_dim // tp
+    tokens = batch * context if step_tokens is None else step_tokens
+    workspace = tokens * per_token * size + batch * config.vocab_size * 4
+    return MemoryPlan(
+        tp=tp, dtype=dtype, quantize=quantize, context=context, batch=batch, step_tokens=step_tokens,
+        weights=_weight_bytes(config, tp, size, quantize), kv_cache=kv_cache, workspace=workspace,
+        available=available,
+    )
+
+
+def _weight_bytes(config: ModelConfig, tp: int, size: int, quantize: str | None) -> int:
+    """Bytes of one rank's weights: one block's shapes (from the model itself) times the layer count, plus the rest."""
+    shapes = expected_shapes(config.replace(n_layers=1))
+    if quantize is not None and config.tie_word_embeddings:
+        shapes["output.weight"] = shapes["tok_embeddings.weight"]  # quantizing gives the tied head its own copy
+    total = 0
+    for name, shape in shapes.items():
+        dim = shard_dim(name)
+        numel = shape.numel() // (1 if dim is None else tp)
+        if quantize is not None and name.removeprefix("layers.0.").startswith(_QUANTIZED_MODULES):
+            rows = shape[0] // (tp if dim == 0 else 1)
+            nbytes = numel + rows * _SCALE_BYTES
+        else:
+            nbytes = numel * size
+        total += nbytes * (config.n_layers if name.startswith("layers.") else 1)
+    return total
+
+
+def device_memory(device: torch.device | str, ranks_per_device: int = 1) -> int | None:
+    """What one rank may use on `device`: a GPU's free memory, or the host's available memory over the ranks
+    that share it (CPU ranks all use the host's)."""
+    device = torch.device(device)
+    free = available_bytes(device)
+    if free is None or device.type == "cuda":
+        return free
+    return free // ranks_per_device
+
+
+def check_plan(config: ModelConfig, plan: MemoryPlan) -> None:
+    """Print `config`'s plan; raise a one-line HerdError naming what would make it fit when it does not."""
+    print(f"memory plan {plan.describe()}", flush=True)
+    if plan.fits:
+        return
+    options = _remedies(config, plan)
+    advice = "; ".join(options) if options else "no setting at this model size fits; use devices with more memory"
+    raise HerdError(f"the model does not fit: {plan.describe()}; {advice}")
+
+
+def _remedies(config: ModelConfig, plan: MemoryPlan) -> list[str]:
+    """Each single change that makes `plan` fit: more ranks, int8/fp8 weights, a shorter context, a smaller batch."""
+    settings = {"tp": plan.tp, "dtype": plan.dtype, "quantize": plan.quantize, "context": plan.context,
+                "batch": plan.batch, "step_tokens": plan.step_tokens, "available": plan.available}
+
+    def fits(**change: object) -> bool:
+        try:
+            return plan_memory(config, **{**settings, **change}).fits
+        except HerdError:  # a tp that does not divide the heads
+            return False
+
+    options = []
+    more = next((tp for tp in (2 * plan.tp, 4 * plan.tp, 8 * plan.tp) if fits(tp=tp)), None)
+    if more is not None:
+        options.append(f"use {more} ranks (--tp {more})")
+    if plan.quantize is None:
+        kinds = [kind for kind in QUANTIZED if fits(quantize=kind)]
+        if kinds:
+            options.append(f"store weights as {' or '.join(kinds)} (--quantize)")
+    context = _largest(lambda c: fits(context=c), plan.context - 1)
+    if context:
+        options.append(f"shorten the context to <= {context} tokens")
+    batch = _largest(lambda b: fits(batch=b), plan.batch - 1)
+    if batch:
+        options.append(f"lower the batch to <= {batch}")
+    return options
+
+
+def _largest(fits: Callable[[int], bool], high: int) -> int:
+    """The largest n in 1..high with fits(n) (monotone: smaller fits too), 0 when none does."""
+    low = 0
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low

@@ -1,0 +1,97 @@
+"""herd.serve.memory_plan on Meta's presets over N x 80 GB: the per-rank arithmetic, which settings fit (8B on one
+device, 70B bf16 on two at 8K, 405B bf16 on eight does not, 405B int8/fp8 on eight does at 128K) and the one-line
+advice when one does not."""
+
+from __future__ import annotations
+
+import pytest
+
+from herd.errors import HerdError
+from herd.model import preset
+from herd.serve.memory_plan import check_plan, device_memory, plan_memory
+
+H100 = 80 * 10**9  # "80 GB" read conservatively: an H100 80GB reports ~85e9 bytes
+
+
+def norm_params(config) -> int:
+    return (2 * config.n_layers + 1) * config.dim
+
+
+def test_bf16_weights_split_all_but_the_norms():
+    for name, tp in (("llama3-8b", 1), ("llama3-70b", 2), ("llama3.1-405b", 8)):
+        config = preset(name)
+        split = config.num_params() - norm_params(config)
+        assert plan_memory(config, tp=tp).weights == 2 * split // tp + 2 * norm_params(config), name
+
+
+def test_quantized_weights_are_a_byte_plus_a_scale_per_local_row():
+    config = preset("llama3.1-405b")
+    embedding = config.vocab_size * config.dim
+    linear = config.num_params() - norm_params(config) - embedding
+    hd, kv = config.head_dim, config.kv_heads * config.head_dim
+    rows_per_block = (config.n_heads * hd + 2 * kv + 2 * config.ffn_hidden_dim) // 8 + 2 * config.dim  # wo, w2 whole
+    scales = 4 * (config.n_layers * rows_per_block + config.vocab_size // 8)
+    for kind in ("int8", "fp8"):
+        plan = plan_memory(config, tp=8, quantize=kind)
+        assert plan.weights == linear // 8 + scales + 2 * embedding // 8 + 2 * norm_params(config)
+
+
+def test_kv_cache_holds_the_local_kv_heads():
+    config = preset("llama3-70b")
+    plan = plan_memory(config, tp=4, context=8192, batch=3)
+    assert plan.kv_cache == 2 * config.n_layers * 3 * 8192 * (config.kv_heads // 4) * config.head_dim * 2
+    assert plan_memory(config, tp=4, context=8192, batch=3, step_tokens=256).workspace < plan.workspace
+
+
+@pytest.mark.parametrize(
+    ("name", "tp", "quantize", "context", "fits"),
+    [
+        ("llama3-8b", 1, None, 8192, True),
+        ("llama3-70b", 1, None, 8192, False),  # 141 GB of weights
+        ("llama3-70b", 2, None, 8192, True),  # 70.6 GB of weights, 73 GB in all
+        ("llama3.1-70b", 2, None, 131072, False),  # the 128K cache and prefill do not fit beside them
+        ("llama3.1-405b", 8, None, 8192, False),  # 101.5 GB of weights a rank
+        ("llama3.1-405b", 8, "int8", 131072, True),  # 51 GB of weights, as Meta's FP8 release on one node
+        ("llama3.1-405b", 8, "fp8", 131072, True),
+    ],
+)
+def test_presets_on_80gb_devices(name, tp, quantize, context, fits):
+    assert plan_memory(preset(name), tp=tp, quantize=quantize, context=context, available=H100).fits == fits
+
+
+def test_405b_bf16_is_told_to_quantize(capsys):
+    config = preset("llama3.1-405b")
+    with pytest.raises(HerdError) as error:
+        check_plan(config, plan_memory(config, tp=8, context=8192, available=H100))
+    message = str(error.value)
+    assert "\n" not in message and "weights 94.5" in message and "of 74.5 GiB" in message
+    assert message.endswith("store weights as int8 or fp8 (--quantize)")  # 16 ranks cannot split 8 kv heads
+    assert capsys.readouterr().out.startswith("memory plan per rank at tp 8 (bfloat16): weights 94.5")
+
+
+def test_70b_long_context_gets_every_remedy():
+    config = preset("llama3.1-70b")
+    with pytest.raises(HerdError) as error:
+        check_plan(config, plan_memory(config, tp=2, context=131072, available=H100))
+    message = str(error.value)
+    assert "use 4 ranks (--tp 4); store weights as int8 or fp8 (--quantize); shorten the context to <= " in message
+    longest = int(message.split("<= ")[1].split()[0])
+    assert plan_memory(config, tp=2, context=longest, available=H100).fits
+    assert not plan_memory(config, tp=2, context=longest + 1, available=H100).fits
+
+
+def test_batch_remedy_and_nothing_fits():
+    config = preset("llama3-8b")
+    with pytest.raises(HerdError, match=r"lower the batch to <= \d+$"):
+        check_plan(config, plan_memory(config, context=8192, batch=64, step_tokens=256, available=H100))
+    with pytest.raises(HerdError, match="no setting at this model size fits"):
+        check_plan(config, plan_memory(config, available=10**9))
+
+
+def test_errors_and_host_memory():
+    with pytest.raises(HerdError, match="n_kv_heads of 8 is not divisible by --tp 16"):
+        plan_memory(preset("llama3.1-405b"), tp=16)
+    with pytest.raises(HerdError, match="unknown quantization 'int4'"):
+        plan_memory(preset("tiny"), quantize="int4")
+    whole = device_memory("cpu")
+    assert whole is None or 0 < device_memory("cpu", 4) <= whole // 4
