@@ -31,20 +31,28 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--chat", action="store_true", help="prompt in the chat format (instruct models)")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--seed", type=int, default=0, help="few-shot sampling seed")
+    evaluate.add_argument("--tp", type=int, default=1,
+                          help="tensor-parallel ranks: torchrun --nproc-per-node N -m herd.cli eval ... --tp N")
     evaluate.set_defaults(run=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from herd.eval.data import MissingData
     from herd.eval.runner import run_eval
+    from herd.model.tensor_parallel import init_tensor_parallel
 
+    group = init_tensor_parallel(args.tp)
     try:
         run_eval(
             args.model, [t.strip() for t in args.tasks.split(",") if t.strip()], args.data_dir, limit=args.limit,
-            out_dir=args.out, chat=args.chat, batch_size=args.batch_size, seed=args.seed,
+            out_dir=args.out, chat=args.chat, batch_size=args.batch_size, seed=args.seed, tp=args.tp,
         )
     except MissingData as error:
         raise HerdError(f"{error}; or point --data-dir (now {args.data_dir}) at a directory that holds it") from None
+    if group is not None:
+        group.close()
+        if group.rank:
+            return
     print(f"wrote results.json, results.md and per-sample records to {args.out}")
 
 

@@ -26,18 +26,26 @@ def run_eval(
     chat: bool = False,
     batch_size: int = 8,
     seed: int = 0,
+    tp: int = 1,
 ) -> dict[str, Any]:
     """Evaluate `model_path` (anything herd.load takes) on `tasks`; returns {task: scores} and writes files
-    under `out_dir` when given."""
+    under `out_dir` when given. `tp` > 1 (under torchrun): every rank runs the same evaluation on its slice of the
+    weights, rank 0 writes the files."""
     from herd.checkpoint import load
+    from herd.model.tensor_parallel import init_tensor_parallel, parallelize
 
+    group = init_tensor_parallel(tp)
     model, tok = load(model_path)
+    if group is not None:
+        parallelize(model, group)
+        out_dir = out_dir if group.rank == 0 else None
     model.eval()
     task_objects = [get_task(name) for name in tasks]  # unknown names fail before any work
     options = EvalOptions(chat=chat, limit=limit, seed=seed, batch_size=batch_size)
     results: dict[str, Any] = {}
     for task in task_objects:
-        with tqdm(desc=task.name, unit="req", delay=0.5) as bar:  # no bar when a task fails at once
+        quiet = bool(group and group.rank)  # one progress bar, rank 0's; none when a task fails at once
+        with tqdm(desc=task.name, unit="req", delay=0.5, disable=quiet) as bar:
             scores, records = evaluate_task(model, tok, task, Path(data_dir), options, on_done=bar.update)
         results[task.name] = scores
         if out_dir is not None:
