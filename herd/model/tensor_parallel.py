@@ -165,7 +165,8 @@ class VocabParallelEmbedding(nn.Module):
 
 @torch.no_grad()
 def parallelize(model: nn.Module, tp: TensorParallel) -> nn.Module:
-    """Cut `model`'s weights in place to this rank's slices (SHARD_DIMS) and wire the collectives; returns it.
+    """Cut `model`'s weights in place to this rank's slices (SHARD_DIMS) and wire the collectives; returns it. A head
+    that does not map to the vocabulary (a reward model's value head) is kept whole on every rank.
 
     On a model built on "meta" nothing is copied: assign the rank's local state dict afterwards
     (`load_state_dict(local, assign=True)` then `place_buffers`), as herd's loaders do for a whole model.
@@ -173,9 +174,11 @@ def parallelize(model: nn.Module, tp: TensorParallel) -> nn.Module:
     config: ModelConfig = model.config
     check_config(config, tp.world)
     tied = config.tie_word_embeddings
+    model.tp_head = model.output.out_features == config.vocab_size  # a reward model's value head stays whole
     for name, module in model.named_modules():
         dim = SHARD_DIMS.get(re.sub(r"^layers\.\d+\.", "", name))
-        if dim is not None and isinstance(module, nn.Linear | nn.Embedding) and not (tied and name == "output"):
+        whole = name == "output" and (tied or not model.tp_head)
+        if dim is not None and isinstance(module, nn.Linear | nn.Embedding) and not whole:
             local = shard(module.weight, dim, tp.rank, tp.world)
             module.weight = nn.Parameter(local.clone() if local.device.type != "meta" else local, requires_grad=False)
             if isinstance(module, nn.Linear):

@@ -106,6 +106,8 @@ class Transformer(nn.Module):
         self.row_kernel = row_kernel(self.rope_freqs.device, self.training)
         self.tp = None
         """This rank's `TensorParallel` when the weights are its slices (herd.model.tensor_parallel.parallelize)."""
+        self.tp_head = False
+        """Whether `output` holds this rank's slice of the vocabulary (then `logits` gathers the slices)."""
 
     @property
     def kv_heads(self) -> int:
@@ -116,7 +118,7 @@ class Transformer(nn.Module):
         """The head on final-normed hidden states: logits over the whole vocabulary (gathered from the ranks'
         slices under tensor parallelism)."""
         logits = self.output(h)
-        return logits if self.tp is None else self.tp.gather(logits)
+        return self.tp.gather(logits) if self.tp_head else logits
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
         """Move/cast as usual, but keep the RoPE frequencies in fp32 whatever dtype the weights take; choose the

@@ -4,6 +4,7 @@ them with the reward model and keeps the best of each as new SFT data (JSONL of 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from tqdm import tqdm
 from herd.config_overrides import to_dict
 from herd.errors import HerdError
 from herd.generation import generate_tokens
+from herd.model.tensor_parallel import init_tensor_parallel, parallelize
 from herd.post.data import read_prompts
 from herd.post.reward_model import load_reward_model
 from herd.run_dir import atomic_open, read_manifest, write_manifest
@@ -52,6 +54,9 @@ class RejectionSamplingConfig:
     """cpu, cuda, ...; auto picks cuda when available."""
     progress: bool = True
     """Show a progress bar."""
+    tp: int = 1
+    """Tensor-parallel ranks (under torchrun, --nproc-per-node tp): the policy and the reward model are split over
+    them, every rank samples the same replies, rank 0 writes the run directory."""
 
     def __post_init__(self) -> None:
         for name in ("policy", "reward_model", "prompts"):
@@ -72,9 +77,13 @@ def rejection_sample(config: RejectionSamplingConfig) -> dict[str, Any]:
     done = read_manifest(run_dir / MANIFEST, to_dict(config))
     if done:
         return done
-    started, device = time.time(), pick_device(config.device)
+    group = init_tensor_parallel(config.tp)
+    started, device = time.time(), pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     policy, tok = load(config.policy, device=device)
     reward_model, _ = load_reward_model(config.reward_model, device)
+    if group is not None:
+        parallelize(policy, group)
+        parallelize(reward_model.backbone, group)
     prompts = read_prompts(config.prompts)
     k = config.samples_per_prompt
     jobs = [(p, s) for p in range(len(prompts)) for s in range(k)]
@@ -82,7 +91,8 @@ def rejection_sample(config: RejectionSamplingConfig) -> dict[str, Any]:
     replies: list[list[int]] = []
     rewards: list[float] = []
     policy.eval()
-    for start in tqdm(range(0, len(jobs), config.batch_size), desc="sample", disable=not config.progress):
+    shown = not (group and group.rank)
+    for start in tqdm(range(0, len(jobs), config.batch_size), desc="sample", disable=not (config.progress and shown)):
         batch = [prompt_ids[p] for p, _ in jobs[start : start + config.batch_size]]
         results = generate_tokens(
             policy, batch, max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
@@ -92,18 +102,22 @@ def rejection_sample(config: RejectionSamplingConfig) -> dict[str, Any]:
         with torch.inference_mode():
             rewards += reward_model.score([ids + r.tokens + [tok.eot_id] for ids, r in zip(batch, results)],
                                           config.batch_size, tok.eos_id)
-    kept = []
-    with atomic_open(run_dir / OUTPUT) as out:
-        for p, prompt in enumerate(prompts):
-            scores = rewards[p * k : (p + 1) * k]
-            best = max(range(k), key=scores.__getitem__)
-            kept.append(scores[best])
-            reply = tok.decode(replies[p * k + best])
-            record = {"messages": [*prompt, {"role": "assistant", "content": reply}], "reward": scores[best],
-                      "mean_reward": sum(scores) / k}
-            out.write(json.dumps(record) + "\n")
-    return write_manifest(run_dir / MANIFEST, {
+    if group is not None:
+        group.close()
+    records = []
+    for p, prompt in enumerate(prompts):
+        scores = rewards[p * k : (p + 1) * k]
+        best = max(range(k), key=scores.__getitem__)
+        reply = tok.decode(replies[p * k + best])
+        records.append({"messages": [*prompt, {"role": "assistant", "content": reply}], "reward": scores[best],
+                        "mean_reward": sum(scores) / k})
+    manifest = {
         "stage": "rejection-sample", "config": to_dict(config), "duration_s": time.time() - started,
         "prompts": len(prompts), "samples": len(jobs), "mean_sample_reward": sum(rewards) / len(rewards),
-        "mean_kept_reward": sum(kept) / len(kept), "output": str(run_dir / OUTPUT),
-    })
+        "mean_kept_reward": sum(r["reward"] for r in records) / len(records), "output": str(run_dir / OUTPUT),
+    }
+    if not shown:
+        return manifest
+    with atomic_open(run_dir / OUTPUT) as out:
+        out.writelines(json.dumps(record) + "\n" for record in records)
+    return write_manifest(run_dir / MANIFEST, manifest)
