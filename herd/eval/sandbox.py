@@ -81,6 +81,8 @@ class SandboxResult:
     returncode: int | None
     stderr: str
     """The end of what the program wrote to stderr (the traceback of a failure)."""
+    stdout: str = ""
+    """The end of what the program printed (the code interpreter's result)."""
 
 
 def run_program(program: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
@@ -124,7 +126,7 @@ def _run(route: str, program: str, limits: SandboxLimits) -> SandboxResult:
     marker = secrets.token_hex(16).encode()
     ours, theirs = socket.socketpair()
     with ours, theirs, tempfile.TemporaryFile() as source, tempfile.TemporaryFile() as stderr, \
-            tempfile.TemporaryDirectory(prefix="herd-sandbox-") as workdir:
+            tempfile.TemporaryFile() as stdout, tempfile.TemporaryDirectory(prefix="herd-sandbox-") as workdir:
         source.write(program.encode())
         source.seek(0)
         ours.sendall(marker)
@@ -133,7 +135,7 @@ def _run(route: str, program: str, limits: SandboxLimits) -> SandboxResult:
                     "unseen_processes": 0}
         command, preexec = _command(route, settings, workdir)
         process = subprocess.Popen(
-            command, stdin=source, stdout=subprocess.DEVNULL, stderr=stderr, env=_ENV, pass_fds=(theirs.fileno(),),
+            command, stdin=source, stdout=stdout, stderr=stderr, env=_ENV, pass_fds=(theirs.fileno(),),
             start_new_session=True, preexec_fn=preexec,
         )
         theirs.close()
@@ -149,12 +151,17 @@ def _run(route: str, program: str, limits: SandboxLimits) -> SandboxResult:
             echoed = ours.recv(len(marker) + 1)
         except OSError:  # nothing came back (BlockingIOError), or the marker was never read (ConnectionResetError)
             echoed = b""
-        stderr.seek(max(0, os.fstat(stderr.fileno()).st_size - 4000))
-        err = stderr.read().decode(errors="replace")[-2000:]
+        err, out = _tail(stderr), _tail(stdout)
     code = process.returncode
     cpu_out = code in (-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL)
     status: Status = "passed" if echoed == marker else "timeout" if timed_out or cpu_out else "failed"
-    return SandboxResult(status, None if timed_out else code, err)
+    return SandboxResult(status, None if timed_out else code, err, out)
+
+
+def _tail(file) -> str:
+    """The last 2000 characters written to `file`."""
+    file.seek(max(0, os.fstat(file.fileno()).st_size - 4000))
+    return file.read().decode(errors="replace")[-2000:]
 
 
 def _command(route: str, settings: dict, workdir: str) -> tuple[list[str], object]:

@@ -8,6 +8,7 @@ of its own (as root) or no capabilities at all (as a normal user in `unshare --m
 in a child, so that the program is not the namespace's init. Under bubblewrap this only limits and runs.
 """
 
+import contextlib
 import ctypes
 import json
 import os
@@ -128,6 +129,8 @@ def main() -> None:
     os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
     marker_fd = settings["marker_fd"]
     exec(compile(source, "program.py", "exec"), {"__name__": "__main__"})  # noqa: S102 - running it is the job
+    with contextlib.suppress(OSError, ValueError):  # os._exit below skips the flush at exit; a closed or full
+        sys.stdout.flush()  # stdout is the program's business, not a failure of its code
     marker = os.read(marker_fd, 64)  # read only now: while the program ran, the marker was not in this process
     os.write(marker_fd, marker)
     os._exit(0)  # no atexit or thread joins of the program's after the marker
