@@ -4,7 +4,8 @@ Both get the same token data (the speedrun preset's token shards, read through h
 batches, same targets), the same model size and the same wall-clock on this machine: herd's pretraining stage runs
 `--steps` steps (its config: document-masked attention, warmup + cosine schedule, AdamW with Llama 3's betas and
 decay, Llama init), and the HF loop then trains for as long as herd's whole stage took (model build, validation and
-checkpointing included), at a constant LR with torch's default AdamW, on the packed rows without document masks.
+checkpointing included), at a constant LR with torch's fused AdamW (HF Trainer's default), on the packed rows
+without document masks.
 Both are scored on the same validation batches (nats per token). Runs alternate herd / HF `--runs` times (seeds
 0, 1, ...) and the medians are compared.
 
@@ -72,7 +73,8 @@ def run_hf(ctx: RunContext, budget_s: float, seed: int) -> tuple[float, int, flo
     data = TokenDataLoader(DataLoaderConfig(train, s.weights, s.batch_size, s.seq_len, seed))
     torch.manual_seed(seed)
     model = hf_model(ctx, data.n_words).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr)
+    # fused: the kernel herd's optimizer uses, and HF Trainer's default (adamw_torch_fused) on torch >= 2.8
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, fused=True)
     steps = 0
     for batch in data:
         loss, count = hf_loss(model, batch)

@@ -1,4 +1,5 @@
-"""Training tokens/s on CPU: herd's step, eager and compiled, vs a plain HF `LlamaForCausalLM` + AdamW loop.
+"""Training tokens/s on CPU: herd's step, eager and compiled, vs a plain HF `LlamaForCausalLM` + fused AdamW loop, eager
+and compiled.
 
 Same shapes and batch for both (weights differ). Each side lives in its own process; after warm-up the processes take turns, `--steps` steps each,
 for `--rounds` rounds, so the machine's drifts between fast and slow phases hit every side alike. Reported: each
@@ -52,7 +53,7 @@ def herd_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...], compile
     return trainer.train_step
 
 
-def hf_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...]) -> Callable[[], None]:
+def hf_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...], compile: bool) -> Callable[[], None]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from herd.model import ModelConfig
@@ -65,7 +66,10 @@ def hf_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...]) -> Callab
         rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, attn_implementation="sdpa",
     )
     model = LlamaForCausalLM(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    if compile:  # what HF's Trainer does with torch_compile=True
+        model = torch.compile(model)
+    # fused: the kernel herd's optimizer uses, and HF Trainer's default optimizer (adamw_torch_fused) on torch >= 2.8
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     tokens, labels = batch[0], torch.cat([batch[0][:, :1], batch[1]], dim=1)[:, :-1]  # HF shifts labels itself
 
     def step() -> None:
@@ -103,10 +107,11 @@ def tokens_per_s(step: Callable[[], None], tokens: int, steps: int) -> tuple[flo
 
 
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}
-SIDES = ("herd", "herd+compile", "herd-plain", "hf")
+SIDES = ("herd", "herd+compile", "herd-plain", "hf", "hf+compile")
 """herd+compile: herd with `compile=true` (blocks compiled by torch.compile). herd-plain: herd with HERD_CPU_PLAIN=1
-(none of herd.model.cpu_tuning's tricks), which `--sides herd,herd-plain` measures against herd alone."""
-BASELINES = ("herd-plain", "hf")
+(none of herd.model.cpu_tuning's tricks), which `--sides herd,herd-plain` measures against herd alone. hf+compile:
+the HF model under torch.compile, as HF Trainer's `torch_compile=True` runs it (the peer of herd+compile)."""
+BASELINES = ("herd-plain", "hf", "hf+compile")
 
 
 def serve_side(args: argparse.Namespace) -> None:
@@ -121,7 +126,7 @@ def serve_side(args: argparse.Namespace) -> None:
     if args.side.startswith("herd"):
         step = herd_step(args, batch, compile=args.side == "herd+compile")
     else:
-        step = hf_step(args, batch)
+        step = hf_step(args, batch, compile=args.side == "hf+compile")
     for _ in range(2):  # warm-up (allocator, compile)
         step()
     print(json.dumps({"threads": torch.get_num_threads()}), flush=True)  # ready
