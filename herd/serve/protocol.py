@@ -2,20 +2,25 @@
 
 Covers /v1/chat/completions and /v1/completions: n, stop, max_tokens, temperature, top_p, seed, logprobs /
 top_logprobs, streaming chunks and usage; `top_k` and `stop_token_ids` are accepted as extensions (as vLLM does).
+Chat tools: `tools` / `tool_choice` render Llama 3.1's tool prompts, assistant `tool_calls` and `tool` messages
+become Llama turns, and a reply is read for a call (`ToolReplies`, streamed the way OpenAI streams calls).
 Limits beyond OpenAI's own: at most MAX_STOPS stop strings of at most MAX_STOP_CHARS characters each (OpenAI
 takes 4), at most MAX_STOP_TOKEN_IDS stop token ids, and a seed in 0..2^64-1 (what torch's generators take).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
 from herd.errors import HerdError
 from herd.serve.request import MAX_SEED, RequestParams, StepOutput
-from herd.tokenizer import Tokenizer
+from herd.tokenizer import Message, Tokenizer, ToolCall, Tools, parse_tool_calls, parse_tools
 
 NonNegative = Annotated[int, Field(ge=0)]
 MAX_STOPS = 16
@@ -74,12 +79,69 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+    """The arguments as a JSON object, in a string (as OpenAI sends them)."""
+
+
+class MessageToolCall(BaseModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool", "ipython"]
-    content: str | list[TextPart]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+    def message(self, index: int) -> Message:
+        """This message as herd's chat format takes it (a call's arguments parsed from their JSON string)."""
+        if self.content is None and not self.tool_calls:
+            raise HerdError(f"messages[{index}].content is missing; only an assistant message with tool_calls may "
+                            "leave it out")
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [_call(call, f"messages[{index}].tool_calls[{j}]")
+                                     for j, call in enumerate(self.tool_calls)]
+        return message
+
+
+def _call(call: MessageToolCall, where: str) -> dict[str, Any]:
+    try:
+        arguments = json.loads(call.function.arguments)
+    except json.JSONDecodeError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise HerdError(f"{where}.function.arguments must be a JSON object in a string, got "
+                        f"{call.function.arguments!r:.60}")
+    return {"name": call.function.name, "arguments": arguments, "call_id": call.id or ""}
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+@dataclass(frozen=True)
+class ToolMode:
+    """A request's tools once read: what the prompt offers and what the reply must do."""
+
+    tools: Tools
+    choice: Literal["auto", "required", "named"]
+    forced: str | None = None
+    """The function a named tool_choice forces."""
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -87,9 +149,33 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    """Accepted; a Llama 3.1 reply holds at most one call."""
 
-    def prompt(self, tok: Tokenizer) -> list[int]:
-        return tok.encode_dialog([{"role": m.role, "content": m.text()} for m in self.messages])
+    def dialog(self) -> list[Message]:
+        return [m.message(i) for i, m in enumerate(self.messages)]
+
+    def tool_mode(self) -> ToolMode | None:
+        """None when the prompt offers no tools (no tools, or tool_choice "none"); HerdError on bad tools."""
+        if not self.tools:
+            if self.tool_choice not in (None, "none", "auto"):
+                raise HerdError("tool_choice requires a tool call but the request has no tools; add tools")
+            return None
+        tools = parse_tools(self.tools, "tools")
+        if self.tool_choice == "none":
+            return None
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            if name not in {tool.name for tool in tools.custom}:
+                raise HerdError(f"tool_choice.function.name {name!r} is not one of the tools")
+            return ToolMode(tools, "named", name)
+        return ToolMode(tools, self.tool_choice or "auto")
+
+    def prompt(self, tok: Tokenizer, tools: ToolMode | None) -> list[int]:
+        """The prompt's ids; `tools` is `tool_mode()`'s answer."""
+        return tok.encode_dialog(self.dialog(), tools=None if tools is None else tools.tools)
 
 
 class CompletionRequest(SamplingFields):
@@ -162,3 +248,68 @@ def envelope(kind: str, request_id: str, model: str, choices: list[dict], usage_
         "id": request_id, "object": kind, "created": int(time.time()), "model": model, "choices": choices,
         "usage": usage_,
     }
+
+
+def tool_calls_body(calls: list[ToolCall]) -> list[dict]:
+    """Calls in OpenAI's message shape (arguments as a JSON string)."""
+    return [{"id": call.call_id, "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
+            for call in calls]
+
+
+def read_reply(text: str, mode: ToolMode) -> tuple[str, list[ToolCall]]:
+    """A finished reply -> (content, calls); HerdError when tool_choice demanded a call the reply lacks."""
+    content, calls = parse_tool_calls(text)
+    if mode.choice == "required" and not calls:
+        raise HerdError("tool_choice is 'required' but the model's reply holds no tool call")
+    if mode.forced is not None and [call.name for call in calls] != [mode.forced]:
+        raise HerdError(f"tool_choice names {mode.forced!r} but the model's reply does not call it")
+    return content, calls
+
+
+# A reply that starts like one of these may be a call: held back while streaming until it is decided.
+_CALL_OPENINGS = ("<|python_tag|>", "<function=", "{", "[")
+_CALL_WORD = re.compile(r"\w*(\.(c(a(l(l(\(.*)?)?)?)?)?)?", re.S)
+
+
+def may_be_call(text: str) -> bool:
+    """Whether a reply starting with `text` may still turn out to be a tool call."""
+    start = text.lstrip()
+    return (start.startswith(_CALL_OPENINGS) or any(opening.startswith(start) for opening in _CALL_OPENINGS)
+            or _CALL_WORD.fullmatch(start) is not None)
+
+
+class ToolReplies:
+    """One streamed choice of a request with tools: text is passed on as content once the reply cannot be a call;
+    until then it is held, and at the end a call is sent as OpenAI streams one (id and name, then the arguments
+    in pieces). A reply that began as plain text stays content even if a call appears later in it."""
+
+    ARGUMENT_PIECE = 16
+
+    def __init__(self, mode: ToolMode) -> None:
+        self.mode = mode
+        self.held = ""
+        self.is_content = False
+
+    def push(self, text: str) -> str:
+        """New text -> the content to send now."""
+        if self.is_content:
+            return text
+        self.held += text
+        if may_be_call(self.held):
+            return ""
+        self.is_content, held, self.held = True, self.held, ""
+        return held
+
+    def finish(self) -> tuple[str, list[dict]]:
+        """End of the reply -> (content still to send, tool-call deltas to send)."""
+        content, calls = read_reply("" if self.is_content else self.held, self.mode)
+        deltas = []
+        for index, call in enumerate(tool_calls_body(calls)):
+            function = call["function"]
+            deltas.append({"index": index, "id": call["id"], "type": "function",
+                           "function": {"name": function["name"], "arguments": ""}})
+            arguments = function["arguments"]
+            deltas += [{"index": index, "function": {"arguments": arguments[i : i + self.ARGUMENT_PIECE]}}
+                       for i in range(0, len(arguments), self.ARGUMENT_PIECE)]
+        return content, deltas

@@ -4,7 +4,8 @@ Routes: /v1/chat/completions, /v1/completions, /v1/models (behind the API key wh
 /metrics (Prometheus) and / (chat page). Errors are OpenAI-style bodies: 400 bad request, 401 bad key,
 404 unknown model, 413 body too large, 429 full, 500 a request that failed, 503 an engine that stopped (then
 /health answers 503 too). A client that goes away cancels its generation. Prompts are tokenized on a thread
-pool, off the event loop.
+pool, off the event loop. Chat requests with `tools` get Llama 3.1's tool prompts and their replies read for a
+tool call (herd.serve.protocol's ToolMode / ToolReplies).
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ from herd.serve.protocol import (
     ChoiceLogprobs,
     CompletionRequest,
     SamplingFields,
+    ToolMode,
+    ToolReplies,
     envelope,
     error_body,
+    read_reply,
+    tool_calls_body,
     usage,
 )
 from herd.serve.request import RequestParams, StepOutput
@@ -102,7 +107,7 @@ def create_app(
 
     async def complete(request: Request, body: SamplingFields, prompts: list[list[int]], chat: bool,
                        logprobs: bool, top_logprobs: int, max_tokens: int | None,
-                       dialog: list[Message] | None = None) -> Response:
+                       dialog: list[Message] | None = None, tools: ToolMode | None = None) -> Response:
         if body.model != model_name:
             raise HTTPException(404, f"model {body.model!r} does not exist; this server serves {model_name!r}")
         requests: list[tuple[list[int], RequestParams]] = []
@@ -112,7 +117,7 @@ def create_app(
             for _ in range(body.n):
                 params = body.params(max_tokens or limit - len(prompt), len(requests), logprobs, top_logprobs)
                 requests.append((prompt, params))
-        call = _Call(tok, model_name, chat, len(requests), sum(len(p) for p in prompts), logprobs)
+        call = _Call(tok, model_name, chat, len(requests), sum(len(p) for p in prompts), logprobs, tools)
         outputs = runner.submit(requests)
         if guardrails is not None and dialog is not None:
             outputs = guardrails.screen(dialog, outputs, choices=len(requests), stream=body.stream)
@@ -123,13 +128,14 @@ def create_app(
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         max_tokens = body.max_completion_tokens or body.max_tokens
-        dialog: list[Message] = [{"role": m.role, "content": m.text()} for m in body.messages]
+        dialog = body.dialog()
+        tools = body.tool_mode()  # "required" / named: until a grammar forces the call, a reply without it is a 400
         refusal = await guardrails.check_input(dialog) if guardrails is not None else None
         if refusal is not None:
             return JSONResponse(refusal, status_code=400)
-        prompt = await run_in_threadpool(body.prompt, tok)
+        prompt = await run_in_threadpool(body.prompt, tok, tools)
         return await complete(request, body, [prompt], True, body.logprobs, body.top_logprobs or 0, max_tokens,
-                              dialog)
+                              dialog, tools)
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(request: Request, body: CompletionRequest) -> Response:
@@ -203,12 +209,10 @@ def serve(
     import uvicorn
 
     from herd.checkpoint import load
-    from herd.model.tensor_parallel import init_tensor_parallel, parallelize
+    from herd.model.tensor_parallel import init_tensor_parallel
 
     group = init_tensor_parallel(tp, timeout_s=IDLE_RANK_TIMEOUT_S)
-    model, tok = load(model_path)
-    if group is not None:
-        parallelize(model, group)
+    model, tok = load(model_path, tp=group)
     if quantize is None:
         pack_linears(model)
     else:
@@ -234,11 +238,12 @@ def serve(
 
 
 class _Call:
-    """One API call's choices: collected into a response body, or streamed as server-sent events."""
+    """One API call's choices: collected into a response body, or streamed as server-sent events. With `tools`,
+    each chat reply is read for a tool call."""
 
     def __init__(self, tok: Tokenizer, model: str, chat: bool, choices: int, prompt_tokens: int,
-                 logprobs: bool) -> None:
-        self.tok, self.model, self.chat, self.logprobs = tok, model, chat, logprobs
+                 logprobs: bool, tools: ToolMode | None = None) -> None:
+        self.tok, self.model, self.chat, self.logprobs, self.tools = tok, model, chat, logprobs, tools
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.kind = "chat.completion" if chat else "text_completion"
         self.prompt_tokens = prompt_tokens
@@ -249,13 +254,17 @@ class _Call:
         return ChoiceLogprobs(self.tok) if self.logprobs else None
 
     def _choice(self, index: int, text: str, logprobs: ChoiceLogprobs | None, reason: str | None, *,
-                delta: bool) -> dict:
+                delta: bool, calls: list[dict] | None = None) -> dict:
         shaped = None if logprobs is None else logprobs.chat() if self.chat else logprobs.completion()
         choice: dict = {"index": index, "logprobs": shaped, "finish_reason": reason}
         if not self.chat:
             choice["text"] = text
         elif delta:
             choice["delta"] = {"content": text} if text else {}
+            if calls:
+                choice["delta"]["tool_calls"] = calls
+        elif calls:
+            choice["message"] = {"role": "assistant", "content": text or None, "tool_calls": calls}
         else:
             choice["message"] = {"role": "assistant", "content": text}
         return choice
@@ -287,7 +296,14 @@ class _Call:
         if task.cancelled():  # the client is gone and reads no answer; its generation is aborted
             return error_body("the client disconnected")
         await task
-        choices = [self._choice(i, text, logprobs[i], reasons[i], delta=False) for i, text in enumerate(self.texts)]
+        choices = []
+        for i, text in enumerate(self.texts):
+            calls = []
+            if self.tools is not None:
+                text, found = read_reply(text, self.tools)
+                calls = tool_calls_body(found)
+            reason = "tool_calls" if calls else reasons[i]
+            choices.append(self._choice(i, text, logprobs[i], reason, delta=False, calls=calls))
         return envelope(self.kind, self.id, self.model, choices, self._usage())
 
     async def stream(self, outputs: Outputs, include_usage: bool) -> AsyncIterator[str]:
@@ -298,12 +314,22 @@ class _Call:
                 first = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                          "finish_reason": None}
                 yield _event(envelope(kind, self.id, self.model, [first]))
+        replies = [ToolReplies(self.tools) for _ in self.texts] if self.tools is not None else None
         try:
             async for index, out in outputs:
                 logprobs = self._logprobs()
                 self._take(index, out, logprobs)
-                if out.text or out.finish_reason or out.logprob is not None:
-                    choice = self._choice(index, out.text, logprobs, out.finish_reason, delta=True)
+                text, reason = out.text, out.finish_reason
+                if replies is not None:
+                    text = replies[index].push(text)
+                    if reason is not None:
+                        tail, calls = replies[index].finish()
+                        if tail or calls:
+                            choice = self._choice(index, tail, None, None, delta=True, calls=calls)
+                            yield _event(envelope(kind, self.id, self.model, [choice]))
+                        reason = "tool_calls" if calls else reason
+                if text or reason or out.logprob is not None:
+                    choice = self._choice(index, text, logprobs, reason, delta=True)
                     yield _event(envelope(kind, self.id, self.model, [choice]))
         except (EngineFailed, HerdError) as error:  # the answer has started: the error goes in the stream
             yield _event(error_body(str(error), "server_error" if isinstance(error, EngineFailed) else
