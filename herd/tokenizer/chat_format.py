@@ -15,6 +15,7 @@ from herd.tokenizer.tool_calls import (
     BUILTIN_TOOLS,
     PYTHON_TAG,
     ToolFormat,
+    ToolList,
     Tools,
     custom_tools_prompt,
     parse_tools,
@@ -41,7 +42,7 @@ class ChatFormat:
         self._headers = {role: self._encode_header(header) for role, header in HEADER_ROLES.items()}
 
     def encode_dialog(
-        self, messages: Sequence[Message], add_generation_prompt: bool = True, *, tools: Any = None,
+        self, messages: Sequence[Message], add_generation_prompt: bool = True, *, tools: ToolList | None = None,
         tool_format: ToolFormat = "json", date: datetime.date | None = None,
     ) -> list[int]:
         """`<|begin_of_text|>` + every message, then the empty assistant header for the model to reply.
@@ -54,7 +55,7 @@ class ChatFormat:
         return self._render(messages, add_generation_prompt, tools, tool_format, date)[0]
 
     def encode_dialog_with_mask(
-        self, messages: Sequence[Message], add_generation_prompt: bool = False, *, tools: Any = None,
+        self, messages: Sequence[Message], add_generation_prompt: bool = False, *, tools: ToolList | None = None,
         tool_format: ToolFormat = "json", date: datetime.date | None = None,
     ) -> tuple[list[int], list[int]]:
         """`(ids, loss_mask)` for SFT: ids as `encode_dialog`, mask 1 where the model is trained.
@@ -66,7 +67,7 @@ class ChatFormat:
         return self._render(messages, add_generation_prompt, tools, tool_format, date)
 
     def _render(
-        self, messages: Sequence[Message], add_generation_prompt: bool, tools: Any, tool_format: ToolFormat,
+        self, messages: Sequence[Message], add_generation_prompt: bool, tools: ToolList | None, tool_format: ToolFormat,
         date: datetime.date | None,
     ) -> tuple[list[int], list[int]]:
         validate_messages(messages)

@@ -4,16 +4,18 @@ Owns encode/decode (with input chunking so tiktoken never sees an oversized piec
 """
 
 import codecs
+import datetime
 import re
 from collections.abc import Iterable, Iterator, Sequence, Set
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import tiktoken
 
 from herd.errors import HerdError
 from herd.tokenizer.bpe_file import read_bpe_file, write_bpe_file
 from herd.tokenizer.chat_format import ChatFormat, Message
+from herd.tokenizer.tool_calls import ToolFormat, ToolList
 
 # Llama 3's pre-tokenization regex (the split applied before BPE merges).
 PAT_STR = (
@@ -166,15 +168,22 @@ class Tokenizer:
         """A decoder for ids arriving one at a time that never splits a multi-byte UTF-8 character."""
         return StreamDecoder(self)
 
-    def encode_dialog(self, messages: Sequence[Message], add_generation_prompt: bool = True, **tools: Any) -> list[int]:
-        """Encode a chat in the Llama 3 format; see `ChatFormat.encode_dialog` (tools=, tool_format=, date=)."""
-        return self.chat.encode_dialog(messages, add_generation_prompt, **tools)
+    def encode_dialog(
+        self, messages: Sequence[Message], add_generation_prompt: bool = True, *, tools: ToolList | None = None,
+        tool_format: ToolFormat = "json", date: datetime.date | None = None,
+    ) -> list[int]:
+        """Encode a chat in the Llama 3 format, with Llama 3.1's tool prompts for `tools`; see
+        `ChatFormat.encode_dialog`."""
+        return self.chat.encode_dialog(messages, add_generation_prompt, tools=tools, tool_format=tool_format,
+                                       date=date)
 
     def encode_dialog_with_mask(
-        self, messages: Sequence[Message], add_generation_prompt: bool = False, **tools: Any
+        self, messages: Sequence[Message], add_generation_prompt: bool = False, *, tools: ToolList | None = None,
+        tool_format: ToolFormat = "json", date: datetime.date | None = None,
     ) -> tuple[list[int], list[int]]:
         """Encode a chat plus its loss mask; see `ChatFormat.encode_dialog_with_mask`."""
-        return self.chat.encode_dialog_with_mask(messages, add_generation_prompt, **tools)
+        return self.chat.encode_dialog_with_mask(messages, add_generation_prompt, tools=tools,
+                                                 tool_format=tool_format, date=date)
 
     def save(self, path: str | Path) -> Path:
         """Write this tokenizer's BPE file to `path` (the specials follow from its size); returns the path."""

@@ -45,22 +45,22 @@ Reminder:
 - Put the entire function call reply on one line"""
 
 
+def new_call_id() -> str:
+    """A fresh id in OpenAI's shape ("call_" + 24 hex digits)."""
+    return "call_" + uuid.uuid4().hex[:24]
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """One call of a tool: built-in ones take {"query": ...} (code_interpreter {"code": ...})."""
 
     name: str
     arguments: dict[str, Any]
-    call_id: str = field(default_factory=lambda: new_call_id())
+    call_id: str = field(default_factory=new_call_id)
 
     def to_message(self) -> dict[str, Any]:
         """The call as it sits in a message's "tool_calls" list."""
         return {"name": self.name, "arguments": self.arguments, "call_id": self.call_id}
-
-
-def new_call_id() -> str:
-    """A fresh id in OpenAI's shape ("call_" + 24 hex digits)."""
-    return "call_" + uuid.uuid4().hex[:24]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,11 @@ class Tools:
     custom: tuple[CustomTool, ...] = ()
 
 
-def parse_tools(tools: Sequence[str | Mapping[str, Any]] | Tools, where: str = "tools") -> Tools:
+ToolList = Sequence[str | Mapping[str, Any]] | Tools
+"""Tools as callers give them: built-in names and function definitions (see `parse_tools`), or parsed `Tools`."""
+
+
+def parse_tools(tools: ToolList, where: str = "tools") -> Tools:
     """Read a tool list: built-in names ("brave_search", "code_interpreter", ...) and custom function definitions,
     either OpenAI's {"type": "function", "function": {...}} or the bare {"name", "description", "parameters"} with
     `parameters` a JSON schema object. Raises HerdError naming the offending field (e.g. tools[1].function.name)."""
