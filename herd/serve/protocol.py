@@ -258,8 +258,14 @@ def tool_calls_body(calls: list[ToolCall]) -> list[dict]:
 
 
 def read_reply(text: str, mode: ToolMode) -> tuple[str, list[ToolCall]]:
-    """A finished reply -> (content, calls); HerdError when tool_choice demanded a call the reply lacks."""
+    """A finished reply -> (content, calls); HerdError when tool_choice demanded a call the reply lacks.
+
+    A call of a tool the request does not offer (say code after `<|python_tag|>` with only functions offered) is
+    no call: the reply comes back as its text."""
     content, calls = parse_tool_calls(text)
+    offered = {tool.name for tool in mode.tools.custom} | set(mode.tools.builtin)
+    if any(call.name not in offered for call in calls):
+        content, calls = text, []
     if mode.choice == "required" and not calls:
         raise HerdError("tool_choice is 'required' but the model's reply holds no tool call")
     if mode.forced is not None and [call.name for call in calls] != [mode.forced]:

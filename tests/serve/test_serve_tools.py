@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from herd.errors import HerdError
 from herd.model import build_model
-from herd.serve.protocol import ChatCompletionRequest, ToolReplies, may_be_call
+from herd.serve.protocol import ChatCompletionRequest, ToolReplies, may_be_call, read_reply
 from herd.tokenizer import Tokenizer, custom_tools_prompt, parse_tools, system_prompt, tool_call_text
 from herd.tokenizer.train_bpe import train_tokenizer
 from tests.tiny import model_config
@@ -212,3 +212,11 @@ def test_streamed_replies_hold_back_only_possible_calls():
     assert late.push("No call here.") == "No call here."
     with pytest.raises(HerdError, match="'required'"):
         late.finish()
+
+
+def test_calls_of_tools_not_offered_stay_text():
+    mode = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": TOOLS}).tool_mode()
+    for reply in ["<|python_tag|>print(1)", 'I will search.call(query="x")', '{"name": "get_date", "parameters": {}}']:
+        assert read_reply(reply, mode) == (reply, [])
+    content, (call,) = read_reply('{"name": "get_time", "parameters": {}}', mode)
+    assert content == "" and (call.name, call.arguments) == ("get_time", {})
