@@ -93,6 +93,11 @@ def add_chat(commands: argparse._SubParsersAction) -> None:
     chat = commands.add_parser("chat", help="talk to a model in the Llama 3 chat format (reads stdin)")
     _add_model_args(chat)
     chat.add_argument("--system", default=None, help="a system prompt")
+    chat.add_argument("--tools", default=None,
+                      help="tools the model may call, comma-separated: python (code in herd's sandbox), calculator, "
+                           "wolfram_alpha (Llama 3.1's built-in math tool, answered by the calculator)")
+    chat.add_argument("--max-tool-rounds", type=int, default=3,
+                      help="rounds of tool calls per reply at most (default: %(default)s)")
     _add_sampling_args(chat)
     chat.set_defaults(run=cmd_chat)
 
@@ -100,9 +105,14 @@ def add_chat(commands: argparse._SubParsersAction) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     from herd.chat import run_chat
 
+    if args.tools:  # a misspelt tool fails before the model loads
+        from herd.eval.tool_use import resolve_tools
+
+        resolve_tools(args.tools)
     model, tok = _load(args)
     if model.tp is None:
-        run_chat(model, tok, sys.stdin, sys.stdout, system=args.system, **_sampling(args))
+        run_chat(model, tok, sys.stdin, sys.stdout, system=args.system, tools=args.tools or (),
+                 max_tool_rounds=args.max_tool_rounds, **_sampling(args))
         return
     with open(os.devnull, "w") if model.tp.rank else contextlib.nullcontext(sys.stdout) as out:
         run_chat(model, tok, _RankZeroLines(sys.stdin, model.tp), out, system=args.system, **_sampling(args))
