@@ -34,9 +34,11 @@ def read_shard_state(directory: Path, fmt: str, config: ModelConfig, rank: int, 
     if not 0 <= rank < world:
         raise HerdError(f"rank {rank} is outside a tensor-parallel group of {world}")
     check_config(config, world)
-    read = _read_meta if fmt == "meta" else _read_safetensors
     try:
-        state = read(directory, fmt, config, rank, world)
+        if fmt == "meta":
+            state = _read_meta(directory, config, rank, world)
+        else:
+            state = _read_safetensors(directory, config, rank, world, hf=fmt == "hf")
     except HerdError as e:
         raise HerdError(f"rank {rank} of {world}: {e}") from None
     if config.tie_word_embeddings:
@@ -53,7 +55,7 @@ def _bounds(name: str, shape: torch.Size, rank: int, world: int) -> tuple[int | 
     return dim, start, stop
 
 
-def _read_meta(directory: Path, fmt: str, config: ModelConfig, rank: int, world: int) -> dict[str, torch.Tensor]:
+def _read_meta(directory: Path, config: ModelConfig, rank: int, world: int) -> dict[str, torch.Tensor]:
     files = meta_format.weight_files(directory)
     mp = len(files)
     mapped: dict[int, dict[str, torch.Tensor]] = {}
@@ -117,8 +119,9 @@ def _meta_slice(
     return out
 
 
-def _read_safetensors(directory: Path, fmt: str, config: ModelConfig, rank: int, world: int) -> dict[str, torch.Tensor]:
-    hf = fmt == "hf"
+def _read_safetensors(
+    directory: Path, config: ModelConfig, rank: int, world: int, *, hf: bool
+) -> dict[str, torch.Tensor]:
     located: dict[str, tuple[Path, str]] = {}
     shapes: dict[str, torch.Tensor] = {}
     for file in safetensors_io.weight_files(directory):
