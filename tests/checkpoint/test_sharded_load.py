@@ -69,6 +69,14 @@ def test_slices_equal_the_whole_load(tmp_path, tok, model, fmt, world):
     assert_slices_match(save(model, tok, tmp_path, fmt), world)
 
 
+@pytest.mark.parametrize("fmt", ["hf", "herd"])
+def test_safetensors_split_over_files(tmp_path, tok, model, monkeypatch, fmt):
+    monkeypatch.setattr("herd.checkpoint.safetensors_io.MAX_SHARD_BYTES", 100_000)
+    directory = save(model, tok, tmp_path, fmt)
+    assert len(list(directory.glob("model-*.safetensors"))) > 2
+    assert_slices_match(directory, 2)
+
+
 @pytest.mark.parametrize(("mp", "world"), [(2, 1), (2, 2), (2, 4), (4, 2), (8, 2), (8, 4)])
 def test_meta_model_parallel_shards_resplit(tmp_path, tok, model, mp, world):
     """MP 8 over 4 kv heads repeats each kv head on two consecutive files (Meta's resharding)."""
