@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from herd.post.data import PreferencePair
+from herd.post.data import PreferencePair, ToolDialog
 from herd.tokenizer import Message, Tokenizer
 from herd.train.packing import IGNORE_INDEX
 
@@ -35,7 +35,7 @@ class PackedChats:
         return self.tokens[index], self.targets[index], self.doc_ids[index]
 
 
-def pack_chats(tok: Tokenizer, dialogs: Sequence[Sequence[Message]], seq_len: int) -> PackedChats:
+def pack_chats(tok: Tokenizer, dialogs: Sequence[Sequence[Message] | ToolDialog], seq_len: int) -> PackedChats:
     """Each dialog as (inputs, targets) with targets only where the chat format's loss mask is 1 (assistant
     content and its end of turn), laid whole into rows in order: a dialog starts a new row when it does not fit
     the current one, and the row's rest is padding (its own document, no targets)."""
@@ -43,7 +43,8 @@ def pack_chats(tok: Tokenizer, dialogs: Sequence[Sequence[Message]], seq_len: in
     current: list[np.ndarray] = []
     used = truncated = 0
     for dialog in dialogs:
-        ids, mask = tok.encode_dialog_with_mask(dialog)
+        ids, mask = (tok.encode_dialog_with_mask(dialog.messages, tools=dialog.tools, date=dialog.date)
+                     if isinstance(dialog, ToolDialog) else tok.encode_dialog_with_mask(dialog))
         if len(ids) > seq_len + 1:
             ids, mask = ids[: seq_len + 1], mask[: seq_len + 1]
             truncated += 1

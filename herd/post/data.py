@@ -6,6 +6,7 @@ dialogs); a malformed record is a HerdError naming where it is.
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from herd.errors import HerdError
-from herd.tokenizer import Message, validate_messages
+from herd.tokenizer import Message, parse_tools, validate_messages
 
 TASK_PREFIX = "task:"
 TASK_SPLITS = ("train", "fewshot", "eval")
@@ -37,6 +38,16 @@ class PreferencePair:
     """The dispreferred assistant reply."""
     source: str = ""
     """Where the record came from (file:line), for messages."""
+
+
+@dataclass(frozen=True)
+class ToolDialog:
+    """A training dialog that offers tools: the record's "tools" (a list `herd.tokenizer.parse_tools` reads, as in
+    TRL's `tools` column) and optional "date" (ISO, the tool system prompt's Today Date) beside its "messages"."""
+
+    messages: list[Message]
+    tools: list[Any]
+    date: datetime.date | None = None
 
 
 def records(path: str | Path) -> Iterator[tuple[str, Any]]:
@@ -113,18 +124,31 @@ def _dataset_records(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"{path}[{index}]", record
 
 
-def read_chats(path: str | Path) -> list[list[Message]]:
-    """The dialogs of a chat file: records {"messages": [{"role", "content"}, ...]} with at least one assistant turn."""
-    dialogs = []
+def read_chats(path: str | Path) -> list[list[Message] | ToolDialog]:
+    """The dialogs of a chat file: records {"messages": [{"role", "content"}, ...]} with at least one assistant turn
+    (assistant "tool_calls" kept); a record with "tools" is a `ToolDialog`."""
+    dialogs: list[list[Message] | ToolDialog] = []
     for where, record in records(path):
         messages = _field(record, "messages", where)
         _check_messages(messages, where)
         if not any(m["role"] == "assistant" for m in messages):
             raise HerdError(f"{where}: the dialog has no assistant message, so nothing to train on; add one or drop it")
-        dialogs.append([{"role": m["role"], "content": m["content"]} for m in messages])
+        kept = [{"role": m["role"], "content": m["content"], **({"tool_calls": m["tool_calls"]} if m.get("tool_calls")
+                                                                 else {})} for m in messages]
+        dialogs.append(_tool_dialog(record, kept, where) if "tools" in record else kept)
     if not dialogs:
         raise HerdError(f"{path} holds no records")
     return dialogs
+
+
+def _tool_dialog(record: Mapping[str, Any], messages: list[Message], where: str) -> ToolDialog:
+    parse_tools(record["tools"], where=f"{where}: tools")
+    date = record.get("date")
+    try:
+        day = None if date is None else datetime.date.fromisoformat(date)
+    except (TypeError, ValueError):
+        raise HerdError(f"{where}: date must be an ISO date such as 2024-07-23, got {date!r}") from None
+    return ToolDialog(messages, list(record["tools"]), day)
 
 
 def read_prompts(path: str | Path) -> list[list[Message]]:

@@ -109,10 +109,12 @@ class PostSettings:
 
 @dataclass(kw_only=True)
 class SFTSettings(PostSettings):
-    """SFT round 1 on the corpus's chat dialogs plus safety dialogs (`sft` stage)."""
+    """SFT round 1 on the corpus's chat dialogs plus safety and tool-use dialogs (`sft` stage)."""
 
     safety_dialogs: int
     """Safety dialogs added (herd.speedrun.safety_data): harmful requests refused, benign look-alikes helped."""
+    tool_dialogs: int
+    """Tool-use dialogs added (herd.speedrun.tool_data): sums and word problems answered through the calculator."""
 
 
 @dataclass(kw_only=True)
@@ -165,6 +167,9 @@ class EvalSettings:
     """Samples of each real benchmark."""
     refusal_prompts: int
     """Held-out harmful requests, and as many benign look-alikes, each model answers (refusal rates)."""
+    tool_limit: int
+    """Samples of synth_addition and synth_math each chat model also answers with the calculator tool offered
+    (tools on); 0 skips."""
 
 
 @dataclass

@@ -4,7 +4,9 @@
 synthetic benchmarks, the 2-digit addition probe among them (base: 3-shot plain text; chat models: 0-shot chat), the
 real benchmarks whose data is present under `data_dir`, the reward model's mean score of the chat models' greedy
 replies to held-out math prompts, and each model's refusal rate on held-out harmful requests and false-refusal rate on
-held-out benign look-alikes (CyberSecEval's refusal check on greedy chat replies; herd.speedrun.safety_data).
+held-out benign look-alikes (CyberSecEval's refusal check on greedy chat replies; herd.speedrun.safety_data), and
+the addition and synthetic-math probes answered with the calculator tool offered (tools on; herd.eval.tool_use's
+loop, the tool herd.speedrun.tool_data teaches).
 `final`: the DPO model copied to RUN/final (`herd chat --model RUN/final`) with sample chat transcripts.
 """
 
@@ -18,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from herd.errors import HerdError
-from herd.eval.evaluate import EvalOptions, evaluate_task
+from herd.eval.evaluate import EvalOptions, build_prompts, evaluate_task
+from herd.eval.metrics import mean
 from herd.eval.runner import write_records
-from herd.eval.tasks.synthetic import SYNTHETIC
+from herd.eval.tasks.synthetic import SYNTHETIC, SynthAddition, SynthMath
 from herd.run_dir import atomic_open, write_json
 from herd.speedrun.config import EvalSettings, FinalSettings
 
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
 MODELS = ("base", "sft", "sft2", "dpo")
 CHAT_MODELS = MODELS[1:]
 STAGE_OF = {"base": "anneal", "sft": "sft", "sft2": "sft2", "dpo": "dpo"}
+TOOL_TASKS = (SynthAddition, SynthMath)
+"""The probes also scored with the calculator tool offered."""
 
 
 def eval_stage(ctx: RunContext, out: Path, s: EvalSettings) -> dict[str, Any]:
@@ -57,8 +62,43 @@ def eval_stage(ctx: RunContext, out: Path, s: EvalSettings) -> dict[str, Any]:
         del model
     rewards = reply_rewards(ctx, data_dir, ctx.config.final.rm_prompts)
     refusals = refusal_rates(ctx, out, s.refusal_prompts)
-    write_json(out / "scores.json", {"scores": scores, "reward": rewards, "refusal": refusals}, indent=1)
-    return {"scores": scores, "reward": rewards, "refusal": refusals}
+    tools = tool_scores(ctx, out, data_dir, s.tool_limit) if s.tool_limit else {}
+    done = {"scores": scores, "reward": rewards, "refusal": refusals, "tools": tools}
+    write_json(out / "scores.json", done, indent=1)
+    return done
+
+
+TOOL_ROUNDS = 1
+"""Tool calls a dialog may make before it must answer (the dialogs SFT teaches make one)."""
+
+
+@torch.no_grad()
+def tool_scores(ctx: RunContext, out: Path, data_dir: Path, n: int) -> dict[str, dict[str, Any]]:
+    """Per tool task: n and, per chat model, the exact match of its first `n` samples answered with the calculator
+    tool offered (the same 0-shot chat prompts as without; greedy) and the share of dialogs that called a tool; the
+    dialogs go to RUN/NN-eval/MODEL/samples_TASK_tools.jsonl."""
+    from herd.checkpoint import load
+    from herd.eval.tool_use import chat_with_tools
+    from herd.speedrun.tool_data import TOOL
+
+    scores: dict[str, dict[str, Any]] = {}
+    for label in CHAT_MODELS:
+        model, tok = load(ctx.outputs(STAGE_OF[label])["model"], device=ctx.device)
+        model.eval()
+        for cls in TOOL_TASKS:
+            task = cls(chat=True)
+            samples = task.samples(data_dir)[:n]
+            prompts = build_prompts(task, samples, data_dir, EvalOptions(chat=True))
+            replies = chat_with_tools(model, tok, prompts, [TOOL], max_rounds=TOOL_ROUNDS,
+                                      max_new_tokens=task.max_gen_toks)
+            scored = [task.score(sample, reply.text) for sample, reply in zip(samples, replies, strict=True)]
+            with atomic_open(out / label / f"samples_{task.name}_tools.jsonl") as f:
+                f.writelines(json.dumps({"messages": r.messages, "answer": a, "target": x.gold, **m}) + "\n"
+                             for x, r, (a, m) in zip(samples, replies, scored, strict=True))
+            row = scores.setdefault(task.name, {"metric": task.metric, "n": len(samples)})
+            row[label] = {task.metric: mean([m[task.metric] for _, m in scored]),
+                          "called": mean([float(bool(r.exchanges)) for r in replies])}
+    return scores
 
 
 REFUSAL_REPLY_TOKENS = 32

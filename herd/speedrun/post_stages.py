@@ -2,7 +2,7 @@
 preference pairs, rejection sampling (the SFT policy's best of K replies by reward), a second SFT round from the SFT
 model on those replies mixed with the dialogs (`sft2`), and DPO from the second round's model. SFT's dialogs and the
 reward model's and DPO's pairs include safety data (herd.speedrun.safety_data): refusals of harmful requests, help
-with benign look-alikes."""
+with benign look-alikes; SFT's dialogs also teach the calculator tool (herd.speedrun.tool_data)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from herd.post.stage import fine_tuning_optim
 from herd.run_dir import atomic_open
 from herd.speedrun.config import DPOSettings, PostSettings, PrefSettings, RejectionSettings, SFT2Settings, SFTSettings
 from herd.speedrun.safety_data import safety_dialogs, safety_pairs
+from herd.speedrun.tool_data import tool_dialogs
 
 if TYPE_CHECKING:
     from herd.post import PostResult
@@ -45,14 +46,27 @@ def with_safety(source: Path, extra: list[dict[str, Any]], out: Path) -> Path:
 
 
 def sft_stage(ctx: RunContext, out: Path, s: SFTSettings) -> dict[str, Any]:
-    """SFT round 1 on the corpus's dialogs plus `safety_dialogs` safety dialogs (RUN/NN-sft/sft_data.jsonl)."""
+    """SFT round 1 on the corpus's dialogs plus `safety_dialogs` safety dialogs and `tool_dialogs` tool-use dialogs
+    (RUN/NN-sft/sft_data.jsonl)."""
     from herd.post import SFTConfig, sft
 
-    post = ctx.stage_dir("corpus") / "post"
-    data = with_safety(post / "sft.jsonl", safety_dialogs(s.safety_dialogs, ctx.seed), out / "sft_data.jsonl")
+    corpus = ctx.stage_dir("corpus")
+    extra = safety_dialogs(s.safety_dialogs, ctx.seed) + corpus_tool_dialogs(corpus, s.tool_dialogs, ctx.seed)
+    data = with_safety(corpus / "post" / "sft.jsonl", extra, out / "sft_data.jsonl")
     config = SFTConfig(**stage_fields(ctx, out, s, ctx.outputs("anneal")["model"]),
-                       data=str(data), val_data=str(post / "sft_val.jsonl"))
-    return {**_outputs(sft(config)), "data": str(data), "safety_dialogs": s.safety_dialogs}
+                       data=str(data), val_data=str(corpus / "post" / "sft_val.jsonl"))
+    return {**_outputs(sft(config)), "data": str(data), "safety_dialogs": s.safety_dialogs,
+            "tool_dialogs": s.tool_dialogs}
+
+
+def corpus_tool_dialogs(corpus: Path, n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` tool-use dialogs that ask none of the corpus's held-out math and addition questions (eval/*.jsonl); the
+    dialogs offered the tool without needing it are the corpus's non-math SFT dialogs."""
+    held_out = {json.loads(line)["question"] for name in ("math", "addition")
+                for line in (corpus / "eval" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()}
+    direct = [d for d in map(json.loads, (corpus / "post" / "sft.jsonl").read_text(encoding="utf-8").splitlines())
+              if d.get("domain") != "math"]
+    return tool_dialogs(n, seed, held_out, direct)
 
 
 def preference_data(ctx: RunContext, out: Path, s: PrefSettings) -> Path:

@@ -47,13 +47,13 @@ def tiny() -> SpeedrunConfig:
             steps=400, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=40, weights=dict(MIX), eval_interval=100,
             val_batches=8, checkpoint_interval=100),
         anneal=AnnealSettings(steps=60),
-        sft=SFTSettings(steps=240, batch_size=16, seq_len=256, lr=1e-3, safety_dialogs=300),
+        sft=SFTSettings(steps=240, batch_size=16, seq_len=256, lr=1e-3, safety_dialogs=300, tool_dialogs=1200),
         rm=PrefSettings(steps=60, batch_size=16, seq_len=192, lr=5e-4, safety_pairs=200),
         rejection=RejectionSettings(samples_per_prompt=4, max_new_tokens=64, temperature=0.8),
         sft2=SFT2Settings(steps=80, batch_size=16, seq_len=256, lr=5e-4, rs_repeats=2),
         dpo=DPOSettings(steps=60, batch_size=16, seq_len=192, lr=1e-4, beta=0.1, safety_pairs=200),
         eval=EvalSettings(limit=60, data_dir="data/benchmarks", real_tasks=["gsm8k", "humaneval"], real_limit=20,
-                          refusal_prompts=40),
+                          refusal_prompts=40, tool_limit=60),
         # The guard: ~70 s on 2 cores; from a tiny-shaped base (micro corpus) neither 100 nor 300 steps (lr 2e-3,
         # 3e-3) told harmful from benign (P(unsafe) 0.55 both): the report card says "did not learn".
         safety=SafetySettings(guard_steps=100, guard_examples=1600, guard_eval=64, guard_batch_size=8,
@@ -76,8 +76,8 @@ def micro() -> SpeedrunConfig:
     for stage, steps in ((c.sft, 15), (c.sft2, 8), (c.rm, 10), (c.dpo, 10)):
         stage.steps, stage.batch_size, stage.seq_len = steps, 8, 128
     c.rejection.samples_per_prompt, c.rejection.max_new_tokens = 2, 16
-    c.eval.limit, c.eval.real_limit, c.eval.refusal_prompts = 8, 4, 8
-    c.sft.safety_dialogs, c.rm.safety_pairs, c.dpo.safety_pairs = 30, 16, 16
+    c.eval.limit, c.eval.real_limit, c.eval.refusal_prompts, c.eval.tool_limit = 8, 4, 8, 4
+    c.sft.safety_dialogs, c.sft.tool_dialogs, c.rm.safety_pairs, c.dpo.safety_pairs = 30, 40, 16, 16
     c.safety = SafetySettings(guard_steps=6, guard_examples=40, guard_eval=8, guard_batch_size=2, guard_seq_len=1024,
                               guard_lr=1e-3, probe_prompts=4, max_new_tokens=16)
     c.final = FinalSettings(transcripts=2, max_new_tokens=16, rm_prompts=8)
@@ -99,8 +99,8 @@ def gpu() -> SpeedrunConfig:
     for stage, steps, lr in ((c.sft, 1500, 2e-4), (c.sft2, 500, 1e-4), (c.rm, 400, 1e-4), (c.dpo, 400, 1e-5)):
         stage.steps, stage.batch_size, stage.seq_len, stage.lr = steps, 32, 512, lr
     c.rejection.samples_per_prompt, c.rejection.max_new_tokens = 10, 192
-    c.eval.limit = c.eval.real_limit = c.eval.refusal_prompts = 200
-    c.sft.safety_dialogs, c.rm.safety_pairs, c.dpo.safety_pairs = 2000, 1000, 1000
+    c.eval.limit = c.eval.real_limit = c.eval.refusal_prompts = c.eval.tool_limit = 200
+    c.sft.safety_dialogs, c.sft.tool_dialogs, c.rm.safety_pairs, c.dpo.safety_pairs = 2000, 8000, 1000, 1000
     c.safety = SafetySettings(guard_steps=400, guard_examples=4000, guard_eval=400, guard_batch_size=16,
                               guard_seq_len=1024, guard_lr=3e-4, probe_prompts=64, max_new_tokens=128)
     c.final = FinalSettings(transcripts=6, max_new_tokens=192, rm_prompts=128)

@@ -127,6 +127,11 @@ def _headline(ctx: RunContext) -> list[str]:
     lines.append(f"- 2-digit addition probe (greedy, \"What is 37 + 45?\", exact match, n={add_row.get('n', '-')}): "
                  f"{_chain(add_row, _pct)}.")
     lines.append(f"- Reward-model score of greedy replies to held-out math prompts: {_chain(reward, _fmt)}.")
+    tools = ev.get("tools", {})
+    if tools:
+        lines.append(f"- With the calculator tool offered (tools on, n={_tool_n(tools)}): 2-digit addition "
+                     f"{_tool_chain(tools.get('synth_addition', {}))}; synthetic math "
+                     f"{_tool_chain(tools.get('synth_math', {}))}.")
     refusal = ev.get("refusal")
     if refusal:
         lines.append(f"- Refuses held-out harmful requests: {_refusal_chain(refusal, 'harmful_refused')}; wrongly "
@@ -139,6 +144,34 @@ LABELS = {"base": "base", "sft": "SFT", "sft2": "SFT2 (+ rejection sampling)", "
 
 def _chain(row: dict[str, Any], fmt: Any) -> str:
     return " -> ".join(f"{LABELS[k]} {fmt(row[k])}" for k in MODELS if k in row)
+
+
+def _tool_n(tools: dict[str, dict[str, Any]]) -> str:
+    return "/".join(sorted({str(row["n"]) for row in tools.values()}))
+
+
+def _tool_chain(row: dict[str, Any]) -> str:
+    return " -> ".join(f"{LABELS[k]} {_pct(row[k][row['metric']])}" for k in MODELS if k in row)
+
+
+def _tool_table(ev: dict[str, Any]) -> list[str]:
+    """Tools off and on side by side per chat model, with the base model's score (no tools; exact match by chance
+    is ~0) and the share of tools-on dialogs that called the tool."""
+    tools = ev.get("tools", {})
+    if not tools:
+        return []
+    chat = [k for k in MODELS if k != "base"]
+    lines = [("Tools off / on: the same 0-shot chat prompts, tools on with the calculator offered as Llama 3.1's "
+              "built-in `wolfram_alpha` (herd.eval.tool_use's loop, one call round, greedy); in brackets the share "
+              "of dialogs that called it. Exact match; chance is ~0%."), "",
+             "| probe | n (off / on) | base (no tools) | "
+             + " | ".join(f"{LABELS[k]} off | {LABELS[k]} on" for k in chat) + " |", "|---|---:|---:|" + "---:|---:|" * len(chat)]
+    for name, row in tools.items():
+        off = ev["scores"].get(name, {})
+        cells = [f"{_pct(off.get(k))} | {_pct(row[k][row['metric']])} [{_pct(row[k]['called'])}]" for k in chat]
+        lines.append(f"| {name} | {off.get('n', '-')} / {row['n']} | {_pct(off.get('base'))} | "
+                     + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _refusal_chain(refusal: dict[str, dict[str, Any]], key: str) -> str:
@@ -223,7 +256,8 @@ def _eval_section(ctx: RunContext) -> list[str]:
         label = name if row.get("synthetic") else f"{name} (real, local data)"
         lines.append(f"| {label} | {row['metric']} | {row.get('n', '-')} | "
                      + " | ".join(_pct(row.get(k)) for k in MODELS) + " |")
-    lines += ["", f"Reward model, mean score of greedy replies to held-out math prompts: {_chain(ev['reward'], _fmt)}.", ""]
+    lines += [""] + _tool_table(ev)
+    lines += [f"Reward model, mean score of greedy replies to held-out math prompts: {_chain(ev['reward'], _fmt)}.", ""]
     refusal = ev.get("refusal")
     if refusal:
         first = next(iter(refusal.values()))

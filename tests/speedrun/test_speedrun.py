@@ -59,13 +59,13 @@ TINY = {  # the presets' numbers as they were when they were nested dicts (issue
                  "eval_interval": 100, "val_batches": 8, "checkpoint_interval": 100,
                  "compile": False, "activation_checkpointing": False},
     "anneal": {"steps": 60},
-    "sft": {"steps": 240, "batch_size": 16, "seq_len": 256, "lr": 1e-3, "safety_dialogs": 300},
+    "sft": {"steps": 240, "batch_size": 16, "seq_len": 256, "lr": 1e-3, "safety_dialogs": 300, "tool_dialogs": 1200},
     "rm": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 5e-4, "safety_pairs": 200},
     "rejection": {"samples_per_prompt": 4, "max_new_tokens": 64, "temperature": 0.8},
     "sft2": {"steps": 80, "batch_size": 16, "seq_len": 256, "lr": 5e-4, "rs_repeats": 2},
     "dpo": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 1e-4, "beta": 0.1, "safety_pairs": 200},
     "eval": {"limit": 60, "data_dir": "data/benchmarks", "real_tasks": ["gsm8k", "humaneval"], "real_limit": 20,
-             "refusal_prompts": 40},
+             "refusal_prompts": 40, "tool_limit": 60},
     "safety": {"guard_steps": 100, "guard_examples": 1600, "guard_eval": 64, "guard_batch_size": 8,
                "guard_seq_len": 1024, "guard_lr": 2e-3, "probe_prompts": 16, "max_new_tokens": 48},
     "final": {"transcripts": 4, "max_new_tokens": 64, "rm_prompts": 24},
@@ -76,12 +76,12 @@ MICRO_CHANGES = {
                  "steps": 30, "batch_size": 8, "seq_len": 128, "warmup_steps": 5, "eval_interval": 15,
                  "val_batches": 2, "checkpoint_interval": 15},
     "anneal": {"steps": 10},
-    "sft": {"steps": 15, "batch_size": 8, "seq_len": 128, "safety_dialogs": 30},
+    "sft": {"steps": 15, "batch_size": 8, "seq_len": 128, "safety_dialogs": 30, "tool_dialogs": 40},
     "sft2": {"steps": 8, "batch_size": 8, "seq_len": 128},
     "rm": {"steps": 10, "batch_size": 8, "seq_len": 128, "safety_pairs": 16},
     "dpo": {"steps": 10, "batch_size": 8, "seq_len": 128, "safety_pairs": 16},
     "rejection": {"samples_per_prompt": 2, "max_new_tokens": 16},
-    "eval": {"limit": 8, "real_limit": 4, "refusal_prompts": 8},
+    "eval": {"limit": 8, "real_limit": 4, "refusal_prompts": 8, "tool_limit": 4},
     "safety": {"guard_steps": 6, "guard_examples": 40, "guard_eval": 8, "guard_batch_size": 2, "guard_seq_len": 1024,
                "guard_lr": 1e-3, "probe_prompts": 4, "max_new_tokens": 16},
     "final": {"transcripts": 2, "max_new_tokens": 16, "rm_prompts": 8},
@@ -195,6 +195,24 @@ def test_safety_data_reaches_sft_rm_dpo_and_refusals_are_measured(micro_run):
     text = report.read_text()
     assert "Refuses held-out harmful requests: base" in text and "benign look-alikes refused (false refusals)" in text
     assert "annealed base fine-tuned by herd guard train's path" in text
+
+
+def test_tool_dialogs_reach_sft_and_sft2_and_tools_are_scored_on_and_off(micro_run):
+    out, report = micro_run
+    stage = {name: out / f"{i:02d}-{name}" for i, name in enumerate(STAGES, start=1)}
+    domains = [json.loads(line).get("domain") for line in (stage["sft"] / "sft_data.jsonl").read_text().splitlines()]
+    assert domains.count("tools") == micro().sft.tool_dialogs
+    assert (stage["sft2"] / "sft_mix.jsonl").read_text().count('"domain": "tools"') == micro().sft.tool_dialogs
+    tools = json.loads((stage["eval"] / "scores.json").read_text())["tools"]
+    assert set(tools) == {"synth_addition", "synth_math"}
+    for name, row in tools.items():
+        assert row["n"] == micro().eval.tool_limit and set(row) == {"metric", "n", "sft", "sft2", "dpo"}
+        assert all(0 <= row[k]["exact_match"] <= 1 and 0 <= row[k]["called"] <= 1 for k in ("sft", "sft2", "dpo"))
+        dialogs = [json.loads(line) for line in (stage["eval"] / "dpo" / f"samples_{name}_tools.jsonl").open()]
+        assert len(dialogs) == row["n"] and all(d["messages"][0]["role"] == "user" for d in dialogs)
+    text = report.read_text()
+    assert "With the calculator tool offered (tools on, n=4): 2-digit addition SFT" in text
+    assert "| synth_math | 8 / 4 |" in text and "Tools off / on" in text
 
 
 def test_final_model_loads_and_chats(micro_run):
