@@ -63,18 +63,26 @@ QUANTIZED: dict[str, type[nn.Module]] = {"int8": Int8Linear, "fp8": Fp8Linear}
 
 
 @torch.no_grad()
-def quantize(model: Transformer, kind: str) -> Transformer:
+def quantize(model: Transformer, kind: str, device: torch.device | str | None = None) -> Transformer:
     """Replace the attention, feed-forward and output linears of `model` (whole, or a rank's slice) in place by
-    `kind` ("int8" or "fp8") weight-only linears; returns it."""
+    `kind` ("int8" or "fp8") weight-only linears; returns it.
+
+    With `device`, a model loaded on the host is quantized onto `device` one linear at a time (each moved there,
+    quantized, its full-precision copy dropped), then the rest of it follows: the device never holds more than one
+    full-precision linear, so a model whose bf16 slice would not fit it (405B at tp 8 on 80 GB) still loads.
+    """
     if kind not in QUANTIZED:
         raise HerdError(f"unknown quantization {kind!r}; choose one of: {', '.join(QUANTIZED)}")
+    target = torch.device(device) if device is not None else model.output.weight.device
     if kind == "fp8":
-        device = model.output.weight.device
         try:
-            torch.ones(1, device=device).to(FP8).float()
+            torch.ones(1, device=target).to(FP8).float()
         except (RuntimeError, TypeError):
-            raise HerdError(f"fp8 weights are not supported on {device} by this torch; use int8") from None
-    model.replace_linears(QUANTIZED[kind])
+            raise HerdError(f"fp8 weights are not supported on {target} by this torch; use int8") from None
+    make = QUANTIZED[kind]
+    model.replace_linears(make if device is None else lambda linear: make(linear.to(target)))
+    if device is not None:
+        model.to(target)
     return model
 
 

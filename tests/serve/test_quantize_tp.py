@@ -99,3 +99,20 @@ def test_quantize_kinds_and_errors():
     assert isinstance(quantize(copy.deepcopy(model), "int8").layers[0].attention.wq, Int8Linear)
     with pytest.raises(HerdError, match="unknown quantization 'int4'; choose one of: int8, fp8"):
         quantize(model, "int4")
+
+
+def test_quantize_onto_another_device_one_linear_at_a_time(monkeypatch):
+    """The host model's linears are moved one at a time and quantized there ("meta" stands in for a GPU)."""
+    model, _ = herd.load("tiny")
+    held = []
+    make = Fp8Linear.__init__
+
+    def spy(self, linear):
+        held.append(linear.weight.device.type)
+        make(self, linear)
+
+    monkeypatch.setattr(Fp8Linear, "__init__", spy)
+    quantize(model, "fp8", device="meta")
+    assert held and set(held) == {"meta"}
+    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}
+    assert model.layers[0].attention.wq.weight.dtype == FP8
