@@ -5,12 +5,16 @@ Same model (one random init, saved in herd and HF format), same data (GSM8K test
 herd packs dialogs into rows with document masks; TRL gets those very rows pre-tokenized (labels -100 off the
 assistant tokens, `seq_lengths` per row) and runs its packed, padding-free path, so the losses should agree step by
 step. Throughput is real (non-padding) tokens per second between the ends of steps 2..N, median over `--runs`
-interleaved runs. Usage: python benchmarks/post_sft_cpu.py [--data-dir ../shared/data/benchmarks --steps 8 --runs 3 ...]
+interleaved runs. TRL runs as its docs recommend for this case (PEER_SETTINGS: no activation checkpointing, fp32
+without bf16 autocast, SDPA attention), its settings printed beside the figure; when herd comes out more than 2x
+ahead, one more TRL run is profiled and its top ops printed.
+Usage: python benchmarks/post_sft_cpu.py [--data-dir ../shared/data/benchmarks --steps 8 --runs 3 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -30,6 +34,13 @@ from herd.tokenizer import Tokenizer
 from herd.tokenizer.train_bpe import train_tokenizer
 from herd.train.metrics import MetricsLog, read_records
 from herd.train.packing import IGNORE_INDEX
+
+# TRL as its docs recommend for this case (fp32 on CPU, a small model whose activations fit in memory): TRL 1.x's
+# SFTConfig turns activation checkpointing and bf16 autocast on by default; both are for memory-bound GPU runs.
+# Padding-free (flattened rows, dialogs kept apart by position_ids) is TRL's only path that keeps packed dialogs
+# from attending to each other, i.e. the same math as herd's document masks; attention is HF's SDPA, its fastest
+# on CPU (FlashAttention is GPU-only).
+PEER_SETTINGS = {"activation_checkpointing": False, "bf16": False}  # TRL defaults: True, True
 
 
 def row_example(rows: PackedChats, index: int, eos_id: int) -> dict[str, list]:
@@ -75,7 +86,12 @@ def run_herd(args: argparse.Namespace, work: Path, run: int) -> tuple[list[float
     return losses, stamps
 
 
-def run_trl(args: argparse.Namespace, work: Path, run: int, examples: list[dict]) -> tuple[list[float], list[float]]:
+def profiled(on: bool) -> contextlib.AbstractContextManager:
+    return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if on else contextlib.nullcontext()
+
+
+def run_trl(args: argparse.Namespace, work: Path, run: int, examples: list[dict],
+            profile: bool = False) -> tuple[list[float], list[float]]:
     """One TRL SFTTrainer run on the same rows in the same order: (loss of each step, time at each step's end)."""
     from datasets import Dataset
     from transformers import AutoTokenizer, LlamaForCausalLM, TrainerCallback
@@ -95,11 +111,20 @@ def run_trl(args: argparse.Namespace, work: Path, run: int, examples: list[dict]
         warmup_steps=0, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0,
         packing=False, padding_free=True, max_length=None, train_sampling_strategy="sequential", seed=0,
         logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, **PEER_SETTINGS,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(examples),
                          processing_class=AutoTokenizer.from_pretrained(work / "hf-model"), callbacks=[Stamp()])
-    trainer.train()
+    if run == 0:
+        settings = [f"{k}={getattr(config, k)}" for k in PEER_SETTINGS] + [
+            f"padding_free={config.padding_free}", f"optim={config.optim}",
+            f"attention={model.config._attn_implementation}"]
+        print(f"TRL SFTTrainer settings: {', '.join(settings)}")
+    with profiled(profile) as prof:
+        trainer.train()
+    if prof is not None:
+        print("TRL's steps under torch.profiler, top ops by self CPU time:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50))
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     return losses, stamps
 
@@ -171,7 +196,11 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in speeds.items()}
     for name, values in speeds.items():
         print(f"{name:>5}: median {medians[name]:8.0f} tokens/s  (runs: {', '.join(f'{v:.0f}' for v in values)})")
-    print(f"ratio herd / trl: {medians['herd'] / medians['trl']:.2f}x")
+    ratio = medians["herd"] / medians["trl"]
+    print(f"ratio herd / trl: {ratio:.2f}x")
+    if ratio > 2:
+        print("\nherd is more than 2x ahead of a mature peer: one more TRL run, profiled, to show where its time goes")
+        run_trl(args, work, args.runs, examples, profile=True)
 
 
 if __name__ == "__main__":
