@@ -2,10 +2,13 @@
 
 Each step schedules decodes and prefill chunks (`Scheduler`), runs them through the model on the paged cache
 (`run_segments`), samples one token for every sequence whose known tokens are all computed, and reports it.
+Sequences under a grammar (structured outputs) sample from logits masked by it, in the same batch as the rest.
 The engine is synchronous and single-threaded; `AsyncEngine` drives it from a background thread.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
@@ -13,11 +16,14 @@ from herd.errors import HerdError
 from herd.generation import TextStream, sample, token_logprobs
 from herd.model import Transformer
 from herd.serve.config import EngineConfig
+from herd.serve.grammar import Grammars, Masker
 from herd.serve.model_runner import Segment, end_steps, follow_steps, run_segments
 from herd.serve.paged_cache import PagedKV
 from herd.serve.request import RequestParams, Sequence, StepOutput
 from herd.serve.scheduler import Scheduler
 from herd.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -36,6 +42,9 @@ class Engine:
         )
         self.scheduler = Scheduler(config, num_blocks)
         self._sequences: dict[str, Sequence] = {}
+        self.grammars = Grammars(tok, model.config.vocab_size)
+        """Compiles the grammars of constrained requests (RequestParams.grammar) for this model's vocabulary."""
+        self._masker = Masker(model.config.vocab_size)
 
     @property
     def capacity(self) -> int:
@@ -109,7 +118,13 @@ class Engine:
         return [] if logits is None else self._sample([plan[i][0] for i in ready], logits)
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[StepOutput]:
-        """Each sequence's next token from its logits row [B, vocab], with its own parameters and generator."""
+        """Each sequence's next token from its logits row [B, vocab], with its own parameters and generator, among
+        the tokens its grammar allows if it has one (log-probabilities stay those of the raw logits)."""
+        want = [i for i, seq in enumerate(seqs) if seq.params.logprobs]
+        raw = logits[want] if want else None  # a copy, taken before the grammars mask `logits` in place
+        constrained = [i for i, seq in enumerate(seqs) if seq.matcher is not None]
+        if constrained:
+            self._masker.mask_(logits, constrained, [seqs[i].matcher for i in constrained])
         greedy = [i for i, seq in enumerate(seqs) if seq.generator is None]
         ids = torch.empty(len(seqs), dtype=torch.long, device=logits.device)
         if greedy:
@@ -117,14 +132,13 @@ class Engine:
         for i, seq in enumerate(seqs):
             if seq.generator is not None:
                 ids[i] = sample(logits[i : i + 1], seq.params.sampling, seq.generator)[0]
-        want = [i for i, seq in enumerate(seqs) if seq.params.logprobs]
         chosen: dict[int, float] = {}
         top: dict[int, list[tuple[int, float]]] = {}
-        if want:
-            chosen = dict(zip(want, token_logprobs(logits[want], ids[want]).tolist(), strict=True))
+        if raw is not None:
+            chosen = dict(zip(want, token_logprobs(raw, ids[want]).tolist(), strict=True))
             most = max(seqs[i].params.top_logprobs for i in want)
             if most:
-                values, indices = logits[want].float().log_softmax(-1).topk(most, dim=-1)
+                values, indices = raw.float().log_softmax(-1).topk(most, dim=-1)
                 for row, i in enumerate(want):
                     k = seqs[i].params.top_logprobs
                     top[i] = list(zip(indices[row, :k].tolist(), values[row, :k].tolist(), strict=True))
@@ -134,13 +148,21 @@ class Engine:
     def _advance(
         self, seq: Sequence, token: int, logprob: float | None, top: list[tuple[int, float]] | None
     ) -> StepOutput:
-        """Append `token` to `seq` (unless it is a stop token) and end the sequence when it is done."""
+        """Append `token` to `seq` (unless it is a stop token) and end the sequence when it is done (a constrained
+        one also once its grammar is complete)."""
         params = seq.params
         if token in self.tok.stop_ids or token in params.stop_token_ids:
             return self._finish(seq, StepOutput(seq.request_id, None, seq.stream.close(), finish_reason="stop"))
         seq.tokens.append(token)
         out = StepOutput(seq.request_id, token, seq.stream.push(token), logprob, top)
-        if seq.stream.stopped:
+        if seq.matcher is not None and not seq.matcher.consume_token(token):  # only a grammar past its limits
+            log.warning("request %s left its grammar: %s", seq.request_id, seq.matcher.get_error())
+            out.text += seq.stream.close()
+            out.finish_reason = "abort"
+        elif seq.stream.stopped:
+            out.finish_reason = "stop"
+        elif seq.matcher is not None and seq.matcher.is_stopped():
+            out.text += seq.stream.close()
             out.finish_reason = "stop"
         elif seq.num_generated >= params.max_tokens:
             out.text += seq.stream.close()

@@ -4,6 +4,8 @@ Covers /v1/chat/completions and /v1/completions: n, stop, max_tokens, temperatur
 top_logprobs, streaming chunks and usage; `top_k` and `stop_token_ids` are accepted as extensions (as vLLM does).
 Chat tools: `tools` / `tool_choice` render Llama 3.1's tool prompts, assistant `tool_calls` and `tool` messages
 become Llama turns, and a reply is read for a call (`ToolReplies`, streamed the way OpenAI streams calls).
+Structured outputs: `response_format` (json_object / json_schema, both endpoints, as vLLM) and tool_choice
+"required" / named decode under a grammar (`SamplingFields.grammar`, herd.serve.grammar).
 Limits beyond OpenAI's own: at most MAX_STOPS stop strings of at most MAX_STOP_CHARS characters each (OpenAI
 takes 4), at most MAX_STOP_TOKEN_IDS stop token ids, and a seed in 0..2^64-1 (what torch's generators take).
 """
@@ -19,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from herd.errors import HerdError
+from herd.serve.grammar import Grammar, Grammars
 from herd.serve.request import MAX_SEED, RequestParams, StepOutput
 from herd.tokenizer import Message, Tokenizer, ToolCall, Tools, parse_tool_calls, parse_tools
 
@@ -30,6 +33,18 @@ MAX_STOP_TOKEN_IDS = 64
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class JsonSchemaFormat(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class SamplingFields(BaseModel):
@@ -46,6 +61,7 @@ class SamplingFields(BaseModel):
     stop: str | list[str] | None = None
     stop_token_ids: list[NonNegative] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop")
     @classmethod
@@ -57,17 +73,30 @@ class SamplingFields(BaseModel):
             raise ValueError(f"a stop string is over the limit of {MAX_STOP_CHARS} characters")
         return stop
 
-    def params(self, max_tokens: int, choice: int, logprobs: bool, top_logprobs: int) -> RequestParams:
+    def params(self, max_tokens: int, choice: int, logprobs: bool, top_logprobs: int,
+               grammar: Grammar | None = None) -> RequestParams:
         """Engine parameters for choice `choice` (seeded choices differ from each other but are reproducible)."""
         return RequestParams(
             max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
             seed=None if self.seed is None else (self.seed + choice) % (MAX_SEED + 1), stop=tuple(_listed(self.stop)),
             stop_token_ids=tuple(self.stop_token_ids or ()), logprobs=logprobs, top_logprobs=top_logprobs,
+            grammar=grammar,
         )
+
+    def grammar(self, grammars: Grammars, tools: ToolMode | None = None) -> Grammar | None:
+        """The grammar the reply must follow: `response_format`'s; None for free text."""
+        if self.response_format is None:
+            return None
+        return grammars.response_format(self.response_format.model_dump(by_alias=True))
 
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+
+def _function(tool: dict[str, Any]) -> dict[str, Any]:
+    """A tool's function definition, OpenAI's {"type": "function", "function": {...}} or bare."""
+    return tool["function"] if isinstance(tool.get("function"), dict) else tool
 
 
 def _listed(stop: str | list[str] | None) -> list[str]:
@@ -172,6 +201,16 @@ class ChatCompletionRequest(SamplingFields):
                 raise HerdError(f"tool_choice.function.name {name!r} is not one of the tools")
             return ToolMode(tools, "named", name)
         return ToolMode(tools, self.tool_choice or "auto")
+
+    def grammar(self, grammars: Grammars, tools: ToolMode | None = None) -> Grammar | None:
+        """A call of the custom tools when tool_choice is "required" or names one (it takes precedence), else
+        `response_format`'s grammar."""
+        if tools is None or tools.choice == "auto" or not tools.tools.custom:
+            return super().grammar(grammars)
+        custom = {tool.name for tool in tools.tools.custom}
+        functions = [(f["name"], f.get("parameters")) for f in map(_function, self.tools or [])
+                     if f.get("name") in custom]
+        return grammars.tool_call(functions, tools.forced)
 
     def prompt(self, tok: Tokenizer, tools: ToolMode | None) -> list[int]:
         """The prompt's ids; `tools` is `tool_mode()`'s answer."""

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from herd.errors import HerdError
 from herd.generation import SamplingParams, TextStream
 from herd.serve.block_pool import BlockHash
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
+
+    from herd.serve.grammar import Grammar
 
 FinishReason = Literal["stop", "length", "abort"]
 MAX_SEED = 2**64 - 1
@@ -40,6 +45,9 @@ class RequestParams:
     """Report log p of each new token (under the model's raw distribution)."""
     top_logprobs: int = 0
     """Also report the this-many most likely tokens at each step, with their log p."""
+    grammar: Grammar | None = None
+    """The output must follow this grammar (herd.serve.grammar): only tokens it allows are sampled, a stop token
+    only where it accepts, and the request ends once it is complete."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -87,6 +95,8 @@ class Sequence:
     blocks: list[int] = field(default_factory=list)
     hashes: list[BlockHash] = field(default_factory=list)
     """Hashes of the leading full blocks, as far as they are known."""
+    matcher: LLMatcher | None = None
+    """Where the generated tokens stand in `params.grammar`, for constrained requests."""
 
     @classmethod
     def create(
@@ -96,7 +106,8 @@ class Sequence:
         if not params.sampling.greedy:
             seed = secrets.randbits(63) if params.seed is None else params.seed
             generator = torch.Generator(device=device).manual_seed(seed)
-        return cls(request_id, params, list(prompt), len(prompt), stream, generator)
+        matcher = None if params.grammar is None else params.grammar.matcher()
+        return cls(request_id, params, list(prompt), len(prompt), stream, generator, matcher=matcher)
 
     @property
     def num_generated(self) -> int:

@@ -156,10 +156,10 @@ def test_bad_tools_get_400_naming_the_field(client):
                                                      "function": {"name": "get_weather", "arguments": "[1]"}}]}
     with pytest.raises(openai.BadRequestError, match=r"messages\[1\]\.tool_calls\[0\]\.function\.arguments"):
         chat.create(model=MODEL, messages=[*ASK, bad_call], tools=TOOLS)
-    # Until a grammar forces the named call, a reply that does not make it is an error.
-    with pytest.raises(openai.BadRequestError, match="tool_choice names 'get_time'"):
-        chat.create(model=MODEL, messages=ASK, tools=TOOLS, temperature=0,
-                    tool_choice={"type": "function", "function": {"name": "get_time"}})
+    # The grammar forces the named call, though the model was fitted to call get_weather.
+    reply = chat.create(model=MODEL, messages=ASK, tools=TOOLS, temperature=0,
+                        tool_choice={"type": "function", "function": {"name": "get_time"}}).choices[0]
+    assert reply.finish_reason == "tool_calls" and reply.message.tool_calls[0].function.name == "get_time"
 
 
 def test_request_renders_calls_and_results_as_llama_turns(meta_tokenizer):
