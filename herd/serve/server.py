@@ -110,14 +110,12 @@ def create_app(
                        dialog: list[Message] | None = None, tools: ToolMode | None = None) -> Response:
         if body.model != model_name:
             raise HTTPException(404, f"model {body.model!r} does not exist; this server serves {model_name!r}")
-        grammar = await run_in_threadpool(body.grammar, engine.grammars, tools)  # compiled once, cached by key
         requests: list[tuple[list[int], RequestParams]] = []
         for prompt in prompts:
             if len(prompt) > max_prompt:
                 raise HerdError(f"the prompt has {len(prompt)} tokens, over this server's limit of {max_prompt}")
             for _ in range(body.n):
-                params = body.params(max_tokens or limit - len(prompt), len(requests), logprobs, top_logprobs,
-                                     grammar)
+                params = body.params(max_tokens or limit - len(prompt), len(requests), logprobs, top_logprobs)
                 requests.append((prompt, params))
         call = _Call(tok, model_name, chat, len(requests), sum(len(p) for p in prompts), logprobs, tools)
         outputs = runner.submit(requests)
@@ -326,8 +324,11 @@ class _Call:
                     text = replies[index].push(text)
                     if reason is not None:
                         tail, calls = replies[index].finish()
-                        if tail or calls:
-                            choice = self._choice(index, tail, None, None, delta=True, calls=calls)
+                        if tail:
+                            choice = self._choice(index, tail, None, None, delta=True)
+                            yield _event(envelope(kind, self.id, self.model, [choice]))
+                        for call in calls:  # one tool-call delta a chunk, as OpenAI streams them
+                            choice = self._choice(index, "", None, None, delta=True, calls=[call])
                             yield _event(envelope(kind, self.id, self.model, [choice]))
                         reason = "tool_calls" if calls else reason
                 if text or reason or out.logprob is not None:

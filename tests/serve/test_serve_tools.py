@@ -81,6 +81,7 @@ def client(server):
 def streamed(client, **kwargs) -> tuple[str, list, list]:
     """(content, tool-call deltas, finish reasons) of a streamed chat completion."""
     chunks = list(client.chat.completions.create(model=MODEL, temperature=0, stream=True, **kwargs))
+    assert all(len(c.choices[0].delta.tool_calls or []) <= 1 for c in chunks)  # one call delta a chunk, as OpenAI
     content = "".join(c.choices[0].delta.content or "" for c in chunks)
     deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
     return content, deltas, [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason]
