@@ -110,12 +110,14 @@ def create_app(
                        dialog: list[Message] | None = None, tools: ToolMode | None = None) -> Response:
         if body.model != model_name:
             raise HTTPException(404, f"model {body.model!r} does not exist; this server serves {model_name!r}")
+        grammar = await run_in_threadpool(body.grammar, engine.grammars, tools)  # compiled once, cached by key
         requests: list[tuple[list[int], RequestParams]] = []
         for prompt in prompts:
             if len(prompt) > max_prompt:
                 raise HerdError(f"the prompt has {len(prompt)} tokens, over this server's limit of {max_prompt}")
             for _ in range(body.n):
-                params = body.params(max_tokens or limit - len(prompt), len(requests), logprobs, top_logprobs)
+                params = body.params(max_tokens or limit - len(prompt), len(requests), logprobs, top_logprobs,
+                                     grammar)
                 requests.append((prompt, params))
         call = _Call(tok, model_name, chat, len(requests), sum(len(p) for p in prompts), logprobs, tools)
         outputs = runner.submit(requests)
