@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from herd.checkpoint import info
 from herd.checkpoint.state import expected_shapes
 from herd.errors import HerdError
 from herd.model import ModelConfig
@@ -115,6 +116,23 @@ def device_memory(device: torch.device | str, ranks_per_device: int = 1) -> int 
     if free is None or device.type == "cuda":
         return free
     return free // ranks_per_device
+
+
+def check_run_memory(
+    model: str, *, tp: int, device: torch.device | str, dtype: torch.dtype | str | None = None,
+    quantize: str | None = None, context: int | None = None, batch: int = 1, step_tokens: int | None = None,
+) -> MemoryPlan:
+    """Plan a run of `model` (a checkpoint, Hub id or preset: its config read, no weights) over `tp` ranks on
+    `device`, print it and fail with what to change when it does not fit; dtype None: the stored weights' dtype."""
+    facts = info(model)
+    config = ModelConfig.from_params(facts["config"])
+    name = str(dtype or facts["dtype"]).removeprefix("torch.")
+    device = torch.device(device)
+    available = device_memory(device, 1 if device.type == "cuda" else tp)
+    plan = plan_memory(config, tp=tp, dtype=name if name in DTYPE_BYTES else "float32", quantize=quantize,
+                       context=context, batch=batch, step_tokens=step_tokens, available=available)
+    check_plan(config, plan)
+    return plan
 
 
 def check_plan(config: ModelConfig, plan: MemoryPlan) -> None:

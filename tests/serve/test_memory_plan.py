@@ -5,10 +5,11 @@ advice when one does not."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from herd.errors import HerdError
 from herd.model import preset
-from herd.serve.memory_plan import check_plan, device_memory, plan_memory
+from herd.serve.memory_plan import check_plan, check_run_memory, device_memory, plan_memory
 
 H100 = 80 * 10**9  # "80 GB" read conservatively: an H100 80GB reports ~85e9 bytes
 
@@ -95,3 +96,12 @@ def test_errors_and_host_memory():
         plan_memory(preset("tiny"), quantize="int4")
     whole = device_memory("cpu")
     assert whole is None or 0 < device_memory("cpu", 4) <= whole // 4
+
+
+def test_run_plan_reads_the_checkpoint_config(capsys):
+    """A preset (stored float32) at tp 2 on the host: the plan of its config, printed, against a share of the host."""
+    plan = check_run_memory("tiny", tp=2, device="cpu", context=256, batch=2)
+    assert plan == plan_memory(preset("tiny"), tp=2, dtype="float32", context=256, batch=2,
+                               available=device_memory("cpu", 2))
+    assert capsys.readouterr().out.startswith("memory plan per rank at tp 2 (float32): weights ")
+    assert check_run_memory("tiny", tp=1, device="cpu", dtype=torch.bfloat16, quantize="int8").weights < plan.weights
