@@ -15,7 +15,7 @@ import hmac
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -42,6 +42,7 @@ from herd.serve.protocol import (
     usage,
 )
 from herd.serve.request import RequestParams, StepOutput
+from herd.serve.tool_runner import add_tool_runner
 from herd.tokenizer import Message, Tokenizer
 
 try:
@@ -76,11 +77,13 @@ def create_app(
     max_prompt_tokens: int | None = None,
     guardrails: Guardrails | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    web_tools: Sequence[str] = ("calculator",),
 ) -> FastAPI:
     """The server app for one model. Requests beyond `engine_config.max_running` running plus `max_queue`
     waiting get 429 (one request holding more than that gets 400); prompts over `max_prompt_tokens` (default:
     the context less one) get 400, bodies over `max_body_bytes` 413. `guardrails` (herd.serve.guardrails)
-    check chat requests and replies."""
+    check chat requests and replies. `web_tools` run for the web chat (herd.serve.tool_runner: "calculator",
+    "python")."""
     engine = Engine(model, tok, engine_config)
     metrics = ServerMetrics(engine)
     runner = AsyncEngine(engine, max_pending=engine.config.max_running + max_queue, metrics=metrics)
@@ -167,6 +170,7 @@ def create_app(
     async def chat_page() -> str:
         return page.replace("{{MODEL}}", json.dumps(model_name))
 
+    page = page.replace("{{TOOLS}}", json.dumps(add_tool_runner(app, web_tools, [Depends(authorize)])))
     return app
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import shutil
 import subprocess
 import time
@@ -125,3 +127,92 @@ def test_stop_button_ends_the_stream_and_frees_the_request(url, browser):
     assert _run(browser, "return document.querySelector('.msg.assistant').textContent") == shown  # no more text
     assert _run(browser, "return dialog.length") == 2 and _run(browser, "return dialog[1].content") == shown
     assert _run(browser, "return document.querySelector('.msg.error')") is None
+
+
+def test_replies_render_as_text_and_code_blocks_never_as_html(url, browser):
+    browser("POST", "/url", {"url": url})
+    hostile = ("Look: <img src=x onerror=\"window.pwned=1\"> and\n```python\nprint('<b>hi</b>')\n```\n"
+               "<script>window.pwned=2</script>")
+    _run(browser, f"show('assistant', {json.dumps(hostile)});")
+    time.sleep(0.5)  # an injected onerror would have fired by now
+    assert _run(browser, "return document.querySelector('#log img, #log script, #log b')") is None
+    assert _run(browser, "return window.pwned === undefined")
+    assert _run(browser, "return document.querySelector('.msg.assistant pre code.language-python').textContent") == (
+        "print('<b>hi</b>')\n")
+    assert _run(browser, "return document.querySelector('.msg.assistant').textContent") == hostile.replace(
+        "```python\n", "").replace("```", "")
+
+
+CALCULATOR_DIALOG = [
+    {"role": "user", "content": "what is 7 times 8"},
+    {"role": "assistant", "content": "", "tool_calls": [{"name": "calculator", "arguments": {"expression": "7 * 8"}}]},
+    {"role": "ipython", "content": "56"},
+    {"role": "assistant", "content": "The answer is 56."},
+]
+
+
+@pytest.fixture(scope="module")
+def tool_url(tmp_path_factory):
+    """A server whose tiny model was taught CALCULATOR_DIALOG under the calculator tool the page offers (its
+    tokenizer trained on the tool prompts, so that Meta's long tool template stays a few tokens)."""
+    from herd.eval.tool_use import CALCULATOR
+    from herd.serve.server import create_app
+    from herd.tokenizer import Tokenizer, custom_tools_prompt, parse_tools, system_prompt, tool_call_text
+    from herd.tokenizer.train_bpe import train_tokenizer
+    from tests.eval.tool_model import train_tool_caller
+
+    today = datetime.date.today()  # the server's tool prompt carries today's date
+    tools = parse_tools([CALCULATOR])
+    words = [system_prompt(tools, None, today), custom_tools_prompt(tools.custom),
+             tool_call_text(CALCULATOR_DIALOG[1]["tool_calls"][0]), "what is 7 times 8 The answer is 56. user "
+             "assistant ipython system"]
+    tok = Tokenizer(train_tokenizer(words * 20, 480, tmp_path_factory.mktemp("webtools") / "tok.model",
+                                    show_progress=False))
+    model = train_tool_caller(tok, [(CALCULATOR_DIALOG, [CALCULATOR])], today, max_seq_len=512)
+    with live_server(create_app(model, tok, model_name="tiny")) as base:
+        yield base + "/"
+
+
+def test_a_tool_call_runs_and_its_call_and_result_show_as_collapsible_entries(tool_url, browser):
+    browser("POST", "/url", {"url": tool_url})
+    assert _run(browser, "return [...document.querySelectorAll('input.tool')].map((box) => box.value)") == [
+        "calculator"]  # the server's default tools: the calculator alone
+    _run(browser, "document.querySelector('input.tool[value=calculator]').checked = true; "
+                  "document.getElementById('max_tokens').value = '40'; "
+                  "document.getElementById('temperature').value = '0';")
+    browser("POST", f"/element/{_element(browser, '#input')}/value", {"text": "what is 7 times 8"})
+    browser("POST", f"/element/{_element(browser, '#send')}/click", {})
+    _wait_for(browser, "return !document.getElementById('send').disabled && dialog.length === 4")
+    assert _run(browser, "return document.querySelector('.msg.error')") is None
+    entries = _run(browser, "return [...document.querySelectorAll('#log .msg')].map((e) => "
+                            "[e.tagName, e.className, e.querySelector('summary')?.textContent, "
+                            "(e.querySelector('pre') || e).textContent])")
+    assert entries == [
+        ["DIV", "msg user", None, "what is 7 times 8"],
+        ["DETAILS", "msg tool-call", "Tool call: calculator", '{"expression": "7 * 8"}'],
+        ["DETAILS", "msg tool-result", "Result of calculator", "56"],  # computed by the server's calculator
+        ["DIV", "msg assistant", None, "The answer is 56."],
+    ]
+    assert _run(browser, "return document.querySelector('details.tool-call').open") is False  # collapsed
+    dialog = _run(browser, "return dialog")
+    call = dialog[1]["tool_calls"][0]
+    assert call["id"].startswith("call_") and call["function"] == {"name": "calculator",
+                                                                    "arguments": '{"expression": "7 * 8"}'}
+    assert dialog[2] == {"role": "tool", "tool_call_id": call["id"], "content": "56"}
+    assert dialog[3] == {"role": "assistant", "content": "The answer is 56."}
+
+
+def test_json_mode_and_tools_go_into_the_request(url, browser):
+    browser("POST", "/url", {"url": url})
+    # Record what the page sends (the request itself still goes to the server).
+    _run(browser, "window.sent = []; const real = window.fetch; window.fetch = (path, init) => "
+                  "{ window.sent.push([path, JSON.parse(init.body)]); return real(path, init); }; "
+                  "document.getElementById('json_mode').checked = true; "
+                  "document.querySelector('input.tool[value=calculator]').checked = true; "
+                  "document.getElementById('max_tokens').value = '4';")
+    browser("POST", f"/element/{_element(browser, '#input')}/value", {"text": "Hi"})
+    browser("POST", f"/element/{_element(browser, '#send')}/click", {})
+    _wait_for(browser, "return !document.getElementById('send').disabled")
+    path, body = _run(browser, "return window.sent[0]")
+    assert path == "/v1/chat/completions" and body["response_format"] == {"type": "json_object"}
+    assert [tool["function"]["name"] for tool in body["tools"]] == ["calculator"]
