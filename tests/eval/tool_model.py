@@ -21,9 +21,9 @@ def train_tool_caller(
     tok: Tokenizer, dialogs: Sequence[tuple[Sequence[Message], list]], date: datetime.date, max_steps: int = 200,
     max_seq_len: int = 256,
 ) -> Transformer:
-    """The tiny config (`max_seq_len` positions) trained on the (messages, `tools=` list) dialogs, in one right-padded batch, until the loss
-    on their assistant turns is under 0.005 (about 40 steps); fails if it is not, since the tests would then not
-    be testing the loop."""
+    """The tiny config (`max_seq_len` positions) trained on the (messages, `tools=` list) dialogs, in one
+    right-padded batch, until the loss on their assistant turns is under 0.005 (about 40 steps); fails if it is
+    not, since the tests would then not be testing the loop."""
     torch.manual_seed(0)
     model = build_model(model_config(vocab_size=tok.n_words, max_seq_len=max_seq_len))
     model.init_weights(0)
