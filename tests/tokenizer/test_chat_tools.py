@@ -3,6 +3,7 @@ byte against its prompt_format.md, dialog ids against its ChatFormat, reply pars
 decode_assistant_message, the SFT mask of tool turns, and the errors of bad tools or calls."""
 
 import datetime
+import random
 import re
 from importlib import resources
 
@@ -296,3 +297,26 @@ def test_bad_tools_name_the_field(tok, tools, message):
 def test_bad_tool_calls_name_the_message(tok, message, error):
     with pytest.raises(HerdError, match=re.escape(error)):
         tok.encode_dialog([message])
+
+
+def test_reply_parsing_matches_llama_models_on_mixed_fragments(ref_chat, capsys):
+    """300 seeded replies glued from call-like fragments parse as llama_models parses them (where it does not
+    raise)."""
+    fragments = ["<|python_tag|>", "<|eom_id|>", "<|eot_id|>", " ", "\n", "Sure, ", "print(1)", "x = [1, 2]",
+                 'brave_search.call(query="a b")', 'tool.call(query="q")', "<function=f>", '{"a": 1}', "</function>",
+                 '{"name": "g", "parameters": {"b": "c"}}', '{"type": "function", "name": "h", "parameters": {}}',
+                 "[k(a=1)]", "[k(a=1), m(b=2)]", "{'x': 'y'}", '"', "}", "{", "]", "["]
+    rng = random.Random(0)
+    compared = 0
+    for _ in range(300):
+        reply = "".join(rng.choice(fragments) for _ in range(rng.randint(1, 5)))
+        try:
+            expected = ref_chat.decode_assistant_message_from_content(reply, StopReason.end_of_turn)
+        except Exception:  # noqa: BLE001 - llama_models raises on some malformed calls; herd reads them as text
+            continue
+        content, calls = parse_tool_calls(reply)
+        assert (content, [(c.name, c.arguments) for c in calls]) == (expected.content, [
+            (getattr(c.tool_name, "value", c.tool_name), c.arguments) for c in expected.tool_calls]), reply
+        compared += 1
+    capsys.readouterr()  # llama_models prints its JSON errors
+    assert compared > 250
