@@ -320,3 +320,26 @@ def test_reply_parsing_matches_llama_models_on_mixed_fragments(ref_chat, capsys)
         compared += 1
     capsys.readouterr()  # llama_models prints its JSON errors
     assert compared > 250
+
+
+def test_random_tool_dialogs_match_llama_models(tok, ref_chat):
+    """60 seeded dialogs mixing tools, calls of each kind, results and answers: ids as llama_models' ChatFormat."""
+    rng = random.Random(1)
+    texts = ["What is 45 - 12?", "Weather in Oslo", "ok", "Line one\nline two", "JSON: {\"a\": [1, 2]}", "ünïcødé ✓"]
+    calls = [call("wolfram_alpha", query="45 - 12"), call("brave_search", query="oslo weather"),
+             call("code_interpreter", code="import math\nprint(math.pi)"), call("trending_songs", n="5", genre="pop"),
+             call("get_weather", city="Oslo", days=2), call("now")]
+    tool_sets = [None, ["brave_search"], ["code_interpreter", "wolfram_alpha"], [SONGS], [SONGS, WEATHER, NO_PARAMS],
+                 ["brave_search", WEATHER]]
+    for _ in range(60):
+        dialog = [SYSTEM] if rng.random() < 0.5 else []
+        for _ in range(rng.randint(1, 3)):
+            dialog.append({"role": "user", "content": rng.choice(texts)})
+            if rng.random() < 0.6:
+                dialog += [{"role": "assistant", "content": "", "tool_calls": [rng.choice(calls)]},
+                           {"role": rng.choice(["tool", "ipython"]), "content": rng.choice(texts)}]
+            dialog.append({"role": "assistant", "content": rng.choice(texts)})
+        dialog = dialog[: rng.randint(1, len(dialog))]
+        tools, tool_format = rng.choice(tool_sets), rng.choice(["json", "function_tag"])
+        ids = tok.encode_dialog(dialog, tools=tools, tool_format=tool_format, date=DATE)
+        assert ids == ref_ids(tok, ref_chat, dialog, tools, tool_format), (dialog, tools, tool_format)
