@@ -1,0 +1,59 @@
+"""POST /v1/tools/run, the web chat's tool runner: only the tools the app enables run, behind the API key; a
+call's failure is a result for the model, not an HTTP error."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+import herd
+from herd.errors import HerdError
+from tests.live_server import live_server
+
+pytest.importorskip("uvicorn")
+
+
+@pytest.fixture(scope="module")
+def apps():
+    from herd.serve.server import create_app
+
+    model, tok = herd.load("tiny")
+    with live_server(create_app(model, tok, model_name="tiny")) as default, \
+            live_server(create_app(model, tok, model_name="tiny", api_key="k", web_tools=["python"])) as python:
+        yield {"default": default, "python": python}
+
+
+def _run(base: str, name: str, arguments, key: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(base + "/v1/tools/run", json={"name": name, "arguments": arguments}, headers=headers,
+                      timeout=60)
+
+
+def test_the_calculator_runs_by_default_and_python_does_not(apps):
+    assert _run(apps["default"], "calculator", '{"expression": "2 ** 70 / 4"}').json() == {
+        "content": "295147905179352825856"}
+    assert _run(apps["default"], "calculator", {"expression": "1/0"}).json() == {"content": "error: division by zero"}
+    refused = _run(apps["default"], "python", '{"code": "print(1)"}')
+    assert refused.status_code == 404 and "runs no tool 'python'; it runs calculator" in refused.text
+
+
+def test_python_runs_in_the_sandbox_where_enabled_behind_the_key(apps):
+    assert _run(apps["python"], "python", '{"code": "print(6 * 7)"}').status_code == 401
+    assert _run(apps["python"], "python", '{"code": "print(6 * 7)"}', key="k").json() == {
+        "content": "completed\n[stdout]\n42\n[/stdout]"}
+    assert _run(apps["python"], "calculator", '{"expression": "1"}', key="k").status_code == 404
+
+
+def test_bad_arguments_are_results_the_model_reads(apps):
+    assert _run(apps["default"], "calculator", "{not json").json() == {
+        "content": "error: the call's arguments are not JSON"}
+    assert _run(apps["default"], "calculator", '{"expr": "1 + 1"}').json() == {
+        "content": "error: the call needs the argument 'expression' (a string)"}
+
+
+def test_unknown_web_tools_are_refused():
+    from herd.serve.server import create_app
+
+    model, tok = herd.load("tiny")
+    with pytest.raises(HerdError, match="unknown tool 'bash' for the web chat; tools are calculator, python"):
+        create_app(model, tok, web_tools=["calculator", "bash"])
