@@ -23,6 +23,9 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--quantize", choices=("int8",), default=None, help="int8 weight-only linears")
     serve.add_argument("--guard", default=None, help="a Llama Guard model checking each user turn and reply")
     serve.add_argument("--code-shield", action="store_true", help="refuse replies whose code Code Shield blocks")
+    serve.add_argument("--web-tools", default="calculator",
+                       help="tools the web chat may run here, comma-separated: calculator, python (runs the model's "
+                       "code in herd's sandbox on this machine); '' for none (default: %(default)s)")
     serve.add_argument("--tp", type=int, default=1,
                        help="tensor-parallel ranks: torchrun --nproc-per-node N -m herd.cli serve ... --tp N")
     serve.set_defaults(run=cmd_serve)
@@ -31,7 +34,9 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from herd.serve.config import EngineConfig
     from herd.serve.server import resolve_api_key, serve
+    from herd.serve.tool_runner import check_tools
 
+    web_tools = check_tools([name.strip() for name in args.web_tools.split(",") if name.strip()])
     limits = {name: getattr(args, name) for name in ("max_body_bytes", "header_timeout")
               if getattr(args, name) is not None}
     guardrails = None
@@ -42,5 +47,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(
         args.model, args.host, args.port, resolve_api_key(args.api_key, args.api_key_file),
         engine_config=EngineConfig(max_running=args.max_running), max_queue=args.max_queue,
-        max_prompt_tokens=args.max_prompt_tokens, quantize=args.quantize, guardrails=guardrails, tp=args.tp, **limits,
+        max_prompt_tokens=args.max_prompt_tokens, quantize=args.quantize, guardrails=guardrails, tp=args.tp,
+        web_tools=web_tools, **limits,
     )

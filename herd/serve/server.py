@@ -205,13 +205,14 @@ def serve(
     max_body_bytes: int = MAX_BODY_BYTES,
     header_timeout: float = HEADER_TIMEOUT_S,
     tp: int = 1,
+    web_tools: Sequence[str] = ("calculator",),
 ) -> None:
     """Load `model_path` (anything `herd.load` takes) and serve it until interrupted (`herd serve`).
 
     quantize="int8" serves int8 weight-only linears (per-channel scales); otherwise a CPU model serves prepacked
     linears (`pack_linears`). `guardrails` check chats. A client gets `header_timeout` seconds to send each
     request's headers. `tp` > 1 (under torchrun, one process a rank): each rank holds its slice of the weights
-    and runs every engine step; rank 0 alone serves HTTP and schedules."""
+    and runs every engine step; rank 0 alone serves HTTP and schedules. `web_tools` run for the web chat."""
     import uvicorn
 
     from herd.checkpoint import load
@@ -230,7 +231,7 @@ def serve(
     app = create_app(
         model, tok, model_name=model_name or Path(str(model_path)).name, api_key=api_key,
         engine_config=engine_config, max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, guardrails=guardrails,
-        max_body_bytes=max_body_bytes,
+        max_body_bytes=max_body_bytes, web_tools=web_tools,
     )
     if group is not None and group.rank > 0:
         app.state.runner.engine.follow()

@@ -3,12 +3,16 @@ call's failure is a result for the model, not an HTTP error."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import httpx
 import pytest
 
 import herd
 from herd.errors import HerdError
-from tests.live_server import live_server
+from tests.live_server import free_port, live_server
 
 pytest.importorskip("uvicorn")
 
@@ -57,3 +61,31 @@ def test_unknown_web_tools_are_refused():
     model, tok = herd.load("tiny")
     with pytest.raises(HerdError, match="unknown tool 'bash' for the web chat; tools are calculator, python"):
         create_app(model, tok, web_tools=["calculator", "bash"])
+
+
+@pytest.mark.slow
+def test_herd_serve_web_tools_flag(tmp_path):
+    port = free_port()
+    command = [sys.executable, "-m", "herd.cli", "serve", "--model", "tiny", "--port", str(port)]
+    server = subprocess.Popen([*command, "--web-tools", "python"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(base + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "herd serve did not start"
+            time.sleep(0.2)
+        ran = _run(base, "python", '{"code": "print(6 * 7)"}')
+        assert ran.json() == {"content": "completed\n[stdout]\n42\n[/stdout]"}
+        assert _run(base, "calculator", '{"expression": "1"}').status_code == 404
+        assert '"name": "python"' in httpx.get(base + "/").text  # the page offers what the server runs
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    refused = subprocess.run([*command, "--web-tools", "calculator,bash"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert refused.stderr == "herd: error: unknown tool 'bash' for the web chat; tools are calculator, python\n"
