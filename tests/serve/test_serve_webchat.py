@@ -202,17 +202,18 @@ def test_a_tool_call_runs_and_its_call_and_result_show_as_collapsible_entries(to
     assert dialog[3] == {"role": "assistant", "content": "The answer is 56."}
 
 
-def test_json_mode_and_tools_go_into_the_request(url, browser):
+def test_json_mode_asks_for_and_gets_a_json_object(url, browser):
     browser("POST", "/url", {"url": url})
     # Record what the page sends (the request itself still goes to the server).
     _run(browser, "window.sent = []; const real = window.fetch; window.fetch = (path, init) => "
                   "{ window.sent.push([path, JSON.parse(init.body)]); return real(path, init); }; "
                   "document.getElementById('json_mode').checked = true; "
-                  "document.querySelector('input.tool[value=calculator]').checked = true; "
-                  "document.getElementById('max_tokens').value = '4';")
+                  "document.getElementById('max_tokens').value = '6';")
     browser("POST", f"/element/{_element(browser, '#input')}/value", {"text": "Hi"})
     browser("POST", f"/element/{_element(browser, '#send')}/click", {})
-    _wait_for(browser, "return !document.getElementById('send').disabled")
+    _wait_for(browser, "return !document.getElementById('send').disabled && dialog.length === 2")
     path, body = _run(browser, "return window.sent[0]")
     assert path == "/v1/chat/completions" and body["response_format"] == {"type": "json_object"}
-    assert [tool["function"]["name"] for tool in body["tools"]] == ["calculator"]
+    assert "tools" not in body  # none ticked
+    assert _run(browser, "return dialog[1].content").lstrip().startswith("{")  # the server's grammar held
+    assert _run(browser, "return document.querySelector('.msg.error')") is None
