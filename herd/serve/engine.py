@@ -142,8 +142,11 @@ class Engine:
                 for row, i in enumerate(want):
                     k = seqs[i].params.top_logprobs
                     top[i] = list(zip(indices[row, :k].tolist(), values[row, :k].tolist(), strict=True))
-        return [self._advance(seq, token, chosen.get(i), top.get(i)) for i, (seq, token) in enumerate(
+        outputs = [self._advance(seq, token, chosen.get(i), top.get(i)) for i, (seq, token) in enumerate(
             zip(seqs, ids.tolist(), strict=True))]
+        if constrained:  # their next masks are filled while the model runs the next step
+            self._masker.prefetch([seqs[i].matcher for i in constrained if seqs[i].request_id in self._sequences])
+        return outputs
 
     def _advance(
         self, seq: Sequence, token: int, logprob: float | None, top: list[tuple[int, float]] | None
