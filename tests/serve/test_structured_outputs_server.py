@@ -104,3 +104,12 @@ def test_bad_response_format_gets_400_naming_the_field(client):
         chat.create(model=MODEL, messages=ASK, response_format={"type": "xml"})
     with pytest.raises(openai.BadRequestError, match="response_format.json_schema"):
         chat.create(model=MODEL, messages=ASK, response_format={"type": "json_schema"})
+
+
+def test_completions_take_response_format_too(client):
+    """/v1/completions accepts response_format as an extension, as vLLM does."""
+    response = client.completions.create(model=MODEL, prompt="A person:", n=4, temperature=1, seed=7, max_tokens=80,
+                                         extra_body={"response_format": PERSON_FORMAT})
+    for choice in response.choices:
+        assert choice.finish_reason == "stop", choice.text
+        jsonschema.validate(json.loads(choice.text), STRICT_PERSON)
