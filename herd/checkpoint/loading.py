@@ -18,6 +18,7 @@ from herd.checkpoint.files import read_json
 from herd.checkpoint.state import model_from_state
 from herd.errors import HerdError
 from herd.model import PRESETS, ModelConfig, Transformer, build_model, preset
+from herd.model.tensor_parallel import TensorParallel, parallelize
 from herd.tokenizer import Tokenizer, default_tokenizer_path
 
 Format = Literal["herd", "hf", "meta"]
@@ -44,20 +45,26 @@ def load(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | str | None = None,
     check_finite: bool = True,
+    tp: TensorParallel | None = None,
 ) -> tuple[Transformer, Tokenizer]:
     """Model and tokenizer from a preset name (random weights), a Meta / HF / herd directory or a Hub id.
 
     Weights keep the checkpoint's dtype unless `dtype` is given. On the CPU they stay memory-mapped from the
     checkpoint files (copy-on-write), so loading reads only what is used and needs no second copy.
     Weights holding a NaN or an infinity are refused (a damaged or diverged model generates garbage without a
-    sign); `check_finite=False` loads them anyway.
+    sign); `check_finite=False` loads them anyway. `tp`: this tensor-parallel rank's model, reading only its slice
+    of each weight (`load_shard`; a preset is built whole, then cut).
     """
     dtype = _dtype(dtype)
     name = str(path_or_preset)
     if name in PRESETS:
         model = build_model(preset(name), device=device, dtype=dtype or torch.float32)
         model.init_weights(seed=0)
-        return model, Tokenizer(default_tokenizer_path())
+        return model if tp is None else parallelize(model, tp), Tokenizer(default_tokenizer_path())
+    if tp is not None:
+        config, tok, state = load_shard(name, tp.rank, tp.world)
+        return model_from_state(config, state, source=name, device=device, dtype=dtype, check_finite=check_finite,
+                                tp=tp), tok
     directory = _resolve(name)
     fmt = FORMATS[detect_format(directory)]
     config = fmt.read_config(directory)

@@ -12,6 +12,7 @@ import torch
 
 from herd.errors import HerdError
 from herd.model import ModelConfig, Transformer, build_model
+from herd.model.tensor_parallel import TensorParallel, parallelize
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, torch.Size]:
@@ -57,14 +58,19 @@ def model_from_state(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     check_finite: bool = True,
+    tp: TensorParallel | None = None,
 ) -> Transformer:
     """A model whose parameters are `state`'s tensors, moved/cast only where device or dtype differ.
 
     dtype None keeps each tensor's own dtype. With tied embeddings a stored `output.weight` is ignored.
-    `check_finite` refuses weights holding a NaN or an infinity (after the cast, which may overflow).
+    `check_finite` refuses weights holding a NaN or an infinity (after the cast, which may overflow). With `tp`
+    the tensors are that rank's slices (herd.checkpoint.sharded) and the model is the rank's.
     """
-    check_state(config, state, source)
     model = build_model(config, device="meta")
+    if tp is None:
+        check_state(config, state, source)
+    else:
+        parallelize(model, tp)
     tensors = {name: state[name].to(device=device, dtype=dtype) for name, _ in model.named_parameters()}
     if check_finite:
         _check_finite(tensors, source)

@@ -31,13 +31,12 @@ def _load(args: argparse.Namespace):
     import torch
 
     import herd
-    from herd.model.tensor_parallel import init_tensor_parallel, parallelize, tp_device
+    from herd.model.tensor_parallel import init_tensor_parallel, tp_device
 
     tp = init_tensor_parallel(args.tp)
     device = tp_device(tp, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model, tok = herd.load(args.model, device=device, dtype=dtype)
-    return (model, tok) if tp is None else (parallelize(model, tp), tok)
+    return herd.load(args.model, device=device, dtype=dtype, tp=tp)
 
 
 class _RankZeroLines:

@@ -32,13 +32,12 @@ def run_eval(
     under `out_dir` when given. `tp` > 1 (under torchrun): every rank runs the same evaluation on its slice of the
     weights, rank 0 writes the files."""
     from herd.checkpoint import load
-    from herd.model.tensor_parallel import init_tensor_parallel, parallelize
+    from herd.model.tensor_parallel import init_tensor_parallel
 
     group = init_tensor_parallel(tp)
-    model, tok = load(model_path)
-    if group is not None:
-        parallelize(model, group)
-        out_dir = out_dir if group.rank == 0 else None
+    model, tok = load(model_path, tp=group)
+    if group is not None and group.rank:
+        out_dir = None  # rank 0 writes
     model.eval()
     task_objects = [get_task(name) for name in tasks]  # unknown names fail before any work
     options = EvalOptions(chat=chat, limit=limit, seed=seed, batch_size=batch_size)

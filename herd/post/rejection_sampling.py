@@ -79,10 +79,9 @@ def rejection_sample(config: RejectionSamplingConfig) -> dict[str, Any]:
         return done
     group = init_tensor_parallel(config.tp)
     started, device = time.time(), pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
-    policy, tok = load(config.policy, device=device)
+    policy, tok = load(config.policy, device=device, tp=group)
     reward_model, _ = load_reward_model(config.reward_model, device)
-    if group is not None:
-        parallelize(policy, group)
+    if group is not None:  # the reward model's own format, read whole, then cut
         parallelize(reward_model.backbone, group)
     prompts = read_prompts(config.prompts)
     k = config.samples_per_prompt

@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import herd
+from herd.checkpoint import meta_format
 from herd.errors import HerdError
 from herd.generation.generate import generate_tokens
 from herd.model import ModelConfig, build_model
 from herd.model.tensor_parallel import check_config, init_tensor_parallel, shard, shard_bounds, shard_dim
+from herd.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [[1, 5, 9, 200, 31, 7, 44], [1, 300, 12, 8, 99, 100, 101, 102, 400], [1, 2, 3, 4, 5, 6]]
@@ -73,19 +76,37 @@ def test_tp_errors_are_one_line(monkeypatch):
         init_tensor_parallel(2)
 
 
-@pytest.mark.parametrize("tp", [2, 4])
-def test_tp_generate_equals_single_process(tmp_path, tp):
-    torchrun(tp, str(ROOT / "tests/model/tp_worker.py"), str(tmp_path), str(tp))
+def _check_ranks(directory: Path, tp: int) -> None:
+    """Every rank's logits within 1e-5 of the single-process model's, the same greedy tokens, rank 0's samples."""
     model = tp_model()
     with torch.inference_mode():
         logits = model(torch.tensor([p[:6] for p in PROMPTS]))
     greedy = [r.tokens for r in generate_tokens(model, PROMPTS, max_new_tokens=10)]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(tp)]
+    ranks = [torch.load(directory / f"rank{r}.pt") for r in range(tp)]
     for result in ranks:
-        assert result["kv_heads"] == 4 // tp
+        assert result["kv_heads"] == 4 // tp and result["embedding_rows"] == 520 // tp
         assert (result["logits"] - logits).abs().max() < 1e-5
         assert result["greedy"] == greedy
         assert result["sampled"] == ranks[0]["sampled"]  # rank 0 samples, every rank continues with its choice
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tp_generate_equals_single_process(tmp_path, tp):
+    torchrun(tp, str(ROOT / "tests/model/tp_worker.py"), str(tmp_path), str(tp))
+    _check_ranks(tmp_path, tp)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["meta", "hf", "herd"])
+def test_tp2_loads_its_slice_of_each_format(tmp_path, byte_bpe_path, fmt):
+    """A Meta MP=2 checkpoint (each rank reads its own consolidated.0r.pth), HF and herd safetensors."""
+    tok, directory = Tokenizer(byte_bpe_path), tmp_path / "model"
+    if fmt == "meta":
+        meta_format.write(tp_model(), tok, directory, mp=2)
+    else:
+        herd.save(tp_model(), tok, directory, format=fmt)
+    torchrun(2, str(ROOT / "tests/model/tp_worker.py"), str(tmp_path), "2", str(directory))
+    _check_ranks(tmp_path, 2)
 
 
 @pytest.mark.slow

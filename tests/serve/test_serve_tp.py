@@ -79,11 +79,14 @@ def test_serve_tp2_under_torchrun_matches_tp1(tp1_texts):
         assert _texts(client, stream=True) == tp1_texts
         with httpx.Client(timeout=30) as http:  # a streaming client that goes away mid-reply
             response = http.send(http.build_request("POST", url + "/v1/completions", json={
-                "model": "tiny", "prompt": "Go on and on", "max_tokens": 500, "stream": True}), stream=True)
-            next(response.iter_lines())
+                "model": "tiny", "prompt": "Go on and on", "max_tokens": 1000, "temperature": 0,
+                "stream": True}), stream=True)
+            lines = response.iter_lines()  # kept: a dropped iterator closes the response
+            next(lines)
             assert httpx.get(url + "/health").json()["kv_cache_usage"] > 0
             response.close()
         _idle(url)  # rank 0 freed its blocks, which address every rank's cache
+        assert 'herd_requests_finished_total{finish_reason="abort"} 1.0' in httpx.get(url + "/metrics").text
         assert _texts(client)[:2] == tp1_texts[:2]  # and every rank still runs the same steps
     finally:
         os.killpg(process.pid, signal.SIGTERM)
