@@ -109,13 +109,12 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
         resolve_tools(args.tools)
     model, tok = _load(args)
-    if model.tp is None:
-        run_chat(model, tok, sys.stdin, sys.stdout, system=args.system, tools=args.tools or (),
+    tp, stdin = model.tp, sys.stdin if model.tp is None else _RankZeroLines(sys.stdin, model.tp)
+    with open(os.devnull, "w") if tp and tp.rank else contextlib.nullcontext(sys.stdout) as out:
+        run_chat(model, tok, stdin, out, system=args.system, tools=args.tools or (),
                  max_tool_rounds=args.max_tool_rounds, **_sampling(args))
-        return
-    with open(os.devnull, "w") if model.tp.rank else contextlib.nullcontext(sys.stdout) as out:
-        run_chat(model, tok, _RankZeroLines(sys.stdin, model.tp), out, system=args.system, **_sampling(args))
-    model.tp.close()
+    if tp is not None:
+        tp.close()
 
 
 def add_convert(commands: argparse._SubParsersAction) -> None:
