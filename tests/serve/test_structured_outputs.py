@@ -126,3 +126,19 @@ def test_grammars_cache_and_bad_schemas(tiny):
     bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"properties": {"a": {"type": "frob"}}}}}
     with pytest.raises(HerdError, match=r"response_format.json_schema.schema cannot be enforced: .*frob"):
         grammars.response_format(bad)
+
+
+def test_logprobs_stay_those_of_the_raw_logits(tiny):
+    """A constrained request reports log p under the model's own distribution, as a free one does: at the first
+    step both report the same top tokens, though the grammar makes the constrained one open an object."""
+    model, tok = tiny
+    engine = Engine(model, tok, EngineConfig(max_running=4, block_size=8))
+    grammar = engine.grammars.response_format(PERSON_FORMAT)
+    prompt = tok.encode_dialog([{"role": "user", "content": "JSON please."}])
+    engine.add_request("json", prompt, RequestParams(max_tokens=4, logprobs=True, top_logprobs=3, grammar=grammar))
+    engine.add_request("free", prompt, RequestParams(max_tokens=4, logprobs=True, top_logprobs=3))
+    first = {out.request_id: out for out in engine.step()}
+    assert tok.decode([first["json"].token_id]).startswith("{") and first["json"].token_id != first["free"].token_id
+    (json_ids, json_lps), (free_ids, free_lps) = (zip(*first[r].top_logprobs, strict=True) for r in ("json", "free"))
+    assert json_ids == free_ids and json_lps == pytest.approx(free_lps)
+    assert first["json"].logprob < first["free"].logprob == first["free"].top_logprobs[0][1]
