@@ -62,13 +62,15 @@ def test_mask_bias_reads_llguidance_bit_order():
 
 
 def test_constrained_and_free_requests_share_a_batch(tiny):
-    """Half the batch under the schema at temperature 1 (every reply validates), half free and greedy (the very
-    tokens herd's generate gives)."""
+    """Half the batch under the schema (every reply validates, sampled, greedy, or with top-k and top-p), half free
+    and greedy (the very tokens herd's generate gives)."""
     model, tok = tiny
     engine = Engine(model, tok, EngineConfig(max_running=8, block_size=8))
     grammar = engine.grammars.response_format(PERSON_FORMAT)
     prompts = [tok.encode_dialog([{"role": "user", "content": f"Person number {i}, as JSON."}]) for i in range(4)]
-    requests = {f"json{i}": (p, RequestParams(max_tokens=80, temperature=1.0, seed=i, grammar=grammar))
+    sampling = [{"temperature": 1.0}, {"temperature": 1.0}, {"temperature": 0.0}, {"temperature": 0.8, "top_k": 5,
+                                                                                   "top_p": 0.9}]
+    requests = {f"json{i}": (p, RequestParams(max_tokens=80, seed=i, grammar=grammar, **sampling[i]))
                 for i, p in enumerate(prompts)}
     requests |= {f"free{i}": (p, RequestParams(max_tokens=10)) for i, p in enumerate(prompts)}
     results = run(engine, requests)
