@@ -113,3 +113,32 @@ def test_completions_take_response_format_too(client):
     for choice in response.choices:
         assert choice.finish_reason == "stop", choice.text
         jsonschema.validate(json.loads(choice.text), STRICT_PERSON)
+
+
+WEATHER = {"type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}, "days": {"type": "integer",
+           "minimum": 1, "maximum": 7}}, "required": ["city", "days"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {
+             "zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"], "additionalProperties": False}}}]
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_forced_tool_calls_from_a_random_model(client, tool_choice):
+    """tool_choice required / named: the grammar makes even a random model call a tool, with valid arguments."""
+    response = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice=tool_choice, n=8,
+                                              temperature=1, seed=3, max_tokens=60)
+    calls = []
+    for choice in response.choices:
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        calls += [(call.function.name, call.function.arguments) for call in choice.message.tool_calls]
+    chunks = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice=tool_choice,
+                                            temperature=1, seed=4, max_tokens=60, stream=True)
+    deltas = [d for chunk in chunks for c in chunk.choices for d in c.delta.tool_calls or []]
+    calls.append((deltas[0].function.name, "".join(d.function.arguments for d in deltas)))
+    assert len(calls) == 9
+    for name, arguments in calls:
+        if isinstance(tool_choice, dict) or name == "get_weather":
+            assert name == "get_weather"
+            jsonschema.validate(json.loads(arguments), WEATHER)
+        else:
+            assert name == "get_time" and json.loads(arguments)["zone"] in ("UTC", "CET")
