@@ -14,6 +14,7 @@ DRY_RUNS = {
     "post_lora_gpu.py": (["--dry-run"], "losses:"),
     "decode_gpu.py": (["--device", "cpu", "--preset", "tiny"], "herd compiled"),
     "loss_gpu.py": (["--dry-run"], "| herd (compiled chunks) |"),
+    "tp_inference_gpu.py": (["--dry-run"], "| eager |"),
 }
 
 
