@@ -20,7 +20,7 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-running", type=int, default=32, help="requests decoding together")
     serve.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     serve.add_argument("--max-prompt-tokens", type=int, default=None, help="longer prompts get 400")
-    serve.add_argument("--quantize", choices=("int8",), default=None, help="int8 weight-only linears")
+    serve.add_argument("--quantize", choices=("int8", "fp8"), default=None, help="int8 or fp8 weight-only linears")
     serve.add_argument("--guard", default=None, help="a Llama Guard model checking each user turn and reply")
     serve.add_argument("--code-shield", action="store_true", help="refuse replies whose code Code Shield blocks")
     serve.add_argument("--web-tools", default="calculator",

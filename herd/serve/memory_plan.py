@@ -13,6 +13,7 @@ The free-memory probe is the training estimate's (herd.train.memory_estimate).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -121,9 +122,11 @@ def device_memory(device: torch.device | str, ranks_per_device: int = 1) -> int 
 def check_run_memory(
     model: str, *, tp: int, device: torch.device | str, dtype: torch.dtype | str | None = None,
     quantize: str | None = None, context: int | None = None, batch: int = 1, step_tokens: int | None = None,
+    show: bool = True,
 ) -> MemoryPlan:
     """Plan a run of `model` (a checkpoint, Hub id or preset: its config read, no weights) over `tp` ranks on
-    `device`, print it and fail with what to change when it does not fit; dtype None: the stored weights' dtype."""
+    `device`, print it (`show`: one rank prints) and fail with what to change when it does not fit; dtype None:
+    the stored weights' dtype."""
     facts = info(model)
     config = ModelConfig.from_params(facts["config"])
     name = str(dtype or facts["dtype"]).removeprefix("torch.")
@@ -131,13 +134,15 @@ def check_run_memory(
     available = device_memory(device, 1 if device.type == "cuda" else tp)
     plan = plan_memory(config, tp=tp, dtype=name if name in DTYPE_BYTES else "float32", quantize=quantize,
                        context=context, batch=batch, step_tokens=step_tokens, available=available)
-    check_plan(config, plan)
+    check_plan(config, plan, show=show)
     return plan
 
 
-def check_plan(config: ModelConfig, plan: MemoryPlan) -> None:
-    """Print `config`'s plan; raise a one-line HerdError naming what would make it fit when it does not."""
-    print(f"memory plan {plan.describe()}", flush=True)
+def check_plan(config: ModelConfig, plan: MemoryPlan, *, show: bool = True) -> None:
+    """Print `config`'s plan on stderr (`show`); raise a one-line HerdError naming what would make it fit when it
+    does not."""
+    if show:
+        print(f"memory plan {plan.describe()}", file=sys.stderr, flush=True)
     if plan.fits:
         return
     options = _remedies(config, plan)

@@ -209,25 +209,29 @@ def serve(
 ) -> None:
     """Load `model_path` (anything `herd.load` takes) and serve it until interrupted (`herd serve`).
 
-    quantize="int8" serves int8 weight-only linears (per-channel scales); otherwise a CPU model serves prepacked
-    linears (`pack_linears`). `guardrails` check chats. A client gets `header_timeout` seconds to send each
-    request's headers. `tp` > 1 (under torchrun, one process a rank): each rank holds its slice of the weights
-    and runs every engine step; rank 0 alone serves HTTP and schedules. `web_tools` run for the web chat."""
+    The memory plan (weights, KV cache, workspace per rank) is printed first and a run that will not fit stops
+    there. quantize="int8" or "fp8" serves weight-only quantized linears (per-channel scales); otherwise a CPU
+    model serves prepacked linears (`pack_linears`). `guardrails` check chats. A client gets `header_timeout`
+    seconds to send each request's headers. `tp` > 1 (under torchrun, one process a rank): each rank holds its
+    slice of the weights and runs every engine step; rank 0 alone serves HTTP and schedules. `web_tools` run for
+    the web chat."""
     import uvicorn
 
     from herd.checkpoint import load
     from herd.model.tensor_parallel import init_tensor_parallel
 
+    from herd.serve.memory_plan import check_run_memory
+    from herd.serve.quantize import quantize as quantize_linears
+
     group = init_tensor_parallel(tp, timeout_s=IDLE_RANK_TIMEOUT_S)
+    limits = engine_config or EngineConfig()
+    check_run_memory(str(model_path), tp=tp, device="cpu", quantize=quantize, context=limits.kv_tokens,
+                     step_tokens=limits.max_step_tokens, show=group is None or group.rank == 0)
     model, tok = load(model_path, tp=group)
     if quantize is None:
         pack_linears(model)
     else:
-        from herd.serve.quantize import quantize_int8
-
-        if quantize != "int8":
-            raise HerdError(f"unknown quantization {quantize!r}; the choice is int8")
-        quantize_int8(model)
+        quantize_linears(model, quantize)
     app = create_app(
         model, tok, model_name=model_name or Path(str(model_path)).name, api_key=api_key,
         engine_config=engine_config, max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, guardrails=guardrails,

@@ -67,7 +67,7 @@ def test_405b_bf16_is_told_to_quantize(capsys):
     message = str(error.value)
     assert "\n" not in message and "weights 94.5" in message and "of 74.5 GiB" in message
     assert message.endswith("store weights as int8 or fp8 (--quantize)")  # 16 ranks cannot split 8 kv heads
-    assert capsys.readouterr().out.startswith("memory plan per rank at tp 8 (bfloat16): weights 94.5")
+    assert capsys.readouterr().err.startswith("memory plan per rank at tp 8 (bfloat16): weights 94.5")
 
 
 def test_70b_long_context_gets_every_remedy():
@@ -103,5 +103,22 @@ def test_run_plan_reads_the_checkpoint_config(capsys):
     plan = check_run_memory("tiny", tp=2, device="cpu", context=256, batch=2)
     assert plan == plan_memory(preset("tiny"), tp=2, dtype="float32", context=256, batch=2,
                                available=device_memory("cpu", 2))
-    assert capsys.readouterr().out.startswith("memory plan per rank at tp 2 (float32): weights ")
+    assert capsys.readouterr().err.startswith("memory plan per rank at tp 2 (float32): weights ")
     assert check_run_memory("tiny", tp=1, device="cpu", dtype=torch.bfloat16, quantize="int8").weights < plan.weights
+
+
+def test_serve_prints_the_plan_and_stops_before_loading():
+    """`herd serve` on a model the host cannot hold fails at the plan, with no weights built or read."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "herd.cli", "serve", "--model", "llama3.1-405b", "--quantize", "fp8"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=120, check=False,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 2, result.stderr
+    assert lines[0].startswith("memory plan per rank at tp 1 (fp8 weights, float32): weights 38")
+    assert lines[1].startswith("herd: error: the model does not fit: per rank at tp 1")
