@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import _getdtype
 
 from herd.checkpoint import hf_format, meta_format, safetensors_io
 from herd.checkpoint.state import check_state
@@ -134,7 +133,8 @@ def _read_safetensors(
                     raise HerdError(f"tensor {stored} is stored twice in {directory} (again in {file.name})")
                 meta = handle.get_slice(stored)
                 located[name] = (file, stored)
-                shapes[name] = torch.empty(meta.get_shape(), dtype=_getdtype(meta.get_dtype()), device="meta")
+                dtype = meta[0:0].dtype  # an empty slice: the stored dtype as torch names it, no data read
+                shapes[name] = torch.empty(meta.get_shape(), dtype=dtype, device="meta")
     check_state(config, shapes, str(directory))
     state = {}
     for name in _wanted(list(located), config):
