@@ -69,6 +69,36 @@ def test_slices_equal_the_whole_load(tmp_path, tok, model, fmt, world):
     assert_slices_match(save(model, tok, tmp_path, fmt), world)
 
 
+def test_safetensors_read_whole_only_the_replicated_norms(tmp_path, tok, model, monkeypatch):
+    """Split tensors come through get_slice (their slice alone is copied); get_tensor reads only the norms."""
+    from contextlib import contextmanager
+
+    from herd.checkpoint import safetensors_io
+
+    whole_reads: list[str] = []
+    open_weights = safetensors_io.open_weights
+
+    class Recording:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def get_tensor(self, name):
+            whole_reads.append(name)
+            return self.handle.get_tensor(name)
+
+        def __getattr__(self, attr):
+            return getattr(self.handle, attr)
+
+    @contextmanager
+    def recording(file):
+        with open_weights(file) as handle:
+            yield Recording(handle)
+
+    monkeypatch.setattr(safetensors_io, "open_weights", recording)
+    ckpt.load_shard(save(model, tok, tmp_path, "hf"), 1, 2)
+    assert whole_reads and all(name.endswith("norm.weight") for name in whole_reads)
+
+
 @pytest.mark.parametrize("fmt", ["hf", "herd"])
 def test_safetensors_split_over_files(tmp_path, tok, model, monkeypatch, fmt):
     monkeypatch.setattr("herd.checkpoint.safetensors_io.MAX_SHARD_BYTES", 100_000)
