@@ -134,7 +134,7 @@ def create_app(
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         max_tokens = body.max_completion_tokens or body.max_tokens
         dialog = body.dialog()
-        tools = body.tool_mode()  # "required" / named: until a grammar forces the call, a reply without it is a 400
+        tools = body.tool_mode()  # "required" / named with custom tools: body.grammar forces the call
         refusal = await guardrails.check_input(dialog) if guardrails is not None else None
         if refusal is not None:
             return JSONResponse(refusal, status_code=400)
