@@ -2,11 +2,11 @@
 against one process loading the checkpoint whole (issue 28 item 2; target: a rank <= 0.6x the whole load).
 
 Writes a ~250M-parameter bf16 model (~0.5 GB) as Meta `consolidated.00.pth` + `consolidated.01.pth` (herd's
-writer, mp=2), then per round in fresh processes: `herd.checkpoint.load` (the whole model) and two ranks each
-running `load_shard(dir, rank, 2)` into a model cut by `tensor_parallel.parallelize`. Every process reads each of
-its weights once after loading (a sum in bf16: no fp32 copy), so mapped pages count. Prints medians over the rounds of peak RSS
-(ru_maxrss) and of peak minus the RSS after the imports (a first model built on the meta device included: its
-lazy imports), and the ratios rank / whole.
+writer, mp=2), then per round in fresh processes: `herd.checkpoint.load(dir)` (the whole model) and two ranks each
+running `herd.checkpoint.load(dir, tp=...)` (its slice by `load_shard`, in a parallelized model). Every process
+reads each of its weights once after loading (a sum in bf16: no fp32 copy), so mapped pages count. Prints medians
+over the rounds of peak RSS (ru_maxrss) and of peak minus the RSS after the imports (a first model built on the
+meta device included: its lazy imports), and the ratios rank / whole.
 
     python benchmarks/tp_load_memory.py [--rounds 3] [--dir DIR]
 """
@@ -28,16 +28,11 @@ import json, resource, sys
 import psutil, torch
 import herd.checkpoint
 from herd.model import build_model, preset
-from herd.model.tensor_parallel import TensorParallel, parallelize
+from herd.model.tensor_parallel import TensorParallel
 build_model(preset("tiny"), device="meta")  # the meta device's lazy imports (~80 MB) count as imports
 baseline = psutil.Process().memory_info().rss
 directory, rank = sys.argv[1], int(sys.argv[2])
-if rank < 0:
-    model, _ = herd.checkpoint.load(directory)
-else:
-    config, _, local = herd.checkpoint.load_shard(directory, rank, 2)
-    model = parallelize(build_model(config, device="meta"), TensorParallel(rank=rank, world=2))
-    model.load_state_dict(local, strict=True, assign=True)
+model, _ = herd.checkpoint.load(directory, tp=None if rank < 0 else TensorParallel(rank=rank, world=2))
 with torch.no_grad():
     checksum = sum(p.sum().item() for p in model.parameters())  # reads each weight, no fp32 copy
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
