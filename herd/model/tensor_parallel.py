@@ -83,38 +83,38 @@ def check_config(config: ModelConfig, world: int) -> None:
 
 @dataclass(frozen=True)
 class TensorParallel:
-    """This process's place in a tensor-parallel group and the collectives the sharded forward runs."""
+    """This process's place among the job's ranks (the whole torchrun world is one model replica) and the
+    collectives the sharded forward runs."""
 
     rank: int
     world: int
-    group: dist.ProcessGroup | None = None
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum of the ranks' partial outputs (in place)."""
-        dist.all_reduce(x, group=self.group)
+        dist.all_reduce(x)
         return x
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """The ranks' slices of the last dim joined in rank order (vocab-parallel logits -> full logits)."""
         parts = [torch.empty_like(x) for _ in range(self.world)]
-        dist.all_gather(parts, x.contiguous(), group=self.group)
+        dist.all_gather(parts, x.contiguous())
         return torch.cat(parts, dim=-1)
 
     def broadcast(self, x: torch.Tensor) -> torch.Tensor:
         """Rank 0's `x` on every rank (in place): the sampled tokens."""
-        dist.broadcast(x, src=dist.get_global_rank(self.group, 0) if self.group else 0, group=self.group)
+        dist.broadcast(x, src=0)
         return x
 
     def broadcast_object(self, obj: object = None) -> object:
         """Rank 0's picklable `obj` on every rank (the serving engine's step plan)."""
         box = [obj]
-        dist.broadcast_object_list(box, src=dist.get_global_rank(self.group, 0) if self.group else 0, group=self.group)
+        dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def close(self) -> None:
         """Leave the job once every rank is done (a process exiting with the group alive aborts)."""
         if dist.is_initialized():
-            dist.barrier(group=self.group)
+            dist.barrier()
             dist.destroy_process_group()
 
 
