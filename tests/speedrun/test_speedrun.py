@@ -66,7 +66,7 @@ TINY = {  # the presets' numbers as they were when they were nested dicts (issue
     "dpo": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 1e-4, "beta": 0.1, "safety_pairs": 200},
     "eval": {"limit": 60, "data_dir": "data/benchmarks", "real_tasks": ["gsm8k", "humaneval"], "real_limit": 20,
              "refusal_prompts": 40, "tool_limit": 60},
-    "safety": {"guard_steps": 100, "guard_examples": 1600, "guard_eval": 64, "guard_batch_size": 8,
+    "safety": {"guard_steps": 400, "guard_examples": 3200, "guard_eval": 64, "guard_batch_size": 4,
                "guard_seq_len": 1024, "guard_lr": 2e-3, "probe_prompts": 16, "max_new_tokens": 48},
     "final": {"transcripts": 4, "max_new_tokens": 64, "rm_prompts": 24},
 }

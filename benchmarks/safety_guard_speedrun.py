@@ -1,0 +1,69 @@
+"""The speedrun's guard levers: fine-tune a speedrun's annealed base into a guard (the safety stage's path,
+herd.safety.guard_train) at several settings of the same token budget and print each one's held-out scores beside
+the base rate and what answering "unsafe" to everything scores, with its wall time (medians over --seeds).
+
+    python benchmarks/safety_guard_speedrun.py --base RUN/06-anneal/model [--runs "8x100@2e-3 2x600@2e-3"] [--seeds 3]
+
+A run is ROWSxSTEPS@LR (rows of --seq-len tokens per step), optionally +lg2 (every training prompt under Llama
+Guard 2's own taxonomy). Get a base with `herd speedrun --preset tiny` (or any earlier run's 06-anneal/model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from statistics import median
+
+from herd.safety.guard_train import GuardTrainConfig, guard_sft, train_guard_from_base
+
+RUN = re.compile(r"(\d+)x(\d+)@([0-9.e-]+)(\+lg2)?")
+COLUMNS = ("f1", "precision", "recall", "fpr", "auprc", "base_rate", "constant_f1", "category_accuracy",
+           "unlisted_flagged")
+
+
+def run(base: str, spec: str, seed: int, args: argparse.Namespace) -> tuple[float, dict]:
+    match = RUN.fullmatch(spec)
+    if not match:
+        raise SystemExit(f"bad run {spec!r}: write ROWSxSTEPS@LR, e.g. 2x600@2e-3 or 2x600@2e-3+lg2")
+    sft = guard_sft()
+    sft.batch_size, sft.steps, sft.optim.lr = int(match[1]), int(match[2]), float(match[3])
+    sft.seq_len, sft.optim.warmup_steps, sft.progress, sft.device = args.seq_len, min(20, sft.steps // 5), False, "cpu"
+    config = GuardTrainConfig(base=base, out_dir=f"{args.out}/{spec}-{seed}", examples=args.examples,
+                              held_out=args.held_out, seed=seed, sft=sft,
+                              full_taxonomy_share=1.0 if match[4] else 0.5)
+    start = time.perf_counter()
+    result = train_guard_from_base(config)
+    return time.perf_counter() - start, result["held_out"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="a speedrun's annealed base (RUN/06-anneal/model)")
+    parser.add_argument("--runs", default="8x100@2e-3 2x600@2e-3 2x600@2e-3+lg2")
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--examples", type=int, default=2400)
+    parser.add_argument("--held-out", type=int, default=200)
+    parser.add_argument("--seeds", type=int, default=1, help="runs per setting (seeds 0..N-1); medians printed")
+    parser.add_argument("--out", default="/tmp/herd_guard_speedrun")
+    args = parser.parse_args()
+
+    print("| run | taxonomy | seconds | " + " | ".join(COLUMNS) + " | learned |")
+    print("|---|---|---:|" + "---:|" * len(COLUMNS) + "---|")
+    for spec in args.runs.split():
+        runs = [run(args.base, spec, seed, args) for seed in range(args.seeds)]
+        for name in runs[0][1]:
+            scores = [r[1][name] for r in runs]
+            cells = " | ".join(_median([m[k] for m in scores]) for k in COLUMNS)
+            learned = sum(m["learned"] for m in scores)
+            print(f"| {spec} | {name} | {median(r[0] for r in runs):.0f} | {cells} | {learned}/{len(runs)} |",
+                  flush=True)
+
+
+def _median(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{median(known):.3f}" if known else "n/a"
+
+
+if __name__ == "__main__":
+    main()
