@@ -8,7 +8,8 @@ import pytest
 from herd.errors import HerdError
 from herd.eval.tool_use import chat_with_tools, resolve_tools, run_call
 from herd.tokenizer import ToolCall
-from tests.eval.tool_model import PYTHON_DIALOGS, WOLFRAM_DIALOG, tool_caller  # noqa: F401 - the fixture
+from tests.eval.tool_model import (  # noqa: F401 - tool_caller and two_tool_caller are fixtures
+    BOTH_DIALOGS, PYTHON_DIALOGS, WOLFRAM_DIALOG, tool_caller, two_tool_caller)
 
 pytestmark = pytest.mark.slow  # trains a tiny model once per session (a few seconds on a quiet machine)
 
@@ -75,3 +76,13 @@ def test_tool_names_are_checked():
     for bad in ("python,bash", [], ""):
         with pytest.raises(HerdError, match="unknown tool"):
             resolve_tools(bad)
+
+
+def test_calculator_and_python_together_each_call_goes_to_its_tool(two_tool_caller):
+    model, tok = two_tool_caller
+    replies = chat_with_tools(model, tok, [d[:1] for d in BOTH_DIALOGS], "python,calculator", max_new_tokens=40)
+    assert [(e.call.name, e.call.arguments, e.result) for r in replies for e in r.exchanges] == [
+        ("calculator", {"expression": "7 * 8"}, "56"),  # a JSON custom call, answered by the exact calculator
+        ("code_interpreter", {"code": "print(12 + 34)"}, "completed\n[stdout]\n46\n[/stdout]")]
+    assert [r.text for r in replies] == ["56", "46"]
+    assert [_without_ids(r.messages) for r in replies] == [_without_ids(d) for d in BOTH_DIALOGS]

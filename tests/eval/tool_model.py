@@ -5,6 +5,7 @@ dialogs they then replay (the loss on the assistant turns only, as SFT trains). 
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Sequence
 
 import pytest
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 
 from herd.eval.tool_use import DEFAULT_DATE, tool_declarations
 from herd.model import Transformer, build_model
-from herd.tokenizer import Message, Tokenizer
+from herd.tokenizer import Message, Tokenizer, custom_tools_prompt, parse_tools, system_prompt, tool_call_text
+from herd.tokenizer.train_bpe import train_tokenizer
 from tests.tiny import model_config
 
 
@@ -22,7 +24,7 @@ def train_tool_caller(
     max_seq_len: int = 256,
 ) -> Transformer:
     """The tiny config (`max_seq_len` positions) trained on the (messages, `tools=` list) dialogs, in one
-    right-padded batch, until the loss on their assistant turns is under 0.005 (about 40 steps); fails if it is
+    right-padded batch, until the loss on their assistant turns is under 0.02 (30 to 100 steps); fails if it is
     not, since the tests would then not be testing the loop."""
     torch.manual_seed(0)
     model = build_model(model_config(vocab_size=tok.n_words, max_seq_len=max_seq_len))
@@ -36,7 +38,7 @@ def train_tool_caller(
     for _ in range(max_steps):
         optimizer.zero_grad()
         loss = F.cross_entropy(model(inputs)[trained], targets[trained])
-        if loss.item() < 0.005:
+        if loss.item() < 0.02:
             return model.eval()
         loss.backward()
         optimizer.step()
@@ -63,8 +65,37 @@ WOLFRAM_DIALOG = tool_dialog("what is 7 times 8", {"name": "wolfram_alpha", "arg
 @pytest.fixture(scope="session")
 def tool_caller(tiny_tok_path) -> tuple[Transformer, Tokenizer]:
     """(model, tokenizer): the tiny tokenizer's model trained on PYTHON_DIALOGS (tools ["python"]) and
-    WOLFRAM_DIALOG (tools ["wolfram_alpha"]). Read-only."""
-    tok = Tokenizer(tiny_tok_path)
+    WOLFRAM_DIALOG (tools ["wolfram_alpha"]). Read-only; trained once a session although two test modules
+    import the fixture (pytest would set each module's copy up)."""
+    return _tool_caller(str(tiny_tok_path))
+
+
+@functools.cache
+def _tool_caller(tok_path: str) -> tuple[Transformer, Tokenizer]:
+    tok = Tokenizer(tok_path)
     dialogs = [(d, tool_declarations(["python"])) for d in PYTHON_DIALOGS]
     dialogs.append((WOLFRAM_DIALOG, tool_declarations(["wolfram_alpha"])))
     return train_tool_caller(tok, dialogs, DEFAULT_DATE), tok
+
+
+BOTH_TOOLS = ["python", "calculator"]
+BOTH_DIALOGS = [
+    tool_dialog("what is 7 times 8", {"name": "calculator", "arguments": {"expression": "7 * 8"}}, "56", "56"),
+    tool_dialog("what is 12 plus 34", {"name": "code_interpreter", "arguments": {"code": "print(12 + 34)"}},
+                "completed\n[stdout]\n46\n[/stdout]", "46"),
+]
+"""Dialogs under both of `herd chat --tools python,calculator`'s tools: one calls the calculator, one Python."""
+
+
+@pytest.fixture(scope="session")
+def two_tool_caller(tmp_path_factory) -> tuple[Transformer, Tokenizer]:
+    """(model, tokenizer) for BOTH_DIALOGS under BOTH_TOOLS; the tokenizer is trained on the tool prompts, so that
+    Meta's long custom-tool template stays a few tokens."""
+    tools = parse_tools(tool_declarations(BOTH_TOOLS))
+    texts = [system_prompt(tools, None, DEFAULT_DATE), custom_tools_prompt(tools.custom),
+             *(tool_call_text(d[1]["tool_calls"][0]) + " " + d[0]["content"] + " " + d[2]["content"] for d in
+               BOTH_DIALOGS), "user assistant ipython system"]
+    tok = Tokenizer(train_tokenizer(texts * 20, 480, tmp_path_factory.mktemp("two_tools") / "tok.model",
+                                    show_progress=False))
+    dialogs = [(d, tool_declarations(BOTH_TOOLS)) for d in BOTH_DIALOGS]
+    return train_tool_caller(tok, dialogs, DEFAULT_DATE, max_seq_len=512), tok
