@@ -1,0 +1,221 @@
+"""herd against llama.cpp on CPU: the same model, the same threads, the same machine, one script, medians.
+
+Model: the llama3-125m preset (random weights, seed 0) with Meta's tokenizer, saved by herd and exported by herd's
+GGUF writer (f32, bf16, f16, q8_0) for llama.cpp, built by benchmarks/llama_cpp_build.py (cached).
+1. Batch-1 prefill and decode tokens/s: herd eager and compiled (f32, bf16) and int8 weight-only (eager), timed as
+   benchmarks/decode_cpu.py does (prefill = prompt / time of a 1-token generation; decode = (N - 1) / the rest),
+   beside `llama-bench -t THREADS -p PROMPT -n N` on each GGUF file (the median of its repetitions).
+2. Serving at each concurrency: `herd serve` (f32, its default CPU path) and `llama-server -np 16 -t THREADS`
+   (continuous batching, f32), both up at once and driven in turn by the same streaming HTTP client on
+   serve_throughput.py's workload (random prompts of 32..160 ids, output lengths spread over 16..128, greedy,
+   closed loop); output tokens/s, TTFT and TPOT as serve_throughput.summarize computes them, medians over runs.
+`--profile` prints torch.profiler's top ops of herd's f32 eager decode (where its time goes).
+Run from the repo root: `python benchmarks/llama_cpp_side_by_side.py [--threads 2 --runs 3 --concurrency 1,8,16]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from decode_cpu import seconds
+from llama_cpp_build import binaries
+from serve_throughput import Trace, summarize, workload
+
+import herd
+import herd.checkpoint as ckpt
+from herd.generation import generate_tokens
+from herd.model import build_model, preset
+from herd.serve.quantize import quantize
+from herd.tokenizer import Tokenizer, default_tokenizer_path
+
+GGUF_TYPES = ("f32", "bf16", "f16", "q8_0")
+FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16",
+         "amx_int8")
+
+
+def cpu_line() -> str:
+    info = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return f"CPU: {model}, {os.cpu_count()} logical cores; flags: {' '.join(f for f in FLAGS if f in flags)}"
+
+
+def herd_rates(args: argparse.Namespace, directory: Path, prompt: list[int]) -> dict[str, tuple[float, float]]:
+    """Name -> (prefill tok/s, decode tok/s) for herd's batch-1 paths, timed interleaved."""
+    fp32, _ = herd.load(directory)
+    models = {"f32": fp32, "bf16": copy.deepcopy(fp32).to(torch.bfloat16),
+              "int8": quantize(copy.deepcopy(fp32), "int8")}
+    paths = [(f"herd {dtype} eager", models[dtype], False) for dtype in ("f32", "bf16", "int8")]
+    if not args.no_compile:
+        paths += [(f"herd {dtype} compiled", models[dtype], True) for dtype in ("f32", "bf16")]
+
+    def run(model, compile: bool, n: int) -> float:  # noqa: ANN001
+        return seconds(lambda: generate_tokens(model, [prompt], max_new_tokens=n, compile=compile))
+
+    for name, model, compile in paths:  # warm-up; the compiled ones compile here (once per model and batch)
+        print(f"warm-up {name}: {run(model, compile, args.new_tokens):.1f} s", flush=True)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in paths}
+    for _ in range(args.runs):
+        for name, model, compile in paths:
+            times[name].append((run(model, compile, 1), run(model, compile, args.new_tokens)))
+    return {name: (len(prompt) / statistics.median(a for a, _ in t),
+                   (args.new_tokens - 1) / statistics.median(b - a for a, b in t)) for name, t in times.items()}
+
+
+def llama_bench(args: argparse.Namespace, tools: dict[str, Path], files: dict[str, Path]) -> dict[str, tuple]:
+    """Name -> (prefill tok/s, decode tok/s): llama-bench's median over `--runs` repetitions, per GGUF type."""
+    rates = {}
+    for kind, path in files.items():
+        cmd = [str(tools["llama-bench"]), "-m", str(path), "-t", str(args.threads), "-p", str(args.prompt_tokens),
+               "-n", str(args.new_tokens), "-r", str(args.runs), "-o", "json"]
+        results = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        by_test = {"pp" if r["n_gen"] == 0 else "tg": statistics.median(r["samples_ts"]) for r in results}
+        rates[f"llama.cpp {kind}"] = (by_test["pp"], by_test["tg"])
+    return rates
+
+
+def profile_decode(directory: Path, prompt: list[int], n: int) -> None:
+    model, _ = herd.load(directory)
+    generate_tokens(model, [prompt], max_new_tokens=4)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        generate_tokens(model, [prompt], max_new_tokens=n)
+    print(f"\nherd f32 eager, {n} decoded tokens under torch.profiler, top ops by self CPU time:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50))
+
+
+async def drive(url: str, requests: list, concurrency: int, extra: dict) -> tuple[list[Trace], float]:
+    """Closed loop over `requests` with `concurrency` streaming /v1/completions in flight; a Trace per request."""
+    traces: list[Trace | None] = [None] * len(requests)
+    queue = list(enumerate(requests))
+
+    async def worker(client: httpx.AsyncClient, model: str) -> None:
+        while queue:
+            i, request = queue.pop(0)
+            body = {"model": model, "prompt": request.prompt, "max_tokens": request.output_len, "temperature": 0,
+                    "stream": True, **extra}
+            trace = traces[i] = Trace(time.perf_counter())
+            async with client.stream("POST", "/v1/completions", json=body) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        choices = json.loads(line[6:]).get("choices") or [{}]
+                        if choices[0].get("text"):
+                            trace.tokens.append(time.perf_counter())
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        model = (await client.get("/v1/models")).json()["data"][0]["id"]
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client, model) for _ in range(concurrency)))
+    return [t for t in traces if t is not None], time.perf_counter() - start
+
+
+def wait_up(proc: subprocess.Popen, url: str, name: str) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{name} did not come up in 300 s")
+
+
+def serving(args: argparse.Namespace, tools: dict[str, Path], directory: Path, gguf_f32: Path) -> list[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    slots = max(args.concurrency)
+    servers = {
+        "herd serve": ([str(Path(sys.executable).parent / "herd"), "serve", "--model", str(directory), "--port", "8731",
+                        "--max-running", str(slots)], "http://127.0.0.1:8731", {}),
+        "llama-server": ([str(tools["llama-server"]), "-m", str(gguf_f32), "--port", "8732", "-t", str(args.threads),
+                          "-tb", str(args.threads), "-np", str(slots), "-c", str(slots * 512), "--no-warmup"],
+                         "http://127.0.0.1:8732", {"ignore_eos": True}),
+    }
+    procs = {name: subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for name, (cmd, _, _) in servers.items()}
+    rows = []
+    try:
+        for name, (_, url, _) in servers.items():
+            wait_up(procs[name], url, name)
+        for c in args.concurrency:
+            requests = workload(max(2 * c, 8), seed=c, vocab=128000, outputs=(16, 128))
+            figures: dict[str, list[dict]] = {name: [] for name in servers}
+            for name, (_, url, extra) in servers.items():  # warm-up
+                asyncio.run(drive(url, requests[:2], min(c, 2), extra))
+            for _ in range(args.runs):
+                for name, (_, url, extra) in servers.items():
+                    figures[name].append(summarize(*asyncio.run(drive(url, requests, c, extra))))
+            for name, runs in figures.items():
+                med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                rows.append(f"{c:>4} {name:13} {med['tok_s']:10.1f} {med['ttft_p50']:10.0f} {med['ttft_p99']:10.0f} "
+                            f"{med['tpot_p50']:10.1f} {med['itl_p99']:9.0f}")
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8, 16])
+    parser.add_argument("--no-compile", action="store_true", help="leave out herd's compiled decode")
+    parser.add_argument("--no-serving", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler's top ops of herd's f32 decode")
+    args = parser.parse_args()
+    tools = binaries()
+    if tools is None:
+        raise SystemExit("no llama.cpp build: run python benchmarks/llama_cpp_build.py first")
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="llama_cpp_side_by_side-"))
+    tok = Tokenizer(default_tokenizer_path())
+    model = build_model(preset("llama3-125m"))
+    model.init_weights(0)
+    directory = herd.save(model, tok, work / "herd")
+    files = {kind: ckpt.convert(directory, work / f"model-{kind}.gguf", to="gguf", outtype=kind) for kind in GGUF_TYPES}
+    prompt = [tok.bos_id] + workload(1, 0, vocab=128000, prompts=(args.prompt_tokens - 1,) * 2)[0].prompt
+    print(cpu_line())
+    print(f"torch {torch.__version__}, {args.threads} threads; llama.cpp {tools['llama-bench'].parents[1].name}; "
+          f"llama3-125m, prompt {len(prompt)} tokens, {args.new_tokens} new tokens, medians of {args.runs} runs")
+    rates = herd_rates(args, directory, prompt) | llama_bench(args, tools, files)
+    print(f"\n{'batch-1':24} {'prefill tok/s':>13} {'decode tok/s':>12}")
+    for name, (prefill, decode) in rates.items():
+        print(f"{name:24} {prefill:13.0f} {decode:12.1f}")
+    pairs = [("herd f32 eager", "llama.cpp f32"), ("herd f32 compiled", "llama.cpp f32"),
+             ("herd bf16 eager", "llama.cpp bf16"), ("herd bf16 compiled", "llama.cpp bf16"),
+             ("herd int8 eager", "llama.cpp q8_0")]
+    for ours, theirs in pairs:
+        if ours in rates:
+            print(f"{ours} / {theirs}: prefill {rates[ours][0] / rates[theirs][0]:.2f}x, "
+                  f"decode {rates[ours][1] / rates[theirs][1]:.2f}x")
+    if not args.no_serving:
+        print(f"\n{'c':>4} {'server':13} {'out tok/s':>10} {'TTFT p50':>10} {'TTFT p99':>10} {'TPOT p50':>10} "
+              f"{'ITL p99':>9}  (ms)")
+        print("\n".join(serving(args, tools, directory, files["f32"])))
+    if args.profile:
+        profile_decode(directory, prompt, args.new_tokens)
+
+
+if __name__ == "__main__":
+    main()
