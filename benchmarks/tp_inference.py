@@ -120,7 +120,7 @@ def main() -> None:
     print(f"{params / 1e6:.0f}M-parameter model, fp32; {args.rounds} rounds; torch {torch.__version__}")
     results: dict[tuple[int, int], list[dict]] = {side_: [] for side_ in SIDES}
     for round_ in range(args.rounds):
-        for tp, threads in SIDES if round_ % 2 == 0 else SIDES[::-1]:
+        for tp, threads in list(SIDES)[:: 1 if round_ % 2 == 0 else -1]:
             results[tp, threads].append(side(tp, threads, args))
     print(f"| side | decode tok/s (batch 1) | serving output tok/s (concurrency {CONCURRENCY}) |")
     print("|---|---|---|")
