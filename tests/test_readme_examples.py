@@ -26,7 +26,8 @@ SHARED_DATA = (REPO / "../shared/data/benchmarks").resolve()
 
 def readme_commands() -> list[str]:
     """The `herd` commands of README.md's bash blocks, in order: comments cut, `a ; b` lines split, `herd x | y ...`
-    expanded to one command per subcommand, and an `#   e.g. key=value ...` line appended to the command above it."""
+    expanded to one command per subcommand, `torchrun ... -m herd.cli x ...` read as `herd x ...`, and an
+    `#   e.g. key=value ...` line appended to the command above it."""
     commands: list[str] = []
     for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
         for line in block.splitlines():
@@ -36,6 +37,7 @@ def readme_commands() -> list[str]:
                 commands.append(f"{commands[-1].replace(' [key=value ...]', '')} {example.group(1).strip()}")
                 continue
             for part in re.split(r"\s;\s", re.split(r"\s#", stripped)[0].strip()):
+                part = re.sub(r"^torchrun (?:--\S+ \S+ )*-m herd\.cli ", "herd ", part)
                 alternatives = re.match(r"herd ((?:[\w-]+ \| )+[\w-]+) (.*)", part)
                 if alternatives:
                     commands += [f"herd {name} {alternatives.group(2)}" for name in alternatives.group(1).split(" | ")]
@@ -60,6 +62,8 @@ TINY_SFT = ["steps=1", "batch_size=1", "seq_len=256", "progress=false", "checkpo
 RUN = {
     'herd generate --model DIR --prompt "The capital of France is" --max-new-tokens 32': Run(),
     'herd chat --model DIR --system "You are terse."': Run(["--max-new-tokens", "4"], stdin="hi\n"),
+    "herd chat --model DIR --tools python,calculator": Run(  # the tools prompt (~830 tokens) needs the preset's context
+        ["--max-new-tokens", "4"], model="tiny", stdin="What is 2 + 3?\n"),
     "herd convert --model DIR --to hf --out OUT_DIR": Run(),
     "herd convert --model DIR --to gguf --out model.gguf --outtype q8_0": Run(),
     "herd info DIR": Run(),
@@ -93,6 +97,8 @@ PARSE = {
     "herd serve --model DIR --port 8000 [--api-key KEY]": "a server (tests/serve/test_serve_server.py runs one)",
     "herd serve --model DIR --api-key-file FILE": "a server",
     "herd serve --model DIR --guard GUARD --code-shield": "a server",
+    "herd serve --model DIR --web-tools calculator,python": "a server (tests/serve/test_serve_tool_runner.py runs one)",
+    "herd serve --model DIR --tp 8 --quantize fp8": "8 ranks under torchrun (tests/serve/test_serve_tp.py runs 2)",
     "herd guard train --base DIR --out runs/guard [--data mine.jsonl] [key=value ...]": "minutes; "
     "tests/safety/test_safety_guard_train.py runs it on a tiny base",
     "herd guard eval --model GUARD [--data labelled.jsonl]": "tests/safety/test_safety_guard_train.py runs it",
@@ -209,8 +215,9 @@ def test_readme_command_runs(command, places, tmp, tiny_model_dir, monkeypatch, 
 
 
 def llama_cpp_binary() -> Path | None:
-    """llama-cli or llama-perplexity, on PATH or in a build under ~/.cache/herd/llama.cpp-*."""
-    for name in ("llama-cli", "llama-perplexity"):
+    """llama-completion (llama-cli before llama.cpp split them) or llama-perplexity, on PATH or in a build under
+    ~/.cache/herd/llama.cpp-*."""
+    for name in ("llama-completion", "llama-cli", "llama-perplexity"):
         found = shutil.which(name) or next(iter(sorted(Path.home().glob(f".cache/herd/llama.cpp-*/**/{name}"))), None)
         if found:
             return Path(found)
@@ -221,10 +228,11 @@ def test_llama_cpp_loads_the_gguf_export(tmp_path, tiny_model_dir):
     """The README's GGUF export (q8_0) is what llama.cpp loads: its own binary runs the file."""
     binary = llama_cpp_binary()
     if binary is None:
-        pytest.skip("no llama.cpp build: no llama-cli or llama-perplexity on PATH or under ~/.cache/herd/llama.cpp-*")
+        pytest.skip("no llama.cpp build: no llama-completion, llama-cli or llama-perplexity on PATH or under "
+                    "~/.cache/herd/llama.cpp-*")
     gguf = tmp_path / "model.gguf"
     main(["convert", "--model", str(tiny_model_dir), "--to", "gguf", "--out", str(gguf), "--outtype", "q8_0"])
-    if binary.name == "llama-cli":
+    if binary.name != "llama-perplexity":
         command = [binary, "-m", gguf, "-p", "Hello", "-n", "4", "--temp", "0", "-no-cnv"]
     else:
         text = tmp_path / "text.txt"
