@@ -73,8 +73,14 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def meta(tmp_path_factory, meta_tokenizer) -> Path:
-    """A random Llama 3.1-architecture model (RoPE scaling, 128,256 ids) with Meta's tokenizer."""
+    """A random Llama 3.1-architecture model (RoPE scaling, 128,256 ids) with Meta's tokenizer; its query and key
+    weights scaled up, so that attention is sharp and a wrong position encoding changes the logits (at the init's
+    scale attention is near uniform whatever RoPE does)."""
     model = random_model(small_config(vocab_size=meta_tokenizer.n_words, max_seq_len=256))
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attention.wq.weight.mul_(10)
+            layer.attention.wk.weight.mul_(10)
     return herd.save(model, meta_tokenizer, tmp_path_factory.mktemp("meta") / "model")
 
 
