@@ -7,6 +7,8 @@ import os
 import sys
 
 DTYPES = ("float32", "bfloat16", "float16")
+COMPILE = {"auto": None, "on": True, "off": False}
+"""--compile's choices: the `compile` argument of herd.generate each stands for."""
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +26,9 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: %(default)s, no cut)")
     parser.add_argument("--top-k", type=int, default=0, help="0 means no top-k cut")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", choices=tuple(COMPILE), default="auto",
+                        help="the decode step: auto (compiled where it pays, cached across runs), on, or off (eager); "
+                        "stderr says which runs (default: %(default)s)")
 
 
 def _load(args: argparse.Namespace):
@@ -52,10 +57,16 @@ class _RankZeroLines:
         return self.tp.broadcast_object(self.stdin.readline() if self.tp.rank == 0 else None)
 
 
-def _sampling(args: argparse.Namespace) -> dict:
+def _sampling(args: argparse.Namespace, model) -> dict:  # noqa: ANN001 - a Transformer
+    """The sampling and decode-path options; says on stderr (rank 0) which decode path runs."""
+    from herd.generation.decode_step import describe_decode_path
+
+    compile = COMPILE[args.compile]
+    if model.tp is None or model.tp.rank == 0:
+        print(describe_decode_path(model, compile, args.max_new_tokens), file=sys.stderr, flush=True)
     return dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        seed=args.seed,
+        seed=args.seed, compile=compile,
     )
 
 
@@ -79,7 +90,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         prompt = prompt if tp is None else tp.broadcast_object(prompt)
     shown = tp is None or tp.rank == 0  # every rank generates, rank 0 prints
     herd.generate(
-        model, tok, prompt, stop=args.stop or None, chat=args.chat, **_sampling(args),
+        model, tok, prompt, stop=args.stop or None, chat=args.chat, **_sampling(args, model),
         on_text=lambda _row, piece: shown and print(piece, end="", flush=True),
     )
     if shown:
@@ -112,7 +123,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     tp, stdin = model.tp, sys.stdin if model.tp is None else _RankZeroLines(sys.stdin, model.tp)
     with open(os.devnull, "w") if tp and tp.rank else contextlib.nullcontext(sys.stdout) as out:
         run_chat(model, tok, stdin, out, system=args.system, tools=args.tools or (),
-                 max_tool_rounds=args.max_tool_rounds, **_sampling(args))
+                 max_tool_rounds=args.max_tool_rounds, **_sampling(args, model))
     if tp is not None:
         tp.close()
 

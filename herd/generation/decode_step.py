@@ -1,21 +1,63 @@
-"""The decode step of generation: the next logits for one new token per row through the KV cache.
+"""The decode step of generation: the next logits for one new token per row through the KV cache, and which
+path runs it by default.
 
 Eager it is the model's cached forward; compiled it is `Transformer.decode_step` under torch.compile, with
-CUDA graphs on GPUs and, on CPUs, the inductor backend of `herd.model.cpu_tuning`.
+CUDA graphs on GPUs and, on CPUs, the inductor backend of `herd.model.cpu_tuning`. Inductor caches the compiled
+kernels on disk (TORCHINDUCTOR_CACHE_DIR, by default /tmp/torchinductor_<user>), so a later process pays only
+the tracing (benchmarks/chat_cold_start.py).
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 from collections.abc import Callable
 
 import torch
 
 from herd.model import KVCache, Transformer
-from herd.model.cpu_tuning import decode_backend
+from herd.model.cpu_tuning import PLAIN_ENV, decode_backend, plain_forced
 
 Step = Callable[[torch.Tensor], torch.Tensor]
 """ids [B, 1] -> next-token logits [B, vocab], appending the ids to the cache."""
+
+
+MIN_COMPILE_WORK = 32e9
+"""Bytes of weights read over a call's decode steps (weight bytes x new tokens) from which `auto` compiles: below
+it, the tracing a compile costs even from a warm cache outweighs what the faster steps save
+(benchmarks/chat_cold_start.py; on 2 cores, llama3-125m fp32 reads ~0.5 GB a token: 64 tokens)."""
+
+
+def choose_decode_path(model: Transformer, compile: bool | None, new_tokens: int) -> tuple[bool, str]:
+    """(compile?, why) for a call decoding `new_tokens` tokens: `compile` True or False as given, None (auto) the
+    fastest correct path here: compiled where torch.compile can build it and the call reads enough weights."""
+    if compile is not None:
+        return compile, "compiled (asked for)" if compile else "eager (asked for)"
+    device = model.tok_embeddings.weight.device
+    if model.tp is not None:
+        return False, "eager (tensor parallel: its collectives run outside a compiled step)"
+    if device.type == "cpu" and plain_forced():
+        return False, f"eager ({PLAIN_ENV}={os.environ[PLAIN_ENV]})"
+    if device.type == "cpu" and not _cpp_compiler():
+        return False, "eager (no C++ compiler for inductor's CPU kernels: install g++)"
+    if device.type == "cuda" and not _has_triton():
+        return False, "eager (no triton for inductor's GPU kernels)"
+    if device.type not in ("cpu", "cuda"):
+        return False, f"eager (no compiled step for {device.type})"
+    work = new_tokens * sum(p.numel() * p.element_size() for p in model.parameters())
+    if work < MIN_COMPILE_WORK:
+        size = work / new_tokens / 1e9
+        return False, f"eager ({new_tokens} new tokens of a {size:.2f} GB model: too few to pay for a compile)"
+    return True, "compiled (CUDA graphs)" if device.type == "cuda" else "compiled (inductor, herd's CPU decode kernels)"
+
+
+def describe_decode_path(model: Transformer, compile: bool | None, new_tokens: int) -> str:
+    """The one line `herd generate | chat` print on stderr: the decode path and how to change it."""
+    compiled, why = choose_decode_path(model, compile, new_tokens)
+    cache = f"; kernels cached in {_inductor_cache_dir()}" if compiled else ""
+    switch = "--compile off for eager" if compiled else "--compile on to compile"
+    return f"herd: decode step {why}{cache} ({switch})"
 
 
 def make_decode_step(model: Transformer, cache: KVCache, compile: bool) -> Step:
@@ -48,3 +90,22 @@ def _compiled_decode_step(device_type: str, backend: str | Callable) -> Callable
     if device_type == "cuda":
         return torch.compile(Transformer.decode_step, mode="reduce-overhead")
     return torch.compile(Transformer.decode_step, backend=backend)
+
+
+def _cpp_compiler() -> str | None:
+    """The C++ compiler inductor would build CPU kernels with ($CXX, else the first of g++, c++, clang++ found)."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return next((path for path in map(shutil.which, names) if path), None)
+
+
+def _has_triton() -> bool:
+    from torch.utils._triton import has_triton
+
+    return has_triton()
+
+
+def _inductor_cache_dir() -> str:
+    """Where inductor keeps compiled kernels across processes (its own default when the variable is unset)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()

@@ -1,4 +1,4 @@
-"""Generation: token-id prompts -> new ids through a KV cache (batched, seeded, streaming, optionally compiled),
+"""Generation: token-id prompts -> new ids through a KV cache (batched, seeded, streaming, compiled where it pays),
 and its text front end `generate` / `generate_results` (what `herd.generate` is).
 """
 
@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 
 from herd.errors import HerdError
-from herd.generation.decode_step import make_decode_step
+from herd.generation.decode_step import choose_decode_path, make_decode_step
 from herd.generation.sampling import SamplingParams, sample, token_logprobs
 from herd.generation.stopping import TextStream
 from herd.model import KVCache, ModelConfig, Transformer
@@ -53,7 +53,7 @@ def generate_tokens(
     logprobs: bool = False,
     on_token: TokenCallback | None = None,
     truncate: bool = False,
-    compile: bool = False,
+    compile: bool | None = False,
     check_every: int | None = None,
 ) -> list[GenerationResult]:
     """Continue each prompt by up to `max_new_tokens` ids; one result per prompt, in order.
@@ -63,7 +63,8 @@ def generate_tokens(
     the batch size, and a fixed batch keeps one shape for the compiled step. A prompt that does not fit
     the context with max_new_tokens is an error, or with `truncate` loses its first tokens (the BOS too).
     `compile` runs the decode step through torch.compile: CUDA graphs on GPUs; on CPUs a one-time compile per
-    model and batch size (any prompt length) for faster decoding after it (benchmarks/README.md). The host
+    model and batch size (any prompt length) for faster decoding after it (benchmarks/README.md), its kernels cached
+    on disk for later processes; None picks the fastest path here (`choose_decode_path`). The host
     looks at the new ids, and so calls on_token and notices stops, every `check_every` steps (default:
     every step on CPU, every 8 on accelerators, where each look waits for the device); ids generated past
     a stop are discarded.
@@ -90,7 +91,7 @@ def generate_tokens(
     new_logprobs = torch.empty(new_ids.shape, device=weight.device) if logprobs else None
 
     logits = model(tokens, cache=cache, last_only=True)[:, -1]
-    step = make_decode_step(model, cache, compile)
+    step = make_decode_step(model, cache, choose_decode_path(model, compile, max_new_tokens)[0])
     live, checked = list(range(len(prompts))), 0
     for i in range(max_new_tokens):
         ids = sample(logits, params, generator)
@@ -125,14 +126,15 @@ def generate_results(
     on_text: TextCallback | None = None,
     chat: bool = False,
     truncate: bool = False,
-    compile: bool = False,
+    compile: bool | None = None,
 ) -> list[GenerationResult]:
     """Continue text prompts: `generate_tokens` on their ids, with `.text` filled in; one result per prompt.
 
     Prompts are encoded with BOS, or with `chat` as one user message each in the Llama 3 chat format.
     The tokenizer's stop tokens (end of text, end of turn, end of message) always end a row; a `stop`
     string ends it too and is cut from the text. `on_text(index, piece)` streams each row's text: the
-    pieces join to its final text and never split a UTF-8 character nor show part of a stop string.
+    pieces join to its final text and never split a UTF-8 character nor show part of a stop string. `compile`:
+    as `generate_tokens`'s, by default None (the fastest path here).
     """
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
     ids = [tok.encode_dialog([{"role": "user", "content": t}]) if chat else tok.encode(t, bos=True) for t in texts]
@@ -166,7 +168,7 @@ def generate(
     on_text: TextCallback | None = None,
     chat: bool = False,
     truncate: bool = False,
-    compile: bool = False,
+    compile: bool | None = None,
 ) -> str | list[str]:
     """The generated text: a str for one prompt, a list for a list; options as in `generate_results`."""
     results = generate_results(

@@ -89,17 +89,37 @@ def _decode_inductor(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor
     """Inductor with the decode step's two decompositions.
 
     Without AOTAutograd's cache: its key leaves the decompositions out, so it would hand this graph plain inductor's
-    kernels once a plain compile of it is on disk (and plain inductor these). Inductor's own cache, keyed on the
-    decomposed graph, still serves a warm compile."""
+    kernels once a plain compile of it is on disk (and plain inductor these). Inductor's own FX-graph cache, keyed on
+    the decomposed graph, serves a warm compile (in a later process too: see `_DecodeDecompositions`)."""
     from torch._functorch import config as functorch_config
     from torch._inductor.compile_fx import compile_fx  # takes seconds: only when compiling
-    from torch._inductor.decomposition import select_decomp_table
 
-    table = dict(select_decomp_table())
-    table[torch.ops.aten.mm.default] = _rowvec_matmul
-    table[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default] = _one_query_attention
     with functorch_config.patch(enable_autograd_cache=False):
-        return compile_fx(gm, example_inputs, decompositions=table)
+        return compile_fx(gm, example_inputs, decompositions=_DecodeDecompositions.build())
+
+
+class _DecodeDecompositions(dict):
+    """Inductor's decomposition table with `_rowvec_matmul` and `_one_query_attention`, keyed for inductor's FX-graph
+    cache by the source of those two.
+
+    The cache hashes the table by pickling it, and one of inductor's own entries is a C++ function that does not
+    pickle: the cache would be skipped and every process would compile afresh. The rest of the table is inductor's
+    for this torch version, which the key holds already."""
+
+    @classmethod
+    def build(cls) -> "_DecodeDecompositions":
+        from torch._inductor.decomposition import select_decomp_table
+
+        table = cls(select_decomp_table())
+        table[torch.ops.aten.mm.default] = _rowvec_matmul
+        table[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default] = _one_query_attention
+        return table
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        import inspect
+
+        ours = (torch.ops.aten.mm.default, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default)
+        return str, ("herd decode decompositions\n" + "".join(inspect.getsource(self[op]) for op in ours),)
 
 
 def _rowvec_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

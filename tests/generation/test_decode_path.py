@@ -1,0 +1,108 @@
+"""Which decode path runs by default (herd.generate, `herd generate | chat`), the line that says so, and the compiled
+step's kernels served from inductor's on-disk cache in a later process."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+from pathlib import Path
+
+import pytest
+
+import herd
+from herd.generation import decode_step, generate_tokens
+from herd.generation.decode_step import choose_decode_path, describe_decode_path
+from tests.generation.test_generation import random_model
+
+
+@pytest.fixture()
+def model():
+    return random_model()
+
+
+def test_explicit_choices_win(model, monkeypatch):
+    monkeypatch.setattr(decode_step, "MIN_COMPILE_WORK", 0)
+    assert choose_decode_path(model, True, 1) == (True, "compiled (asked for)")
+    assert choose_decode_path(model, False, 10**6) == (False, "eager (asked for)")
+
+
+def test_auto_compiles_where_the_work_pays(model, monkeypatch):
+    monkeypatch.delenv("HERD_CPU_PLAIN", raising=False)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    tokens = int(decode_step.MIN_COMPILE_WORK // nbytes)
+    compiled, why = choose_decode_path(model, None, tokens + 1)
+    assert compiled and why == "compiled (inductor, herd's CPU decode kernels)"
+    compiled, why = choose_decode_path(model, None, tokens - 1)
+    assert not compiled and "too few to pay for a compile" in why
+
+
+def test_auto_is_eager_on_the_plain_path_and_without_a_compiler(model, monkeypatch):
+    monkeypatch.setattr(decode_step, "MIN_COMPILE_WORK", 0)
+    monkeypatch.setenv("HERD_CPU_PLAIN", "1")
+    assert choose_decode_path(model, None, 64) == (False, "eager (HERD_CPU_PLAIN=1)")
+    assert "--compile on to compile" in describe_decode_path(model, None, 64)
+    monkeypatch.setenv("HERD_CPU_PLAIN", "0")
+    monkeypatch.setenv("CXX", "/no/such/g++")
+    assert choose_decode_path(model, None, 64) == (
+        False, "eager (no C++ compiler for inductor's CPU kernels: install g++)")
+    monkeypatch.delenv("CXX")
+    line = describe_decode_path(model, None, 64)
+    assert line.startswith("herd: decode step compiled") and "kernels cached in " in line and "--compile off" in line
+
+
+def test_cli_prints_the_path_on_stderr():
+    def run(*flags, **env):
+        return subprocess.run(
+            [sys.executable, "-m", "herd.cli", "generate", "--model", "tiny", "--prompt", "Hi", "--max-new-tokens", "2",
+             *flags], capture_output=True, text=True, timeout=300, env={**os.environ, **env},
+        )
+
+    result = run("--compile", "off")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("herd: decode step eager (asked for)")
+    assert "herd:" not in result.stdout  # the generated text stays clean
+    assert "herd: decode step eager (HERD_CPU_PLAIN=1)" in run(HERD_CPU_PLAIN="1").stderr
+
+
+@pytest.mark.slow
+def test_auto_compiled_greedy_tokens_equal_eager(model, tok, monkeypatch):
+    """herd.generate's default (auto) takes the compiled step once the work pays; same greedy text as eager."""
+    monkeypatch.delenv("HERD_CPU_PLAIN", raising=False)
+    monkeypatch.setattr(decode_step, "MIN_COMPILE_WORK", 0)
+    paths = []
+    module = importlib.import_module("herd.generation.generate")  # the package's `generate` is the function
+    make = module.make_decode_step
+    monkeypatch.setattr(module, "make_decode_step", lambda *a: paths.append(a[2]) or make(*a))
+    prompts = ["what is the sky", "what is snow"]
+    auto = herd.generate(model, tok, prompts, max_new_tokens=12)
+    eager = herd.generate(model, tok, prompts, max_new_tokens=12, compile=False)
+    assert paths == [True, False]
+    assert auto == eager
+    assert generate_tokens(model, [[1, 2, 3]], max_new_tokens=6, compile=None)[0].tokens == \
+        generate_tokens(model, [[1, 2, 3]], max_new_tokens=6)[0].tokens
+
+
+COMPILE_IN_A_PROCESS = """
+import json, torch
+from torch._dynamo.utils import counters
+from tests.generation.test_generation import random_model
+from herd.generation import generate_tokens
+generate_tokens(random_model(), [[1, 2, 3]], max_new_tokens=4, compile=True)
+print(json.dumps(dict(counters["inductor"])))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_process_loads_the_compiled_decode_step_from_the_cache(tmp_path):
+    """Inductor's FX-graph cache serves herd's decode step (with its CPU decompositions) to a later process."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "HERD_CPU_PLAIN": "0"}
+    runs = []
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", COMPILE_IN_A_PROCESS], capture_output=True, text=True,
+                                timeout=600, env=env, cwd=Path(__file__).parents[2])
+        assert result.returncode == 0, result.stderr
+        runs.append(json.loads(result.stdout.splitlines()[-1]))
+    assert runs[0].get("fxgraph_cache_miss") == 1 and not runs[0].get("fxgraph_cache_bypass")
+    assert runs[1].get("fxgraph_cache_hit") == 1 and not runs[1].get("fxgraph_cache_miss")
