@@ -113,15 +113,15 @@ async def drive(url: str, requests: list, concurrency: int, extra: dict) -> tupl
                 response.raise_for_status()
                 async for line in response.aiter_lines():
                     if line.startswith("data: ") and line != "data: [DONE]":
-                        choices = json.loads(line[6:]).get("choices") or [{}]
-                        if choices[0].get("text"):
-                            trace.tokens.append(time.perf_counter())
+                        choice = (json.loads(line[6:]).get("choices") or [{}])[0]
+                        if choice.get("text") or ("text" in choice and choice.get("finish_reason") is None):
+                            trace.tokens.append(time.perf_counter())  # a token (its text may be held back)
 
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         model = (await client.get("/v1/models")).json()["data"][0]["id"]
         start = time.perf_counter()
         await asyncio.gather(*(worker(client, model) for _ in range(concurrency)))
-    return [t for t in traces if t is not None], time.perf_counter() - start
+    return [t for t in traces if t is not None and t.tokens], time.perf_counter() - start  # a stop as first token
 
 
 def wait_up(proc: subprocess.Popen, url: str, name: str) -> None:
