@@ -148,8 +148,10 @@ def serving(args: argparse.Namespace, tools: dict[str, Path], directory: Path, g
                           "-tb", str(args.threads), "-np", str(slots), "-c", str(slots * 512), "--no-warmup"],
                          "http://127.0.0.1:8732", {"ignore_eos": True}),
     }
-    procs = {name: subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logs = {name: (directory.parent / f"{name.replace(' ', '_')}.log").open("w") for name in servers}
+    procs = {name: subprocess.Popen(cmd, env=env, stdout=logs[name], stderr=subprocess.STDOUT)
              for name, (cmd, _, _) in servers.items()}
+    print(f"server logs: {', '.join(log.name for log in logs.values())}")
     rows = []
     try:
         for name, (_, url, _) in servers.items():
