@@ -117,7 +117,10 @@ async def drive(url: str, requests: list, concurrency: int, extra: dict) -> tupl
                         if choice.get("text") or ("text" in choice and choice.get("finish_reason") is None):
                             trace.tokens.append(time.perf_counter())  # a token (its text may be held back)
 
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+    # A new connection per request: llama-server (cpp-httplib) closes a kept-alive connection after a few requests,
+    # and a request sent on it as it closes fails with "Server disconnected without sending a response".
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         model = (await client.get("/v1/models")).json()["data"][0]["id"]
         start = time.perf_counter()
         await asyncio.gather(*(worker(client, model) for _ in range(concurrency)))
