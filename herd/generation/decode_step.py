@@ -23,10 +23,11 @@ Step = Callable[[torch.Tensor], torch.Tensor]
 """ids [B, 1] -> next-token logits [B, vocab], appending the ids to the cache."""
 
 
-MIN_COMPILE_WORK = 32e9
+MIN_COMPILE_WORK = 100e9
 """Bytes of weights read over a call's decode steps (weight bytes x new tokens) from which `auto` compiles: below
-it, the tracing a compile costs even from a warm cache outweighs what the faster steps save
-(benchmarks/chat_cold_start.py; on 2 cores, llama3-125m fp32 reads ~0.5 GB a token: 64 tokens)."""
+it, the tracing a compile costs even from a warm cache outweighs what the faster steps save. llama3-125m fp32 (0.49
+GB) on 2 cores: eager 31 tok/s, compiled ~95, so 22 ms saved a token against ~5.5 s of tracing with a warm cache
+(~20 s with an empty one): even at ~270 tokens; this threshold compiles it from 203 (benchmarks/chat_cold_start.py)."""
 
 
 def choose_decode_path(model: Transformer, compile: bool | None, new_tokens: int) -> tuple[bool, str]:
