@@ -91,7 +91,7 @@ def generate_tokens(
     new_logprobs = torch.empty(new_ids.shape, device=weight.device) if logprobs else None
 
     logits = model(tokens, cache=cache, last_only=True)[:, -1]
-    step = make_decode_step(model, cache, choose_decode_path(model, compile, max_new_tokens)[0])
+    step = make_decode_step(model, cache, choose_decode_path(model, compile, max_new_tokens, len(prompts))[0])
     live, checked = list(range(len(prompts))), 0
     for i in range(max_new_tokens):
         ids = sample(logits, params, generator)

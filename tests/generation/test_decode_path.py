@@ -36,6 +36,8 @@ def test_auto_compiles_where_the_work_pays(model, monkeypatch):
     assert compiled and why == "compiled (inductor, herd's CPU decode kernels)"
     compiled, why = choose_decode_path(model, None, tokens - 1)
     assert not compiled and "too few to pay for a compile" in why
+    assert choose_decode_path(model, None, tokens + 1, rows=2) == (
+        False, "eager (2 prompts: on CPUs the compiled step is faster for one)")
 
 
 def test_auto_is_eager_on_the_plain_path_and_without_a_compiler(model, monkeypatch):
@@ -75,9 +77,8 @@ def test_auto_compiled_greedy_tokens_equal_eager(model, tok, monkeypatch):
     module = importlib.import_module("herd.generation.generate")  # the package's `generate` is the function
     make = module.make_decode_step
     monkeypatch.setattr(module, "make_decode_step", lambda *a: paths.append(a[2]) or make(*a))
-    prompts = ["what is the sky", "what is snow"]
-    auto = herd.generate(model, tok, prompts, max_new_tokens=12)
-    eager = herd.generate(model, tok, prompts, max_new_tokens=12, compile=False)
+    auto = herd.generate(model, tok, "what is the sky", max_new_tokens=12)
+    eager = herd.generate(model, tok, "what is the sky", max_new_tokens=12, compile=False)
     assert paths == [True, False]
     assert auto == eager
     assert generate_tokens(model, [[1, 2, 3]], max_new_tokens=6, compile=None)[0].tokens == \
