@@ -59,6 +59,7 @@ class StageModule(Transformer):
         self.head = True
         self.register_buffer("rope_freqs", model.rope_freqs.clone(), persistent=False)
         self.row_kernel = model.row_kernel
+        self.tp, self.tp_head = model.tp, model.tp_head
 
     def forward(self, h: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor:
         return super().forward(h, doc_ids=doc_ids, head=self.head)
