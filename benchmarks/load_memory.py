@@ -41,7 +41,7 @@ def write_checkpoints(root: Path) -> dict[str, Path]:
     import torch
 
     import herd.checkpoint as ckpt
-    from herd.checkpoint.meta_format import SPLIT_DIM
+    from herd.model.tensor_parallel import SHARD_DIMS
     from herd.model import ModelConfig, build_model
     from herd.tokenizer import Tokenizer, default_tokenizer_path
 
@@ -59,7 +59,7 @@ def write_checkpoints(root: Path) -> dict[str, Path]:
         shard = {}
         for name, tensor in state.items():
             parts = name.split(".")
-            dim = SPLIT_DIM[".".join(parts[2:-1] if parts[0] == "layers" else parts[:-1])]
+            dim = SHARD_DIMS[".".join(parts[2:-1] if parts[0] == "layers" else parts[:-1])]
             shard[name] = tensor.clone() if dim is None else tensor.chunk(2, dim=dim)[rank].clone()
         torch.save(shard, sharded / f"consolidated.{rank:02d}.pth")
     dirs["meta-2-shards"] = sharded

@@ -16,6 +16,7 @@ import torch
 from herd.checkpoint.files import one_line
 from herd.errors import HerdError
 from herd.model import ModelConfig, Transformer
+from herd.model.tensor_parallel import SHARD_DIMS
 from herd.run_dir import atomic_open, write_json
 from herd.tokenizer import Tokenizer, load_tokenizer
 
@@ -23,24 +24,8 @@ PARAMS_FILE = "params.json"
 SHARD_PATTERN = "consolidated.*.pth"
 TOKENIZER_FILE = "tokenizer.model"
 
-# The dimension fairscale model parallelism split each weight on across the shards (None: replicated), keyed
-# by module name without `layers.N.`. Column-parallel layers split their output rows, row-parallel ones their
-# input columns; Llama 3's VocabParallelEmbedding splits the vocabulary (Llama 2's ParallelEmbedding split the
-# embedding width instead, see `ShardLayout.of`).
-SPLIT_DIM: dict[str, int | None] = {
-    "tok_embeddings": 0,
-    "attention.wq": 0,
-    "attention.wk": 0,
-    "attention.wv": 0,
-    "attention.wo": 1,
-    "feed_forward.w1": 0,
-    "feed_forward.w3": 0,
-    "feed_forward.w2": 1,
-    "attention_norm": None,
-    "ffn_norm": None,
-    "norm": None,
-    "output": 0,
-}
+# Meta's shards are cut as herd's tensor-parallel ranks are (`SHARD_DIMS`: fairscale's column/row/vocab-parallel
+# split of Llama 3; Llama 2's ParallelEmbedding split the embedding width instead, see `ShardLayout.of`).
 # Tensors older Meta checkpoints carry that are not weights (Llama 2's precomputed RoPE frequencies).
 NOT_WEIGHTS = frozenset({"rope.freqs"})
 
@@ -86,7 +71,7 @@ def read_tokenizer(directory: Path) -> Tokenizer:
 
 def write(model: Transformer, tokenizer: Tokenizer, directory: Path, *, mp: int = 1) -> None:
     """`consolidated.00.pth` .. `consolidated.{mp-1}.pth` (the tied head written out too, as Meta's reference model
-    expects it; `mp` model-parallel shards cut by `SPLIT_DIM`, kv heads repeated on consecutive shards when `mp`
+    expects it; `mp` model-parallel shards cut by `SHARD_DIMS`, kv heads repeated on consecutive shards when `mp`
     exceeds them, as Meta's resharding does), `params.json` and `tokenizer.model`; other shards in `directory` are
     removed."""
     config = model.config
@@ -128,7 +113,7 @@ def read_shard(file: Path) -> dict[str, torch.Tensor]:
 
 
 def _split(name: str, n_shards: int, config: ModelConfig) -> tuple[int | None, int]:
-    """(split dim by `SPLIT_DIM`, consecutive shards holding the same piece) of weight `name` over `n_shards`."""
+    """(split dim by `SHARD_DIMS`, consecutive shards holding the same piece) of weight `name` over `n_shards`."""
     parts = name.split(".")
     module = ".".join(parts[2:-1] if parts[0] == "layers" else parts[:-1])
     repeats = 1
@@ -137,12 +122,12 @@ def _split(name: str, n_shards: int, config: ModelConfig) -> tuple[int | None, i
             raise HerdError(f"{n_shards} model-parallel shards cannot hold {config.kv_heads} kv heads; "
                             "use a shard count that is a multiple or a divisor of it")
         repeats = n_shards // config.kv_heads  # Meta's resharding repeats each kv head on consecutive shards
-    return SPLIT_DIM.get(module), repeats
+    return SHARD_DIMS.get(module), repeats
 
 
 @dataclass(frozen=True)
 class ShardLayout:
-    """Where each shard's piece of one tensor goes in the merged tensor (by `SPLIT_DIM`)."""
+    """Where each shard's piece of one tensor goes in the merged tensor (by `SHARD_DIMS`)."""
 
     name: str
     piece_shape: torch.Size
