@@ -1,12 +1,16 @@
 """The speedrun's driver: stages in order, each in its own RUN/NN-name directory with a `speedrun.json` manifest
-(stage, config, duration, CPU seconds of this process: a figure other load on the machine hardly moves, outputs). A stage whose manifest is complete with the same config chain is skipped;
-an interrupted one runs again and its library function resumes from what is on disk (pipeline shards,
-token shards, training checkpoints)."""
+(stage, config, duration, CPU seconds of this process: a figure other load on the machine hardly moves, outputs).
+A stage whose manifest is complete with the same config chain is skipped; an interrupted one runs again and its
+library function resumes from what is on disk (pipeline shards, token shards, training checkpoints). A stage dir
+holding a run of another chain (finished or not: the chain in `speedrun.json`, else `speedrun.started`) is cleared
+first: resuming it would continue the old run under the new settings (an SFT of 720 steps picking up the finished
+560-step one)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,11 +18,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from herd.config_overrides import to_dict
-from herd.run_dir import read_manifest, write_manifest
+from herd.run_dir import read_manifest, write_manifest, write_text
 from herd.speedrun import data_stages, eval_stages, post_stages, safety_stage, train_stages
 from herd.speedrun.config import SpeedrunConfig
 
 MANIFEST = "speedrun.json"
+STARTED = "speedrun.started"
+"""Written when a stage starts running: the chain whose run its directory holds until the manifest says so."""
 StageFn = Callable[["RunContext", Path, Any], dict[str, Any]]
 STAGES: dict[str, StageFn] = {
     "corpus": data_stages.corpus_stage,
@@ -90,8 +96,12 @@ def run_stages(ctx: RunContext, log: Callable[[str], None] = print, *, until: st
             ctx.manifests[name] = done
             log(f"[speedrun] {name}: done already ({path}), skipped")
             continue
+        if other_run(out, chain):
+            log(f"[speedrun] {name}: {out} holds a run of other settings; cleared")
+            shutil.rmtree(out)
         log(f"[speedrun] {name}: running in {out}")
         out.mkdir(parents=True, exist_ok=True)
+        write_text(out / STARTED, chain)
         started, cpu = time.time(), time.process_time()
         outputs = fn(ctx, out, settings)
         manifest = {"stage": name, "chain": chain, "config": recorded, "seed": ctx.seed, "device": ctx.device,
@@ -99,3 +109,21 @@ def run_stages(ctx: RunContext, log: Callable[[str], None] = print, *, until: st
                     "cpu_s": time.process_time() - cpu, "outputs": outputs}
         ctx.manifests[name] = write_manifest(path, manifest, default=str)
         log(f"[speedrun] {name}: finished in {manifest['duration_s']:.1f}s")
+
+
+def other_run(out: Path, chain: str) -> bool:
+    """Whether stage dir `out` holds files of a run of another chain: the chain its manifest (else its start marker)
+    records differs, or it records none (files of a run from before the marker: settings unknown)."""
+    return out.is_dir() and any(out.iterdir()) and recorded_chain(out) != chain
+
+
+def recorded_chain(out: Path) -> str | None:
+    """The chain of the run in stage dir `out`: its manifest's, else its start marker's, else None."""
+    try:
+        return json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("chain")
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        return (out / STARTED).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None

@@ -239,3 +239,27 @@ def test_changed_stage_reruns_it_and_what_follows(micro_run, tmp_path):
     speedrun("micro", out, ["progress=false", "final.transcripts=1"], log=logs.append)
     ran = [line.split()[1].rstrip(":") for line in logs if "running in" in line]
     assert ran == ["final"]
+
+
+def test_stage_with_changed_settings_starts_afresh_and_an_interrupted_one_resumes(tmp_path):
+    """A stage whose chain changed clears its dir (the old code resumed the old run's checkpoint under the new
+    schedule: pretraining 6 steps picked up the finished 4-step run at step 4); an interrupted run of the same
+    chain (its speedrun.json and library manifest gone, checkpoints left) resumes from its last checkpoint."""
+    from herd.speedrun.run import run_stages
+
+    def pretrain(steps: int) -> tuple[list[str], dict]:
+        logs: list[str] = []
+        config = preset_config("micro", ["progress=false", f"pretrain.steps={steps}", "pretrain.checkpoint_interval=2",
+                                         "pretrain.eval_interval=2", "pretrain.warmup_steps=1"])
+        run_stages(RunContext(tmp_path, config), log=logs.append, until="pretrain")
+        return logs, json.loads((tmp_path / "05-pretrain" / "manifest.json").read_text())
+
+    assert pretrain(4)[1]["resumed_from_step"] == 0
+    logs, library = pretrain(6)
+    assert library["resumed_from_step"] == 0 and library["steps"] == 6
+    assert any("05-pretrain holds a run of other settings; cleared" in line for line in logs)
+    for name in ("speedrun.json", "manifest.json"):
+        (tmp_path / "05-pretrain" / name).unlink()
+    logs, library = pretrain(6)
+    assert not any("cleared" in line for line in logs) and sum("skipped" in line for line in logs) == 4
+    assert library["resumed_from_step"] == 6
