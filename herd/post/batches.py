@@ -3,14 +3,15 @@ shuffled batch stream over any list of examples (the loop's data iterator)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import datetime
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from herd.post.data import PreferencePair, ToolDialog
+from herd.post.data import PreferencePair, Reply, ToolDialog
 from herd.tokenizer import Message, Tokenizer
 from herd.train.packing import IGNORE_INDEX
 
@@ -70,12 +71,18 @@ def pack_chats(tok: Tokenizer, dialogs: Sequence[Sequence[Message] | ToolDialog]
                        len(dialogs), truncated)
 
 
-def encode_reply(tok: Tokenizer, prompt: Sequence[Message], reply: str) -> tuple[list[int], list[int]]:
-    """(ids, mask) of `prompt` answered by `reply`; mask 1 on the reply's content tokens only: not on the prompt
-    (earlier assistant turns included), any header, nor the reply's end of turn (Llama 3's DPO masks these out)."""
-    ids, mask = tok.encode_dialog_with_mask([*prompt, {"role": "assistant", "content": reply}])
-    start = len(tok.encode_dialog(prompt))  # the prompt and the reply's header (earlier assistant turns too)
-    assert ids[-1] == tok.eot_id, ids[-1]
+def encode_reply(
+    tok: Tokenizer, prompt: Sequence[Message], reply: Reply, *, tools: list[Any] | None = None,
+    date: datetime.date | None = None,
+) -> tuple[list[int], list[int]]:
+    """(ids, mask) of `prompt` answered by `reply` (text, or an assistant message calling tools), rendered with
+    `tools` and `date` as the chat format does; mask 1 on the reply's tokens only (a call's `<|python_tag|>` and
+    call text included): not on the prompt (earlier assistant turns and tool results included), any header, nor
+    the reply's end of turn (`<|eot_id|>` or a call's `<|eom_id|>`; Llama 3's DPO masks these out)."""
+    message = reply if isinstance(reply, Mapping) else {"role": "assistant", "content": reply}
+    ids, mask = tok.encode_dialog_with_mask([*prompt, message], tools=tools, date=date)
+    start = len(tok.encode_dialog(prompt, tools=tools, date=date))  # the prompt and the reply's header
+    assert ids[-1] in (tok.eot_id, tok.eom_id), ids[-1]
     return ids, [0] * start + mask[start:-1] + [0]
 
 
@@ -96,7 +103,7 @@ def encode_pairs(tok: Tokenizer, pairs: Sequence[PreferencePair], seq_len: int) 
     ids, masks, truncated = [], [], 0
     for side in ("chosen", "rejected"):
         for pair in pairs:
-            seq, mask = encode_reply(tok, pair.prompt, getattr(pair, side))
+            seq, mask = encode_reply(tok, pair.prompt, getattr(pair, side), tools=pair.tools, date=pair.date)
             if len(seq) > seq_len:
                 seq, mask, truncated = seq[:seq_len], mask[:seq_len], truncated + 1
             ids.append(seq)

@@ -26,18 +26,27 @@ RANKED = ("edited", "chosen", "rejected")
 """Preference fields from best to worst; `edited` is optional (Llama 3's human-edited responses)."""
 
 
+Reply = str | Message
+"""An assistant reply: its text, or an assistant message that calls tools ({"role": "assistant", "content",
+"tool_calls"})."""
+
+
 @dataclass(frozen=True)
 class PreferencePair:
     """One comparison: the same context answered better (`chosen`) and worse (`rejected`)."""
 
     prompt: list[Message]
-    """The dialog so far, ending with a user turn."""
-    chosen: str
+    """The dialog so far, ending with a user or ipython turn (earlier assistant tool calls kept)."""
+    chosen: Reply
     """The preferred assistant reply."""
-    rejected: str
+    rejected: Reply
     """The dispreferred assistant reply."""
     source: str = ""
     """Where the record came from (file:line), for messages."""
+    tools: list[Any] | None = None
+    """The tools the dialog offers (the record's "tools", as `ToolDialog`'s): rendered with Meta's tool prompt."""
+    date: datetime.date | None = None
+    """The tool system prompt's Today Date (the record's ISO "date")."""
 
 
 @dataclass(frozen=True)
@@ -133,22 +142,28 @@ def read_chats(path: str | Path) -> list[list[Message] | ToolDialog]:
         _check_messages(messages, where)
         if not any(m["role"] == "assistant" for m in messages):
             raise HerdError(f"{where}: the dialog has no assistant message, so nothing to train on; add one or drop it")
-        kept = [{"role": m["role"], "content": m["content"], **({"tool_calls": m["tool_calls"]} if m.get("tool_calls")
-                                                                 else {})} for m in messages]
-        dialogs.append(_tool_dialog(record, kept, where) if "tools" in record else kept)
+        kept = [_kept(m) for m in messages]
+        dialogs.append(ToolDialog(kept, *_tools_and_date(record, where)) if "tools" in record else kept)
     if not dialogs:
         raise HerdError(f"{path} holds no records")
     return dialogs
 
 
-def _tool_dialog(record: Mapping[str, Any], messages: list[Message], where: str) -> ToolDialog:
+def _kept(message: Message) -> Message:
+    """A message's role and content, and its tool calls if it makes any (other fields dropped)."""
+    calls = {"tool_calls": message["tool_calls"]} if message.get("tool_calls") else {}
+    return {"role": message["role"], "content": message["content"], **calls}
+
+
+def _tools_and_date(record: Mapping[str, Any], where: str) -> tuple[list[Any], datetime.date | None]:
+    """A record's "tools" (checked by `parse_tools`) and its optional ISO "date"."""
     parse_tools(record["tools"], where=f"{where}: tools")
     date = record.get("date")
     try:
         day = None if date is None else datetime.date.fromisoformat(date)
     except (TypeError, ValueError):
         raise HerdError(f"{where}: date must be an ISO date such as 2024-07-23, got {date!r}") from None
-    return ToolDialog(messages, list(record["tools"]), day)
+    return list(record["tools"]), day
 
 
 def read_prompts(path: str | Path) -> list[list[Message]]:
@@ -173,13 +188,15 @@ def read_prompts(path: str | Path) -> list[list[Message]]:
 def read_preferences(path: str | Path) -> list[PreferencePair]:
     """Preference pairs of a file: records {"prompt", "chosen", "rejected"} and optionally "edited".
 
-    `prompt` is a string (one user turn) or a list of messages; each reply a string or a one-message list
-    [{"role": "assistant", "content": ...}] (TRL's conversational format). A ranked triple
-    edited > chosen > rejected becomes its three pairs.
+    `prompt` is a string (one user turn) or a list of messages (assistant tool calls and ipython results kept);
+    each reply a string or a one-message list [{"role": "assistant", "content": ..., "tool_calls": [...]}] (TRL's
+    conversational format; "tool_calls" optional). A record with "tools" (and "date"), as `read_chats` reads
+    them, is rendered with the tool prompt. A ranked triple edited > chosen > rejected becomes its three pairs.
     """
     pairs = []
     for where, record in records(path):
         prompt = _as_prompt(_field(record, "prompt", where), where)
+        tools, date = _tools_and_date(record, where) if "tools" in record else (None, None)
         replies = [(name, _as_reply(record[name], name, where)) for name in RANKED if name in record]
         if "edited" in record and record["edited"] is None:
             replies = [(n, r) for n, r in replies if n != "edited"]
@@ -189,7 +206,7 @@ def read_preferences(path: str | Path) -> list[PreferencePair]:
             raise HerdError(f"{where}: missing field {missing!r}; a preference record needs prompt, chosen and rejected")
         for i, (_, better) in enumerate(replies):
             for _, worse in replies[i + 1 :]:
-                pairs.append(PreferencePair(prompt, better, worse, where))
+                pairs.append(PreferencePair(prompt, better, worse, where, tools, date))
     if not pairs:
         raise HerdError(f"{path} holds no records")
     return pairs
@@ -218,16 +235,20 @@ def _as_prompt(prompt: Any, where: str) -> list[Message]:
     _check_messages(prompt, where)
     if prompt[-1]["role"] == "assistant":
         raise HerdError(f"{where}: the prompt ends with an assistant turn; it must end with the turn to answer")
-    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    return [_kept(m) for m in prompt]
 
 
-def _as_reply(reply: Any, name: str, where: str) -> str:
+def _as_reply(reply: Any, name: str, where: str) -> Reply:
     if isinstance(reply, list) and len(reply) == 1 and isinstance(reply[0], Mapping):
         if reply[0].get("role") != "assistant":
             raise HerdError(f"{where}: {name} must be an assistant message, got role {reply[0].get('role')!r}")
+        if reply[0].get("tool_calls"):
+            _check_messages(reply, f"{where}: {name}")
+            return _kept(reply[0])
         reply = reply[0].get("content")
     if not isinstance(reply, str):
-        raise HerdError(f"{where}: {name} must be a string or [{{'role': 'assistant', 'content': ...}}], got {reply!r:.60}")
+        raise HerdError(f"{where}: {name} must be a string or [{{'role': 'assistant', 'content': ...}}], "
+                        f"got {reply!r:.60}")
     if not reply.strip():
         raise HerdError(f"{where}: {name} is empty")
     return reply

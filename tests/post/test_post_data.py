@@ -63,6 +63,49 @@ def test_malformed_preferences_name_the_line(tmp_path, record, problem):
         read_preferences(path)
 
 
+CALL = {"role": "assistant", "content": "", "tool_calls": [{"name": "wolfram_alpha", "arguments": {"query": "88 + 76"}}]}
+TOOL_RECORD = {"prompt": [{"role": "user", "content": "What is 88 + 76?"}, CALL, {"role": "ipython", "content": "164"}],
+               "chosen": [{"role": "assistant", "content": "The answer is 164."}], "rejected": "The answer is 144.",
+               "tools": ["wolfram_alpha"], "date": "2024-07-23"}
+
+
+def test_tool_preferences_render_calls_and_results_with_the_tool_prompt(tok, tmp_path):
+    pair = read_preferences(write_jsonl(tmp_path / "pref.jsonl", [TOOL_RECORD]))[0]
+    assert pair.prompt[1] == CALL and pair.tools == ["wolfram_alpha"] and pair.date.isoformat() == "2024-07-23"
+    encoded = encode_pairs(tok, [pair], 512)
+    for row, reply in ((0, "The answer is 164."), (1, "The answer is 144.")):
+        ids, mask = encoded.ids[row], encoded.masks[row]
+        text = tok.decode(ids)
+        assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n"
+                               "Tools: wolfram_alpha\nCutting Knowledge Date: December 2023\nToday Date: 23 July 2024\n<|eot_id|>")
+        assert ('<|python_tag|>wolfram_alpha.call(query="88 + 76")<|eom_id|><|start_header_id|>ipython<|end_header_id|>'
+                '\n\n164<|eot_id|>') in text
+        assert tok.decode([i for i, m in zip(ids, mask) if m]) == reply  # the reply only, not the call nor result
+        assert ids == tok.encode_dialog([*pair.prompt, {"role": "assistant", "content": reply}], tools=pair.tools,
+                                        date=pair.date)
+
+
+def test_a_tool_call_can_be_the_chosen_reply(tok, tmp_path):
+    record = {**TOOL_RECORD, "prompt": TOOL_RECORD["prompt"][:1], "chosen": [CALL]}
+    pair = read_preferences(write_jsonl(tmp_path / "pref.jsonl", [record]))[0]
+    assert pair.chosen == CALL and pair.rejected == "The answer is 144."
+    ids, mask = encode_reply(tok, pair.prompt, pair.chosen, tools=pair.tools, date=pair.date)
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == '<|python_tag|>wolfram_alpha.call(query="88 + 76")'
+    assert ids[-1] == tok.eom_id and mask[-1] == 0
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"chosen": [{**CALL, "tool_calls": [{"name": "wolfram_alpha", "arguments": {}}]}]},
+     r"chosen: message 0 tool_calls\[0\] calls wolfram_alpha, whose arguments need 'query'"),
+    ({"tools": ["abacus"]}, r"tools\[0\]: unknown built-in tool 'abacus'"),
+    ({"date": "July"}, "date must be an ISO date"),
+])
+def test_malformed_tool_preferences_name_the_line(tmp_path, change, problem):
+    path = write_jsonl(tmp_path / "pref.jsonl", [TOOL_RECORD, {**TOOL_RECORD, **change}])
+    with pytest.raises(HerdError, match=f"pref.jsonl:2: {problem}"):
+        read_preferences(path)
+
+
 def test_prompts_drop_the_reference_answer(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [chat_records()[0], {"prompt": "hello"}])
     prompts = read_prompts(path)
