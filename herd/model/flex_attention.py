@@ -17,6 +17,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from herd.model.lazy_compile import compiled
+from herd.model.masking import shared_prefix
 
 FLEX_DEVICES = ("cuda",)
 """Device types whose packed (document-masked) rows run through FlexAttention."""
@@ -28,12 +29,13 @@ def flex_applies(device: torch.device) -> bool:
 
 
 def document_block_mask(doc_ids: torch.Tensor) -> BlockMask:
-    """The causal, same-document mask of packed rows with per-token document ids [B, T], as a FlexAttention BlockMask
-    (the same pattern as herd.model.masking.document_mask)."""
+    """The causal, same-document mask of packed rows with per-token document ids [B, T], shared prefixes included, as
+    a FlexAttention BlockMask (the same pattern as herd.model.masking.document_mask)."""
     batch, length = doc_ids.shape
+    prefix = shared_prefix(doc_ids)
 
     def same_document_causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        return (q >= kv) & (doc_ids[b, q] == doc_ids[b, kv])
+        return (q >= kv) & ((doc_ids[b, q] == doc_ids[b, kv]) | (prefix[b, q] == doc_ids[b, kv]))
 
     return compiled(create_block_mask)(same_document_causal, batch, None, length, length, device=doc_ids.device)
 

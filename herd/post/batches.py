@@ -36,13 +36,18 @@ class PackedChats:
         return self.tokens[index], self.targets[index], self.doc_ids[index]
 
 
-def pack_chats(tok: Tokenizer, dialogs: Sequence[Sequence[Message] | ToolDialog], seq_len: int) -> PackedChats:
+def pack_chats(tok: Tokenizer, dialogs: Sequence[Sequence[Message] | ToolDialog], seq_len: int, *,
+               share_prefixes: bool = False) -> PackedChats:
     """Each dialog as (inputs, targets) with targets only where the chat format's loss mask is 1 (assistant
     content and its end of turn), laid whole into rows in order: a dialog starts a new row when it does not fit
-    the current one, and the row's rest is padding (its own document, no targets)."""
-    rows: list[list[np.ndarray]] = []
-    current: list[np.ndarray] = []
-    used = truncated = 0
+    the current one, and the row's rest is padding (its own document, no targets).
+
+    share_prefixes: the dialogs are ordered by their tokens instead, and the dialogs of a row keep one copy of the
+    tokens they all begin with before their first target, as a shared prefix (herd.model.masking): exact under the
+    causal mask, each dialog's loss is what it is alone, and a row holds more dialogs that share a long prompt (the
+    category header of Llama Guard prompts)."""
+    docs: list[np.ndarray] = []
+    truncated = 0
     for dialog in dialogs:
         ids, mask = (tok.encode_dialog_with_mask(dialog.messages, tools=dialog.tools, date=dialog.date)
                      if isinstance(dialog, ToolDialog) else tok.encode_dialog_with_mask(dialog))
@@ -50,25 +55,50 @@ def pack_chats(tok: Tokenizer, dialogs: Sequence[Sequence[Message] | ToolDialog]
             ids, mask = ids[: seq_len + 1], mask[: seq_len + 1]
             truncated += 1
         ids_a, mask_a = np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=bool)
-        inputs, targets = ids_a[:-1], np.where(mask_a[1:], ids_a[1:], IGNORE_INDEX)
-        if used + len(inputs) > seq_len:
-            rows.append(current)
-            current, used = [], 0
-        current.append(np.stack([inputs, targets]))
-        used += len(inputs)
-    rows.append(current)
+        docs.append(np.stack([ids_a[:-1], np.where(mask_a[1:], ids_a[1:], IGNORE_INDEX)]))
+    if share_prefixes:
+        docs.sort(key=lambda doc: doc[0].tolist())
+    rows = _rows(docs, seq_len, share_prefixes)
     tokens = np.full((len(rows), seq_len), tok.eos_id, dtype=np.int64)
     targets = np.full((len(rows), seq_len), IGNORE_INDEX, dtype=np.int64)
     doc_ids = np.zeros((len(rows), seq_len), dtype=np.int64)
-    for r, docs in enumerate(rows):
-        start = 0
-        for d, doc in enumerate(docs):
-            end = start + doc.shape[1]
-            tokens[r, start:end], targets[r, start:end], doc_ids[r, start:end] = doc[0], doc[1], d
+    for r, (prefix, members) in enumerate(rows):
+        tokens[r, :prefix], doc_ids[r, :prefix] = members[0][0, :prefix], -1
+        start = prefix
+        for d, doc in enumerate(members):
+            end = start + doc.shape[1] - prefix
+            tokens[r, start:end], targets[r, start:end], doc_ids[r, start:end] = doc[0, prefix:], doc[1, prefix:], d
             start = end
-        doc_ids[r, start:] = len(docs)
+        doc_ids[r, start:] = len(members)
     return PackedChats(torch.from_numpy(tokens), torch.from_numpy(targets), torch.from_numpy(doc_ids),
                        len(dialogs), truncated)
+
+
+def _rows(docs: Sequence[np.ndarray], seq_len: int, share: bool) -> list[tuple[int, list[np.ndarray]]]:
+    """Dialogs ([2, n] inputs and targets) laid in order into rows of seq_len tokens: (shared prefix length, the
+    row's dialogs); a prefix is the inputs all of them begin with, none of its targets kept."""
+    rows: list[tuple[int, list[np.ndarray]]] = []
+    used = 0
+    for doc in docs:
+        kept = np.flatnonzero(doc[1] != IGNORE_INDEX)
+        free = int(kept[0]) if share and len(kept) else 0
+        if rows:
+            prefix, members = rows[-1]
+            shared = min(prefix, free, _common_length(members[0][0], doc[0]))
+            grown = used + (len(members) - 1) * (prefix - shared) + doc.shape[1] - shared
+            if grown <= seq_len:
+                rows[-1], used = (shared, [*members, doc]), grown
+                continue
+        rows.append((free, [doc]))
+        used = doc.shape[1]
+    return rows or [(0, [])]
+
+
+def _common_length(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading entries a and b share."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
 
 
 def encode_reply(

@@ -121,3 +121,19 @@ def test_dense_document_masks_on_cuda_keep_a_fused_kernel(monkeypatch):
     with torch.no_grad():
         expected = model(tokens, doc_ids=doc_ids)
     assert (logits.detach().cpu() - expected).abs().max() < 1e-4
+
+
+def test_shared_prefixes_in_the_block_mask():
+    """Documents after a shared prefix (negative document id) see it, as in herd.model.masking: checked against a
+    mask written out here."""
+    torch.manual_seed(0)
+    q, k, v = random_qkv(ROWS)
+    doc_ids = torch.tensor([[-1] * 100 + [0] * 150 + [1] * 50, [0] * 37 + [-2] * 63 + [1] * 200])
+    expected_mask = torch.zeros(2, 1, 300, 300, dtype=torch.bool)
+    for b, row in enumerate(doc_ids.tolist()):
+        for query, doc in enumerate(row):
+            prefix = next((row[key] for key in range(query, -1, -1) if row[key] < 0), None)
+            expected_mask[b, 0, query, : query + 1] = torch.tensor([d in (doc, prefix) for d in row[: query + 1]])
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=expected_mask, enable_gqa=True)
+    got = flex.flex_document_attention(q, k, v, flex.document_block_mask(doc_ids))
+    assert (got - expected).abs().max() < 1e-5
