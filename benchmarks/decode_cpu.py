@@ -1,14 +1,18 @@
 """herd against HF transformers: batch-1 greedy decoding of the llama3-125m preset on CPU, fp32 and bf16.
 
-Prints prefill and decode tokens/s (median of runs), the herd/HF ratio, and the fraction of the memory bound.
+Prints prefill and decode tokens/s (median of runs), the herd/HF ratios, and the fraction of the memory bound.
 
-Both models hold the same random weights (herd -> HF through herd.checkpoint's HF writer). HF runs its default
-`generate` (DynamicCache, eager); herd runs eager and with its decode step compiled (`compile=True`, whose
-one-time compile is reported apart). Prefill rate = prompt tokens / time of a 1-token generation; decode
-rate = (N - 1) / (time of an N-token generation - that). The bound: each decoded token reads every linear
-weight and the output head once; it is taken against two bandwidths measured here on one weight of the same
-total size: a plain torch matmul of one row (`F.linear`) and a plain streaming read (an int32 `amax`).
-Run from the repo root: `python benchmarks/decode_cpu.py` (about 6 minutes on 2 idle cores).
+All models hold the same random weights (herd -> HF through herd.checkpoint's HF writer). HF runs two ways, each
+printed with its settings: its default `generate` (DynamicCache, eager, SDPA attention), and as HF's guide
+"Optimizing inference" recommends for fast decoding: a static KV cache (`generation_config.cache_implementation =
+"static"`) with `model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)` (on CPU the
+mode's CUDA graphs do not apply; inductor compiles one graph for the prefill and one for the decode step, per cache
+length). herd runs eager and with its decode step compiled (`compile=True`). Each side's one-time compile is
+reported apart. Prefill rate = prompt tokens / time of a 1-token generation; decode rate = (N - 1) / (time of an
+N-token generation - that). The bound: each decoded token reads every linear weight and the output head once; it is
+taken against two bandwidths measured here on one weight of the same total size: a plain torch matmul of one row
+(`F.linear`) and a plain streaming read (an int32 `amax`).
+Run from the repo root: `python benchmarks/decode_cpu.py` (about 8 minutes on 2 idle cores).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import transformers
+from cpu_info import cpu_line
 from transformers import LlamaForCausalLM
 
 import herd.checkpoint as ckpt
@@ -58,25 +64,43 @@ def bandwidths(nbytes: int, dim: int, dtype: torch.dtype, runs: int) -> tuple[fl
     return nbytes / matmul, nbytes / read
 
 
-def compare(hf_dir: str, dtype_name: str, prompt: list[int], n: int, runs: int) -> list[str]:
-    """Table rows for one dtype: herd eager, herd compiled and HF, timed interleaved."""
-    dtype, config = DTYPES[dtype_name], preset("llama3-125m")
+def hf_models(hf_dir: str, dtype: torch.dtype) -> dict[str, LlamaForCausalLM]:
+    """HF's default generate, and the static cache + torch.compile of HF's "Optimizing inference" guide."""
+    default = LlamaForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
+    static = LlamaForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
+    static.generation_config.cache_implementation = "static"
+    static.forward = torch.compile(static.forward, mode="reduce-overhead", fullgraph=True)
+    return {"HF default": default, "HF static+comp": static}
+
+
+def hf_settings(models: dict[str, LlamaForCausalLM]) -> list[str]:
+    cache = {"HF default": "DynamicCache, eager", "HF static+comp": "StaticCache, torch.compile(model.forward, "
+             "mode='reduce-overhead', fullgraph=True)"}
+    return [f"{name}: generate(do_sample=False), {cache[name]}, attention {hf.config._attn_implementation}, "
+            f"{hf.dtype}, {torch.get_num_threads()} threads" for name, hf in models.items()]
+
+
+def compare(hf_dir: str, name: str, dtype_name: str, prompt: list[int], n: int, runs: int) -> list[str]:
+    """Table rows for one dtype: herd eager, herd compiled, HF default and HF static+compiled, timed interleaved."""
+    dtype, config = DTYPES[dtype_name], preset(name)
     model = build_model(config, dtype=dtype).eval()
     model.init_weights(0)
-    hf = LlamaForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
+    hfs = hf_models(hf_dir, dtype)
     ids = torch.tensor([prompt])
 
     def herd_run(tokens: int, compile: bool) -> float:
         return seconds(lambda: generate_tokens(model, [prompt], max_new_tokens=tokens, compile=compile))
 
-    def hf_run(tokens: int) -> float:
+    def hf_run(hf: LlamaForCausalLM, tokens: int) -> float:
         with torch.inference_mode():
             return seconds(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                                max_new_tokens=tokens, min_new_tokens=tokens))
 
-    engines = {"herd": lambda t: herd_run(t, False), "herd compiled": lambda t: herd_run(t, True),
-               "HF transformers": hf_run}
-    compile_s = herd_run(n, True)  # compiles the decode step (once per model and batch size)
+    engines: dict[str, Callable[[int], float]] = {
+        "herd": lambda t: herd_run(t, False), "herd compiled": lambda t: herd_run(t, True),
+        **{name: (lambda t, hf=hf: hf_run(hf, t)) for name, hf in hfs.items()}}
+    compile_s = {"herd compiled": engines["herd compiled"](n)}  # its decode step, once per model and batch size
+    compile_s["HF static+comp"] = engines["HF static+comp"](n) + engines["HF static+comp"](1)  # per cache length
     for run in engines.values():
         run(n)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
@@ -87,12 +111,14 @@ def compare(hf_dir: str, dtype_name: str, prompt: list[int], n: int, runs: int) 
     matmul_bw, read_bw = bandwidths(nbytes, config.dim, dtype, runs)
     rates = {name: (len(prompt) / statistics.median(first for first, _ in t),
                     (n - 1) / statistics.median(full - first for first, full in t)) for name, t in times.items()}
-    hf_decode = rates["HF transformers"][1]
-    rows = [f"{dtype_name:5} {name:15} {prefill:13.0f} {decode:12.1f} {decode / hf_decode:5.2f}x "
-            f"{decode * nbytes / matmul_bw:15.0%} {decode * nbytes / read_bw:13.0%}"
+    hf_default, hf_static = rates["HF default"][1], rates["HF static+comp"][1]
+    rows = [f"{dtype_name:5} {name:15} {prefill:13.0f} {decode:12.1f} {decode / hf_default:10.2f}x "
+            f"{decode / hf_static:14.2f}x {decode * nbytes / matmul_bw:15.0%} {decode * nbytes / read_bw:13.0%}"
             for name, (prefill, decode) in rates.items()]
     rows.append(f"{dtype_name:5} weights read per token {nbytes / 1e6:.0f} MB; matmul {matmul_bw / 1e9:.1f} GB/s, "
-                f"read {read_bw / 1e9:.1f} GB/s; compiling herd's decode step took {compile_s:.0f} s")
+                f"read {read_bw / 1e9:.1f} GB/s; first calls (compiles): "
+                + ", ".join(f"{name} {s:.0f} s" for name, s in compile_s.items()))
+    rows += [f"{dtype_name:5} {line}" for line in hf_settings(hfs)]
     return rows
 
 
@@ -102,19 +128,22 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--preset", default="llama3-125m", help="herd model preset (tiny: a quick smoke run)")
     args = parser.parse_args()
     prompt = torch.randint(0, 128000, (args.prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
-    print(f"llama3-125m, batch 1, prompt {args.prompt_len}, decode {args.new_tokens}, {torch.get_num_threads()} "
-          f"threads, torch {torch.__version__}, median of {args.runs} runs")
+    print(cpu_line())
+    print(f"{args.preset}, batch 1, prompt {args.prompt_len}, decode {args.new_tokens}, {torch.get_num_threads()} "
+          f"threads, torch {torch.__version__}, transformers {transformers.__version__}, median of {args.runs} runs")
     rows = []
     with tempfile.TemporaryDirectory() as hf_dir:
-        reference = build_model(preset("llama3-125m"))
+        reference = build_model(preset(args.preset))
         reference.init_weights(0)
         ckpt.save(reference, Tokenizer(default_tokenizer_path()), hf_dir, format="hf")
         del reference
         for dtype_name in args.dtypes.split(","):
-            rows += compare(hf_dir, dtype_name, prompt, args.new_tokens, args.runs)
-    print(f"{'dtype':5} {'engine':15} {'prefill tok/s':>13} {'decode tok/s':>12} {'vs HF':>6} "
+            rows += compare(hf_dir, args.preset, dtype_name, prompt, args.new_tokens, args.runs)
+    print(f"{'dtype':5} {'engine':15} {'prefill tok/s':>13} {'decode tok/s':>12} {'vs HF dflt':>11} "
+          f"{'vs HF st+comp':>15} "
           f"{'of matmul bound':>15} {'of read bound':>13}")
     print("\n".join(rows))
 

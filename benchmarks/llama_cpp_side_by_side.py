@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cpu_info import cpu_line
 from decode_cpu import seconds
 from llama_cpp_build import binaries
 from serve_throughput import Trace, summarize, workload
@@ -44,15 +45,6 @@ from herd.serve.quantize import quantize
 from herd.tokenizer import Tokenizer, default_tokenizer_path
 
 GGUF_TYPES = ("f32", "bf16", "f16", "q8_0")
-FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16",
-         "amx_int8")
-
-
-def cpu_line() -> str:
-    info = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    return f"CPU: {model}, {os.cpu_count()} logical cores; flags: {' '.join(f for f in FLAGS if f in flags)}"
 
 
 def herd_rates(args: argparse.Namespace, directory: Path, prompt: list[int]) -> dict[str, tuple[float, float]]:
