@@ -94,6 +94,11 @@ class TensorParallel:
         dist.all_reduce(x)
         return x
 
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of the ranks' `x` (in place): the gradients of a model every rank trains whole."""
+        dist.all_reduce(x)
+        return x.div_(self.world)
+
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """The ranks' slices of the last dim joined in rank order (vocab-parallel logits -> full logits)."""
         parts = [torch.empty_like(x) for _ in range(self.world)]

@@ -22,15 +22,25 @@ from herd.post.batches import Batches, PairTensors, encode_pairs, pair_batch
 from herd.post.data import read_preferences
 from herd.post.logps import Model, token_logps
 from herd.post.lora import WithoutAdapters
-from herd.post.stage import PostConfig, PostResult, export_trained, finished, load_start, reference_model, train_stage
+from herd.post.stage import (
+    PostResult,
+    ReferenceConfig,
+    export_trained,
+    finished,
+    join_ranks,
+    load_start,
+    reference_model,
+    train_stage,
+)
 from herd.run_dir import atomic_open
 from herd.train.losses import Batch, LossOutput
 from herd.train.packing import IGNORE_INDEX
 
 
 @dataclass
-class DPOConfig(PostConfig):
-    """A DPO run: the PostConfig fields plus preference data and the loss settings (Llama 3's defaults)."""
+class DPOConfig(ReferenceConfig):
+    """A DPO run: the ReferenceConfig fields (tp splits the reference=model copy over the ranks) plus preference data
+    and the loss settings (Llama 3's defaults)."""
 
     out_dir: str = "runs/dpo"
     """Run directory."""
@@ -123,33 +133,38 @@ def dpo(config: DPOConfig) -> PostResult:
     done = finished(config)
     if done is not None:
         return done
+    group = join_ranks(config)
     policy, tok, device = load_start(config)
     pairs = encode_pairs(tok, read_preferences(config.data), config.seq_len)
     val = encode_pairs(tok, read_preferences(config.val_data), config.seq_len) if config.val_data else None
     stored_logps = val_logps = reference = None
     if config.reference == "precomputed":
         start = WithoutAdapters(policy) if config.lora.rank else policy  # not trained yet: it is the starting model
-        stored_logps = _reference_logps(config, start, pairs, tok.eos_id, device)
+        stored_logps = _reference_logps(config, start, pairs, tok.eos_id, device, write=not (group and group.rank))
         val_logps = sequence_logps(start, val, config.batch_size, tok.eos_id, device) if val else None
     else:
-        reference = reference_model(config, policy, device)
+        reference = reference_model(config, policy, device, group)
     data = Batches(len(pairs), config.batch_size, config.seed, partial(with_reference, pairs, stored_logps, tok.eos_id))
     loss_fn = partial(dpo_batch_loss, beta=config.beta, nll_weight=config.nll_weight, reference=reference)
     evaluate = partial(preference_figures, policy, reference, val_logps, val, config, tok.eos_id, device) if val else None
     return train_stage(
         config, "dpo", policy, loss_fn, data, device, evaluate=evaluate,
         export=partial(export_trained, policy, config, partial(save, policy, tok)),
-        counts={"pairs": len(pairs), "truncated_replies": pairs.truncated},
+        counts={"pairs": len(pairs), "truncated_replies": pairs.truncated}, group=group,
     )
 
 
-def _reference_logps(config: DPOConfig, reference: Model, pairs: PairTensors, pad_id: int, device: torch.device) -> torch.Tensor:
+def _reference_logps(
+    config: DPOConfig, reference: Model, pairs: PairTensors, pad_id: int, device: torch.device, *, write: bool = True
+) -> torch.Tensor:
     """The starting model's log-probs of the training pairs, computed once and kept in the run dir (a resumed run
-    must not recompute them with the trained policy)."""
+    must not recompute them with the trained policy); `write`: this rank writes the file (rank 0)."""
     path = config.run_dir / "reference_logps.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
     logps = sequence_logps(reference, pairs, config.batch_size, pad_id, device)
+    if not write:
+        return logps
     with atomic_open(path, "wb") as f:  # a file object: torch names the archive inside "archive", not after a temp name
         torch.save(logps, f)
     return logps

@@ -13,6 +13,7 @@ import torch
 
 from herd.errors import HerdError
 from herd.eval.metrics import exact_match, final_answer, normalize_number
+from herd.model.tensor_parallel import TensorParallel, parallelize
 from herd.post.reward_model import load_reward_model
 from herd.tokenizer import Message, Tokenizer
 
@@ -71,11 +72,17 @@ def reward_function(spec: str) -> RewardFn:
     return fn
 
 
-def make_scorer(spec: str, reward_model: str, tok: Tokenizer, device: torch.device, batch_size: int) -> Scorer:
+def make_scorer(
+    spec: str, reward_model: str, tok: Tokenizer, device: torch.device, batch_size: int,
+    group: TensorParallel | None = None,
+) -> Scorer:
     """Scorer of `spec`: "model" scores prompt + completion + end of turn with the reward model in `reward_model`
-    (as rejection sampling does); anything else is a verifiable `reward_function` of the decoded completion."""
+    (as rejection sampling does; under `group` split over its ranks); anything else is a verifiable
+    `reward_function` of the decoded completion."""
     if spec == "model":
         model, _ = load_reward_model(reward_model, device)
+        if group is not None:  # the reward model's own format, read whole, then cut
+            parallelize(model.backbone, group)
 
         def by_model(prompts: Sequence[Prompt], completions: Sequence[list[int]]) -> list[float]:
             sequences = [p.ids + c + [tok.eot_id] for p, c in zip(prompts, completions, strict=True)]

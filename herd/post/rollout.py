@@ -27,7 +27,8 @@ from herd.post.batches import Batches
 from herd.post.data import read_prompts
 from herd.post.logps import Model, token_logps
 from herd.post.rewards import Prompt, Scorer, arithmetic_questions, encode_prompts, make_scorer
-from herd.post.stage import PostConfig, PostResult, load_start, reference_model, train_stage
+from herd.model.tensor_parallel import TensorParallel
+from herd.post.stage import PostResult, ReferenceConfig, join_ranks, load_start, reference_model, train_stage
 from herd.tokenizer import Tokenizer
 from herd.train.losses import Batch, LossFn
 from herd.train.optimizer import autocast_dtype_for
@@ -37,7 +38,7 @@ KLEstimator = Literal["k1", "k3"]
 
 
 @dataclass
-class RLConfig(PostConfig):
+class RLConfig(ReferenceConfig):
     """What PPO and GRPO share: prompts, the reward, sampling, epochs over each rollout, clipping and the KL.
 
     `steps` counts optimizer steps: each rollout of prompts_per_rollout x group_size sequences gives
@@ -235,6 +236,8 @@ class RLRun:
     prompts: list[Prompt]
     val_prompts: list[Prompt] | None
     scorer: Scorer
+    group: TensorParallel | None = None
+    """This rank's place when the frozen models are split over tp ranks."""
 
     def autocast(self, config: RLConfig) -> contextlib.AbstractContextManager:
         dtype = autocast_dtype_for(config.dtype, self.device)
@@ -250,16 +253,17 @@ class RLRun:
 
 def start_rl(config: RLConfig) -> RLRun:
     """Load the policy (with LoRA when configured), the frozen reference, the prompts and the reward."""
+    group = join_ranks(config)
     policy, tok, device = load_start(config)
-    reference = reference_model(config, policy, device)
+    reference = reference_model(config, policy, device, group)
     if config.prompts:
         dialogs = read_prompts(config.prompts)
     else:
         dialogs = arithmetic_questions(config.questions, config.seed)
     prompts = _fitted(encode_prompts(tok, dialogs), config)
     val = _fitted(encode_prompts(tok, read_prompts(config.val_prompts)), config) if config.val_prompts else None
-    scorer = make_scorer(config.reward, config.reward_model, tok, device, config.batch_size)
-    return RLRun(policy, reference, tok, device, prompts, val, scorer)
+    scorer = make_scorer(config.reward, config.reward_model, tok, device, config.batch_size, group)
+    return RLRun(policy, reference, tok, device, prompts, val, scorer, group)
 
 
 def _fitted(prompts: list[Prompt], config: RLConfig) -> list[Prompt]:
@@ -292,7 +296,7 @@ def train_rl(
     data = RolloutStream(lambda indices, index: prepare(run.rollout(config, indices, index)), len(run.prompts), config)
     evaluate = partial(val_figures, run, config) if run.val_prompts else None
     return train_stage(config, stage, model, loss_fn, data, run.device, evaluate=evaluate, export=export,
-                       counts={"prompts": len(run.prompts)})
+                       counts={"prompts": len(run.prompts)}, group=run.group)
 
 
 def val_figures(run: RLRun, config: RLConfig) -> dict[str, float]:

@@ -1,8 +1,16 @@
 """What every post-training stage shares: its config fields, loading the starting model, and running the shared
-training loop (`herd.train.trainer.Trainer`) with the stage's loss, data and validation into a resumable run dir."""
+training loop (`herd.train.trainer.Trainer`) with the stage's loss, data and validation into a resumable run dir.
+
+Under `tp` > 1 (DPO, PPO, GRPO under torchrun) the frozen models are split over the ranks by the inference plan
+(herd.model.tensor_parallel: each rank reads its slice). The trained policy is not: herd's DTensor training plan
+(herd.train.parallelize) gives DTensor weights that generation, LoRA and the stages' export do not take, so every
+rank holds the whole policy and takes the same steps (the same data, seeds and all-reduced reference log-probs),
+its gradients averaged over the ranks before each step so the copies stay equal on any device.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,13 +23,15 @@ from torch import nn
 
 from herd.config_overrides import to_dict
 from herd.errors import HerdError
+from herd.model import ModelConfig
+from herd.model.tensor_parallel import TensorParallel, check_config, init_tensor_parallel
 from herd.post.lora import LoRAConfig, WithoutAdapters, apply_lora, merge_lora, save_adapters
 from herd.run_dir import read_manifest, write_manifest
 from herd.tokenizer import Tokenizer
 from herd.train.checkpointing import CheckpointManager
 from herd.train.config import FaultConfig, OptimConfig
 from herd.train.distributed import pick_device
-from herd.train.losses import Batch, LossFn
+from herd.train.losses import Batch, LossFn, LossOutput
 from herd.train.metrics import MetricsLog, plot_curves, read_records
 from herd.train.optimizer import autocast_dtype_for, build_optimizer
 from herd.train.schedule import learning_rate
@@ -94,6 +104,16 @@ class PostConfig:
 
 
 @dataclass
+class ReferenceConfig(PostConfig):
+    """A stage measured against the frozen starting model (DPO, PPO, GRPO): the PostConfig fields plus `tp`."""
+
+    tp: int = 1
+    """Tensor-parallel ranks (under torchrun, --nproc-per-node tp): the frozen reference (without LoRA) and reward
+    model are split over them, each rank reading its slice; the trained policy (and PPO's value model) is whole on
+    every rank, which all take the same steps; rank 0 writes the run directory."""
+
+
+@dataclass
 class PostResult:
     """What a post-training stage produced."""
 
@@ -111,12 +131,23 @@ def finished(config: PostConfig) -> PostResult | None:
     return _result(config.run_dir, done) if done else None
 
 
+def join_ranks(config: ReferenceConfig) -> TensorParallel | None:
+    """This process's place among `config.tp` torchrun ranks (None for tp 1 alone); a starting model whose heads,
+    KV heads, vocabulary or FFN do not split over them fails first, before any weight is read."""
+    from herd.checkpoint import info
+
+    if config.tp > 1:
+        check_config(ModelConfig.from_params(info(config.model)["config"]), config.tp)
+    return init_tensor_parallel(config.tp)
+
+
 def load_start(config: PostConfig) -> tuple[nn.Module, Tokenizer, torch.device]:
-    """The starting model on the configured device, its tokenizer and the device: fp32, or with LoRA adapters
-    (fp32) when lora.rank > 0, whose frozen base is bf16 under bf16 autocast (half the memory of the 8B's weights)."""
+    """The starting model on the configured device (a torchrun rank's own GPU), its tokenizer and the device: fp32,
+    or with LoRA adapters (fp32) when lora.rank > 0, whose frozen base is bf16 under bf16 autocast (half the memory
+    of the 8B's weights)."""
     from herd.checkpoint import load
 
-    device = pick_device(config.device)
+    device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     bf16_base = config.lora.rank and autocast_dtype_for(config.dtype, device) == torch.bfloat16
     model, tok = load(config.model, device=device, dtype=torch.bfloat16 if bf16_base else torch.float32)
     if config.lora.rank:
@@ -124,14 +155,16 @@ def load_start(config: PostConfig) -> tuple[nn.Module, Tokenizer, torch.device]:
     return model, tok, device
 
 
-def reference_model(config: PostConfig, policy: nn.Module, device: torch.device) -> Callable[..., torch.Tensor]:
+def reference_model(
+    config: PostConfig, policy: nn.Module, device: torch.device, group: TensorParallel | None = None
+) -> Callable[..., torch.Tensor]:
     """The starting model, frozen, to measure `policy` against: with LoRA the policy itself with its adapters off
-    (no second copy of the weights), else a copy loaded from config.model."""
+    (no second copy of the weights), else a copy loaded from config.model (this rank's slice under `group`)."""
     if config.lora.rank:
         return WithoutAdapters(policy)
     from herd.checkpoint import load
 
-    reference, _ = load(config.model, device=device, dtype=torch.float32)
+    reference, _ = load(config.model, device=device, dtype=torch.float32, tp=group)
     return reference.requires_grad_(False).eval()
 
 
@@ -146,12 +179,15 @@ def train_stage(
     evaluate: Callable[[], dict[str, float]] | None,
     export: Callable[[Path], Path],
     counts: dict[str, Any],
+    group: TensorParallel | None = None,
 ) -> PostResult:
     """Run the shared loop over `data` with `loss_fn` (resuming from the run dir), then `export(run_dir / "model")`
-    and write the manifest; `counts` (examples read, cut, ...) go into it."""
+    and write the manifest; `counts` (examples read, cut, ...) go into it. Under `group` every rank trains its whole
+    copy of `model` (gradients averaged), rank 0 writes the files, and the group is closed at the end."""
     run_dir, started = config.run_dir, time.time()
+    is_main = group is None or group.rank == 0
     model.train()
-    checkpoints = CheckpointManager(run_dir / "checkpoints", config.keep_last)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", config.keep_last, is_main=is_main)
     if not config.resume and checkpoints.latest() is not None:
         raise HerdError(f"{run_dir} already holds checkpoints; pass a new out_dir, or resume=true to continue them")
     loop = LoopConfig(
@@ -163,20 +199,41 @@ def train_stage(
         checkpoint_interval=config.checkpoint_interval,
         eval_interval=(config.eval_interval or config.steps) if evaluate is not None else 0,
         faults=config.faults,
-        progress=config.progress,
+        progress=config.progress and is_main,
     )
     trainer = Trainer(
-        model, build_optimizer(model, config.optim, device), loss_fn, data, loop, MetricsLog(run_dir), device=device,
-        autocast_dtype=autocast_dtype_for(config.dtype, device), checkpoints=checkpoints,
+        model, build_optimizer(model, config.optim, device), loss_fn, data, loop, MetricsLog(run_dir, enabled=is_main),
+        device=device, autocast_dtype=autocast_dtype_for(config.dtype, device), checkpoints=checkpoints,
         run_info={"stage": stage, "config": to_dict(config)}, evaluate=evaluate,
     )
+    if group is not None:
+        trainer.forward_backward = _averaged(trainer.forward_backward, trainer.params, group)
     if config.resume:
         trainer.resume()
     resumed_from = trainer.state.step
     state = trainer.run()
     model.eval()
-    model_dir = export(run_dir / "model")
-    return _finish(config, stage, state, resumed_from, started, model_dir, counts)
+    if is_main:
+        result = _finish(config, stage, state, resumed_from, started, export(run_dir / "model"), counts)
+    if group is not None:
+        group.close()  # a barrier first: rank 0's manifest is written
+    return result if is_main else _result(run_dir, read_manifest(run_dir / MANIFEST, to_dict(config)))
+
+
+def _averaged(
+    forward_backward: Callable[[list[Batch]], LossOutput], params: list[nn.Parameter], group: TensorParallel
+) -> Callable[[list[Batch]], LossOutput]:
+    """`forward_backward`, then each gradient averaged over the ranks (DDP's all-reduce): the ranks' copies of the
+    trained model stay equal where a device's kernels (a GPU's atomics) are not bit-reproducible."""
+
+    def averaged(batches: list[Batch]) -> LossOutput:
+        out = forward_backward(batches)
+        for param in params:
+            if param.grad is not None:
+                group.mean(param.grad)
+        return out
+
+    return averaged
 
 
 def export_trained(model: nn.Module, config: PostConfig, save: Callable[[Path], Path], out: Path) -> Path:

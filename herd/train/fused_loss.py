@@ -55,11 +55,16 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         return _LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, targets.flatten(), chunking)
 
 
-def linear_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def linear_token_losses(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+    vocab_shard: tuple[dist.ProcessGroup, int] | None = None,
+) -> torch.Tensor:
     """Cross-entropy (fp32) of hidden @ weight.T at every position of targets [...], 0 where ignored, from the chunks
     of `linear_cross_entropy` (a sharded head too). Gradients flow: the backward pass recomputes each chunk's logits
-    instead of keeping them. Without gradients the peak memory is a chunk's, not the whole logits'."""
-    hidden, weight, chunking = _chunking(hidden, weight)
+    instead of keeping them. Without gradients the peak memory is a chunk's, not the whole logits'. `vocab_shard`
+    (group, first row): a plain `weight` that is this rank's rows of a head split over `group` (tensor-parallel
+    inference, herd.model.tensor_parallel), as a DTensor head's are."""
+    hidden, weight, chunking = _chunking(hidden, weight, vocab_shard)
     with torch.autocast(chunking.device, enabled=False):
         losses = _LinearTokenLosses.apply(hidden.flatten(0, -2), weight, targets.flatten(), chunking)
     return losses.view(targets.shape)
@@ -85,11 +90,13 @@ class _Chunking:
         return function(logits, targets, self.start, self.group, want_grad)
 
 
-def _chunking(hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, _Chunking]:
+def _chunking(
+    hidden: torch.Tensor, weight: torch.Tensor, vocab_shard: tuple[dist.ProcessGroup, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, _Chunking]:
     """The hidden states and weight rows this rank computes with (for a head sharded by vocabulary rows: the whole
     hidden states, its own rows), and how its chunks run."""
     device = hidden.device.type
-    group, start = None, 0
+    group, start = vocab_shard or (None, 0)
     if isinstance(weight, DTensor):
         hidden, weight, group, start = _vocab_shard(hidden, weight)
     compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
