@@ -40,8 +40,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from herd.eval.data import MissingData
     from herd.eval.runner import run_eval
     from herd.model.tensor_parallel import init_tensor_parallel
+    from herd.serve.memory_plan import check_run_memory
 
     group = init_tensor_parallel(args.tp)
+    # the plan of one request as long as the model's context (eval cuts longer ones), on the CPU run_eval loads to
+    check_run_memory(args.model, tp=args.tp, device="cpu", run="eval", show=group is None or group.rank == 0)
     try:
         run_eval(
             args.model, [t.strip() for t in args.tasks.split(",") if t.strip()], args.data_dir, limit=args.limit,

@@ -31,15 +31,19 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
                         "stderr says which runs (default: %(default)s)")
 
 
-def _load(args: argparse.Namespace):
-    """The model (this rank's slice under --tp N) and its tokenizer."""
+def _load(args: argparse.Namespace, tokens: int):
+    """The model (this rank's slice under --tp N) and its tokenizer, after the per-rank memory plan of one sequence
+    of `tokens` (capped at the model's context) is printed and found to fit (herd.serve.memory_plan)."""
     import torch
 
     import herd
     from herd.model.tensor_parallel import init_tensor_parallel, tp_device
+    from herd.serve.memory_plan import check_run_memory
 
     tp = init_tensor_parallel(args.tp)
     device = tp_device(tp, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_run_memory(args.model, tp=args.tp, device=device, dtype=args.dtype, context=tokens, run="generate",
+                     show=tp is None or tp.rank == 0)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     return herd.load(args.model, device=device, dtype=dtype, tp=tp)
 
@@ -82,12 +86,13 @@ def add_generate(commands: argparse._SubParsersAction) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     import herd
+    from herd.model.tensor_parallel import init_tensor_parallel
 
-    model, tok = _load(args)
-    tp, prompt = model.tp, args.prompt
+    tp, prompt = init_tensor_parallel(args.tp), args.prompt
     if prompt == "-":
         prompt = sys.stdin.read() if tp is None or tp.rank == 0 else None
         prompt = prompt if tp is None else tp.broadcast_object(prompt)
+    model, tok = _load(args, len(prompt.encode()) + args.max_new_tokens)  # a byte-level BPE: tokens <= bytes
     shown = tp is None or tp.rank == 0  # every rank generates, rank 0 prints
     herd.generate(
         model, tok, prompt, stop=args.stop or None, chat=args.chat, **_sampling(args, model),
@@ -119,7 +124,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
         from herd.eval.tool_use import resolve_tools
 
         resolve_tools(args.tools)
-    model, tok = _load(args)
+    model, tok = _load(args, len((args.system or "").encode()) + args.max_new_tokens)  # the first reply's floor
     tp, stdin = model.tp, sys.stdin if model.tp is None else _RankZeroLines(sys.stdin, model.tp)
     with open(os.devnull, "w") if tp and tp.rank else contextlib.nullcontext(sys.stdout) as out:
         run_chat(model, tok, stdin, out, system=args.system, tools=args.tools or (),

@@ -1,5 +1,5 @@
 """How much device memory each tensor-parallel rank of an inference run needs, printed before loading, failing
-fast with what to change when it does not fit.
+fast with what to change when it does not fit (`check_run_memory`: herd serve, generate, chat and eval).
 
 Per rank: the weights (each parameter's local slice by herd.model.tensor_parallel's split, at `dtype`; with
 `quantize` the attention, feed-forward and head linears at one byte a weight plus an fp32 scale per local output
@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -30,6 +31,8 @@ from herd.train.memory_estimate import GIB, available_bytes
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _QUANTIZED_MODULES = ("attention.w", "feed_forward.w", "output.")
 _SCALE_BYTES = 4
+Run = Literal["serve", "generate", "eval"]
+"""The command a plan is for (chat counts as generate): which of its options the advice may name."""
 
 
 @dataclass(frozen=True)
@@ -122,36 +125,41 @@ def device_memory(device: torch.device | str, ranks_per_device: int = 1) -> int 
 def check_run_memory(
     model: str, *, tp: int, device: torch.device | str, dtype: torch.dtype | str | None = None,
     quantize: str | None = None, context: int | None = None, batch: int = 1, step_tokens: int | None = None,
-    show: bool = True,
+    show: bool = True, run: Run = "serve",
 ) -> MemoryPlan:
     """Plan a run of `model` (a checkpoint, Hub id or preset: its config read, no weights) over `tp` ranks on
     `device`, print it (`show`: one rank prints) and fail with what to change when it does not fit; dtype None:
-    the stored weights' dtype."""
+    the stored weights' dtype. `run`: the command whose options the advice names; for "generate" (chat too) and
+    "eval", runs of one sequence, `context` is its tokens (prompt and reply), capped at the model's context as
+    generation cuts it (serve passes its KV pool's tokens)."""
     facts = info(model)
     config = ModelConfig.from_params(facts["config"])
+    if run != "serve" and context is not None:
+        context = min(context, config.max_seq_len)
     name = str(dtype or facts["dtype"]).removeprefix("torch.")
     device = torch.device(device)
     available = device_memory(device, 1 if device.type == "cuda" else tp)
     plan = plan_memory(config, tp=tp, dtype=name if name in DTYPE_BYTES else "float32", quantize=quantize,
                        context=context, batch=batch, step_tokens=step_tokens, available=available)
-    check_plan(config, plan, show=show)
+    check_plan(config, plan, show=show, run=run)
     return plan
 
 
-def check_plan(config: ModelConfig, plan: MemoryPlan, *, show: bool = True) -> None:
+def check_plan(config: ModelConfig, plan: MemoryPlan, *, show: bool = True, run: Run = "serve") -> None:
     """Print `config`'s plan on stderr (`show`); raise a one-line HerdError naming what would make it fit when it
-    does not."""
+    does not, in `run`'s options."""
     if show:
         print(f"memory plan {plan.describe()}", file=sys.stderr, flush=True)
     if plan.fits:
         return
-    options = _remedies(config, plan)
+    options = _remedies(config, plan, run)
     advice = "; ".join(options) if options else "no setting at this model size fits; use devices with more memory"
     raise HerdError(f"the model does not fit: {plan.describe()}; {advice}")
 
 
-def _remedies(config: ModelConfig, plan: MemoryPlan) -> list[str]:
-    """Each single change that makes `plan` fit: more ranks, int8/fp8 weights, a shorter context, a smaller batch."""
+def _remedies(config: ModelConfig, plan: MemoryPlan, run: Run) -> list[str]:
+    """Each single change that makes `plan` fit, among `run`'s options: more ranks, int8/fp8 weights (serve) or bf16
+    ones (generate), a shorter context (serve) or prompt and reply (generate), a smaller batch (serve)."""
     settings = {"tp": plan.tp, "dtype": plan.dtype, "quantize": plan.quantize, "context": plan.context,
                 "batch": plan.batch, "step_tokens": plan.step_tokens, "available": plan.available}
 
@@ -165,14 +173,16 @@ def _remedies(config: ModelConfig, plan: MemoryPlan) -> list[str]:
     more = next((tp for tp in (2 * plan.tp, 4 * plan.tp, 8 * plan.tp) if fits(tp=tp)), None)
     if more is not None:
         options.append(f"use {more} ranks (--tp {more})")
-    if plan.quantize is None:
+    if run == "generate" and plan.dtype == "float32" and fits(dtype="bfloat16"):
+        options.append("cast the weights to bfloat16 (--dtype bfloat16)")
+    if plan.quantize is None and run == "serve":
         kinds = [kind for kind in QUANTIZED if fits(quantize=kind)]
         if kinds:
             options.append(f"store weights as {' or '.join(kinds)} (--quantize)")
-    context = _largest(lambda c: fits(context=c), plan.context - 1)
+    context = 0 if run == "eval" else _largest(lambda c: fits(context=c), plan.context - 1)
     if context:
-        options.append(f"shorten the context to <= {context} tokens")
-    batch = _largest(lambda b: fits(batch=b), plan.batch - 1)
+        options.append(f"shorten the {'prompt and reply' if run == 'generate' else 'context'} to <= {context} tokens")
+    batch = _largest(lambda b: fits(batch=b), plan.batch - 1) if run == "serve" else 0
     if batch:
         options.append(f"lower the batch to <= {batch}")
     return options

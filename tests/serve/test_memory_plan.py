@@ -122,3 +122,35 @@ def test_serve_prints_the_plan_and_stops_before_loading():
     assert result.returncode == 2 and len(lines) == 2, result.stderr
     assert lines[0].startswith("memory plan per rank at tp 1 (fp8 weights, float32): weights 38")
     assert lines[1].startswith("herd: error: the model does not fit: per rank at tp 1")
+
+
+@pytest.mark.parametrize(("command", "tokens"), [
+    (["generate", "--prompt", "hi there", "--max-new-tokens", "5"], "1 x 13 tokens"),  # the prompt's bytes + 5
+    (["chat", "--system", "be brief", "--max-new-tokens", "7"], "1 x 15 tokens"),  # the system prompt + the reply
+    (["eval", "--tasks", "mmlu"], "1 x 131072 tokens"),  # one request of the model's whole context
+])
+def test_generate_chat_and_eval_print_the_plan_and_stop_before_loading(capsys, command, tokens):
+    """The plan serve prints comes first for generate, chat and eval too; a model the device cannot hold stops
+    there, in one line, with no weights built or read."""
+    from herd.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main([command[0], "--model", "llama3.1-405b", *command[1:]])
+    lines = capsys.readouterr().err.splitlines()
+    assert stopped.value.code == 2 and len(lines) == 2, lines
+    assert lines[0].startswith("memory plan per rank at tp 1 (float32): weights ") and f"({tokens})" in lines[0]
+    assert lines[1].startswith("herd: error: the model does not fit: per rank at tp 1")
+
+
+def test_advice_names_the_commands_own_options():
+    """8B in fp32 on 20 GB: generate (and chat) may cast to bf16 or cut the prompt and reply, eval only add ranks,
+    serve quantize."""
+    plan = plan_memory(preset("llama3-8b"), dtype="float32", context=1000, available=20 * 2**30)
+    advice = {}
+    for run in ("generate", "eval", "serve"):
+        with pytest.raises(HerdError) as error:
+            check_plan(preset("llama3-8b"), plan, show=False, run=run)
+        advice[run] = str(error.value).split("GiB; ")[1]
+    assert advice["generate"] == "use 2 ranks (--tp 2); cast the weights to bfloat16 (--dtype bfloat16)"
+    assert advice["eval"] == "use 2 ranks (--tp 2)"
+    assert advice["serve"] == "use 2 ranks (--tp 2); store weights as int8 or fp8 (--quantize)"
