@@ -97,6 +97,17 @@ def test_tp_generate_equals_single_process(tmp_path, tp):
 
 
 @pytest.mark.slow
+def test_tp2_compiled_decode_step_keeps_the_greedy_tokens(tmp_path):
+    """compile=True (--compile on) under tp=2: the decode step, its all-reduces and the logits' all-gather go through
+    torch.compile (inductor on CPU) on each rank and give one process's greedy tokens; auto keeps TP eager."""
+    torchrun(2, str(ROOT / "tests/model/tp_compile_worker.py"), str(tmp_path), "2", timeout=600)
+    greedy = [r.tokens for r in generate_tokens(tp_model(), PROMPTS[:1], max_new_tokens=10)]
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert result["greedy"] == greedy and result["auto"] is False
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["meta", "hf", "herd"])
 def test_tp2_loads_its_slice_of_each_format(tmp_path, byte_bpe_path, fmt):
     """A Meta MP=2 checkpoint (each rank reads its own consolidated.0r.pth), HF and herd safetensors."""
