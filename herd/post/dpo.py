@@ -27,9 +27,11 @@ from herd.post.stage import (
     ReferenceConfig,
     export_trained,
     finished,
+    export_from_checkpoint,
     join_ranks,
     load_start,
     reference_model,
+    shard_policy,
     train_stage,
 )
 from herd.run_dir import atomic_open
@@ -39,8 +41,8 @@ from herd.train.packing import IGNORE_INDEX
 
 @dataclass
 class DPOConfig(ReferenceConfig):
-    """A DPO run: the ReferenceConfig fields (tp splits the reference=model copy over the ranks) plus preference data
-    and the loss settings (Llama 3's defaults)."""
+    """A DPO run: the ReferenceConfig fields (tp splits the policy and the reference=model copy over the ranks) plus
+    preference data and the loss settings (Llama 3's defaults)."""
 
     out_dir: str = "runs/dpo"
     """Run directory."""
@@ -135,6 +137,7 @@ def dpo(config: DPOConfig) -> PostResult:
         return done
     group = join_ranks(config)
     policy, tok, device = load_start(config)
+    distributed = shard_policy(config, policy, group)
     pairs = encode_pairs(tok, read_preferences(config.data), config.seq_len)
     val = encode_pairs(tok, read_preferences(config.val_data), config.seq_len) if config.val_data else None
     stored_logps = val_logps = reference = None
@@ -147,10 +150,13 @@ def dpo(config: DPOConfig) -> PostResult:
     data = Batches(len(pairs), config.batch_size, config.seed, partial(with_reference, pairs, stored_logps, tok.eos_id))
     loss_fn = partial(dpo_batch_loss, beta=config.beta, nll_weight=config.nll_weight, reference=reference)
     evaluate = partial(preference_figures, policy, reference, val_logps, val, config, tok.eos_id, device) if val else None
+    if distributed is None:
+        export = partial(export_trained, policy, config, partial(save, policy, tok))
+    else:
+        export = partial(export_from_checkpoint, config, policy.config, lambda whole, out: save(whole, tok, out))
     return train_stage(
-        config, "dpo", policy, loss_fn, data, device, evaluate=evaluate,
-        export=partial(export_trained, policy, config, partial(save, policy, tok)),
-        counts={"pairs": len(pairs), "truncated_replies": pairs.truncated}, group=group,
+        config, "dpo", policy, loss_fn, data, device, evaluate=evaluate, export=export,
+        counts={"pairs": len(pairs), "truncated_replies": pairs.truncated}, group=group, distributed=distributed,
     )
 
 

@@ -2,10 +2,12 @@
 training loop (`herd.train.trainer.Trainer`) with the stage's loss, data and validation into a resumable run dir.
 
 Under `tp` > 1 (DPO, PPO, GRPO under torchrun) the frozen models are split over the ranks by the inference plan
-(herd.model.tensor_parallel: each rank reads its slice). The trained policy is not: herd's DTensor training plan
-(herd.train.parallelize) gives DTensor weights that generation, LoRA and the stages' export do not take, so every
-rank holds the whole policy and takes the same steps (the same data, seeds and all-reduced reference log-probs),
-its gradients averaged over the ranks before each step so the copies stay equal on any device.
+(herd.model.tensor_parallel: each rank reads its slice). DPO's policy is split by herd's DTensor training plan
+(herd.train.parallelize, as pretraining splits it; exported whole from the last checkpoint). Where that plan does not
+fit, the policy is whole on every rank, which all take the same steps (the same data, seeds and all-reduced reference
+log-probs), its gradients averaged over the ranks before each step so the copies stay equal on any device: RL
+policies (rollouts generate from them, and generation runs on plain weights), LoRA policies (their adapters wrap the
+linears the plan splits) and tied heads (which the plan does not split).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from herd.run_dir import read_manifest, write_manifest
 from herd.tokenizer import Tokenizer
 from herd.train.checkpointing import CheckpointManager
 from herd.train.config import FaultConfig, OptimConfig
-from herd.train.distributed import pick_device
+from herd.train.distributed import Distributed, ParallelConfig, init_distributed, pick_device
 from herd.train.losses import Batch, LossFn, LossOutput
 from herd.train.metrics import MetricsLog, plot_curves, read_records
 from herd.train.optimizer import autocast_dtype_for, build_optimizer
+from herd.train.parallelize import apply_tensor_parallel
 from herd.train.schedule import learning_rate
 from herd.train.trainer import LoopConfig, LoopState, Trainer
 
@@ -109,8 +112,9 @@ class ReferenceConfig(PostConfig):
 
     tp: int = 1
     """Tensor-parallel ranks (under torchrun, --nproc-per-node tp): the frozen reference (without LoRA) and reward
-    model are split over them, each rank reading its slice; the trained policy (and PPO's value model) is whole on
-    every rank, which all take the same steps; rank 0 writes the run directory."""
+    model are split over them, each rank reading its slice, and DPO's policy (without LoRA, untied) by the training
+    plan; other trained models (RL's policy, PPO's value model) are whole on every rank, which all take the same
+    steps; rank 0 writes the run directory."""
 
 
 @dataclass
@@ -155,6 +159,29 @@ def load_start(config: PostConfig) -> tuple[nn.Module, Tokenizer, torch.device]:
     return model, tok, device
 
 
+def shard_policy(config: PostConfig, policy: nn.Module, group: TensorParallel | None) -> Distributed | None:
+    """Split `policy` over the group's ranks by herd's DTensor training plan (no sequence parallelism: post-training
+    rows vary in length) and return the mesh the loop runs on; None, leaving it whole, alone or where the plan does
+    not fit (LoRA adapters, a tied head)."""
+    if group is None or config.lora.rank or policy.config.tie_word_embeddings:
+        return None
+    parallel = ParallelConfig(dp_shard=1, tp=group.world, sequence_parallel=False)
+    distributed = init_distributed(parallel, str(policy.tok_embeddings.weight.device))
+    apply_tensor_parallel(policy, distributed.mesh["tp"], sequence_parallel=False)
+    return distributed
+
+
+def export_from_checkpoint(config: PostConfig, model_config: ModelConfig, save: Callable[[nn.Module, Path], Path],
+                           out: Path) -> Path:
+    """`save(whole, out)` of the trained model read whole from the run's last checkpoint (a DTensor policy's
+    export, on rank 0 alone)."""
+    from herd.model import build_model
+
+    whole = build_model(model_config, device="meta").to_empty(device="cpu")
+    CheckpointManager(config.run_dir / "checkpoints").load_model(whole)
+    return save(whole, out)
+
+
 def reference_model(
     config: PostConfig, policy: nn.Module, device: torch.device, group: TensorParallel | None = None
 ) -> Callable[..., torch.Tensor]:
@@ -180,10 +207,12 @@ def train_stage(
     export: Callable[[Path], Path],
     counts: dict[str, Any],
     group: TensorParallel | None = None,
+    distributed: Distributed | None = None,
 ) -> PostResult:
     """Run the shared loop over `data` with `loss_fn` (resuming from the run dir), then `export(run_dir / "model")`
-    and write the manifest; `counts` (examples read, cut, ...) go into it. Under `group` every rank trains its whole
-    copy of `model` (gradients averaged), rank 0 writes the files, and the group is closed at the end."""
+    and write the manifest; `counts` (examples read, cut, ...) go into it. Under `group` rank 0 writes the files and
+    the group is closed at the end; every rank trains `model` split over the `distributed` mesh (`shard_policy`), or
+    without one its whole copy (gradients averaged)."""
     run_dir, started = config.run_dir, time.time()
     is_main = group is None or group.rank == 0
     model.train()
@@ -204,9 +233,9 @@ def train_stage(
     trainer = Trainer(
         model, build_optimizer(model, config.optim, device), loss_fn, data, loop, MetricsLog(run_dir, enabled=is_main),
         device=device, autocast_dtype=autocast_dtype_for(config.dtype, device), checkpoints=checkpoints,
-        run_info={"stage": stage, "config": to_dict(config)}, evaluate=evaluate,
+        run_info={"stage": stage, "config": to_dict(config)}, evaluate=evaluate, distributed=distributed,
     )
-    if group is not None:
+    if group is not None and distributed is None:
         trainer.forward_backward = _averaged(trainer.forward_backward, trainer.params, group)
     if config.resume:
         trainer.resume()

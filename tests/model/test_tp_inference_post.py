@@ -1,12 +1,14 @@
 """Post-training under torchrun with tp=2: `herd rejection-sample` (the policy and the reward model split over the
 ranks) keeps one process's replies and rewards; `herd dpo` / `herd ppo` (the frozen reference and reward model split,
-the trained policy whole on every rank) take one process's steps: losses, held-out figures and weights within 1e-5."""
+DPO's policy split by the DTensor training plan, RL's whole on every rank) take one process's steps: losses, held-out
+figures and weights within 1e-5."""
 
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from torch.distributed.checkpoint import FileSystemReader
 
 import herd
 from herd.errors import HerdError
@@ -90,6 +92,12 @@ def _same_run(one: Path, two: Path, keys: tuple[str, ...], weights_within: float
         assert (x - y).abs().max() < weights_within, name
 
 
+def _pieces(run_dir: Path, name: str) -> int:
+    """How many pieces the run's last checkpoint stores `name` in: one per rank for a DTensor-split weight."""
+    last = run_dir / "checkpoints" / (run_dir / "checkpoints/latest").read_text().strip()
+    return len(FileSystemReader(last).read_metadata().state_dict_metadata[name].chunks)
+
+
 def _cli_overrides(config) -> list[str]:
     return [f"{key}={value}" for key, value in
             dict(model=config.model, data=config.data, val_data=config.val_data, steps=config.steps,
@@ -99,13 +107,15 @@ def _cli_overrides(config) -> list[str]:
 
 @pytest.mark.slow
 def test_dpo_tp2_equals_tp1(tmp_path, tiny_model_dir):
-    """reference=model: the reference copy is split over the ranks; after the first step the policy has moved, so
-    step 2's loss and the held-out margin measure the reference's log-probs."""
+    """reference=model: the reference copy is split over the ranks, the policy by the training plan (its checkpoint
+    holds a piece per rank); after the first step the policy has moved, so step 2's loss and the held-out margin
+    measure the reference's log-probs."""
     config = run_config(DPOConfig, tmp_path, tiny_model_dir, reference="model", steps=2, out_dir=str(tmp_path / "tp1"))
     one = dpo(config)
     assert one.figures["val_margin"] != 0
     torchrun(2, "-m", "herd.cli", "dpo", *_cli_overrides(config), f"out_dir={tmp_path / 'tp2'}", "tp=2")
     _same_run(tmp_path / "tp1", tmp_path / "tp2", ("loss", "grad_norm", "margin_sum", "val_loss", "val_margin"))
+    assert _pieces(tmp_path / "tp2", "model.layers.0.attention.wq.weight") == 2
 
 
 @pytest.mark.slow
@@ -126,3 +136,4 @@ def test_ppo_tp2_equals_tp1(tmp_path, tiny_model_dir, tok):
     torchrun(2, "-m", "herd.cli", "ppo", *overrides, "optim.lr=3e-3", f"out_dir={tmp_path / 'tp2'}", "tp=2")
     _same_run(tmp_path / "tp1", tmp_path / "tp2",
               ("loss", "grad_norm", "reward_sum", "policy_loss_sum", "value_loss_sum", "completion_tokens"), 1e-4)
+    assert _pieces(tmp_path / "tp2", "model.policy.layers.0.attention.wq.weight") == 1  # whole on every rank
