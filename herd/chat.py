@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from herd.generation import generate_tokens
+from herd.generation.background_compile import BackgroundCompile
+from herd.generation.decode_step import choose_chat_path
 from herd.model import Transformer
 from herd.tokenizer import Tokenizer
 
@@ -23,12 +25,15 @@ COMMANDS_HELP = "/reset clears the dialog, /exit quits"
 
 class ChatSession:
     """A dialog with one model; each `reply` appends the user turn and the model's answer (with `tools`, also
-    its tool calls and their results, at most `max_tool_rounds` rounds a reply)."""
+    its tool calls and their results, at most `max_tool_rounds` rounds a reply). `compile` (in `sampling`, default
+    False) picks the decode path by `choose_chat_path`: None (auto) compiles in the background where it pays."""
 
     def __init__(
         self, model: Transformer, tok: Tokenizer, *, system: str | None = None, tools: Sequence[str] | str = (),
         max_tool_rounds: int = 3, **sampling: object,
     ) -> None:
+        path = choose_chat_path(model, sampling.get("compile", False))[0]
+        sampling["compile"] = BackgroundCompile(model) if path == "background" else path == "compiled"
         self.model, self.tok, self.system, self.sampling = model, tok, system, sampling
         if tools:
             from herd.eval.tool_use import resolve_tools
@@ -48,8 +53,12 @@ class ChatSession:
         """The assistant's answer to `user_text`, streamed piece by piece to `on_text`; `on_call` gets each tool
         call with its result as it runs."""
         self.messages.append({"role": "user", "content": user_text})
-        if self.tools:
-            return self._reply_with_tools(on_text, on_call)
+        answer = self._reply_with_tools(on_text, on_call) if self.tools else self._reply(on_text)
+        if isinstance(self.sampling["compile"], BackgroundCompile):
+            self.sampling["compile"].start()  # if not started yet: while the user reads this reply
+        return answer
+
+    def _reply(self, on_text: Callable[[str], None] | None) -> str:
         prompt = self.tok.encode_dialog(self.messages)
         stream = self.tok.stream_decoder()
         pieces: list[str] = []

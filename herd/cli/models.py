@@ -61,13 +61,13 @@ class _RankZeroLines:
         return self.tp.broadcast_object(self.stdin.readline() if self.tp.rank == 0 else None)
 
 
-def _sampling(args: argparse.Namespace, model) -> dict:  # noqa: ANN001 - a Transformer
-    """The sampling and decode-path options; says on stderr (rank 0) which decode path runs."""
+def _sampling(args: argparse.Namespace, model, chat: bool = False) -> dict:  # noqa: ANN001 - a Transformer
+    """The sampling and decode-path options; says on stderr (rank 0) which decode path runs (`chat`: a session's)."""
     from herd.generation.decode_step import describe_decode_path
 
     compile = COMPILE[args.compile]
     if model.tp is None or model.tp.rank == 0:
-        print(describe_decode_path(model, compile, args.max_new_tokens), file=sys.stderr, flush=True)
+        print(describe_decode_path(model, compile, args.max_new_tokens, chat=chat), file=sys.stderr, flush=True)
     return dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed, compile=compile,
@@ -128,7 +128,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     tp, stdin = model.tp, sys.stdin if model.tp is None else _RankZeroLines(sys.stdin, model.tp)
     with open(os.devnull, "w") if tp and tp.rank else contextlib.nullcontext(sys.stdout) as out:
         run_chat(model, tok, stdin, out, system=args.system, tools=args.tools or (),
-                 max_tool_rounds=args.max_tool_rounds, **_sampling(args, model))
+                 max_tool_rounds=args.max_tool_rounds, **_sampling(args, model, chat=True))
     if tp is not None:
         tp.close()
 

@@ -10,9 +10,11 @@ the tracing (benchmarks/chat_cold_start.py).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -23,11 +25,16 @@ Step = Callable[[torch.Tensor], torch.Tensor]
 """ids [B, 1] -> next-token logits [B, vocab], appending the ids to the cache."""
 
 
-MIN_COMPILE_WORK = 100e9
-"""Bytes of weights read over a call's decode steps (weight bytes x new tokens) from which `auto` compiles: below
-it, the tracing a compile costs even from a warm cache outweighs what the faster steps save. llama3-125m fp32 (0.49
-GB) on 2 cores: eager 31 tok/s, compiled ~95, so 22 ms saved a token against ~5.5 s of tracing with a warm cache
-(~20 s with an empty one): even at ~270 tokens; this threshold compiles it from 203 (benchmarks/chat_cold_start.py)."""
+MIN_COMPILE_WORK = 170e9
+"""Bytes of weights read over a call's decode steps (weight bytes x new tokens) from which `auto` compiles when the
+step's kernels are in inductor's cache: below it, the tracing a compile costs even then outweighs what the faster
+steps save. llama3-125m fp32 (0.49 GB) on 2 quiet cores: eager 31 tok/s, compiled ~95 (22 ms saved a token) against
+~7.8 s of tracing (a 256-token `herd chat` reply: 10.6 s eager, 12.2 s compiled): even at ~360 tokens, 175 GB
+(benchmarks/chat_cold_start.py)."""
+
+MIN_COMPILE_WORK_COLD = 500e9
+"""The same with no cached kernels: the first compile builds them (~20 s more on those 2 cores): even at ~1000
+tokens of the 125M."""
 
 
 def choose_decode_path(model: Transformer, compile: bool | None, new_tokens: int, rows: int = 1) -> tuple[bool, str]:
@@ -51,15 +58,39 @@ def choose_decode_path(model: Transformer, compile: bool | None, new_tokens: int
     if device.type not in ("cpu", "cuda"):
         return False, f"eager (no compiled step for {device.type})"
     work = new_tokens * sum(p.numel() * p.element_size() for p in model.parameters())
-    if work < MIN_COMPILE_WORK:
-        size = work / new_tokens / 1e9
-        return False, f"eager ({new_tokens} new tokens of a {size:.2f} GB model: too few to pay for a compile)"
+    # the cache is looked at between the two thresholds only: its place is inductor's, whose import takes seconds
+    if work < MIN_COMPILE_WORK_COLD and (work < MIN_COMPILE_WORK or not kernels_cached(model, rows)):
+        size, cold = work / new_tokens / 1e9, "" if work < MIN_COMPILE_WORK else " with no kernels cached"
+        return False, f"eager ({new_tokens} new tokens of a {size:.2f} GB model: too few to pay for a compile{cold})"
     return True, "compiled (CUDA graphs)" if device.type == "cuda" else "compiled (inductor, herd's CPU decode kernels)"
 
 
-def describe_decode_path(model: Transformer, compile: bool | None, new_tokens: int) -> str:
-    """The one line `herd generate | chat` print on stderr: the decode path and how to change it."""
-    compiled, why = choose_decode_path(model, compile, new_tokens)
+def choose_chat_path(model: Transformer, compile: bool | None) -> tuple[str, str]:
+    """(path, why) of a chat session's replies, one row each: "eager", "compiled", or, for `compile` None (auto),
+    "background" where a session filling the model's context would compile (`choose_decode_path`): its replies
+    decode eagerly until a thread has compiled the step (herd.generation.background_compile), so none waits."""
+    if compile is None:
+        compiled, why = choose_decode_path(model, None, model.config.max_seq_len)
+        if not compiled:
+            return "eager", why
+        when = "from the first reply on" if spare_core() else "once the first reply is done (no core spare)"
+        return "background", f"eager, then compiled: inductor compiles it in a background thread {when}"
+    return ("compiled" if compile else "eager"), choose_decode_path(model, compile, 0)[1]
+
+
+def spare_core() -> bool:
+    """Whether the CPU has a core that torch's intra-op threads leave free."""
+    return (os.cpu_count() or 1) > torch.get_num_threads()
+
+
+def describe_decode_path(model: Transformer, compile: bool | None, new_tokens: int, chat: bool = False) -> str:
+    """The one line `herd generate | chat` print on stderr: the decode path (`chat`: of a chat session's replies)
+    and how to change it."""
+    if chat:
+        path, why = choose_chat_path(model, compile)
+        compiled = path != "eager"
+    else:
+        compiled, why = choose_decode_path(model, compile, new_tokens)
     cache = f"; kernels cached in {_inductor_cache_dir()}" if compiled else ""
     switch = "--compile off for eager" if compiled else "--compile on to compile"
     return f"herd: decode step {why}{cache} ({switch})"
@@ -78,14 +109,35 @@ def make_decode_step(model: Transformer, cache: KVCache, compile: bool) -> Step:
         if device.type == "cuda":
             torch._dynamo.mark_static_address(tensor)  # CUDA graphs write the cache where it is
 
+    first = [True]
+
     def step(ids: torch.Tensor) -> torch.Tensor:
         torch.compiler.cudagraph_mark_step_begin()
         logits = compiled(model, ids, cache, slot)[:, -1]
         slot.add_(1)
         cache.length += 1
+        if first:  # compiled now, its kernels cached on disk
+            first.clear()
+            marker = _marker(model, ids.shape[0])
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
         return logits
 
     return step
+
+
+def kernels_cached(model: Transformer, rows: int) -> bool:
+    """Whether a process compiled `model`'s decode step for `rows` rows with this cache directory before, so a compile
+    now loads its kernels (inductor's FX-graph cache) and pays only the tracing. herd's own marker beside inductor's
+    files, keyed by what shapes the graph; emptying the directory removes both."""
+    return _marker(model, rows).exists()
+
+
+def _marker(model: Transformer, rows: int) -> Path:
+    weights = {f"{type(m).__name__}:{t.dtype}" for m in model.modules() for t in [*m.parameters(False), *m.buffers(False)]}
+    device = model.tok_embeddings.weight.device.type
+    key = repr((torch.__version__, model.config, sorted(weights), rows, device, decode_backend() == "inductor"))
+    return Path(_inductor_cache_dir()) / "herd-decode-steps" / hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 @functools.cache

@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 
 from herd.errors import HerdError
+from herd.generation.background_compile import BackgroundCompile
 from herd.generation.decode_step import choose_decode_path, make_decode_step
 from herd.generation.sampling import SamplingParams, sample, token_logprobs
 from herd.generation.stopping import TextStream
@@ -53,7 +54,7 @@ def generate_tokens(
     logprobs: bool = False,
     on_token: TokenCallback | None = None,
     truncate: bool = False,
-    compile: bool | None = False,
+    compile: bool | None | BackgroundCompile = False,
     check_every: int | None = None,
 ) -> list[GenerationResult]:
     """Continue each prompt by up to `max_new_tokens` ids; one result per prompt, in order.
@@ -64,7 +65,8 @@ def generate_tokens(
     the context with max_new_tokens is an error, or with `truncate` loses its first tokens (the BOS too).
     `compile` runs the decode step through torch.compile: CUDA graphs on GPUs; on CPUs a one-time compile per
     model and batch size (any prompt length) for faster decoding after it (benchmarks/README.md), its kernels cached
-    on disk for later processes; None picks the fastest path here (`choose_decode_path`). The host
+    on disk for later processes; None picks the fastest path here (`choose_decode_path`); a `BackgroundCompile`
+    decodes eagerly until its compiled step is ready (a chat session's). The host
     looks at the new ids, and so calls on_token and notices stops, every `check_every` steps (default:
     every step on CPU, every 8 on accelerators, where each look waits for the device); ids generated past
     a stop are discarded.
@@ -91,7 +93,10 @@ def generate_tokens(
     new_logprobs = torch.empty(new_ids.shape, device=weight.device) if logprobs else None
 
     logits = model(tokens, cache=cache, last_only=True)[:, -1]
-    step = make_decode_step(model, cache, choose_decode_path(model, compile, max_new_tokens, len(prompts))[0])
+    if isinstance(compile, BackgroundCompile):
+        step = compile.step(cache)
+    else:
+        step = make_decode_step(model, cache, choose_decode_path(model, compile, max_new_tokens, len(prompts))[0])
     live, checked = list(range(len(prompts))), 0
     for i in range(max_new_tokens):
         ids = sample(logits, params, generator)
