@@ -42,7 +42,7 @@ from herd.serve.protocol import (
     usage,
 )
 from herd.serve.request import RequestParams, StepOutput
-from herd.serve.tool_runner import add_tool_runner
+from herd.serve.tool_runner import add_tool_runner, check_exposure
 from herd.tokenizer import Message, Tokenizer
 
 try:
@@ -170,7 +170,8 @@ def create_app(
     async def chat_page() -> str:
         return page.replace("{{MODEL}}", json.dumps(model_name))
 
-    page = page.replace("{{TOOLS}}", json.dumps(add_tool_runner(app, web_tools, [Depends(authorize)])))
+    page = page.replace("{{TOOLS}}", json.dumps(add_tool_runner(app, web_tools, [Depends(authorize)],
+                                                                keyed=api_key is not None)))
     return app
 
 
@@ -214,7 +215,8 @@ def serve(
     model serves prepacked linears (`pack_linears`). `guardrails` check chats. A client gets `header_timeout`
     seconds to send each request's headers. `tp` > 1 (under torchrun, one process a rank): each rank holds its
     slice of the weights and runs every engine step; rank 0 alone serves HTTP and schedules. `web_tools` run for
-    the web chat."""
+    the web chat; "python" needs an API key unless `host` is a loopback address (HerdError before loading)."""
+    check_exposure(web_tools, host, api_key)
     import uvicorn
 
     from herd.checkpoint import load

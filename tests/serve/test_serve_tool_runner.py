@@ -3,6 +3,7 @@ call's failure is a result for the model, not an HTTP error."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -55,6 +56,44 @@ def test_bad_arguments_are_results_the_model_reads(apps):
         "content": "error: the call needs the argument 'expression' (a string)"}
 
 
+def test_python_without_a_key_runs_only_for_this_machine():
+    from fastapi.testclient import TestClient
+
+    from herd.serve.server import create_app
+
+    model, tok = herd.load("tiny")
+    app = create_app(model, tok, web_tools=["python", "calculator"])
+    with live_server(app) as local:  # bound to 127.0.0.1: the client is this machine
+        ran = _run(local, "python", '{"code": "print(6 * 7)"}')
+        assert ran.json() == {"content": "completed\n[stdout]\n42\n[/stdout]"}
+    remote = TestClient(app, client=("203.0.113.7", 50000))  # a client on another machine
+    refused = remote.post("/v1/tools/run", json={"name": "python", "arguments": '{"code": "print(1)"}'})
+    assert refused.status_code == 403 and "python runs only for clients on the server's machine" in refused.text
+    assert remote.post("/v1/tools/run", json={"name": "calculator", "arguments": {"expression": "2 + 3"}}).json() == {
+        "content": "5"}
+    keyed = TestClient(create_app(model, tok, api_key="k", web_tools=["python"]), client=("203.0.113.7", 50000))
+    ran = keyed.post("/v1/tools/run", json={"name": "python", "arguments": '{"code": "print(6 * 7)"}'},
+                     headers={"Authorization": "Bearer k"})
+    assert ran.json() == {"content": "completed\n[stdout]\n42\n[/stdout]"}
+
+
+@pytest.mark.parametrize("host, key, refused", [
+    ("0.0.0.0", None, True), ("192.168.1.5", None, True), ("::", None, True), ("example.org", None, True),
+    ("127.0.0.1", None, False), ("localhost", None, False), ("::1", None, False), ("0.0.0.0", "k", False),
+])
+def test_serve_refuses_python_open_to_other_machines(host, key, refused):
+    from herd.serve.server import serve
+    from herd.serve.tool_runner import check_exposure
+
+    if refused:
+        with pytest.raises(HerdError, match=f"^--web-tools python would run code for anyone who reaches {host}: set an "
+                           r"API key \(--api-key-file or \$HERD_API_KEY\) or bind --host 127.0.0.1$"):
+            serve("no-such-model", host=host, api_key=key, web_tools=["python"])  # before loading anything
+    else:
+        check_exposure(["python"], host, key)
+    check_exposure(["calculator"], host, None)
+
+
 def test_unknown_web_tools_are_refused():
     from herd.serve.server import create_app
 
@@ -89,3 +128,8 @@ def test_herd_serve_web_tools_flag(tmp_path):
     refused = subprocess.run([*command, "--web-tools", "calculator,bash"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2
     assert refused.stderr == "herd: error: unknown tool 'bash' for the web chat; tools are calculator, python\n"
+    open_python = subprocess.run([*command, "--host", "0.0.0.0", "--web-tools", "python"], capture_output=True,
+                                 text=True, timeout=120, env={**os.environ, "HERD_API_KEY": ""})
+    assert open_python.returncode == 2 and open_python.stderr.startswith(
+        "herd: error: --web-tools python would run code for anyone who reaches 0.0.0.0: set an API key")
+    assert len(open_python.stderr.splitlines()) == 1
