@@ -12,7 +12,10 @@ static batches of c, each batch generating its longest request's length. Times a
 first token, TPOT = (latency - TTFT) / (tokens - 1) per request, ITL = every gap between consecutive tokens,
 output tokens/s = the requests' tokens / wall time. Each level runs herd then HF, `--runs` times interleaved;
 the table shows medians over runs. The headline is concurrency 16 (target: herd >= 2x HF's output tokens/s
-with a lower TTFT p50).
+with a lower TTFT p50). HF runs its default `generate` (DynamicCache, SDPA, eager; its static cache +
+torch.compile recipe is for one fixed shape, and each batch here has its own prompt width and length), its
+settings and the CPU printed beside the figures; when herd is more than 2x ahead, one more HF batch of 16
+(shorter outputs) is profiled and its top ops printed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import transformers
+from cpu_info import cpu_line
 from transformers import LlamaForCausalLM, StoppingCriteria, StoppingCriteriaList
 
 import herd.checkpoint as ckpt
@@ -160,10 +164,14 @@ def main() -> None:
         hf = hf_model(model, tok, directory)
     if not args.unpacked:
         pack_linears(model)  # as `herd serve` does on CPU
+    print(cpu_line())
     print(f"{params / 1e6:.1f}M-parameter Llama, fp32, {'plain' if args.unpacked else 'prepacked'} linears, "
           f"{args.threads} thread(s), torch "
           f"{torch.__version__}, transformers {transformers.__version__}; prompts 32..160, outputs 16..256 tokens; "
           f"median of {args.runs} runs")
+    print(f"herd: Engine(max_running=c), continuous batching, paged KV cache; HF: generate(do_sample=False) in static "
+          f"batches of c, left-padded, its default DynamicCache, eager, attention {hf.config._attn_implementation}, "
+          f"{hf.dtype}")
     engines = {c: Engine(model, tok, EngineConfig(max_running=c, max_step_tokens=max(256, c))) for c in levels}
     warm = workload(2, seed=1)
     for c in levels:  # warm-up: allocations, kernels, HF's first-call set-up
@@ -187,6 +195,15 @@ def main() -> None:
                 ratios = f"{m['tok_s'] / medians['HF']['tok_s']:10.2f}x {m['ttft_p50'] / medians['HF']['ttft_p50']:13.2f}x"
             print(f"{c:4d} {name:6} {m['ttft_p50']:9.1f} {m['ttft_p99']:9.1f} {m['tpot_p50']:9.1f} {m['itl_p50']:8.1f} "
                   f"{m['itl_p99']:8.1f} {m['tok_s']:9.1f} {ratios}")
+        if c == 16:
+            ratio = medians["herd"]["tok_s"] / medians["HF"]["tok_s"]
+            print(f"headline: concurrency 16, herd / HF static batches {ratio:.2f}x output tokens/s (target >= 2.0x)")
+            if ratio > 2:
+                print("herd is more than 2x ahead of a mature peer: one HF static batch of 16 (outputs of 16..32 "
+                      "tokens) under torch.profiler, top ops by self CPU time")
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                    run_hf(hf, workload(16, seed=16, outputs=(16, 32)), 16)
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
 
 
 if __name__ == "__main__":
