@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from herd.cli.models import COMPILE
+
 
 def add_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="an OpenAI-compatible server with a web chat at /")
@@ -21,6 +23,9 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     serve.add_argument("--max-prompt-tokens", type=int, default=None, help="longer prompts get 400")
     serve.add_argument("--quantize", choices=("int8", "fp8"), default=None, help="int8 or fp8 weight-only linears")
+    serve.add_argument("--compile", choices=tuple(COMPILE), default="auto",
+                       help="one request's decode step: auto (compiled at start-up where it pays, cached across runs), "
+                       "on, or off (eager); stderr says which serves (default: %(default)s)")
     serve.add_argument("--guard", default=None, help="a Llama Guard model checking each user turn and reply")
     serve.add_argument("--code-shield", action="store_true", help="refuse replies whose code Code Shield blocks")
     serve.add_argument("--web-tools", default="calculator",
@@ -46,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         guardrails = Guardrails.load(args.guard, code_shield=args.code_shield)
     serve(
         args.model, args.host, args.port, resolve_api_key(args.api_key, args.api_key_file),
-        engine_config=EngineConfig(max_running=args.max_running), max_queue=args.max_queue,
-        max_prompt_tokens=args.max_prompt_tokens, quantize=args.quantize, guardrails=guardrails, tp=args.tp,
-        web_tools=web_tools, **limits,
+        engine_config=EngineConfig(max_running=args.max_running, compile=COMPILE[args.compile]),
+        max_queue=args.max_queue, max_prompt_tokens=args.max_prompt_tokens, quantize=args.quantize,
+        guardrails=guardrails, tp=args.tp, web_tools=web_tools, **limits,
     )

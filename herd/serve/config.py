@@ -22,6 +22,9 @@ class EngineConfig:
     this, so they never stall running decodes for long."""
     prefix_caching: bool = True
     """Reuse the cached blocks of a prompt prefix already seen."""
+    compile: bool | None = False
+    """Run a step of one request's decode compiled (herd.serve.compiled_step), compiling when the engine starts;
+    None (auto): where it pays (`choose_serve_path`). `herd serve` asks for auto."""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "kv_tokens", "max_running"):

@@ -15,6 +15,7 @@ import torch
 from herd.errors import HerdError
 from herd.generation import TextStream, sample, token_logprobs
 from herd.model import Transformer
+from herd.serve.compiled_step import CompiledStep, choose_serve_path
 from herd.serve.config import EngineConfig
 from herd.serve.grammar import Grammars, Masker
 from herd.serve.model_runner import Segment, end_steps, follow_steps, run_segments
@@ -45,6 +46,12 @@ class Engine:
         self.grammars = Grammars(tok, model.config.vocab_size)
         """Compiles the grammars of constrained requests (RequestParams.grammar) for this model's vocabulary."""
         self._masker = Masker(model.config.vocab_size)
+        compiled, why = choose_serve_path(model, config.compile)
+        self.decode_path = f"one request's decode step {why}; several requests' steps eager"
+        """Which path serves, and why (`herd serve` prints it at start-up)."""
+        self._compiled = CompiledStep(model, self.kv) if compiled else None
+        if self._compiled is not None:
+            self._compiled.warm_up()  # before any request holds a block: its write goes to an unused slot
 
     @property
     def capacity(self) -> int:
@@ -108,6 +115,11 @@ class Engine:
     def step(self) -> list[StepOutput]:
         """Run one batch step; one output per sequence that got a new token or finished."""
         plan = self.scheduler.schedule()
+        if self._compiled is not None and len(plan) == 1 and plan[0][1] == plan[0][0].pending == 1:
+            seq = plan[0][0]
+            logits = self._compiled(seq.tokens[seq.num_computed], seq.num_computed, seq.blocks)
+            self.scheduler.computed(seq, 1)
+            return self._sample([seq], logits)
         segments = [
             Segment(seq.tokens[seq.num_computed : seq.num_computed + n], seq.num_computed, seq.blocks, n == seq.pending)
             for seq, n in plan

@@ -3,12 +3,14 @@
 
 Faster than `F.linear` at a decode step's few rows (benchmarks/README.md; `benchmarks/serve_throughput.py` measures
 the engine end to end). Serving only: the reordered weight has no autograd, so a packed model does inference,
-never training.
+never training. A packed linear may keep its plain weight too, for the engine's compiled one-request step
+(herd.serve.compiled_step), whose one-row matmul kernel reads the plain layout.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from herd.model import Transformer
@@ -25,14 +27,18 @@ max_rows / 16 + 15 per weight shape."""
 
 
 class PackedLinear(nn.Module):
-    """A bias-free linear whose weight lives only in oneDNN's reordered layout."""
+    """A bias-free linear whose weight lives in oneDNN's reordered layout; with `keep_weight` also in its plain one,
+    which a torch.compile'd forward multiplies with instead (inductor's kernels read plain weights)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, keep_weight: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = prepack(linear.weight, _PACK_HINT)
+        self.weight = linear.weight if keep_weight else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None and torch.compiler.is_compiling():
+            return F.linear(x, self.weight)
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
         body = rows - rows % _ROW_BLOCK
@@ -53,11 +59,12 @@ def can_pack(model: Transformer) -> bool:
 
 
 @torch.no_grad()
-def pack_linears(model: Transformer) -> Transformer:
+def pack_linears(model: Transformer, keep_weights: bool = False) -> Transformer:
     """Replace the attention, feed-forward and output linears of `model` in place (when `can_pack`); returns it.
 
-    The output head gets its own packed copy, so a tied embedding keeps working."""
+    The output head gets its own packed copy, so a tied embedding keeps working. `keep_weights`: each packed linear
+    keeps its plain weight as well (for the compiled step; a tied head's is the embedding, shared)."""
     if not can_pack(model):
         return model
-    model.replace_linears(PackedLinear)
+    model.replace_linears(lambda linear: PackedLinear(linear, keep_weights))
     return model

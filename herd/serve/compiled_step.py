@@ -1,0 +1,89 @@
+"""The serving engine's compiled step: the next-token logits of one running request, on the paged cache.
+
+When a step holds a single decode (one client, or the last request of a batch), the engine runs it through
+`Transformer.forward` compiled as herd.generation's decode step is (inductor with herd's CPU decode kernels, cached
+across runs), with `PagedContext` on the request's blocks. Every shape but the block table's width is fixed, and
+that width is dynamic: one graph serves every context length. Steps of several rows stay eager: on CPUs the
+compiled step is fast through its one-row matmul kernel, and the prepacked linears win at several rows
+(herd.generation.decode_step.choose_decode_path). Sampling, grammar masks and logprobs are the engine's, on these
+logits as on the eager ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from herd.errors import HerdError
+from herd.generation.decode_step import choose_decode_path
+from herd.model import Transformer
+from herd.model.cpu_tuning import decode_backend
+from herd.serve.packed import PackedLinear
+from herd.serve.paged_cache import PagedContext, PagedGroup, PagedKV
+
+
+def choose_serve_path(model: Transformer, compile: bool | None) -> tuple[bool, str]:
+    """(compile?, why) for the one-request step of an engine serving `model`: `compile` True or False as given, None
+    (auto) where herd.generate would compile a request filling the model's context. Only linears with a plain weight
+    (`nn.Linear`, or `PackedLinear` that kept it) compile; weight-only quantized ones stay eager."""
+    if compile is False:
+        return False, "eager (asked for)"
+    if not _plain_weights(model):
+        why = "its linears hold no plain weights (int8/fp8, or prepacked without keep_weights)"
+        if compile:
+            raise HerdError(f"the serving step cannot compile: {why}; serve without --compile on")
+        return False, f"eager ({why})"
+    return choose_decode_path(model, compile, model.config.max_seq_len)
+
+
+def _plain_weights(model: Transformer) -> bool:
+    """Whether the linears have plain weights (`Transformer.replace_linears` replaces all of them alike)."""
+    head = model.output
+    return isinstance(head, nn.Linear) or (isinstance(head, PackedLinear) and head.weight is not None)
+
+
+class CompiledStep:
+    """`step(token, position, blocks)`: logits [1, vocab] of one request's token at `position`, its keys and values
+    written into its `blocks` of `kv`."""
+
+    def __init__(self, model: Transformer, kv: PagedKV) -> None:
+        self.model, self.kv = model, kv
+        self.device = model.rope_freqs.device
+        self._compiled = _compiled_step(decode_backend() if self.device.type == "cpu" else "inductor")
+
+    def warm_up(self) -> None:
+        """Compile (or load from inductor's cache) now, writing only into block 0's first slot (call before any
+        request holds blocks)."""
+        self(0, 0, [0])
+
+    @torch.inference_mode()
+    def __call__(self, token: int, position: int, blocks: list[int]) -> torch.Tensor:
+        width = max(2, position // self.kv.block_size + 1)  # width 1 would be specialised: a second graph
+        table = torch.zeros(width, dtype=torch.long)
+        table[: min(width, len(blocks))] = torch.tensor(blocks[:width], dtype=torch.long)
+        table = table.to(self.device)
+        torch._dynamo.mark_dynamic(table, 0)
+        ids = torch.tensor([[token]], device=self.device)
+        return self._compiled(self.model, ids, self.kv, table, torch.tensor([position], device=self.device))
+
+
+def paged_decode(
+    model: Transformer, ids: torch.Tensor, kv: PagedKV, blocks: torch.Tensor, position: torch.Tensor
+) -> torch.Tensor:
+    """Logits [1, vocab] of token `ids` [1, 1] at `position` [1] in the request's `blocks` [W]: the keys past the
+    position (unwritten slots, the padding block) masked."""
+    size = kv.block_size
+    write = blocks[position // size] * size + position % size
+    length = blocks.shape[0] * size
+    mask = (torch.arange(length, device=blocks.device) <= position)[None, None, None]
+    context = PagedContext(kv, position, [PagedGroup(write[None], blocks[None], length, mask)])
+    return model(ids, context=context)[0]
+
+
+@functools.cache
+def _compiled_step(backend: str | Callable) -> Callable[..., torch.Tensor]:
+    """`paged_decode` compiled with `backend`; dynamo keeps its graphs across engines."""
+    return torch.compile(paged_decode, backend=backend)

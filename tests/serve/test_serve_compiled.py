@@ -1,0 +1,98 @@
+"""The serving engine's compiled one-request step: the eager engine's tokens and logprobs, grammars still applied."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import herd
+from herd.errors import HerdError
+from herd.generation.decode_step import choose_decode_path
+from herd.serve import Engine, EngineConfig, RequestParams
+from herd.serve.compiled_step import choose_serve_path, paged_decode
+from herd.serve.grammar import Grammars
+from herd.serve.model_runner import Segment, run_segments
+from herd.serve.packed import pack_linears
+from herd.serve.paged_cache import PagedKV
+from herd.serve.quantize import quantize_int8
+from tests.serve.test_serve_engine import _run, _tokens
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return herd.load("tiny")
+
+
+def test_paged_decode_gives_the_engine_steps_logits_and_cache(tiny):
+    """The compiled step's function, run eagerly, against `run_segments` decoding the same token in the same blocks
+    (a table of 3 blocks, the last one past the position: masked)."""
+    model, tok = tiny
+    prompt = tok.encode("The quick brown fox jumps over the lazy dog.", bos=True)
+    caches = [PagedKV(model.config, 8, 4, dtype=torch.float32, device=torch.device("cpu")) for _ in range(2)]
+    blocks = [5, 2, 7, 1]
+    for kv in caches:
+        run_segments(model, kv, [Segment(prompt, 0, blocks, True)])
+    position = len(prompt)  # 11: block 2, slot 3 of it
+    want = run_segments(model, caches[0], [Segment([42], position, blocks, True)])[1]
+    with torch.inference_mode():
+        got = paged_decode(model, torch.tensor([[42]]), caches[1], torch.tensor(blocks[:3]), torch.tensor([position]))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_serve_path_choice(tiny):
+    model, _ = tiny
+    assert choose_serve_path(model, False) == (False, "eager (asked for)")
+    assert choose_serve_path(model, None) == choose_decode_path(model, None, model.config.max_seq_len)
+    assert not choose_serve_path(pack_linears(copy.deepcopy(model)), None)[0]  # no plain weights left to compile
+    assert choose_serve_path(pack_linears(copy.deepcopy(model), keep_weights=True), True)[0]
+    with pytest.raises(HerdError, match="cannot compile.*int8"):
+        choose_serve_path(quantize_int8(copy.deepcopy(model)), True)
+    engine = Engine(model, tiny[1], EngineConfig())
+    assert engine.decode_path.startswith("one request's decode step eager (asked for)")
+
+
+def _serve(model, tok, compile: bool, prompts, params) -> dict[str, list]:
+    """Each request alone (the compiled step's case), then all together (its last request ends alone)."""
+    engine = Engine(model, tok, EngineConfig(block_size=4, max_running=4, max_step_tokens=16, compile=compile))
+    steps = []
+    if compile:  # count the steps the compiled step runs
+        step = engine._compiled
+        engine._compiled = lambda *args: steps.append(args) or step(*args)
+    alone = {}
+    for i, prompt in enumerate(prompts):
+        alone |= _run(engine, {0: [(f"alone{i}", prompt, params)]})
+    if compile:  # every output after a request's first (from its prefill) came from a compiled step
+        assert len(steps) >= sum(len(outs) - 1 for outs in alone.values()) > 0
+    together = _run(engine, {0: [(str(i), prompt, params) for i, prompt in enumerate(prompts)]})
+    return alone | together
+
+
+@pytest.mark.slow
+def test_the_compiled_step_serves_the_eager_tokens_and_logprobs_with_grammars(tiny):
+    model, tok = tiny
+    model = pack_linears(copy.deepcopy(model), keep_weights=True)  # as `herd serve` packs it when compiling
+    prompts = [tok.encode(text, bos=True) for text in ("Hello there, how are you?", "Tell me about the sea. " * 4)]
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    grammar = Grammars(tok, model.config.vocab_size).json_schema(schema, "response_format")
+    cases = {"free": RequestParams(max_tokens=24, logprobs=True, top_logprobs=3),  # past several blocks of 4
+             "json": RequestParams(max_tokens=24, logprobs=True, grammar=grammar)}
+    eager, compiled = (
+        {f"{name}/{key}": outs for name, params in cases.items()
+         for key, outs in _serve(model, tok, compile, prompts, params).items()}
+        for compile in (False, True)
+    )
+    assert eager.keys() == compiled.keys()
+    for key in eager:
+        assert _tokens(compiled[key]) == _tokens(eager[key]), key
+        got, want = ([out.logprob for out in outs if out.token_id is not None] for outs in (compiled[key], eager[key]))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        if key.startswith("json"):
+            assert "".join(out.text for out in compiled[key]).startswith('{"n"'), key
+        else:
+            (got_ids, got_lps), (want_ids, want_lps) = (zip(*outs[-1].top_logprobs, strict=True)
+                                                        for outs in (compiled[key], eager[key]))
+            assert got_ids == want_ids and got_lps == pytest.approx(want_lps, abs=1e-4)
