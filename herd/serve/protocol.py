@@ -300,11 +300,14 @@ def read_reply(text: str, mode: ToolMode) -> tuple[str, list[ToolCall]]:
     """A finished reply -> (content, calls); HerdError when tool_choice demanded a call the reply lacks.
 
     A call of a tool the request does not offer (say code after `<|python_tag|>` with only functions offered) is
-    no call: the reply comes back as its text."""
+    no call: the reply comes back as its text. Text before a call's `<|python_tag|>` or `<function=` is the
+    content beside the call, as OpenAI returns both (parse_tool_calls, as Meta's parser, drops it)."""
     content, calls = parse_tool_calls(text)
     offered = {tool.name for tool in mode.tools.custom} | set(mode.tools.builtin)
     if any(call.name not in offered for call in calls):
         content, calls = text, []
+    elif calls:
+        content = text[: _first_opening(text) or 0].strip()
     if mode.choice == "required" and not calls:
         raise HerdError("tool_choice is 'required' but the model's reply holds no tool call")
     if mode.forced is not None and [call.name for call in calls] != [mode.forced]:
@@ -317,6 +320,29 @@ _CALL_OPENINGS = ("<|python_tag|>", "<function=", "{", "[")
 _CALL_WORD = re.compile(r"\w*(\.(c(a(l(l(\(.*)?)?)?)?)?)?", re.S)
 
 
+# Where a call may begin after some text (parse_tool_calls finds these anywhere in a reply).
+_LATER_OPENINGS = ("<|python_tag|>", "<function=")
+
+
+def _first_opening(text: str) -> int | None:
+    """Where the first `<|python_tag|>` or `<function=` in `text` is; None without one."""
+    found = [i for i in (text.find(opening) for opening in _LATER_OPENINGS) if i >= 0]
+    return min(found) if found else None
+
+
+def call_opening(text: str) -> int:
+    """Where in `text` (reply text after its start) a tool call may begin: the first `<|python_tag|>` or
+    `<function=`, else a tail that may still grow into one; len(text) when there is neither."""
+    found = _first_opening(text)
+    if found is not None:
+        return found
+    longest = max(map(len, _LATER_OPENINGS))
+    for start in range(max(len(text) - longest + 1, 0), len(text)):
+        if any(opening.startswith(text[start:]) for opening in _LATER_OPENINGS):
+            return start
+    return len(text)
+
+
 def may_be_call(text: str) -> bool:
     """Whether a reply starting with `text` may still turn out to be a tool call."""
     start = text.lstrip()
@@ -327,28 +353,37 @@ def may_be_call(text: str) -> bool:
 class ToolReplies:
     """One streamed choice of a request with tools: text is passed on as content once the reply cannot be a call;
     until then it is held, and at the end a call is sent as OpenAI streams one (id and name, then the arguments
-    in pieces). A reply that began as plain text stays content even if a call appears later in it."""
+    in pieces). A reply that starts as text may call a tool after it (`Let me look. <function=f>{...}</function>`):
+    from a `<|python_tag|>` or `<function=` on (or a tail that may grow into one) the text is held again, and the
+    whole reply read at the end, so the text comes as content deltas and then the call's deltas, as OpenAI
+    streams a reply with both."""
 
     ARGUMENT_PIECE = 16
 
     def __init__(self, mode: ToolMode) -> None:
         self.mode = mode
-        self.held = ""
+        self.text = ""
+        """The reply so far."""
+        self.sent = 0
+        """How much of it has gone out as content."""
         self.is_content = False
 
     def push(self, text: str) -> str:
         """New text -> the content to send now."""
-        if self.is_content:
-            return text
-        self.held += text
-        if may_be_call(self.held):
-            return ""
-        self.is_content, held, self.held = True, self.held, ""
-        return held
+        self.text += text
+        if not self.is_content:
+            if may_be_call(self.text):
+                return ""
+            self.is_content = True
+        end = self.sent + call_opening(self.text[self.sent :])
+        piece, self.sent = self.text[self.sent : end], end
+        return piece
 
     def finish(self) -> tuple[str, list[dict]]:
         """End of the reply -> (content still to send, tool-call deltas to send)."""
-        content, calls = read_reply("" if self.is_content else self.held, self.mode)
+        content, calls = read_reply(self.text, self.mode)
+        if self.is_content:  # the content sent stays sent; what was held goes out unless it is the call
+            content = "" if calls else self.text[self.sent :]
         deltas = []
         for index, call in enumerate(tool_calls_body(calls)):
             function = call["function"]

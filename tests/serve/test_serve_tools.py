@@ -2,7 +2,8 @@
 tool results round trip, tool_choice variants and 400s for bad tools.
 
 A random model never calls a tool, so the live tests serve a tiny model fitted for a few dozen steps to two
-replies under the same tools: a get_weather call for "Weather in Paris?" and "Hello!" for "Hi".
+replies under the same tools: a get_weather call for "Weather in Paris?" and "Hello!" for "Hi"; another one is
+fitted to text then a `<function=...>` call for "Weather in Rome?".
 """
 
 from __future__ import annotations
@@ -38,12 +39,15 @@ TOOLS = [WEATHER, CLOCK]
 CALL = {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
 HI = [{"role": "user", "content": "Hi"}]
+ROME = [{"role": "user", "content": "Weather in Rome?"}]
+LOOK = 'Let me look. <function=get_weather>{"city": "Rome"}</function>'
 
 
-def fitted_model(tok: Tokenizer, steps: int = 60):
-    """A 2-layer model fitted to call get_weather after ASK and to answer "Hello!" after HI (both under TOOLS)."""
-    dialogs = [[*ASK, {"role": "assistant", "content": "", "tool_calls": [CALL]}],
-               [*HI, {"role": "assistant", "content": "Hello!"}]]
+def fitted_model(tok: Tokenizer, steps: int = 60, dialogs: list | None = None):
+    """A 2-layer model fitted to `dialogs` under TOOLS, by default: call get_weather after ASK, answer "Hello!"
+    after HI."""
+    dialogs = dialogs or [[*ASK, {"role": "assistant", "content": "", "tool_calls": [CALL]}],
+                          [*HI, {"role": "assistant", "content": "Hello!"}]]
     rows = [tok.encode_dialog_with_mask(d, tools=TOOLS) for d in dialogs]
     ids = torch.tensor([sum((r[0] for r in rows), [])])
     mask = torch.tensor(sum((r[1] for r in rows), []), dtype=torch.bool)[1:]
@@ -78,6 +82,18 @@ def client(server):
     return openai.OpenAI(base_url=server["url"] + "/v1", api_key="none", max_retries=0, timeout=60)
 
 
+@pytest.fixture(scope="module")
+def rome_client(tmp_path_factory):
+    """A client of a model fitted to answer ROME with LOOK: text, then a `<function=...>` call."""
+    tools = parse_tools(TOOLS)
+    words = [system_prompt(tools), custom_tools_prompt(tools.custom), ROME[0]["content"], LOOK, "user assistant"]
+    tok = Tokenizer(train_tokenizer(words * 20, 400, tmp_path_factory.mktemp("rome") / "tok.model",
+                                    show_progress=False))
+    model = fitted_model(tok, dialogs=[[*ROME, {"role": "assistant", "content": LOOK}]])
+    with live_server(create_app(model, tok, model_name=MODEL, engine_config=EngineConfig(max_running=4))) as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
 def streamed(client, **kwargs) -> tuple[str, list, list]:
     """(content, tool-call deltas, finish reasons) of a streamed chat completion."""
     chunks = list(client.chat.completions.create(model=MODEL, temperature=0, stream=True, **kwargs))
@@ -108,6 +124,24 @@ def test_streamed_tool_call_comes_as_openai_deltas(client):
     assert first.function.arguments == "" and len(rest) > 1
     assert all(d.index == 0 and d.id is None and d.function.name is None for d in rest)
     assert json.loads("".join(d.function.arguments for d in rest)) == {"city": "Paris", "days": 3}
+
+
+@pytest.mark.slow
+def test_text_then_call_streams_content_then_call_deltas(rome_client):
+    client = rome_client
+    response = client.chat.completions.create(model=MODEL, messages=ROME, tools=TOOLS, temperature=0)
+    reply = response.choices[0]
+    assert reply.finish_reason == "tool_calls" and reply.message.content == "Let me look."
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in reply.message.tool_calls] == [
+        ("get_weather", {"city": "Rome"})]
+    chunks = list(client.chat.completions.create(model=MODEL, messages=ROME, tools=TOOLS, temperature=0, stream=True))
+    kinds = [("call" if c.choices[0].delta.tool_calls else "text") for c in chunks if c.choices[0].delta.content or
+             c.choices[0].delta.tool_calls]
+    assert kinds == sorted(kinds, reverse=True) and "text" in kinds and "call" in kinds  # text deltas, then calls
+    content, deltas, reasons = streamed(client, messages=ROME, tools=TOOLS)
+    assert content == "Let me look. " and reasons == ["tool_calls"]
+    assert deltas[0].function.name == "get_weather" and deltas[0].id.startswith("call_")
+    assert json.loads("".join(d.function.arguments for d in deltas[1:])) == {"city": "Rome"}
 
 
 @pytest.mark.slow
@@ -213,6 +247,21 @@ def test_streamed_replies_hold_back_only_possible_calls():
     assert late.push("No call here.") == "No call here."
     with pytest.raises(HerdError, match="'required'"):
         late.finish()
+
+
+def test_streamed_text_then_call_holds_the_call_back():
+    mode = ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, "tools": TOOLS}).tool_mode()
+    reply = ToolReplies(mode)
+    pieces = ["Let me", " look. ", "<func", "tion=get_weather>", '{"city": "Rome"}', "</function>"]
+    assert [reply.push(t) for t in pieces] == ["Let me", " look. ", "", "", "", ""]
+    content, deltas = reply.finish()
+    assert content == "" and deltas[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert json.loads("".join(d["function"]["arguments"] for d in deltas[1:])) == {"city": "Rome"}
+    assert read_reply("".join(pieces), mode)[0] == "Let me look."
+    tags = ToolReplies(mode)  # text that only looks like an opening goes out once it cannot be one
+    assert [tags.push(t) for t in ["Use a ", "<", "b> tag or <function=x> in HTML."]] == [
+        "Use a ", "", "<b> tag or "]
+    assert tags.finish() == ("<function=x> in HTML.", [])
 
 
 def test_calls_of_tools_not_offered_stay_text():
