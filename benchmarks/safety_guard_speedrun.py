@@ -5,36 +5,42 @@ the base rate and what answering "unsafe" to everything scores, with its wall ti
     python benchmarks/safety_guard_speedrun.py --base RUN/06-anneal/model [--runs "8x100@2e-3 2x600@2e-3"] [--seeds 3]
 
 A run is ROWSxSTEPS@LR (rows of --seq-len tokens per step), optionally +lg2 (every training prompt under Llama
-Guard 2's own taxonomy). Get a base with `herd speedrun --preset tiny` (or any earlier run's 06-anneal/model).
+Guard 2's own taxonomy) and +plain (each prompt laid whole, no shared category header: SFTConfig.share_prefixes
+off). "examples/row" is how many prompts a packed row holds. Get a base with `herd speedrun --preset tiny` (or any
+earlier run's 06-anneal/model).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
+from pathlib import Path
 from statistics import median
 
 from herd.safety.guard_train import GuardTrainConfig, guard_sft, train_guard_from_base
 
-RUN = re.compile(r"(\d+)x(\d+)@([0-9.e-]+)(\+lg2)?")
+RUN = re.compile(r"(\d+)x(\d+)@([0-9.e-]+)(\+lg2)?(\+plain)?")
 COLUMNS = ("f1", "precision", "recall", "fpr", "auprc", "base_rate", "constant_f1", "category_accuracy",
            "unlisted_flagged")
 
 
-def run(base: str, spec: str, seed: int, args: argparse.Namespace) -> tuple[float, dict]:
+def run(base: str, spec: str, seed: int, args: argparse.Namespace) -> tuple[float, float, dict]:
     match = RUN.fullmatch(spec)
     if not match:
         raise SystemExit(f"bad run {spec!r}: write ROWSxSTEPS@LR, e.g. 2x600@2e-3 or 2x600@2e-3+lg2")
     sft = guard_sft()
     sft.batch_size, sft.steps, sft.optim.lr = int(match[1]), int(match[2]), float(match[3])
     sft.seq_len, sft.optim.warmup_steps, sft.progress, sft.device = args.seq_len, min(20, sft.steps // 5), False, "cpu"
+    sft.share_prefixes = not match[5]
     config = GuardTrainConfig(base=base, out_dir=f"{args.out}/{spec}-{seed}", examples=args.examples,
                               held_out=args.held_out, seed=seed, sft=sft,
                               full_taxonomy_share=1.0 if match[4] else 0.5)
     start = time.perf_counter()
     result = train_guard_from_base(config)
-    return time.perf_counter() - start, result["held_out"]
+    figures = json.loads((Path(config.out_dir) / "manifest.json").read_text())["figures"]
+    return time.perf_counter() - start, figures["dialogs"] / figures["rows"], result["held_out"]
 
 
 def main() -> None:
@@ -48,16 +54,16 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/herd_guard_speedrun")
     args = parser.parse_args()
 
-    print("| run | taxonomy | seconds | " + " | ".join(COLUMNS) + " | learned |")
-    print("|---|---|---:|" + "---:|" * len(COLUMNS) + "---|")
+    print("| run | taxonomy | seconds | examples/row | " + " | ".join(COLUMNS) + " | learned |")
+    print("|---|---|---:|---:|" + "---:|" * len(COLUMNS) + "---|")
     for spec in args.runs.split():
         runs = [run(args.base, spec, seed, args) for seed in range(args.seeds)]
-        for name in runs[0][1]:
-            scores = [r[1][name] for r in runs]
+        for name in runs[0][2]:
+            scores = [r[2][name] for r in runs]
             cells = " | ".join(_median([m[k] for m in scores]) for k in COLUMNS)
             learned = sum(m["learned"] for m in scores)
-            print(f"| {spec} | {name} | {median(r[0] for r in runs):.0f} | {cells} | {learned}/{len(runs)} |",
-                  flush=True)
+            print(f"| {spec} | {name} | {median(r[0] for r in runs):.0f} | {median(r[1] for r in runs):.2f} | {cells} "
+                  f"| {learned}/{len(runs)} |", flush=True)
 
 
 def _median(values: list[float | None]) -> str:

@@ -33,9 +33,11 @@ from herd.safety.taxonomy import LLAMA_GUARD_2, Category, Taxonomy, check_taxono
 
 
 def guard_sft() -> SFTConfig:
-    """The SFT settings a guard starts from: short rows (one guard prompt is ~100-300 tokens), AdamW at 3e-4."""
+    """The SFT settings a guard starts from: short rows (one guard prompt is ~100-300 tokens), AdamW at 3e-4, and
+    the prompts of a row sharing one copy of the category header they begin with (SFTConfig.share_prefixes:
+    about 1.8x the examples per token on herd's moderation set, exact)."""
     config = SFTConfig(data="<written by herd guard train>", steps=500, batch_size=16, seq_len=512,
-                       checkpoint_interval=0)
+                       checkpoint_interval=0, share_prefixes=True)
     config.optim.lr, config.optim.warmup_steps = 3e-4, 20
     return config
 

@@ -71,6 +71,19 @@ def test_sft_records_render_the_exact_prompt_and_custom_categories(tmp_path):
     assert sum(t == LLAMA_GUARD_2 for _, t in betting) > 5
 
 
+def test_guard_prompts_share_their_category_header_in_packed_rows(tmp_path, tok):
+    """guard_sft packs a row's prompts with one copy of the header they begin with (SFTConfig.share_prefixes)."""
+    from herd.post.batches import pack_chats
+    from herd.post.data import read_chats
+    from herd.safety.guard_train import guard_sft
+
+    config = GuardTrainConfig(base="-", out_dir=str(tmp_path), examples=40, full_taxonomy_share=1.0)
+    dialogs = read_chats(str(guard_sft_data(config)))
+    rows = pack_chats(tok, dialogs, seq_len=4096, share_prefixes=guard_sft().share_prefixes)
+    alone = pack_chats(tok, dialogs, seq_len=4096)
+    assert len(rows) * 1.5 < len(alone)
+
+
 @pytest.mark.parametrize("line, message", [
     ("not json", "mine.jsonl:1: not JSON"),
     ('{"category": "S1"}', 'needs {"text"'),
