@@ -63,7 +63,9 @@ def eval_stage(ctx: RunContext, out: Path, s: EvalSettings) -> dict[str, Any]:
     rewards = reply_rewards(ctx, data_dir, ctx.config.final.rm_prompts)
     refusals = refusal_rates(ctx, out, s.refusal_prompts)
     tools = tool_scores(ctx, out, data_dir, s.tool_limit) if s.tool_limit else {}
-    done = {"scores": scores, "reward": rewards, "refusal": refusals, "tools": tools}
+    done = {"scores": scores, "reward": {k: mean(v) for k, v in rewards.items()},
+            "reward_interval": {k: share_with_interval(v) for k, v in rewards.items()}, "refusal": refusals,
+            "tools": tools}
     write_json(out / "scores.json", done, indent=1)
     return done
 
@@ -133,8 +135,9 @@ def refusal_rates(ctx: RunContext, out: Path, n: int) -> dict[str, dict[str, Any
     return rates
 
 
-def share_with_interval(flags: list[bool], seed: int = 0) -> dict[str, Any]:
-    """The share of True in `flags`, its bootstrap 90% percentile interval (scipy.stats.bootstrap) and n."""
+def share_with_interval(flags: list[bool] | list[float], seed: int = 0) -> dict[str, Any]:
+    """The share of True in `flags` (the mean of numbers), its bootstrap 90% percentile interval
+    (scipy.stats.bootstrap) and n."""
     import numpy as np
     from scipy.stats import bootstrap
 
@@ -150,8 +153,8 @@ def share_with_interval(flags: list[bool], seed: int = 0) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def reply_rewards(ctx: RunContext, data_dir: Path, n: int) -> dict[str, float]:
-    """Mean reward-model score of each chat model's greedy replies to the first `n` held-out math questions."""
+def reply_rewards(ctx: RunContext, data_dir: Path, n: int) -> dict[str, list[float]]:
+    """The reward model's scores of each chat model's greedy replies to the first `n` held-out math questions."""
     from herd.checkpoint import load
     from herd.generation import generate_tokens
     from herd.post import load_reward_model
@@ -167,8 +170,7 @@ def reply_rewards(ctx: RunContext, data_dir: Path, n: int) -> dict[str, float]:
         prompts = [tok.encode_dialog([{"role": "user", "content": q}]) for q in questions]
         results = generate_tokens(model, prompts, max_new_tokens=64, stop_ids=tok.stop_ids)
         seqs = [p + r.tokens + [tok.eot_id] for p, r in zip(prompts, results)]
-        values = rm.score(seqs, 16, tok.eos_id)
-        out[label] = sum(values) / len(values)
+        out[label] = rm.score(seqs, 16, tok.eos_id)
     return out
 
 

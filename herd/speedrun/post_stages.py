@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from herd.post.stage import fine_tuning_optim
 from herd.run_dir import atomic_open
 from herd.speedrun.config import DPOSettings, PostSettings, PrefSettings, RejectionSettings, SFT2Settings, SFTSettings
+from herd.speedrun.on_policy import dpo_on_policy_pairs
 from herd.speedrun.safety_data import safety_dialogs, safety_pairs
 from herd.speedrun.tool_data import tool_dialogs
 
@@ -69,10 +70,11 @@ def corpus_tool_dialogs(corpus: Path, n: int, seed: int) -> list[dict[str, Any]]
     return tool_dialogs(n, seed, held_out, direct)
 
 
-def preference_data(ctx: RunContext, out: Path, s: PrefSettings) -> Path:
-    """The corpus's preference pairs plus `safety_pairs` safety pairs (RUN/NN-stage/prefs.jsonl)."""
-    return with_safety(ctx.stage_dir("corpus") / "post" / "prefs.jsonl", safety_pairs(s.safety_pairs, ctx.seed),
-                       out / "prefs.jsonl")
+def preference_data(ctx: RunContext, out: Path, s: PrefSettings, extra: list[dict[str, Any]] | None = None) -> Path:
+    """The corpus's preference pairs plus `safety_pairs` safety pairs and `extra` records
+    (RUN/NN-stage/prefs.jsonl)."""
+    return with_safety(ctx.stage_dir("corpus") / "post" / "prefs.jsonl",
+                       safety_pairs(s.safety_pairs, ctx.seed) + (extra or []), out / "prefs.jsonl")
 
 
 def rm_stage(ctx: RunContext, out: Path, s: PrefSettings) -> dict[str, Any]:
@@ -115,9 +117,12 @@ def sft2_stage(ctx: RunContext, out: Path, s: SFT2Settings) -> dict[str, Any]:
 
 
 def dpo_stage(ctx: RunContext, out: Path, s: DPOSettings) -> dict[str, Any]:
+    """DPO from the round-2 model on the preference data plus on-policy pairs of its own replies
+    (herd.speedrun.on_policy)."""
     from herd.post import DPOConfig, dpo
 
     post = ctx.stage_dir("corpus") / "post"
+    on_policy, figures = dpo_on_policy_pairs(ctx, s)
     config = DPOConfig(**stage_fields(ctx, out, s, ctx.outputs("sft2")["model"]), beta=s.beta,
-                       data=str(preference_data(ctx, out, s)), val_data=str(post / "prefs_val.jsonl"))
-    return _outputs(dpo(config))
+                       data=str(preference_data(ctx, out, s, on_policy)), val_data=str(post / "prefs_val.jsonl"))
+    return {**_outputs(dpo(config)), "on_policy": figures}

@@ -86,6 +86,7 @@ def micro() -> SpeedrunConfig:
     c.rejection.samples_per_prompt, c.rejection.max_new_tokens = 2, 16
     c.eval.limit, c.eval.real_limit, c.eval.refusal_prompts, c.eval.tool_limit = 8, 4, 8, 4
     c.sft.safety_dialogs, c.sft.tool_dialogs, c.rm.safety_pairs, c.dpo.safety_pairs = 30, 40, 16, 16
+    c.dpo.on_policy_prompts, c.dpo.reward_pair_samples = 16, 2
     c.safety = SafetySettings(guard_steps=6, guard_examples=40, guard_eval=8, guard_batch_size=2, guard_seq_len=1024,
                               guard_lr=1e-3, probe_prompts=4, max_new_tokens=16)
     c.final = FinalSettings(transcripts=2, max_new_tokens=16, rm_prompts=8)

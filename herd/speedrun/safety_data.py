@@ -5,6 +5,11 @@ training never shows, on which the eval stage measures refusal and false-refusal
 check (herd.safety.cyberseceval.is_refusal).
 
 The requests are herd's moderation set (herd.safety.moderation_set): the guard and the chat model learn the same acts.
+Training requests are varied beyond it, so that the act, not the wording, decides a refusal: the tiny SFT model
+refused benign requests it knew ("cook rice") in the held-out wordings it had never seen (55% false refusals): each
+gets an opener and a closer (`OPENERS`, `CLOSERS`, none of the held-out wordings' phrases), and a share
+`LOOK_ALIKE_SHARE` of the benign ones asks one of `LOOK_ALIKES` (harmless acts with a harmful-sounding verb, which
+the evaluation never asks), in a benign share `BENIGN_SHARE` above half.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from herd.safety.guard_recipe import Example
+from herd.safety.guard_recipe import ACTS, BENIGN, PARAPHRASES, REQUESTS, Example
+from herd.safety.moderation_set import LOOK_ALIKES as MODERATION_LOOK_ALIKES
 from herd.safety.moderation_set import moderation_examples
 
 REFUSALS = ("I'm sorry, but I can't help with that. It could seriously hurt someone.",
@@ -23,20 +29,60 @@ HELP = ("Sure! Start with the basics, take it one step at a time, and check the 
         "Happy to help. Gather what you need first, then follow a short guide step by step.",
         "Of course. The first step is to look at what you already have; then go slowly and ask if you get stuck.")
 """Helpful answers (never refusals): the reply to a benign request, and the compliance a harmful one must not get."""
+LOOK_ALIKES = (
+    "kill weeds in my vegetable garden", "kill time at the airport", "shoot a video on my phone",
+    "shoot hoops in the park", "hack together a weekend project", "attack a hard math problem",
+    "steal the show at my recital", "crack a tough interview question", "blow out birthday candles",
+    "fire up the barbecue", "beat eggs for a cake", "smash a tennis serve", "destroy old papers with a shredder",
+    "trap a mouse in my kitchen without hurting it", "get rid of a wasp nest near my door", "break a bad habit",
+    "break in new hiking boots", "take down a tent", "cut my own hair", "sharpen a kitchen knife",
+    "wipe my old laptop before selling it", "exploit a weak opening in chess", "burn a cd",
+    "knock down a wall in my house", "hunt for a cheap flight", "hide a present from my kids",
+    "host a murder mystery party", "inject a dependency in my python app", "terminate a lease early",
+    "execute a trade on the stock market", "take a crash course in spanish", "disarm an opponent in fencing")
+"""Benign requests with a harmful-sounding verb that only training asks (the evaluation asks the moderation set's)."""
+OPENERS = ("", "", "", "hi! ", "hey, ", "quick question: ", "hello. ", "so, ", "ok, ", "hmm, ")
+CLOSERS = ("", "", "", " thanks.", " thank you!", " keep it short.", " i'm new to this.", " any advice helps.",
+           " asap.", " be brief.")
+TEMPLATES = REQUESTS[:-1] + PARAPHRASES + (
+    "what are the steps to {act}?", "help me figure out how to {act}.", "i'm trying to {act}. where do i begin?",
+    "how would you {act}?", "is it hard to {act}?", "guide me so i can {act}.", "how can i {act}?",
+    "i'd like to {act}. what should i do first?", "do you know how to {act}?", "how does one {act}?",
+    "could you tell me how to {act}?", "what should i know before i {act}?")
+"""The request wordings training uses: the moderation set's training split and more (none the held-out split's)."""
+BENIGN_SHARE = 0.6
+LOOK_ALIKE_SHARE = 0.5
 
 
 def requests(n: int, seed: int, *, held_out: bool = False, benign_share: float = 0.5) -> list[Example]:
-    """`n` single-turn user requests, a share `benign_share` benign (many worded like harmful ones), the rest harmful."""
+    """`n` single-turn user requests, a share `benign_share` benign (many worded like harmful ones), the rest
+    harmful."""
     return moderation_examples(n, held_out=held_out, seed=seed, benign_share=benign_share, reply_share=0.0,
                                multi_turn_share=0.0)
+
+
+def training_requests(n: int, seed: int) -> list[tuple[str, bool]]:
+    """`n` varied training requests (text, harmful) in `TEMPLATES` with an opener and a closer: a share BENIGN_SHARE
+    benign (LOOK_ALIKE_SHARE of those one of `LOOK_ALIKES`, the rest the moderation set's benign acts), the others
+    the moderation set's harmful acts (a category, then one of its acts)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        harmful = rng.random() >= BENIGN_SHARE
+        if harmful:
+            act = rng.choice(ACTS[rng.choice(list(ACTS))])
+        else:
+            act = rng.choice(LOOK_ALIKES if rng.random() < LOOK_ALIKE_SHARE else BENIGN + MODERATION_LOOK_ALIKES)
+        out.append((rng.choice(OPENERS) + rng.choice(TEMPLATES).format(act=act) + rng.choice(CLOSERS), harmful))
+    return out
 
 
 def safety_dialogs(n: int, seed: int) -> list[dict[str, Any]]:
     """SFT dialogs {"messages", "domain": "safety"}: a refusal of each harmful request, help with each benign one."""
     rng = random.Random(seed)
-    return [{"messages": [{"role": "user", "content": e.text},
-                          {"role": "assistant", "content": rng.choice(HELP if e.category is None else REFUSALS)}],
-             "domain": "safety"} for e in requests(n, seed)]
+    return [{"messages": [{"role": "user", "content": text},
+                          {"role": "assistant", "content": rng.choice(REFUSALS if harmful else HELP)}],
+             "domain": "safety"} for text, harmful in training_requests(n, seed)]
 
 
 def safety_pairs(n: int, seed: int) -> list[dict[str, Any]]:
@@ -44,10 +90,10 @@ def safety_pairs(n: int, seed: int) -> list[dict[str, Any]]:
     requests, help over refusal on benign ones."""
     rng = random.Random(seed)
     out = []
-    for e in requests(n, seed + 1):
+    for text, harmful in training_requests(n, seed + 1):
         refusal, help_ = rng.choice(REFUSALS), rng.choice(HELP)
-        chosen, rejected = (help_, refusal) if e.category is None else (refusal, help_)
-        out.append({"prompt": e.text, "chosen": chosen, "rejected": rejected, "domain": "safety"})
+        chosen, rejected = (refusal, help_) if harmful else (help_, refusal)
+        out.append({"prompt": text, "chosen": chosen, "rejected": rejected, "domain": "safety"})
     return out
 
 

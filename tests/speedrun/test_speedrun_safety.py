@@ -47,3 +47,74 @@ def test_share_with_interval():
     assert r["rate"] == 0.375 and r["low"] < 0.375 < r["high"] and r["n"] == 8
     assert share_with_interval([True] * 4) == {"rate": 1.0, "low": 1.0, "high": 1.0, "n": 4}
     assert share_with_interval([])["rate"] is None
+    scores = share_with_interval([4.0, 4.5, 5.0, 6.5])  # the mean of numbers (reward scores)
+    assert scores["rate"] == 5.0 and 4.0 <= scores["low"] < 5.0 < scores["high"] <= 6.5
+
+
+def test_training_requests_vary_their_wording_but_never_use_the_held_out_ones():
+    """The act, not the wording, must decide a refusal: training requests carry openers and closers and benign acts
+    with harmful-sounding verbs (safety_data.LOOK_ALIKES), and none of the held-out wordings' phrases."""
+    from herd.speedrun.safety_data import BENIGN_SHARE, LOOK_ALIKES, training_requests
+
+    asks = training_requests(1000, seed=0)
+    texts = [t for t, _ in asks]
+    assert abs(sum(not h for _, h in asks) / len(asks) - BENIGN_SHARE) < 0.06
+    assert sum(any(a in t for a in LOOK_ALIKES) for t, h in asks if not h) > 150
+    assert not any(h for t, h in asks if any(a in t for a in LOOK_ALIKES))
+    assert len({t.split(" how")[0] for t in texts}) > 50  # openers vary what comes before the template
+    for phrase in ("step by step", "tonight", "one might", "easiest way", "explain how someone could"):
+        assert not any(phrase in t for t in texts)
+    harmful, benign = held_out_requests(40, seed=0)
+    assert not {t for t in texts} & set(harmful + benign)
+
+
+def test_on_policy_pairs_reject_the_models_own_wrong_replies(tiny_model_dir):
+    """A random model never refuses: each harmful request gives a pair whose rejected reply is the model's own greedy
+    one and whose chosen reply is a written refusal; benign requests, answered right, give none."""
+    from herd.checkpoint import load
+    from herd.generation import generate_tokens
+    from herd.speedrun.on_policy import on_policy_safety_pairs
+    from herd.speedrun.safety_data import training_requests
+
+    pairs, figures = on_policy_safety_pairs(tiny_model_dir, 12, 1, seed=3, device="cpu", max_new_tokens=8)
+    asks = training_requests(12, 3)
+    harmful = [t for t, h in asks if h]
+    assert [p["prompt"] for p in pairs] == harmful and figures["pairs"] == len(harmful) > 0
+    assert figures["greedy_harmful_complied"] == 1.0 and figures["greedy_benign_refused"] == 0.0
+    model, tok = load(tiny_model_dir)
+    greedy = generate_tokens(model, [tok.encode_dialog([{"role": "user", "content": t}]) for t in harmful],
+                             max_new_tokens=8, stop_ids=tok.stop_ids)
+    assert [p["rejected"] for p in pairs] == [tok.decode(r.tokens) for r in greedy]
+    assert all(p["chosen"] in REFUSALS and not is_refusal(p["rejected"]) for p in pairs)
+
+
+def test_reward_pairs_prefer_the_reward_models_best_sample(tiny_model_dir, tmp_path):
+    """Reward pairs: per prompt the best-rewarded of the policy's samples over the worst, only past the margin."""
+    import json
+
+    import torch
+
+    from herd.checkpoint import load
+    from herd.post.reward_model import RewardModel, save_reward_model
+    from herd.speedrun.on_policy import reward_pairs
+
+    model, tok = load(tiny_model_dir)
+    torch.manual_seed(0)
+    rm_dir = save_reward_model(RewardModel(model, seed=1), tok, tmp_path / "rm")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ("what color is the sky", "hi", "a b c")))
+    pairs, figures = reward_pairs(tiny_model_dir, rm_dir, prompts, 4, seed=0, device="cpu", max_new_tokens=6,
+                                  margin=-1e9)
+    assert figures["prompts"] == 3 and figures["mean_gap"] > 0
+    assert len(pairs) <= 3 and {p["prompt"][0]["content"] for p in pairs} <= {"what color is the sky", "hi", "a b c"}
+    assert reward_pairs(tiny_model_dir, rm_dir, prompts, 4, seed=0, device="cpu", max_new_tokens=6,
+                        margin=1e9)[0] == []
+
+
+def test_best_over_worst_needs_a_finished_best_past_the_margin():
+    from herd.speedrun.on_policy import best_over_worst
+
+    replies = [("a", True), ("b", True), ("c", False)]
+    assert best_over_worst(replies, [1.0, 3.0, 0.5], margin=1.0) == ("b", "c")
+    assert best_over_worst(replies, [1.0, 3.0, 0.5], margin=2.5) is None
+    assert best_over_worst(replies, [1.0, 0.0, 4.0], margin=0.0) is None  # the best was cut off

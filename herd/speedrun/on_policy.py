@@ -1,0 +1,123 @@
+"""On-policy pairs for the speedrun's DPO (Llama 3 builds its preference data from the policy's own samples).
+
+Safety pairs: the round-2 SFT model answers varied training safety requests (never the held-out ones;
+herd.speedrun.safety_data.training_requests), greedily and sampled; CyberSecEval's refusal check
+(herd.safety.cyberseceval.is_refusal) judges each reply, and a wrong one (a refusal of a benign request, compliance
+with a harmful one) is rejected in favour of one of the model's own right replies to that request that ended by
+itself (else a written refusal or help).
+
+Fixed written pairs alone push the same two strings down everywhere; on the tiny speedrun they made DPO answer
+"Sorry, 3 + 3 = 6" and lowered harmful refusals 90% -> 72.5%. Requests the model already answers right in every
+sample give no pair.
+
+Reward pairs: the model's sampled replies to the corpus's training prompts, scored by the reward model; the best
+beats the worst where they differ by more than `margin` (what the reward model prefers, on the policy's own replies).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from herd.speedrun.safety_data import HELP, REFUSALS, training_requests
+
+if TYPE_CHECKING:
+    from herd.speedrun.config import DPOSettings
+    from herd.speedrun.run import RunContext
+
+
+def sample(model: Any, tok: Any, prompts: list[list[int]], samples: int, seed: int, max_new_tokens: int,
+           temperature: float, *, greedy_first: bool = False) -> list[list[Any]]:
+    """Per prompt, `samples` GenerationResults at `temperature` (with `greedy_first`, the first greedy)."""
+    from herd.generation import generate_tokens
+
+    rows: list[list[Any]] = [[] for _ in prompts]
+    for k in range(samples):
+        results = generate_tokens(model, prompts, max_new_tokens=max_new_tokens, seed=seed + k, stop_ids=tok.stop_ids,
+                                  temperature=0.0 if greedy_first and k == 0 else temperature)
+        for row, result in zip(rows, results, strict=True):
+            row.append(result)
+    return rows
+
+
+@torch.no_grad()
+def on_policy_safety_pairs(model_dir: str | Path, n: int, samples: int, seed: int, device: str, *,
+                           max_new_tokens: int = 48, temperature: float = 1.0) -> tuple[list[dict[str, Any]], dict]:
+    """(pairs {"prompt", "chosen", "rejected", "domain": "safety_on_policy"}, figures) from the model's replies to `n`
+    training safety requests, `samples` per request (the first greedy, the rest at `temperature`)."""
+    from herd.checkpoint import load
+    from herd.safety.cyberseceval import is_refusal
+
+    model, tok = load(model_dir, device=device)
+    model.eval()
+    asks = training_requests(n, seed)
+    prompts = [tok.encode_dialog([{"role": "user", "content": text}]) for text, _ in asks]
+    replies = [[(tok.decode(r.tokens), r.finish_reason == "stop") for r in row]
+               for row in sample(model, tok, prompts, samples, seed, max_new_tokens, temperature, greedy_first=True)]
+    rng = random.Random(seed)
+    pairs, wrong_greedy = [], {True: 0, False: 0}
+    for (text, harmful), row in zip(asks, replies, strict=True):
+        wrong = [reply for reply, _ in row if is_refusal(reply) != harmful]
+        wrong_greedy[harmful] += is_refusal(row[0][0]) != harmful
+        if not wrong:
+            continue
+        right = [reply for reply, ended in row if ended and is_refusal(reply) == harmful]
+        chosen = right[0] if right else rng.choice(REFUSALS if harmful else HELP)
+        pairs.append({"prompt": text, "chosen": chosen, "rejected": wrong[0], "domain": "safety_on_policy"})
+    counts = {h: sum(harmful == h for _, harmful in asks) for h in (True, False)}
+    figures = {"requests": n, "pairs": len(pairs),
+               "greedy_harmful_complied": wrong_greedy[True] / max(counts[True], 1),
+               "greedy_benign_refused": wrong_greedy[False] / max(counts[False], 1)}
+    return pairs, figures
+
+
+@torch.no_grad()
+def reward_pairs(model_dir: str | Path, reward_model_dir: str | Path, prompts_path: str | Path, samples: int, seed: int,
+                 device: str, *, max_new_tokens: int = 64, temperature: float = 0.8,
+                 margin: float = 0.5) -> tuple[list[dict[str, Any]], dict]:
+    """(pairs {"prompt", "chosen", "rejected", "domain": "reward"}, figures): per prompt of `prompts_path`
+    (herd.post.data.read_prompts), the reward model's best of the model's `samples` replies over its worst, where it
+    ended by itself and the rewards differ by more than `margin`."""
+    from herd.checkpoint import load
+    from herd.post import load_reward_model
+    from herd.post.data import read_prompts
+
+    model, tok = load(model_dir, device=device)
+    model.eval()
+    rm, _ = load_reward_model(reward_model_dir, device)
+    rm.eval()
+    dialogs = read_prompts(prompts_path)
+    prompts = [tok.encode_dialog(d) for d in dialogs]
+    rows = sample(model, tok, prompts, samples, seed, max_new_tokens, temperature)
+    pairs, gaps = [], []
+    for dialog, ids, row in zip(dialogs, prompts, rows, strict=True):
+        rewards = rm.score([ids + r.tokens + [tok.eot_id] for r in row], 16, tok.eos_id)
+        gaps.append(max(rewards) - min(rewards))
+        pair = best_over_worst([(tok.decode(r.tokens), r.finish_reason == "stop") for r in row], rewards, margin)
+        if pair:
+            pairs.append({"prompt": dialog, "chosen": pair[0], "rejected": pair[1], "domain": "reward"})
+    return pairs, {"prompts": len(prompts), "pairs": len(pairs), "mean_gap": sum(gaps) / max(len(gaps), 1)}
+
+
+def best_over_worst(replies: list[tuple[str, bool]], rewards: list[float], margin: float) -> tuple[str, str] | None:
+    """(best, worst) of (text, ended by itself) `replies` by `rewards`, if the best ended and leads by > `margin`."""
+    best = max(range(len(replies)), key=rewards.__getitem__)
+    worst = min(range(len(replies)), key=rewards.__getitem__)
+    if rewards[best] - rewards[worst] > margin and replies[best][1]:
+        return replies[best][0], replies[worst][0]
+    return None
+
+
+def dpo_on_policy_pairs(ctx: RunContext, s: DPOSettings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The DPO stage's on-policy pairs from the round-2 SFT model: `s.on_policy_prompts` safety requests and
+    `s.reward_pair_samples` replies per corpus training prompt (0 skips either); (pairs, figures)."""
+    model = ctx.outputs("sft2")["model"]
+    safety, safety_figures = (on_policy_safety_pairs(model, s.on_policy_prompts, s.on_policy_samples, ctx.seed + 4,
+                                                     ctx.device) if s.on_policy_prompts else ([], {}))
+    reward, reward_figures = (reward_pairs(model, ctx.outputs("rm")["model"],
+                                           ctx.stage_dir("corpus") / "post" / "prompts.jsonl", s.reward_pair_samples,
+                                           ctx.seed + 5, ctx.device) if s.reward_pair_samples else ([], {}))
+    return safety + reward, {"safety": safety_figures, "reward": reward_figures}
