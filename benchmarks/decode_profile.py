@@ -1,0 +1,198 @@
+"""Where herd's time goes on the CPU paths where llama.cpp is faster (issue 29), and what bounds them.
+
+Model: the llama3-125m preset (random weights, seed 0), batch 1, the threads given. Paths (`--paths`):
+- decode-f32, decode-int8 (weight-only, herd.serve.quantize), decode-bf16, decode-f32-compiled: tokens/s as
+  benchmarks/decode_cpu.py times them; the bound is streaming: every decoded token reads each weight of the blocks
+  and the output head once, so bound tok/s = bandwidth / weight bytes per token. Two bandwidths, measured here on
+  a buffer of the weights' size: a plain copy (`dst.copy_(src)`, bytes read + written, as STREAM's Copy counts
+  them) and a plain read (an int32 `amax`, decode_cpu.bandwidths).
+- prefill-f32: the prompt in one forward; compute-bound: FLOPs per token = 2 x the blocks' linear weights (the head
+  runs on the last position only) + attention's 2 x 2 x layers x dim x (prompt/2) average keys; the bound is the
+  FLOP/s of one fp32 GEMM of the prompt's rows by the model's feed-forward weight, measured here.
+- serve-c1 (and serve-c1-compiled where the engine has a compiled step): herd's serving Engine as `herd serve` runs
+  it on CPU (prepacked linears), one request in flight, fixed 128-token prompts and 64 new tokens; tokens/s is
+  output tokens / wall time (its prefills included, as serve_throughput.py counts it); bound as for decode.
+Top ops: torch.profiler's self CPU time per op. For a decode path, the profile of a 1-token generation is subtracted
+from that of an N-token one, so the table holds the decode steps alone (per decoded token); prefill: the 1-token
+generation; serving: the whole run per output token. Rates and each op's time are medians of `--runs`.
+Run from the repo root: `python benchmarks/decode_profile.py` (about 3 minutes on 2 idle cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cpu_info import cpu_line
+from decode_cpu import bandwidths, seconds
+from serve_throughput import run_herd, summarize, workload
+
+from herd.generation import generate_tokens
+from herd.model import Transformer, build_model, preset
+from herd.serve import Engine, EngineConfig
+from herd.serve.packed import pack_linears
+from herd.serve.quantize import quantize
+from herd.tokenizer import Tokenizer, default_tokenizer_path
+
+DECODE = {"decode-f32": ("f32", False), "decode-int8": ("int8", False), "decode-bf16": ("bf16", False),
+          "decode-f32-compiled": ("f32", True)}
+SERVE = {"serve-c1": False, "serve-c1-compiled": True}
+DEFAULT_PATHS = "decode-f32,decode-int8,prefill-f32,serve-c1"
+
+
+@dataclasses.dataclass
+class Measured:
+    """One measured path: its rate, the profiled self time per token of each op (ms), and its bound."""
+
+    name: str
+    tok_s: float
+    ops: dict[str, float]
+    bound: str
+    bound_tok_s: float
+
+
+def streamed_bytes(model: Transformer) -> int:
+    """Bytes of every weight (parameters and buffers: int8 weights and their scales too) of the blocks and head."""
+    tensors = [*model.layers.parameters(), *model.layers.buffers(), *model.output.parameters(),
+               *model.output.buffers()]
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+
+
+def copy_bandwidth(nbytes: int, runs: int) -> float:
+    """Bytes/s of a plain copy of an `nbytes` buffer, counting the bytes read and the bytes written."""
+    src = torch.randint(-(2**31), 2**31 - 1, (nbytes // 4,), dtype=torch.int32)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / statistics.median(seconds(lambda: dst.copy_(src)) for _ in range(runs + 1))
+
+
+def gemm_flops(rows: int, dim: int, hidden: int, runs: int) -> float:
+    """FLOP/s of one fp32 [rows, dim] x [dim, hidden] GEMM."""
+    x, w = torch.randn(rows, dim), torch.randn(hidden, dim)
+    F.linear(x, w)
+    return 2 * rows * dim * hidden / statistics.median(seconds(lambda: F.linear(x, w)) for _ in range(runs + 2))
+
+
+def op_times(fn: Callable[[], object], runs: int) -> dict[str, float]:
+    """Self CPU milliseconds per op name of one call of `fn`: the median over `runs` profiled calls."""
+    profiles = []
+    for _ in range(runs):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+        profiles.append({e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()})
+    return {op: statistics.median(p.get(op, 0.0) for p in profiles) for op in set().union(*profiles)}
+
+
+def per_token(many: dict[str, float], one: dict[str, float], tokens: int) -> dict[str, float]:
+    return {op: max(t - one.get(op, 0.0), 0.0) / tokens for op, t in many.items()}
+
+
+def decode_path(name: str, model: Transformer, compile: bool, prompt: list[int], n: int, runs: int,
+                bws: dict[str, float]) -> Measured:
+    def run(tokens: int) -> Callable[[], object]:
+        return lambda: generate_tokens(model, [prompt], max_new_tokens=tokens, compile=compile)
+
+    run(n)()  # warm-up (the compiled path compiles here)
+    times = [(seconds(run(1)), seconds(run(n))) for _ in range(runs)]
+    rate = (n - 1) / statistics.median(b - a for a, b in times)
+    ops = per_token(op_times(run(n), runs), op_times(run(1), runs), n - 1)
+    nbytes = streamed_bytes(model)
+    bound = ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bws.items())
+    return Measured(name, rate, ops, f"{nbytes / 1e6:.0f} MB/token; {bound}", bws["copy"] / nbytes)
+
+
+def prefill_path(model: Transformer, prompt: list[int], runs: int) -> Measured:
+    run = lambda: generate_tokens(model, [prompt], max_new_tokens=1)  # noqa: E731
+    run()
+    rate = len(prompt) / statistics.median(seconds(run) for _ in range(runs))
+    ops = {op: t / len(prompt) for op, t in op_times(run, runs).items()}
+    c = model.config
+    linear = sum(p.numel() for p in model.layers.parameters() if p.dim() == 2)
+    flops = 2 * linear + 2 * 2 * c.n_layers * c.dim * len(prompt) / 2
+    hidden = model.layers[0].feed_forward.w1.weight.shape[0]
+    peak = gemm_flops(len(prompt), c.dim, hidden, runs)
+    return Measured("prefill-f32", rate, ops, f"{flops / 1e6:.1f} MFLOP/token; fp32 GEMM {peak / 1e9:.1f} GFLOP/s",
+                 peak / flops)
+
+
+def serve_path(name: str, model: Transformer, tok: Tokenizer, compile: bool, n: int, runs: int,
+               bws: dict[str, float]) -> Measured:
+    """`model` unpacked: its weights' bytes are the bound's; the engine serves a prepacked copy, as `herd serve`."""
+    extra = {"compile": compile} if "compile" in {f.name for f in dataclasses.fields(EngineConfig)} else {}
+    if compile and not extra:
+        raise SystemExit(f"{name}: this herd's serving engine has no compiled step")
+    nbytes = streamed_bytes(model)
+    served = pack_linears(copy.deepcopy(model), **({"keep_weights": True} if compile else {}))  # as herd serve
+    engine = Engine(served, tok, EngineConfig(max_running=1, **extra))
+    requests = workload(3, seed=0, vocab=128000, prompts=(128, 128), outputs=(n, n))
+    run_herd(engine, requests[:1], 1)  # warm-up
+    rate = statistics.median(summarize(*run_herd(engine, requests, 1))["tok_s"] for _ in range(runs))
+    ops = {op: t / (n * len(requests)) for op, t in op_times(lambda: run_herd(engine, requests, 1), runs).items()}
+    bound = ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bws.items())
+    return Measured(name, rate, ops, f"{nbytes / 1e6:.0f} MB/token; {bound}", bws["copy"] / nbytes)
+
+
+def report(paths: list[Measured], top: int) -> None:
+    print(f"\n{'path':20} {'tok/s':>8} {'bound tok/s':>11} {'of bound':>8}  bound from")
+    for p in paths:
+        print(f"{p.name:20} {p.tok_s:8.1f} {p.bound_tok_s:11.1f} {p.tok_s / p.bound_tok_s:8.0%}  {p.bound}")
+    for p in paths:
+        total = sum(p.ops.values())
+        print(f"\n{p.name}: top ops by self CPU time, ms per token (profiled {total:.2f} ms/token; "
+              f"wall {1e3 / p.tok_s:.2f} ms/token)")
+        for op, ms in sorted(p.ops.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"  {op:48} {ms:8.3f} {ms / total:6.1%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paths", default=DEFAULT_PATHS, help=f"of {', '.join([*DECODE, 'prefill-f32', *SERVE])}")
+    parser.add_argument("--preset", default="llama3-125m")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--top", type=int, default=8)
+    args = parser.parse_args()
+    names = args.paths.split(",")
+    unknown = set(names) - {*DECODE, "prefill-f32", *SERVE}
+    if unknown:
+        raise SystemExit(f"unknown paths {sorted(unknown)}; choose from {', '.join([*DECODE, 'prefill-f32', *SERVE])}")
+    torch.set_num_threads(args.threads)
+    tok = Tokenizer(default_tokenizer_path())
+    model = build_model(preset(args.preset)).eval()
+    model.init_weights(0)
+    prompt = [tok.bos_id] + workload(1, 0, vocab=128000, prompts=(args.prompt_tokens - 1,) * 2)[0].prompt
+    print(cpu_line())
+    print(f"torch {torch.__version__}, {args.threads} threads; {args.preset}, batch 1, prompt {len(prompt)} tokens, "
+          f"{args.new_tokens} new tokens, medians of {args.runs} runs")
+    nbytes = streamed_bytes(model)
+    _, read_bw = bandwidths(nbytes, model.config.dim, torch.float32, args.runs)
+    bws = {"copy": copy_bandwidth(nbytes, args.runs), "read": read_bw}
+    variants: dict[str, Callable[[], Transformer]] = {
+        "f32": lambda: model, "bf16": lambda: copy.deepcopy(model).to(torch.bfloat16),
+        "int8": lambda: quantize(copy.deepcopy(model), "int8")}
+    paths = []
+    for name in names:
+        print(f"measuring {name}", flush=True)
+        if name in DECODE:
+            kind, compile = DECODE[name]
+            paths.append(decode_path(name, variants[kind](), compile, prompt, args.new_tokens, args.runs, bws))
+        elif name == "prefill-f32":
+            paths.append(prefill_path(model, prompt, args.runs))
+        else:
+            paths.append(serve_path(name, model, tok, SERVE[name], args.new_tokens, args.runs, bws))
+    report(paths, args.top)
+
+
+if __name__ == "__main__":
+    main()
