@@ -6,10 +6,10 @@ All models hold the same random weights (herd -> HF through herd.checkpoint's HF
 printed with its settings: its default `generate` (DynamicCache, eager, SDPA attention), and as HF's guide
 "Optimizing inference" recommends for fast decoding: a static KV cache (`generation_config.cache_implementation =
 "static"`) with `model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)` (on CPU the
-mode's CUDA graphs do not apply; inductor compiles one graph for the prefill and one for the decode step, per cache
-length). herd runs eager and with its decode step compiled (`compile=True`). Each side's one-time compile is
-reported apart. Prefill rate = prompt tokens / time of a 1-token generation; decode rate = (N - 1) / (time of an
-N-token generation - that). The bound: each decoded token reads every linear weight and the output head once; it is
+mode's CUDA graphs do not apply; inductor compiles one graph for the prefill and one for the decode step). herd
+runs eager and with its decode step compiled (`compile=True`). Each side's one-time compile is reported apart.
+Prefill rate = prompt tokens / time of a 1-token generation; decode rate = (N - 1) / (time of an N-token
+generation - that). The bound: each decoded token reads every linear weight and the output head once; it is
 taken against two bandwidths measured here on one weight of the same total size: a plain torch matmul of one row
 (`F.linear`) and a plain streaming read (an int32 `amax`).
 Run from the repo root: `python benchmarks/decode_cpu.py` (about 8 minutes on 2 idle cores).
@@ -100,7 +100,8 @@ def compare(hf_dir: str, name: str, dtype_name: str, prompt: list[int], n: int, 
         "herd": lambda t: herd_run(t, False), "herd compiled": lambda t: herd_run(t, True),
         **{name: (lambda t, hf=hf: hf_run(hf, t)) for name, hf in hfs.items()}}
     compile_s = {"herd compiled": engines["herd compiled"](n)}  # its decode step, once per model and batch size
-    compile_s["HF static+comp"] = engines["HF static+comp"](n) + engines["HF static+comp"](1)  # per cache length
+    # the prefill's graph and the step's; later calls reuse them (HF keeps its cache at the longest length asked)
+    compile_s["HF static+comp"] = engines["HF static+comp"](n)
     for run in engines.values():
         run(n)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
