@@ -5,8 +5,9 @@
 Model: the llama3-125m preset (random weights, fp32), prepacked linears as `herd serve` packs them (keeping the
 plain weights the compiled step reads). Workload and figures as benchmarks/serve_throughput.py (closed loop,
 `--batches` x c requests a level, prompts 32..160 tokens, outputs 16..`--max-output` tokens). Each level runs the
-eager engine then the compiled one, `--runs` times interleaved; the table shows medians and the start-up
-compile (warm-up) time of the compiled engine.
+eager engine then the compiled one, `--runs` times interleaved; the table shows medians (output tokens per
+CPU-second of this process too: steadier than wall time on a shared machine, best read at `--threads 1`) and the
+start-up compile (warm-up) time of the compiled engine.
 """
 
 from __future__ import annotations
@@ -64,16 +65,20 @@ def main() -> None:
         for c in levels:
             requests = workload(max(c * args.batches, 4), seed=100 * run + c, outputs=(16, args.max_output))
             for compiled in (False, True):
-                results.setdefault((c, compiled), []).append(summarize(*run_herd(engines[c, compiled], requests, c)))
-    print(f"{'conc':>4} {'step':9} {'TTFT p50':>9} {'TPOT p50':>9} {'out tok/s':>9} {'vs eager':>8}"
-          "   (ms unless noted)")
+                cpu = time.process_time()
+                traces, seconds = run_herd(engines[c, compiled], requests, c)
+                figures = summarize(traces, seconds)
+                figures["tok_cpu_s"] = sum(len(t.tokens) for t in traces) / (time.process_time() - cpu)
+                results.setdefault((c, compiled), []).append(figures)
+    print(f"{'conc':>4} {'step':9} {'TTFT p50':>9} {'TPOT p50':>9} {'out tok/s':>9} {'vs eager':>8} "
+          f"{'tok/CPU-s':>9} {'vs eager':>8}   (ms unless noted)")
     for c in levels:
         medians = {compiled: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                    for compiled, runs in ((False, results[c, False]), (True, results[c, True]))}
         for compiled, m in medians.items():
-            ratio = m["tok_s"] / medians[False]["tok_s"]
+            ratio, cpu_ratio = (m[k] / medians[False][k] for k in ("tok_s", "tok_cpu_s"))
             print(f"{c:4d} {'compiled' if compiled else 'eager':9} {m['ttft_p50']:9.1f} {m['tpot_p50']:9.1f} "
-                  f"{m['tok_s']:9.1f} {ratio:7.2f}x")
+                  f"{m['tok_s']:9.1f} {ratio:7.2f}x {m['tok_cpu_s']:9.1f} {cpu_ratio:7.2f}x")
 
 
 if __name__ == "__main__":
