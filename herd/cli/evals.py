@@ -42,7 +42,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from herd.model.tensor_parallel import init_tensor_parallel
     from herd.serve.memory_plan import check_run_memory
 
-    group = init_tensor_parallel(args.tp)
+    group = init_tensor_parallel(args.tp, "cpu")
     # the plan of one request as long as the model's context (eval cuts longer ones), on the CPU run_eval loads to
     check_run_memory(args.model, tp=args.tp, device="cpu", run="eval", show=group is None or group.rank == 0)
     try:

@@ -31,6 +31,13 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
                         "stderr says which runs (default: %(default)s)")
 
 
+def model_device(name: str | None) -> str:
+    """--device's value: cuda when there is a GPU unless one is named."""
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _load(args: argparse.Namespace, tokens: int):
     """The model (this rank's slice under --tp N) and its tokenizer, after the per-rank memory plan of one sequence
     of `tokens` (capped at the model's context) is printed and found to fit (herd.serve.memory_plan)."""
@@ -40,8 +47,8 @@ def _load(args: argparse.Namespace, tokens: int):
     from herd.model.tensor_parallel import init_tensor_parallel, tp_device
     from herd.serve.memory_plan import check_run_memory
 
-    tp = init_tensor_parallel(args.tp)
-    device = tp_device(tp, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tp = init_tensor_parallel(args.tp, model_device(args.device))
+    device = tp_device(tp, model_device(args.device))
     check_run_memory(args.model, tp=args.tp, device=device, dtype=args.dtype, context=tokens, run="generate",
                      show=tp is None or tp.rank == 0)
     dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -88,7 +95,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import herd
     from herd.model.tensor_parallel import init_tensor_parallel
 
-    tp, prompt = init_tensor_parallel(args.tp), args.prompt
+    tp, prompt = init_tensor_parallel(args.tp, model_device(args.device)), args.prompt
     if prompt == "-":
         prompt = sys.stdin.read() if tp is None or tp.rank == 0 else None
         prompt = prompt if tp is None else tp.broadcast_object(prompt)

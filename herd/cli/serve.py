@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from herd.cli.models import COMPILE
+from herd.cli.models import COMPILE, model_device
 
 
 def add_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="an OpenAI-compatible server with a web chat at /")
     serve.add_argument("--model", required=True, help="a Meta, HF or herd directory, a Hub id, or a preset name")
+    serve.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", default=None,
@@ -44,14 +46,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
     web_tools = check_tools([name.strip() for name in args.web_tools.split(",") if name.strip()])
     limits = {name: getattr(args, name) for name in ("max_body_bytes", "header_timeout")
               if getattr(args, name) is not None}
-    guardrails = None
-    if args.guard or args.code_shield:
-        from herd.serve.guardrails import Guardrails
-
-        guardrails = Guardrails.load(args.guard, code_shield=args.code_shield)
     serve(
         args.model, args.host, args.port, resolve_api_key(args.api_key, args.api_key_file),
         engine_config=EngineConfig(max_running=args.max_running, compile=COMPILE[args.compile]),
         max_queue=args.max_queue, max_prompt_tokens=args.max_prompt_tokens, quantize=args.quantize,
-        guardrails=guardrails, tp=args.tp, web_tools=web_tools, **limits,
+        guardrails=load_guardrails(args, int(os.environ.get("RANK", "0"))), tp=args.tp, web_tools=web_tools,
+        device=model_device(args.device), **limits,
     )
+
+
+def load_guardrails(args: argparse.Namespace, rank: int):  # noqa: ANN201 - a Guardrails (FastAPI imported late)
+    """--guard / --code-shield's checks, loaded on rank 0 alone: under --tp N the guard runs beside the scheduler
+    and the HTTP server, so the other ranks load no guard model."""
+    if rank != 0 or not (args.guard or args.code_shield):
+        return None
+    from herd.serve.guardrails import Guardrails
+
+    return Guardrails.load(args.guard, code_shield=args.code_shield)

@@ -34,7 +34,7 @@ def run_eval(
     from herd.checkpoint import load
     from herd.model.tensor_parallel import init_tensor_parallel
 
-    group = init_tensor_parallel(tp)
+    group = init_tensor_parallel(tp, "cpu")  # the device load() puts the model on
     model, tok = load(model_path, tp=group)
     if group is not None and group.rank:
         out_dir = None  # rank 0 writes

@@ -116,15 +116,24 @@ class TensorParallel:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def close(self) -> None:
-        """Leave the job once every rank is done (a process exiting with the group alive aborts)."""
+    def close(self, wait: bool = True) -> None:
+        """Leave the job once every rank is done (a process exiting with the group alive aborts); `wait=False`
+        leaves at once, when another rank has failed and will not reach the barrier."""
         if dist.is_initialized():
-            dist.barrier()
+            if wait:
+                dist.barrier()
             dist.destroy_process_group()
 
 
-def init_tensor_parallel(tp: int, *, timeout_s: float = 1800.0) -> TensorParallel | None:
-    """Join torchrun's job as one of `tp` ranks (nccl on GPUs, gloo on CPUs); None for --tp 1 run alone.
+def backend_for(device: str | torch.device) -> str:
+    """The process-group backend for a model on `device`: nccl for CUDA, gloo otherwise (a CPU run on a machine
+    with GPUs too)."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def init_tensor_parallel(tp: int, device: str | torch.device, *, timeout_s: float = 1800.0) -> TensorParallel | None:
+    """Join torchrun's job as one of `tp` ranks whose model runs on `device` (`backend_for`; "cuda" is this rank's
+    GPU, LOCAL_RANK); None for --tp 1 run alone.
 
     The world must be exactly `tp` ranks: one model replica, every rank running the same program.
     """
@@ -138,9 +147,10 @@ def init_tensor_parallel(tp: int, *, timeout_s: float = 1800.0) -> TensorParalle
     if world != tp:
         raise HerdError(f"torchrun started {world} processes but --tp is {tp}; make --nproc-per-node equal --tp")
     if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(seconds=timeout_s))
+        device, backend = torch.device(device), backend_for(device)
+        if backend == "nccl":
+            torch.cuda.set_device(device if device.index is not None else int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return TensorParallel(dist.get_rank(), world)
 
 

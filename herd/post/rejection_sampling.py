@@ -77,8 +77,8 @@ def rejection_sample(config: RejectionSamplingConfig) -> dict[str, Any]:
     done = read_manifest(run_dir / MANIFEST, to_dict(config))
     if done:
         return done
-    group = init_tensor_parallel(config.tp)
     started, device = time.time(), pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    group = init_tensor_parallel(config.tp, device)
     policy, tok = load(config.policy, device=device, tp=group)
     reward_model, _ = load_reward_model(config.reward_model, device)
     if group is not None:  # the reward model's own format, read whole, then cut

@@ -142,7 +142,7 @@ def join_ranks(config: ReferenceConfig) -> TensorParallel | None:
 
     if config.tp > 1:
         check_config(ModelConfig.from_params(info(config.model)["config"]), config.tp)
-    return init_tensor_parallel(config.tp)
+    return init_tensor_parallel(config.tp, pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0"))))
 
 
 def load_start(config: PostConfig) -> tuple[nn.Module, Tokenizer, torch.device]:

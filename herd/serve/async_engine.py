@@ -4,6 +4,7 @@ Commands (add, abort) go to the thread on a thread-safe queue; each group of req
 asyncio queue of its own. Leaving the output iterator early (a client gone, a task cancelled) aborts what
 is left of the group, which frees its cache blocks. A request that fails fails alone; should the thread
 itself end (stopped, or killed by an error), every request it held fails and later ones are refused at once.
+Under tensor parallelism a failed step ends the thread: the other ranks may be mid-step, so no step can follow.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from herd.errors import HerdError
@@ -60,6 +61,8 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self.stopped: str | None = "the engine has not started"
         """Why the engine thread is not running; None while it runs."""
+        self.on_stop: Callable[[BaseException | None], None] | None = None
+        """Called on the engine thread as it ends, with the error that ended it (None when stopped)."""
 
     def start(self) -> None:
         self.stopped = None
@@ -127,18 +130,21 @@ class AsyncEngine:
 
     def _run(self) -> None:
         """The engine thread; when it ends, for whatever reason, every request it holds fails."""
-        reason = "the engine stopped: the server is shutting down"
+        reason, failure = "the engine stopped: the server is shutting down", None
         try:
             self._loop()
         except BaseException as error:
             log.exception("the engine thread died")
             reason = f"the engine stopped after an error ({type(error).__name__}: {error}); restart the server"
+            failure = error
         finally:
             with self._lock:
                 self.stopped = reason
                 request_ids = list(self._groups)
             for request_id in request_ids:
                 self._deliver(request_id, EngineStopped(reason))
+            if self.on_stop is not None:
+                self.on_stop(failure)
 
     def _loop(self) -> None:
         """Apply commands (waiting for one when idle), step, hand out the outputs, until told to stop."""
@@ -159,6 +165,8 @@ class AsyncEngine:
                 try:
                     outputs = self.engine.step()
                 except Exception as error:
+                    if self.engine.model.tp is not None:
+                        raise
                     log.exception("engine step failed; dropping its requests")
                     self._fail_all(EngineFailed(f"the engine failed: {error}"))
                     continue

@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import json
 import os
+import socket
 import sys
 import time
 import uuid
@@ -22,6 +23,8 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import torch.distributed as dist
 
 from herd.errors import HerdError
 from herd.model import Transformer
@@ -60,6 +63,9 @@ except ImportError as error:  # pragma: no cover - depends on the install
     raise ImportError(f"herd's server needs FastAPI, uvicorn and prometheus-client: pip install 'herd[serve]' ({error})")
 
 if TYPE_CHECKING:
+    import torch
+
+    from herd.model.tensor_parallel import TensorParallel
     from herd.serve.guardrails import Guardrails
 
 Outputs = AsyncIterator[tuple[int, StepOutput]]
@@ -208,6 +214,7 @@ def serve(
     header_timeout: float = HEADER_TIMEOUT_S,
     tp: int = 1,
     web_tools: Sequence[str] = ("calculator",),
+    device: str | torch.device = "cpu",
 ) -> None:
     """Load `model_path` (anything `herd.load` takes) and serve it until interrupted (`herd serve`).
 
@@ -215,22 +222,34 @@ def serve(
     there. quantize="int8" or "fp8" serves weight-only quantized linears (per-channel scales); otherwise a CPU
     model serves prepacked linears (`pack_linears`). `guardrails` check chats. A client gets `header_timeout`
     seconds to send each request's headers. `tp` > 1 (under torchrun, one process a rank): each rank holds its
-    slice of the weights and runs every engine step; rank 0 alone serves HTTP and schedules. `web_tools` run for
+    slice of the weights and runs every engine step; rank 0 alone serves HTTP and schedules. The model serves on
+    `device` ("cuda": each rank's own GPU), which the memory plan is checked against. `web_tools` run for
     the web chat."""
-    import uvicorn
-
     from herd.checkpoint import load
-    from herd.model.tensor_parallel import init_tensor_parallel
+    from herd.model.tensor_parallel import init_tensor_parallel, tp_device
 
     from herd.serve.compiled_step import choose_serve_path
     from herd.serve.memory_plan import check_run_memory
     from herd.serve.quantize import quantize as quantize_linears
 
-    group = init_tensor_parallel(tp, timeout_s=IDLE_RANK_TIMEOUT_S)
+    group = init_tensor_parallel(tp, device, timeout_s=IDLE_RANK_TIMEOUT_S)
+    lead = group is None or group.rank == 0
+    listener, cause = None, None
+    if lead:
+        try:
+            listener = listen(host, port)
+        except HerdError as error:
+            cause = str(error)
+    if group is not None:  # every rank stops before loading when rank 0 cannot serve
+        cause = group.broadcast_object(cause)
+    if cause is not None:
+        _stopped(group, cause)  # rank 0 raises
+        return
+    device = tp_device(group, device)
     limits = engine_config or EngineConfig()
-    check_run_memory(str(model_path), tp=tp, device="cpu", quantize=quantize, context=limits.kv_tokens,
-                     step_tokens=limits.max_step_tokens, show=group is None or group.rank == 0)
-    model, tok = load(model_path, tp=group)
+    check_run_memory(str(model_path), tp=tp, device=device, quantize=quantize, context=limits.kv_tokens,
+                     step_tokens=limits.max_step_tokens, show=lead)
+    model, tok = load(model_path, device=device, tp=group)
     if quantize is None:  # the compiled one-request step reads the plain weights
         pack_linears(model, keep_weights=choose_serve_path(model, limits.compile)[0])
     else:
@@ -241,18 +260,82 @@ def serve(
         engine_config=engine_config, max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, guardrails=guardrails,
         max_body_bytes=max_body_bytes, web_tools=web_tools,
     )
-    if group is None or group.rank == 0:
-        print(f"herd serve: {app.state.runner.engine.decode_path} (engine ready in {time.perf_counter() - started:.1f}"
-              " s; --compile on|off|auto)", file=sys.stderr, flush=True)
-    if group is not None and group.rank > 0:
-        app.state.runner.engine.follow()
-    else:
-        try:
-            uvicorn.run(app, host=host, port=port, **uvicorn_options(header_timeout))
-        finally:
-            app.state.runner.engine.close()
+    if not lead:
+        _follow(app.state.runner.engine, group)
+        return
+    print(f"herd serve: {app.state.runner.engine.decode_path} (engine ready in {time.perf_counter() - started:.1f}"
+          " s; --compile on|off|auto)", file=sys.stderr, flush=True)
+    cause = _serve_http(app, listener, host, port, header_timeout, group)
+    if cause is not None:
+        _stopped(group, cause)
     if group is not None:
         group.close()
+
+
+def _serve_http(app: FastAPI, listener: socket.socket, host: str, port: int, header_timeout: float,
+                group: TensorParallel | None) -> str | None:
+    """Rank 0: serve on `listener` until interrupted; None, or why the server stopped. The other ranks are told
+    either way (the engine's stop message, then the cause), except after a failed engine step, where they may be
+    mid-step: rank 0 exits and their collective fails."""
+    import uvicorn
+
+    runner = app.state.runner
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **uvicorn_options(header_timeout)))
+    failures: list[BaseException] = []
+    if group is not None:  # the engine thread ended by an error stops the server: no rank can step on
+
+        def engine_ended(error: BaseException | None) -> None:
+            if error is not None:
+                failures.append(error)
+                server.should_exit = True
+
+        runner.on_stop = engine_ended
+    cause = None
+    try:
+        server.run(sockets=[listener])
+    except (Exception, SystemExit) as error:  # uvicorn exits when its start-up fails
+        cause = f"the server failed ({type(error).__name__}: {error})"
+    if failures:
+        return f"the engine failed ({type(failures[0]).__name__}: {failures[0]})"
+    runner.engine.close()  # the stop message: the other ranks leave `follow`
+    if group is not None:
+        group.broadcast_object(cause)
+    return cause
+
+
+def _follow(engine: Engine, group: TensorParallel) -> None:
+    """A rank other than 0: run rank 0's engine steps until its stop message, then leave (at once after a failure
+    rank 0 reports, or when rank 0 is gone mid-step)."""
+    try:
+        engine.follow()
+        cause = group.broadcast_object()  # rank 0's outcome: None, or why it stopped
+    except dist.DistError:
+        cause = "rank 0 is gone"
+    if cause is not None:
+        _stopped(group, cause)
+        return
+    group.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before any weight loads; HerdError when `host`:`port` is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as error:
+        why = os.strerror(error.errno) if error.errno else str(error)
+        raise HerdError(f"cannot listen on {host}:{port} ({why}); pick another --port or --host") from None
+
+
+def _stopped(group: TensorParallel | None, cause: str) -> None:
+    """Rank 0 (or a single process) raises `cause` as one line naming the rank; another rank returns quietly,
+    leaving rank 0's failure as the job's (torchrun stops a job at its first failed rank, which would cut rank 0
+    off before its line), without waiting on a barrier rank 0 will not reach."""
+    if group is None:
+        raise HerdError(cause)
+    group.close(wait=False)
+    if group.rank == 0:
+        raise HerdError(f"rank 0 stopped serving: {cause}; the other ranks stopped too")
 
 
 class _Call:

@@ -14,7 +14,7 @@ from tests.model.test_tp_inference import PROMPTS
 
 
 def main(out: str, tp_size: int, directory: str) -> None:
-    tp = init_tensor_parallel(tp_size)
+    tp = init_tensor_parallel(tp_size, "cpu")
     tokens = torch.tensor([p[:6] for p in PROMPTS])
     result = {}
     for kind in (None, "int8", "fp8"):

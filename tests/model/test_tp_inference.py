@@ -15,7 +15,14 @@ from herd.checkpoint import meta_format
 from herd.errors import HerdError
 from herd.generation.generate import generate_tokens
 from herd.model import ModelConfig, build_model
-from herd.model.tensor_parallel import check_config, init_tensor_parallel, shard, shard_bounds, shard_dim
+from herd.model.tensor_parallel import (
+    backend_for,
+    check_config,
+    init_tensor_parallel,
+    shard,
+    shard_bounds,
+    shard_dim,
+)
 from herd.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,13 +74,34 @@ def test_tp_errors_are_one_line(monkeypatch):
         check_config(config.replace(vocab_size=521), 2)
     for name in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    assert init_tensor_parallel(1) is None
+    assert init_tensor_parallel(1, "cpu") is None
     with pytest.raises(HerdError, match="runs under torchrun: torchrun --nproc-per-node 2"):
-        init_tensor_parallel(2)
+        init_tensor_parallel(2, "cpu")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(HerdError, match="started 4 processes but --tp is 2"):
-        init_tensor_parallel(2)
+        init_tensor_parallel(2, "cpu")
+
+
+def test_backend_follows_the_models_device_not_the_visible_gpus(monkeypatch):
+    """A CPU model joins with gloo on a machine whose GPUs are visible (nccl cannot reduce CPU tensors); a CUDA
+    model with nccl."""
+    assert backend_for("cpu") == backend_for(torch.device("cpu")) == "gloo"
+    assert backend_for("cuda") == backend_for("cuda:1") == "nccl"
+    joined = []
+
+    def init_process_group(backend, **_kwargs):  # records the backend init_tensor_parallel asks for, joins nothing
+        joined.append(backend)
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="recorded"):
+        init_tensor_parallel(2, "cpu")
+    assert joined == ["gloo"]
 
 
 def _check_ranks(directory: Path, tp: int) -> None:

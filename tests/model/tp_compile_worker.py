@@ -12,7 +12,7 @@ from tests.model.test_tp_inference import PROMPTS, tp_model
 
 
 def main(out: str, tp_size: int) -> None:
-    tp = init_tensor_parallel(tp_size)
+    tp = init_tensor_parallel(tp_size, "cpu")
     model = parallelize(tp_model(), tp)
     result = {
         "auto": choose_decode_path(model, None, 10)[0],

@@ -12,7 +12,7 @@ from herd.post.logps import token_logps
 
 
 def main(out: str, model_dir: str, batch: str) -> None:
-    tp = init_tensor_parallel(2)
+    tp = init_tensor_parallel(2, "cpu")
     reference, _ = load(model_dir, tp=tp)
     tokens, targets = torch.load(batch)
     with torch.no_grad():

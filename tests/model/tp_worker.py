@@ -12,7 +12,7 @@ from tests.model.test_tp_inference import PROMPTS, tp_model
 
 
 def main(out: str, tp_size: int, checkpoint: str | None) -> None:
-    tp = init_tensor_parallel(tp_size)
+    tp = init_tensor_parallel(tp_size, "cpu")
     model = parallelize(tp_model(), tp) if checkpoint is None else load(checkpoint, tp=tp)[0]
     tokens = torch.tensor([p[:6] for p in PROMPTS])
     result = {

@@ -154,3 +154,18 @@ def test_advice_names_the_commands_own_options():
     assert advice["generate"] == "use 2 ranks (--tp 2); cast the weights to bfloat16 (--dtype bfloat16)"
     assert advice["eval"] == "use 2 ranks (--tp 2)"
     assert advice["serve"] == "use 2 ranks (--tp 2); store weights as int8 or fp8 (--quantize)"
+
+
+def test_serve_plans_against_its_serving_device(monkeypatch, capsys):
+    """`serve(device="cuda:0")` checks its plan against that GPU's free memory (read through `available_bytes`,
+    here a 64 MiB GPU faked on this CPU machine), not the host's: llama3-125m stops at the plan, nothing loaded."""
+    from herd.serve import memory_plan
+    from herd.serve.server import serve
+
+    def free_bytes(device: torch.device) -> int:
+        return 64 * 2**20 if device.type == "cuda" else 2**40
+
+    monkeypatch.setattr(memory_plan, "available_bytes", free_bytes)
+    with pytest.raises(HerdError, match="the model does not fit: per rank at tp 1 .* of 0.1 GiB"):
+        serve("llama3-125m", device="cuda:0")
+    assert capsys.readouterr().err.startswith("memory plan per rank at tp 1 (float32): weights 0.")

@@ -1,8 +1,11 @@
 """`herd serve --tp 2` under torchrun (2 gloo CPU ranks) answers the `openai` client with tp=1's greedy text:
-plain and streamed, concurrent requests, and a client that disconnects frees the cache of every rank."""
+plain and streamed, concurrent requests, and a client that disconnects frees the cache of every rank; a rank 0
+that cannot serve stops every rank with one line; only rank 0 loads the guard."""
 
+import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +17,8 @@ import pytest
 
 import herd
 from herd.serve.config import EngineConfig
-from herd.serve.server import create_app
+from herd.errors import HerdError
+from herd.serve.server import create_app, listen
 from tests.live_server import free_port, live_server
 
 openai = pytest.importorskip("openai")
@@ -94,3 +98,38 @@ def test_serve_tp2_under_torchrun_matches_tp1(tp1_texts):
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_serve_tp2_rank0_failing_to_listen_stops_every_rank():
+    """Rank 0 cannot bind its port: it tells the other rank to stop (before any weight loads) and the job ends with
+    one line naming rank 0 and the cause, instead of the follower waiting in its collective (subprocess timeout)."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                   "herd.cli", "serve", "--model", "tiny", "--tp", "2", "--port", str(port)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("herd: error:")]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr[-4000:]
+    assert errors[0].startswith(f"herd: error: rank 0 stopped serving: cannot listen on 127.0.0.1:{port} (Address "
+                                "already in use); pick another --port or --host"), errors
+    assert "memory plan" not in result.stderr  # stopped before planning or loading
+
+
+def test_guard_loads_on_rank_0_alone():
+    """`herd serve --guard DIR --tp N`: the guard runs beside rank 0's scheduler, so only rank 0 loads it."""
+    from herd.cli.serve import load_guardrails
+
+    args = argparse.Namespace(guard="tiny", code_shield=True)
+    assert load_guardrails(args, 0).guard is not None
+    assert load_guardrails(args, 1) is None
+    assert load_guardrails(argparse.Namespace(guard=None, code_shield=False), 0) is None
+
+
+def test_listen_names_a_taken_port():
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(HerdError, match=rf"^cannot listen on 127.0.0.1:{port} \(Address already in use\); pick "):
+            listen("127.0.0.1", port)
+    listen("127.0.0.1", port).close()
