@@ -141,13 +141,15 @@ def _rowvec_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _int8_rowvec_matmul(a: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """`_weight_int8pack_mm` for one row: a [1, K] @ (weight int8 [N, K] * scale [N]).T as a reduction over K in fp32,
-    which inductor streams one byte a weight."""
+    """`_weight_int8pack_mm`: a [M, K] @ (weight int8 [N, K] * scale [N]).T in fp32, rounded to a's dtype. One row as a
+    reduction over K, which inductor streams one byte a weight; several rows as a dequantized matmul. (Inductor's own
+    lowering of the op fails on torch 2.13 when its input is computed in the graph: 'LoweringException:
+    AssertionError: <class 'torch._inductor.ir.Pointwise'>'.)"""
     from torch._inductor import inductor_prims
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
     if not statically_known_true(a.shape[0] == 1):
-        return NotImplemented
+        return (torch.mm(a.float(), weight.float().t()) * scale.float()).to(a.dtype)
     row = inductor_prims.force_stride_order(a.float(), (a.shape[1], 1))
     return ((row * weight.float()).sum(dim=1) * scale.float()).view(1, -1).to(a.dtype)
 
