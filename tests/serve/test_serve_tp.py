@@ -3,6 +3,7 @@ plain and streamed, concurrent requests, and a client that disconnects frees the
 that cannot serve stops every rank with one line; only rank 0 loads the guard."""
 
 import argparse
+import asyncio
 import os
 import signal
 import socket
@@ -133,3 +134,30 @@ def test_listen_names_a_taken_port():
         with pytest.raises(HerdError, match=rf"^cannot listen on 127.0.0.1:{port} \(Address already in use\); pick "):
             listen("127.0.0.1", port)
     listen("127.0.0.1", port).close()
+
+
+def test_a_failed_step_under_tp_ends_the_engine_thread():
+    """Under TP a step that raises may leave the other ranks mid-collective, so it ends the engine thread (which
+    stops rank 0's server through `on_stop`) instead of failing its requests and stepping on. Here the step's
+    broadcast of its plan raises: rank 0's TensorParallel has no process group behind it."""
+    from herd.model.tensor_parallel import TensorParallel
+    from herd.serve.async_engine import AsyncEngine, EngineStopped
+    from herd.serve.engine import Engine
+    from herd.serve.request import RequestParams
+
+    model, tok = herd.load("tiny")
+    runner = AsyncEngine(Engine(model, tok, EngineConfig(max_running=2)), max_pending=4)
+    model.tp = TensorParallel(0, 2)
+    ended = []
+    runner.on_stop = ended.append
+    runner.start()
+
+    async def ask():
+        with pytest.raises(EngineStopped, match="the engine stopped after an error"):
+            async for _ in runner.submit([([1, 5, 9], RequestParams(max_tokens=4))]):
+                pass
+
+    asyncio.run(ask())
+    runner.stop()
+    assert len(ended) == 1 and isinstance(ended[0], ValueError), ended  # no default process group
+    assert runner.stopped.startswith("the engine stopped after an error (ValueError")
