@@ -7,10 +7,12 @@ Model: a ~48M-parameter Llama-architecture decoder (random weights, fp32, a 32K 
 token can come out: every request runs to its fixed length). Workload: random prompts of 32..160 tokens, output
 lengths spread uniformly over 16..256, the same requests for both. At concurrency c herd's engine keeps c
 requests in flight (a new one is sent as soon as one finishes, as benchmark_serving's --max-concurrency does),
-with the prepacked linears `herd serve` uses on CPU (`--unpacked`: plain F.linear). HF runs the same requests in
-static batches of c, each batch generating its longest request's length. Times are taken in-process at every new token: TTFT from a request's send (herd) or its batch's start (HF) to its
-first token, TPOT = (latency - TTFT) / (tokens - 1) per request, ITL = every gap between consecutive tokens,
-output tokens/s = the requests' tokens / wall time. Each level runs herd then HF, `--runs` times interleaved;
+with the prepacked linears `herd serve` uses on CPU (`--unpacked`: plain F.linear) and, as `herd serve
+--compile auto`, its compiled one-request step where it pays (`--compile off`: every step eager). HF runs the same
+requests in static batches of c, each batch generating its longest request's length. Times are taken in-process at
+every new token: TTFT from a request's send (herd) or its batch's start (HF) to its first token, TPOT = (latency -
+TTFT) / (tokens - 1) per request, ITL = every gap between consecutive tokens, output tokens/s = the requests'
+tokens / wall time. Each level runs herd then HF, `--runs` times interleaved;
 the table shows medians over runs. The headline is concurrency 16 (target: herd >= 2x HF's output tokens/s
 with a lower TTFT p50). HF runs its default `generate` (DynamicCache, SDPA, eager; its static cache +
 torch.compile recipe is for one fixed shape, and each batch here has its own prompt width and length), its
@@ -37,8 +39,10 @@ from cpu_info import cpu_line
 from transformers import LlamaForCausalLM, StoppingCriteria, StoppingCriteriaList
 
 import herd.checkpoint as ckpt
+from herd.cli.models import COMPILE
 from herd.model import ModelConfig, build_model
 from herd.serve import Engine, EngineConfig, RequestParams
+from herd.serve.compiled_step import choose_serve_path
 from herd.serve.packed import pack_linears
 from herd.tokenizer import Tokenizer, default_tokenizer_path
 
@@ -153,6 +157,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--unpacked", action="store_true", help="herd without prepacked linears (plain F.linear)")
+    parser.add_argument("--compile", choices=tuple(COMPILE), default="auto",
+                        help="herd's one-request step, as herd serve --compile (default: %(default)s, herd serve's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tok = Tokenizer(default_tokenizer_path())
@@ -163,7 +169,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         hf = hf_model(model, tok, directory)
     if not args.unpacked:
-        pack_linears(model)  # as `herd serve` does on CPU
+        # as `herd serve` does on CPU: prepacked, the plain weights kept where its one-request step compiles
+        pack_linears(model, keep_weights=choose_serve_path(model, COMPILE[args.compile])[0])
     print(cpu_line())
     print(f"{params / 1e6:.1f}M-parameter Llama, fp32, {'plain' if args.unpacked else 'prepacked'} linears, "
           f"{args.threads} thread(s), torch "
@@ -172,7 +179,9 @@ def main() -> None:
     print(f"herd: Engine(max_running=c), continuous batching, paged KV cache; HF: generate(do_sample=False) in static "
           f"batches of c, left-padded, its default DynamicCache, eager, attention {hf.config._attn_implementation}, "
           f"{hf.dtype}")
-    engines = {c: Engine(model, tok, EngineConfig(max_running=c, max_step_tokens=max(256, c))) for c in levels}
+    engines = {c: Engine(model, tok, EngineConfig(max_running=c, max_step_tokens=max(256, c),
+                                                  compile=COMPILE[args.compile])) for c in levels}
+    print(f"herd's engine: {engines[levels[0]].decode_path}")
     warm = workload(2, seed=1)
     for c in levels:  # warm-up: allocations, kernels, HF's first-call set-up
         run_herd(engines[c], warm, c)
