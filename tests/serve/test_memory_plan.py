@@ -115,7 +115,8 @@ def test_serve_prints_the_plan_and_stops_before_loading():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    command = [sys.executable, "-m", "herd.cli", "serve", "--model", "llama3.1-405b", "--quantize", "fp8"]
+    command = [sys.executable, "-m", "herd.cli", "serve", "--model", "llama3.1-405b", "--quantize", "fp8", "--port",
+               "0"]  # serve binds its port first
     result = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=120, check=False,
                             env={**os.environ, "PYTHONPATH": str(root)})
     lines = result.stderr.splitlines()
