@@ -59,7 +59,7 @@ TINY = {  # the presets' numbers as they were when they were nested dicts (issue
                  "eval_interval": 100, "val_batches": 8, "checkpoint_interval": 100,
                  "compile": False, "activation_checkpointing": False},
     "anneal": {"steps": 60},
-    "sft": {"steps": 720, "batch_size": 16, "seq_len": 256, "lr": 1e-3, "safety_dialogs": 300, "tool_dialogs": 600},
+    "sft": {"steps": 720, "batch_size": 16, "seq_len": 256, "lr": 1e-3, "safety_dialogs": 600, "tool_dialogs": 600},
     "rm": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 5e-4, "safety_pairs": 200},
     "rejection": {"samples_per_prompt": 4, "max_new_tokens": 64, "temperature": 0.8},
     "sft2": {"steps": 160, "batch_size": 16, "seq_len": 256, "lr": 5e-4, "rs_repeats": 2},
