@@ -24,8 +24,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch.distributed as dist
-
 from herd.errors import HerdError
 from herd.model import Transformer
 from herd.serve.async_engine import AsyncEngine, EngineBusy, EngineFailed, EngineStopped
@@ -305,12 +303,13 @@ def _serve_http(app: FastAPI, listener: socket.socket, host: str, port: int, hea
 
 def _follow(engine: Engine, group: TensorParallel) -> None:
     """A rank other than 0: run rank 0's engine steps until its stop message, then leave (at once after a failure
-    rank 0 reports, or when rank 0 is gone mid-step)."""
+    rank 0 reports). A failed collective (rank 0 gone mid-step, or this rank failing) ends it in one line, status 1."""
     try:
         engine.follow()
         cause = group.broadcast_object()  # rank 0's outcome: None, or why it stopped
-    except dist.DistError:
-        cause = "rank 0 is gone"
+    except RuntimeError as error:  # gloo: "Connection closed by peer"; nccl: DistBackendError
+        group.close(wait=False)
+        raise SystemExit(f"herd: rank {group.rank} stopped: {str(error).splitlines()[0]}") from None
     if cause is not None:
         _stopped(group, cause)
         return

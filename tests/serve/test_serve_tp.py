@@ -161,3 +161,31 @@ def test_a_failed_step_under_tp_ends_the_engine_thread():
     runner.stop()
     assert len(ended) == 1 and isinstance(ended[0], ValueError), ended  # no default process group
     assert runner.stopped.startswith("the engine stopped after an error (ValueError")
+
+
+@pytest.mark.slow
+def test_serve_tp2_rank0_engine_failure_stops_every_rank():
+    """Rank 0's engine step fails at the first request: the server stops, the follower leaves, and the job ends
+    with one line naming rank 0 and the failure (subprocess timeout as the failure)."""
+    port = free_port()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "tests" / "serve" / "tp_serve_fault_worker.py"), "serve", "--model", "tiny", "--tp", "2",
+               "--port", str(port)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process)
+        with pytest.raises((httpx.HTTPError, AssertionError)):  # the request fails (503), or the server is gone
+            reply = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 4},
+                               timeout=60)
+            assert reply.status_code == 200
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    errors = [line for line in stderr.splitlines() if line.startswith("herd: error:")]
+    assert process.returncode != 0 and errors == [
+        "herd: error: rank 0 stopped serving: the engine failed (RuntimeError: injected step failure); the other "
+        "ranks stopped too"], stderr[-4000:]
