@@ -51,7 +51,7 @@ def config(layers: int) -> ModelConfig:
 def worker(args: argparse.Namespace) -> None:
     """One side: decode tok/s and serving output tok/s, printed as JSON by rank 0."""
     torch.set_num_threads(args.threads)
-    tp = init_tensor_parallel(args.tp)
+    tp = init_tensor_parallel(args.tp, "cpu")
     model = build_model(config(args.layers))
     model.init_weights(seed=0)
     model.eval()

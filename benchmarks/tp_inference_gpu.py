@@ -111,7 +111,7 @@ def main() -> None:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                    str(Path(__file__).resolve()), *DRY_RUN]
         raise SystemExit(subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False).returncode)
-    tp = init_tensor_parallel(int(os.environ.get("WORLD_SIZE", "1")))
+    tp = init_tensor_parallel(int(os.environ.get("WORLD_SIZE", "1")), args.device)
     if tp is None:
         raise SystemExit("run under torchrun: torchrun --nproc-per-node 8 benchmarks/tp_inference_gpu.py ...")
     device, dtype = tp_device(tp, args.device), DTYPES[args.dtype]
