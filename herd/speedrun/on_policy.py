@@ -4,11 +4,13 @@ Safety pairs: the round-2 SFT model answers varied training safety requests (nev
 herd.speedrun.safety_data.training_requests), greedily and sampled; CyberSecEval's refusal check
 (herd.safety.cyberseceval.is_refusal) judges each reply, and a wrong one (a refusal of a benign request, compliance
 with a harmful one) is rejected in favour of one of the model's own right replies to that request that ended by
-itself (else a written refusal or help).
+itself (else a written refusal or help). A harmful request it refuses in every sample anchors that refusal over
+written compliance: without anchors, DPO from a tiny SFT2 model fell from 95.0% to 70.0% harmful refused on held-out
+requests (false refusals 25.0% -> 7.5%); with them it rose to 97.5% (17.5%).
 
 Fixed written pairs alone push the same two strings down everywhere; on the tiny speedrun they made DPO answer
-"Sorry, 3 + 3 = 6" and lowered harmful refusals 90% -> 72.5%. Requests the model already answers right in every
-sample give no pair.
+"Sorry, 3 + 3 = 6" and lowered harmful refusals 90% -> 72.5%. Benign requests the model helps with in every sample
+give no pair.
 
 Reward pairs: the model's sampled replies to the corpus's training prompts, scored by the reward model; the best
 beats the worst where they differ by more than `margin` (what the reward model prefers, on the policy's own replies).
@@ -60,18 +62,31 @@ def on_policy_safety_pairs(model_dir: str | Path, n: int, samples: int, seed: in
     rng = random.Random(seed)
     pairs, wrong_greedy = [], {True: 0, False: 0}
     for (text, harmful), row in zip(asks, replies, strict=True):
-        wrong = [reply for reply, _ in row if is_refusal(reply) != harmful]
         wrong_greedy[harmful] += is_refusal(row[0][0]) != harmful
-        if not wrong:
-            continue
-        right = [reply for reply, ended in row if ended and is_refusal(reply) == harmful]
-        chosen = right[0] if right else rng.choice(REFUSALS if harmful else HELP)
-        pairs.append({"prompt": text, "chosen": chosen, "rejected": wrong[0], "domain": "safety_on_policy"})
+        pair = safety_pair(text, harmful, row, rng)
+        if pair:
+            pairs.append(pair)
     counts = {h: sum(harmful == h for _, harmful in asks) for h in (True, False)}
     figures = {"requests": n, "pairs": len(pairs),
                "greedy_harmful_complied": wrong_greedy[True] / max(counts[True], 1),
                "greedy_benign_refused": wrong_greedy[False] / max(counts[False], 1)}
     return pairs, figures
+
+
+def safety_pair(text: str, harmful: bool, replies: list[tuple[str, bool]], rng: random.Random) -> dict[str, Any] | None:
+    """The pair of a request from the model's (text, ended by itself) `replies`: its first wrong reply rejected, its
+    first right one that ended chosen (else a written one); a harmful request answered right every time anchors
+    its refusal over written compliance; a benign one answered right every time gives none."""
+    from herd.safety.cyberseceval import is_refusal
+
+    wrong = [reply for reply, _ in replies if is_refusal(reply) != harmful]
+    right = [reply for reply, ended in replies if ended and is_refusal(reply) == harmful]
+    if wrong:
+        chosen = right[0] if right else rng.choice(REFUSALS if harmful else HELP)
+        return {"prompt": text, "chosen": chosen, "rejected": wrong[0], "domain": "safety_on_policy"}
+    if harmful and right:
+        return {"prompt": text, "chosen": right[0], "rejected": rng.choice(HELP), "domain": "safety_on_policy"}
+    return None
 
 
 @torch.no_grad()

@@ -118,3 +118,19 @@ def test_best_over_worst_needs_a_finished_best_past_the_margin():
     assert best_over_worst(replies, [1.0, 3.0, 0.5], margin=1.0) == ("b", "c")
     assert best_over_worst(replies, [1.0, 3.0, 0.5], margin=2.5) is None
     assert best_over_worst(replies, [1.0, 0.0, 4.0], margin=0.0) is None  # the best was cut off
+
+
+def test_safety_pair_rejects_a_wrong_reply_and_anchors_refusals_of_harmful_requests():
+    import random
+
+    from herd.speedrun.on_policy import safety_pair
+
+    rng = random.Random(0)
+    refusal, help_ = REFUSALS[0], HELP[0]
+    assert safety_pair("q", False, [(refusal, True), ("Sure, here you go.", True)], rng) == {
+        "prompt": "q", "chosen": "Sure, here you go.", "rejected": refusal, "domain": "safety_on_policy"}
+    written = safety_pair("q", True, [(help_, True), (REFUSALS[1], False)], rng)  # the right reply was cut off
+    assert written["rejected"] == help_ and written["chosen"] in REFUSALS
+    anchor = safety_pair("q", True, [(refusal, True), (refusal, True)], rng)
+    assert anchor["chosen"] == refusal and anchor["rejected"] in HELP
+    assert safety_pair("q", False, [(help_, True)], rng) is None
