@@ -134,7 +134,8 @@ def kernels_cached(model: Transformer, rows: int) -> bool:
 
 
 def _marker(model: Transformer, rows: int) -> Path:
-    weights = {f"{type(m).__name__}:{t.dtype}" for m in model.modules() for t in [*m.parameters(False), *m.buffers(False)]}
+    weights = {f"{type(m).__name__}:{t.dtype}" for m in model.modules()
+               for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
     device = model.tok_embeddings.weight.device.type
     key = repr((torch.__version__, model.config, sorted(weights), rows, device, decode_backend() == "inductor"))
     return Path(_inductor_cache_dir()) / "herd-decode-steps" / hashlib.sha256(key.encode()).hexdigest()[:24]

@@ -26,9 +26,9 @@ def test_the_int8_decomposition_equals_torchs_int8_kernel():
 
 @pytest.mark.slow
 def test_compiled_int8_decoding_equals_eager_int8(monkeypatch):
-    """Greedy tokens equal (one row and two), and the compiled step ran the decomposition. Log-probabilities within 0.05: inductor
-    fuses the activations' casts to bf16 and back, so it rounds fewer of them than torch's kernel (here eager int8 and
-    the plain dequantize-then-multiply path differ by 0.043, compiled and eager by 0.034)."""
+    """Greedy tokens equal (one row and two), and the compiled step ran the decomposition. Log-probabilities within
+    0.05: inductor fuses the activations' casts to bf16 and back, so it rounds fewer of them than torch's kernel (here
+    eager int8 and the plain dequantize-then-multiply path differ by 0.043, compiled and eager by 0.034)."""
     monkeypatch.delenv(cpu_tuning.PLAIN_ENV, raising=False)
     torch.compiler.reset()
     decomposed = []
