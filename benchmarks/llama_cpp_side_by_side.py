@@ -2,10 +2,12 @@
 
 Model: the llama3-125m preset (random weights, seed 0) with Meta's tokenizer, saved by herd and exported by herd's
 GGUF writer (f32, bf16, f16, q8_0) for llama.cpp, built by benchmarks/llama_cpp_build.py (cached).
-1. Batch-1 prefill and decode tokens/s: herd eager and compiled (f32, bf16) and int8 weight-only (eager), timed as
+1. Batch-1 prefill and decode tokens/s: herd eager and compiled (f32, bf16, int8 weight-only), timed as
    benchmarks/decode_cpu.py does (prefill = prompt / time of a 1-token generation; decode = (N - 1) / the rest),
    beside `llama-bench -t THREADS -p PROMPT -n N` on each GGUF file (the median of its repetitions).
-2. Serving at each concurrency: `herd serve` (f32, its default CPU path) and `llama-server -np 16 -t THREADS`
+2. Serving at each concurrency: `herd serve` (f32, its default CPU path: `--compile auto`, which compiles the step
+   of a lone decode at start-up), `herd serve --compile off` (every step eager; `--no-compile` leaves the default
+   one out) and `llama-server -np 16 -t THREADS`
    (continuous batching, f32), both up at once and driven in turn by the same streaming HTTP client on
    serve_throughput.py's workload (random prompts of 32..160 ids, output lengths spread over 16..128, greedy,
    closed loop); output tokens/s, TTFT and TPOT as serve_throughput.summarize computes them, medians over runs.
@@ -54,7 +56,7 @@ def herd_rates(args: argparse.Namespace, directory: Path, prompt: list[int]) -> 
               "int8": quantize(copy.deepcopy(fp32), "int8")}
     paths = [(f"herd {dtype} eager", models[dtype], False) for dtype in ("f32", "bf16", "int8")]
     if not args.no_compile:
-        paths += [(f"herd {dtype} compiled", models[dtype], True) for dtype in ("f32", "bf16")]
+        paths += [(f"herd {dtype} compiled", models[dtype], True) for dtype in ("f32", "bf16", "int8")]
 
     def run(model, compile: bool, n: int) -> float:  # noqa: ANN001
         return seconds(lambda: generate_tokens(model, [prompt], max_new_tokens=n, compile=compile))
@@ -120,7 +122,7 @@ async def drive(url: str, requests: list, concurrency: int, extra: dict) -> tupl
 
 
 def wait_up(proc: subprocess.Popen, url: str, name: str) -> None:
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600  # herd serve compiles its one-request step at start-up
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{name} exited with {proc.returncode}")
@@ -130,19 +132,22 @@ def wait_up(proc: subprocess.Popen, url: str, name: str) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise SystemExit(f"{name} did not come up in 300 s")
+    raise SystemExit(f"{name} did not come up in 600 s")
 
 
 def serving(args: argparse.Namespace, tools: dict[str, Path], directory: Path, gguf_f32: Path) -> list[str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     slots = max(args.concurrency)
+    herd = [str(Path(sys.executable).parent / "herd"), "serve", "--model", str(directory), "--max-running", str(slots)]
     servers = {
-        "herd serve": ([str(Path(sys.executable).parent / "herd"), "serve", "--model", str(directory), "--port", "8731",
-                        "--max-running", str(slots)], "http://127.0.0.1:8731", {}),
+        "herd serve": ([*herd, "--port", "8731"], "http://127.0.0.1:8731", {}),
+        "herd eager": ([*herd, "--port", "8733", "--compile", "off"], "http://127.0.0.1:8733", {}),
         "llama-server": ([str(tools["llama-server"]), "-m", str(gguf_f32), "--port", "8732", "-t", str(args.threads),
                           "-tb", str(args.threads), "-np", str(slots), "-c", str(slots * 512), "--no-warmup"],
                          "http://127.0.0.1:8732", {"ignore_eos": True}),
     }
+    if args.no_compile:
+        del servers["herd serve"]
     logs = {name: (directory.parent / f"{name.replace(' ', '_')}.log").open("w") for name in servers}
     procs = {name: subprocess.Popen(cmd, env=env, stdout=logs[name], stderr=subprocess.STDOUT)
              for name, (cmd, _, _) in servers.items()}
@@ -201,7 +206,7 @@ def main() -> None:
         print(f"{name:24} {prefill:13.0f} {decode:12.1f}")
     pairs = [("herd f32 eager", "llama.cpp f32"), ("herd f32 compiled", "llama.cpp f32"),
              ("herd bf16 eager", "llama.cpp bf16"), ("herd bf16 compiled", "llama.cpp bf16"),
-             ("herd int8 eager", "llama.cpp q8_0")]
+             ("herd int8 eager", "llama.cpp q8_0"), ("herd int8 compiled", "llama.cpp q8_0")]
     for ours, theirs in pairs:
         if ours in rates:
             print(f"{ours} / {theirs}: prefill {rates[ours][0] / rates[theirs][0]:.2f}x, "
