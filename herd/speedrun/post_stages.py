@@ -2,7 +2,8 @@
 preference pairs, rejection sampling (the SFT policy's best of K replies by reward), a second SFT round from the SFT
 model on those replies mixed with the dialogs (`sft2`), and DPO from the second round's model. SFT's dialogs and the
 reward model's and DPO's pairs include safety data (herd.speedrun.safety_data): refusals of harmful requests, help
-with benign look-alikes; SFT's dialogs also teach the calculator tool (herd.speedrun.tool_data)."""
+with benign look-alikes; SFT's dialogs also teach the calculator tool (herd.speedrun.tool_data), and DPO's pairs
+prefer copying its result right and calling it."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 from herd.post.stage import fine_tuning_optim
 from herd.run_dir import atomic_open
 from herd.speedrun.config import DPOSettings, PostSettings, PrefSettings, RejectionSettings, SFT2Settings, SFTSettings
-from herd.speedrun.on_policy import dpo_on_policy_pairs
 from herd.speedrun.safety_data import safety_dialogs, safety_pairs
-from herd.speedrun.tool_data import tool_dialogs
+from herd.speedrun.tool_data import tool_dialogs, tool_pairs
 
 if TYPE_CHECKING:
     from herd.post import PostResult
@@ -61,13 +61,17 @@ def sft_stage(ctx: RunContext, out: Path, s: SFTSettings) -> dict[str, Any]:
 
 
 def corpus_tool_dialogs(corpus: Path, n: int, seed: int) -> list[dict[str, Any]]:
-    """`n` tool-use dialogs that ask none of the corpus's held-out math and addition questions (eval/*.jsonl); the
-    dialogs offered the tool without needing it are the corpus's non-math SFT dialogs."""
-    held_out = {json.loads(line)["question"] for name in ("math", "addition")
-                for line in (corpus / "eval" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()}
+    """`n` tool-use dialogs that ask none of the corpus's held-out math and addition questions; the dialogs
+    offered the tool without needing it are the corpus's non-math SFT dialogs."""
     direct = [d for d in map(json.loads, (corpus / "post" / "sft.jsonl").read_text(encoding="utf-8").splitlines())
               if d.get("domain") != "math"]
-    return tool_dialogs(n, seed, held_out, direct)
+    return tool_dialogs(n, seed, held_out_questions(corpus), direct)
+
+
+def held_out_questions(corpus: Path) -> set[str]:
+    """The corpus's held-out math and addition questions (eval/*.jsonl), which no training data asks."""
+    return {json.loads(line)["question"] for name in ("math", "addition")
+            for line in (corpus / "eval" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()}
 
 
 def preference_data(ctx: RunContext, out: Path, s: PrefSettings, extra: list[dict[str, Any]] | None = None) -> Path:
@@ -117,12 +121,10 @@ def sft2_stage(ctx: RunContext, out: Path, s: SFT2Settings) -> dict[str, Any]:
 
 
 def dpo_stage(ctx: RunContext, out: Path, s: DPOSettings) -> dict[str, Any]:
-    """DPO from the round-2 model on the preference data plus on-policy pairs of its own replies
-    (herd.speedrun.on_policy)."""
     from herd.post import DPOConfig, dpo
 
-    post = ctx.stage_dir("corpus") / "post"
-    on_policy, figures = dpo_on_policy_pairs(ctx, s)
+    corpus = ctx.stage_dir("corpus")
+    tools = tool_pairs(s.tool_pairs, ctx.seed, held_out_questions(corpus))
     config = DPOConfig(**stage_fields(ctx, out, s, ctx.outputs("sft2")["model"]), beta=s.beta,
-                       data=str(preference_data(ctx, out, s, on_policy)), val_data=str(post / "prefs_val.jsonl"))
-    return {**_outputs(dpo(config)), "on_policy": figures}
+                       data=str(preference_data(ctx, out, s, tools)), val_data=str(corpus / "post" / "prefs_val.jsonl"))
+    return {**_outputs(dpo(config)), "tool_pairs": s.tool_pairs}

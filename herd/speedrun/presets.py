@@ -52,14 +52,11 @@ def tiny() -> SpeedrunConfig:
         # and 87% / 98%); 240 steps with 1200 gave tools on 52% / 70%. With 600, 560 + 160 steps (SFT + SFT2) gave
         # DPO 92% / 100% tools on, 83% / 80% off (400 + 120: 87% / 93%, 58% / 68%), ~2 min more than 240 + 80;
         # 720 + 160 gave DPO 93% / 100% on, 88% / 77% off in a 9.8-min quiet run (SFT 201 s).
-        # 600 varied safety dialogs (~40 tokens each; herd.speedrun.safety_data.training_requests) instead of 300 in
-        # the moderation set's wordings, SFT2 retrained on that SFT model: held-out false refusals 47.5% -> 12.5%,
-        # harmful refused 90.0% -> 97.5%, addition 91.7% -> 90.0%, math 78.3% -> 81.7% (not yet a whole SFT run).
-        sft=SFTSettings(steps=720, batch_size=16, seq_len=256, lr=1e-3, safety_dialogs=600, tool_dialogs=600),
+        sft=SFTSettings(steps=720, batch_size=16, seq_len=256, lr=1e-3, safety_dialogs=300, tool_dialogs=600),
         rm=PrefSettings(steps=60, batch_size=16, seq_len=192, lr=5e-4, safety_pairs=200),
         rejection=RejectionSettings(samples_per_prompt=4, max_new_tokens=64, temperature=0.8),
         sft2=SFT2Settings(steps=160, batch_size=16, seq_len=256, lr=5e-4, rs_repeats=2),
-        dpo=DPOSettings(steps=60, batch_size=16, seq_len=192, lr=1e-4, beta=0.1, safety_pairs=200),
+        dpo=DPOSettings(steps=60, batch_size=16, seq_len=192, lr=1e-4, beta=0.1, safety_pairs=200, tool_pairs=300),
         eval=EvalSettings(limit=60, data_dir="data/benchmarks", real_tasks=["gsm8k", "humaneval"], real_limit=20,
                           refusal_prompts=40, tool_limit=60),
         # The guard: 100 steps x 8 rows (1600 examples, ~70 s) left the tiny base near the label prior (train loss
@@ -89,7 +86,7 @@ def micro() -> SpeedrunConfig:
     c.rejection.samples_per_prompt, c.rejection.max_new_tokens = 2, 16
     c.eval.limit, c.eval.real_limit, c.eval.refusal_prompts, c.eval.tool_limit = 8, 4, 8, 4
     c.sft.safety_dialogs, c.sft.tool_dialogs, c.rm.safety_pairs, c.dpo.safety_pairs = 30, 40, 16, 16
-    c.dpo.on_policy_prompts, c.dpo.reward_pair_samples = 16, 2
+    c.dpo.tool_pairs = 16
     c.safety = SafetySettings(guard_steps=6, guard_examples=40, guard_eval=8, guard_batch_size=2, guard_seq_len=1024,
                               guard_lr=1e-3, probe_prompts=4, max_new_tokens=16)
     c.final = FinalSettings(transcripts=2, max_new_tokens=16, rm_prompts=8)
@@ -113,6 +110,7 @@ def gpu() -> SpeedrunConfig:
     c.rejection.samples_per_prompt, c.rejection.max_new_tokens = 10, 192
     c.eval.limit = c.eval.real_limit = c.eval.refusal_prompts = c.eval.tool_limit = 200
     c.sft.safety_dialogs, c.sft.tool_dialogs, c.rm.safety_pairs, c.dpo.safety_pairs = 2000, 8000, 1000, 1000
+    c.dpo.tool_pairs = 1000
     c.safety = SafetySettings(guard_steps=400, guard_examples=4000, guard_eval=400, guard_batch_size=16,
                               guard_seq_len=1024, guard_lr=3e-4, probe_prompts=64, max_new_tokens=128)
     c.final = FinalSettings(transcripts=6, max_new_tokens=192, rm_prompts=128)

@@ -2,11 +2,18 @@
 asks a sum or a word problem, the assistant calls the calculator with the operands copied from the question, reads
 the `ipython` result and answers from it (`The answer is N.` then `#### N`, the line the math evals read).
 
+The bare sums draw their result uniformly (20..198) and then the operands, so the 3-digit results, which the model
+copies from the `ipython` turn into its answer, are each trained on: drawn as operands uniformly, a sum's result is
+triangular and most results above 150 never appear (the first tiny runs' tools-on misses were all such copies).
+
 The tool is Llama 3.1's built-in `wolfram_alpha` (`<|python_tag|>wolfram_alpha.call(query="45 - 12")<|eom_id|>`),
 answered by herd's exact calculator (herd.eval.tool_use): its call is the shortest of the three formats, so a small
 model only has to pick the operation and copy two numbers; the code interpreter would also need `print(...)` and a
 sandboxed process per call, and a JSON custom tool needs a long definition prompt. The results in the data are the
 executor's own answers, so training and evaluation see the same `ipython` text.
+
+DPO's tool pairs (`tool_pairs`) sharpen both steps: after the call, the answer that copies the result beats one
+that does not (a near miss or another sum's result, as the failed copies were); before it, calling beats a guess.
 
 Some dialogs offer the tool but need none (the corpus's knowledge, code and multilingual dialogs, answered as
 before), so the tool prompt does not mean "call something". Questions held out for evaluation never appear.
@@ -26,6 +33,8 @@ TOOL = "wolfram_alpha"
 """The tool the dialogs use (a name of herd.eval.tool_use.TOOLS, which the eval's tool loop offers)."""
 DIRECT_SHARE = 0.15
 """Share of tool dialogs that offer the tool to a question needing none."""
+COPY_SHARE = 0.75
+"""Share of tool pairs that compare answers after the call (the rest compare calling with guessing)."""
 _EXPRESSION = re.compile(r"\d+ [-+*] \d+")
 
 
@@ -37,6 +46,13 @@ def expression(problem: Problem) -> str:
     return match.group(0)
 
 
+def uniform_sum(rng: random.Random) -> Problem:
+    """"What is a + b?" with 2-digit operands whose sum is uniform over 20..198."""
+    total = rng.randint(20, 198)
+    a = rng.randint(max(10, total - 99), min(99, total - 10))
+    return addition_question(a, total - a)
+
+
 def tool_dialog(problem: Problem) -> dict[str, Any]:
     """One dialog {"messages", "tools", "date", "domain": "tools"}: the question, the calculator call with its
     result, and the answer read off the result."""
@@ -46,14 +62,46 @@ def tool_dialog(problem: Problem) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": problem.question},
                          {"role": "assistant", "content": "", "tool_calls": [call]},
                          {"role": "ipython", "content": result},
-                         {"role": "assistant", "content": f"The answer is {result}.\n#### {result}"}],
+                         {"role": "assistant", "content": answer_text(result)}],
             "tools": [TOOL], "date": DEFAULT_DATE.isoformat(), "domain": "tools"}
 
 
+def answer_text(result: str | int) -> str:
+    """The answer turn that reads `result` off the tool: "The answer is N." and the `#### N` line."""
+    return f"The answer is {result}.\n#### {result}"
+
+
+def wrong_result(right: int, rng: random.Random) -> int:
+    """A positive result other than `right`: half near misses (+-1, 2, 10, 20), half another sum's (20..198)."""
+    while True:
+        wrong = right + rng.choice((-20, -10, -2, -1, 1, 2, 10, 20)) if rng.random() < 0.5 else rng.randint(20, 198)
+        if wrong != right and wrong > 0:
+            return wrong
+
+
+def tool_pairs(n: int, seed: int, held_out: Collection[str]) -> list[dict[str, Any]]:
+    """`n` DPO records {"prompt", "chosen", "rejected", "tools", "date", "domain": "tools"} on `uniform_sum` questions (none in
+    `held_out`): a share COPY_SHARE after the call and its result, the answer copying the result chosen over one
+    with a `wrong_result`; the rest on the question alone, the calculator call chosen over that wrong answer."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    while len(out) < n:
+        problem = uniform_sum(rng)
+        if problem.question in held_out:
+            continue
+        dialog = tool_dialog(problem)
+        messages = dialog["messages"]
+        wrong = {"role": "assistant", "content": answer_text(wrong_result(problem.answer, rng))}
+        cut = 3 if rng.random() < COPY_SHARE else 1  # after the ipython result, or before the call
+        out.append({"prompt": messages[:cut], "chosen": [messages[cut]], "rejected": [wrong],
+                    "tools": dialog["tools"], "date": dialog["date"], "domain": "tools"})
+    return out
+
+
 def tool_dialogs(n: int, seed: int, held_out: Collection[str], direct: Sequence[dict[str, Any]] = ()) -> list[dict]:
-    """`n` SFT dialogs offering the calculator: half bare sums ("What is 37 + 45?"), half the corpus's word problems
-    (add, subtract, multiply), answered through the tool; a share DIRECT_SHARE of `direct` dialogs (records with
-    "messages", needing no tool) offered it and answered as they are. No question in `held_out` is asked."""
+    """`n` SFT dialogs offering the calculator: half bare sums ("What is 37 + 45?", `uniform_sum`), half the corpus's
+    word problems (add, subtract, multiply), answered through the tool; a share DIRECT_SHARE of `direct` dialogs
+    (records with "messages", needing no tool) offered it and answered as they are. No question in `held_out` is asked."""
     rng = random.Random(seed)
     out: list[dict[str, Any]] = []
     while len(out) < n:
@@ -61,8 +109,7 @@ def tool_dialogs(n: int, seed: int, held_out: Collection[str], direct: Sequence[
             out.append({"messages": rng.choice(direct)["messages"], "tools": [TOOL], "date": DEFAULT_DATE.isoformat(),
                         "domain": "tools"})
             continue
-        bare = rng.random() < 0.5
-        problem = addition_question(rng.randint(10, 99), rng.randint(10, 99)) if bare else make_problem(rng)
+        problem = uniform_sum(rng) if rng.random() < 0.5 else make_problem(rng)
         if problem.question not in held_out:
             out.append(tool_dialog(problem))
     return out

@@ -1,6 +1,7 @@
 """The speedrun's tool-use data (herd.speedrun.tool_data): held-out questions never asked, dialogs that round-trip
 through the tool chat format and the SFT reader, and the report card's tools on/off table."""
 
+import collections
 import json
 import random
 
@@ -11,11 +12,20 @@ from herd.corpus.math import make_problem
 from herd.errors import HerdError
 from herd.eval.metrics import final_answer
 from herd.eval.tool_use import DEFAULT_DATE
-from herd.post.batches import pack_chats
-from herd.post.data import ToolDialog, read_chats
+from herd.post.batches import encode_pairs, pack_chats
+from herd.post.data import ToolDialog, read_chats, read_preferences
 from herd.speedrun.post_stages import corpus_tool_dialogs
 from herd.speedrun.report import _tool_table
-from herd.speedrun.tool_data import DIRECT_SHARE, TOOL, expression, tool_dialogs
+from herd.speedrun.tool_data import (
+    COPY_SHARE,
+    DIRECT_SHARE,
+    TOOL,
+    answer_text,
+    expression,
+    tool_dialogs,
+    tool_pairs,
+    uniform_sum,
+)
 from herd.tokenizer import parse_tool_calls
 from tests.tiny import write_jsonl
 
@@ -72,6 +82,38 @@ def test_dialogs_round_trip_through_the_tool_format_and_the_sft_reader(tok, tmp_
     rows = pack_chats(tok, read, seq_len=1024)
     first = tok.encode_dialog_with_mask(read[0].messages, tools=[TOOL], date=DEFAULT_DATE)[0]
     assert rows.dialogs == 40 and rows.truncated == 0 and rows.tokens[0, : len(first) - 1].tolist() == first[:-1]
+
+
+def test_bare_sums_draw_every_result_evenly():
+    rng = random.Random(0)
+    problems = [uniform_sum(rng) for _ in range(5000)]
+    counts = collections.Counter(p.answer for p in problems)
+    assert set(counts) == set(range(20, 199)) and max(counts.values()) < 3 * min(counts.values())
+    operands = [int(x) for p in problems for x in expression(p).split(" + ")]
+    assert min(operands) >= 10 and max(operands) <= 99
+    assert all(p.question == f"What is {expression(p)}?" for p in problems[:50])
+
+
+def test_tool_pairs_prefer_the_copied_result_and_the_call(tok, tmp_path):
+    asked = {_question(d) for d in tool_dialogs(200, 0, held_out=set())}
+    records = tool_pairs(200, 1, held_out=asked)
+    assert len(records) == 200 and not asked & {r["prompt"][0]["content"] for r in records}
+    pairs = read_preferences(write_jsonl(tmp_path / "prefs.jsonl", records))
+    copies = [p for p in pairs if len(p.prompt) == 3]
+    assert 0.6 < len(copies) / len(pairs) < 0.9 and COPY_SHARE == 0.75
+    encoded = encode_pairs(tok, pairs, seq_len=1024)
+    for i, pair in enumerate(pairs):
+        query = pair.prompt[0]["content"].removeprefix("What is ").removesuffix("?")
+        right = str(eval(query))  # noqa: S307 - a generated "a + b"
+        assert pair.tools == [TOOL] and pair.date == DEFAULT_DATE and final_answer(pair.rejected) != right
+        if pair in copies:
+            assert pair.prompt[1]["tool_calls"] == [{"name": TOOL, "arguments": {"query": query}}]
+            assert pair.prompt[2]["content"] == right and pair.chosen == answer_text(right)
+            expected = answer_text(right)
+        else:
+            assert pair.chosen["tool_calls"] == [{"name": TOOL, "arguments": {"query": query}}]
+            expected = f'<|python_tag|>{TOOL}.call(query="{query}")'
+        assert tok.decode([t for t, m in zip(encoded.ids[i], encoded.masks[i], strict=True) if m]) == expected
 
 
 def test_read_chats_rejects_a_bad_tool_record(tmp_path):
