@@ -142,6 +142,13 @@ class DPOSettings(PrefSettings):
     tool_pairs: int
     """Tool-use pairs added (herd.speedrun.tool_data.tool_pairs): the answer copying the calculator's result beats a
     wrong one, calling beats guessing."""
+    on_policy_prompts: int = 0
+    """Training safety requests the round-2 model answers for on-policy pairs (its wrong replies rejected;
+    herd.speedrun.on_policy); 0: none."""
+    on_policy_samples: int = 4
+    """Replies per safety request (the first greedy)."""
+    reward_pair_samples: int = 0
+    """Replies sampled per corpus training prompt for reward pairs (the reward model's best over its worst); 0: none."""
 
 
 @dataclass

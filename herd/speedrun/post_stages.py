@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from herd.post.stage import fine_tuning_optim
 from herd.run_dir import atomic_open
 from herd.speedrun.config import DPOSettings, PostSettings, PrefSettings, RejectionSettings, SFT2Settings, SFTSettings
+from herd.speedrun.on_policy import dpo_on_policy_pairs
 from herd.speedrun.safety_data import safety_dialogs, safety_pairs
 from herd.speedrun.tool_data import tool_dialogs, tool_pairs
 
@@ -121,10 +122,14 @@ def sft2_stage(ctx: RunContext, out: Path, s: SFT2Settings) -> dict[str, Any]:
 
 
 def dpo_stage(ctx: RunContext, out: Path, s: DPOSettings) -> dict[str, Any]:
+    """DPO from the round-2 model on the preference data plus on-policy pairs of its own replies
+    (herd.speedrun.on_policy)."""
     from herd.post import DPOConfig, dpo
 
     corpus = ctx.stage_dir("corpus")
     tools = tool_pairs(s.tool_pairs, ctx.seed, held_out_questions(corpus))
+    on_policy, figures = dpo_on_policy_pairs(ctx, s)
     config = DPOConfig(**stage_fields(ctx, out, s, ctx.outputs("sft2")["model"]), beta=s.beta,
-                       data=str(preference_data(ctx, out, s, tools)), val_data=str(corpus / "post" / "prefs_val.jsonl"))
-    return {**_outputs(dpo(config)), "tool_pairs": s.tool_pairs}
+                       data=str(preference_data(ctx, out, s, tools + on_policy)),
+                       val_data=str(corpus / "post" / "prefs_val.jsonl"))
+    return {**_outputs(dpo(config)), "tool_pairs": s.tool_pairs, "on_policy": figures}

@@ -59,12 +59,12 @@ TINY = {  # the presets' numbers as they were when they were nested dicts (issue
                  "eval_interval": 100, "val_batches": 8, "checkpoint_interval": 100,
                  "compile": False, "activation_checkpointing": False},
     "anneal": {"steps": 60},
-    "sft": {"steps": 720, "batch_size": 16, "seq_len": 256, "lr": 1e-3, "safety_dialogs": 300, "tool_dialogs": 600},
+    "sft": {"steps": 720, "batch_size": 16, "seq_len": 256, "lr": 1e-3, "safety_dialogs": 600, "tool_dialogs": 600},
     "rm": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 5e-4, "safety_pairs": 200},
     "rejection": {"samples_per_prompt": 4, "max_new_tokens": 64, "temperature": 0.8},
     "sft2": {"steps": 160, "batch_size": 16, "seq_len": 256, "lr": 5e-4, "rs_repeats": 2},
     "dpo": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 1e-4, "beta": 0.1, "safety_pairs": 200,
-            "tool_pairs": 300},
+            "tool_pairs": 300, "on_policy_prompts": 0, "on_policy_samples": 4, "reward_pair_samples": 0},
     "eval": {"limit": 60, "data_dir": "data/benchmarks", "real_tasks": ["gsm8k", "humaneval"], "real_limit": 20,
              "refusal_prompts": 40, "tool_limit": 60},
     "safety": {"guard_steps": 400, "guard_examples": 3200, "guard_eval": 64, "guard_batch_size": 4,
@@ -80,7 +80,8 @@ MICRO_CHANGES = {
     "sft": {"steps": 15, "batch_size": 8, "seq_len": 128, "safety_dialogs": 30, "tool_dialogs": 40},
     "sft2": {"steps": 8, "batch_size": 8, "seq_len": 128},
     "rm": {"steps": 10, "batch_size": 8, "seq_len": 128, "safety_pairs": 16},
-    "dpo": {"steps": 10, "batch_size": 8, "seq_len": 128, "safety_pairs": 16, "tool_pairs": 16},
+    "dpo": {"steps": 10, "batch_size": 8, "seq_len": 128, "safety_pairs": 16, "tool_pairs": 16,
+            "on_policy_prompts": 16, "reward_pair_samples": 2},
     "rejection": {"samples_per_prompt": 2, "max_new_tokens": 16},
     "eval": {"limit": 8, "real_limit": 4, "refusal_prompts": 8, "tool_limit": 4},
     "safety": {"guard_steps": 6, "guard_examples": 40, "guard_eval": 8, "guard_batch_size": 2, "guard_seq_len": 1024,
@@ -187,7 +188,16 @@ def test_safety_data_reaches_sft_rm_dpo_and_refusals_are_measured(micro_run):
     for name in ("rm", "dpo"):
         pairs = (stage[name] / "prefs.jsonl").read_text()
         assert pairs.count('"domain": "safety"') == getattr(micro(), name).safety_pairs
-    refusal = json.loads((stage["eval"] / "scores.json").read_text())["refusal"]
+    on_policy = json.loads((stage["dpo"] / "speedrun.json").read_text())["outputs"]["on_policy"]
+    assert on_policy["safety"]["requests"] == micro().dpo.on_policy_prompts and on_policy["reward"]["prompts"] > 0
+    pairs = (stage["dpo"] / "prefs.jsonl").read_text()
+    assert pairs.count('"domain": "safety_on_policy"') == on_policy["safety"]["pairs"]
+    assert pairs.count('"domain": "reward"') == on_policy["reward"]["pairs"]
+    scores = json.loads((stage["eval"] / "scores.json").read_text())
+    assert set(scores["reward_interval"]) == {"sft", "sft2", "dpo"}
+    assert all(r["low"] <= scores["reward"][k] <= r["high"] and r["n"] == micro().final.rm_prompts
+               for k, r in scores["reward_interval"].items())
+    refusal = scores["refusal"]
     assert set(refusal) == {"base", "sft", "sft2", "dpo"}
     for rates in refusal.values():
         for key in ("harmful_refused", "benign_refused"):
