@@ -62,12 +62,12 @@ def tiny() -> SpeedrunConfig:
         dpo=DPOSettings(steps=60, batch_size=16, seq_len=192, lr=1e-4, beta=0.1, safety_pairs=200, tool_pairs=300),
         eval=EvalSettings(limit=60, data_dir="data/benchmarks", real_tasks=["gsm8k", "humaneval"], real_limit=20,
                           refusal_prompts=40, tool_limit=60),
-        # The guard: 100 steps x 8 rows (1600 examples, ~70 s) left the tiny base near the label prior (train loss
-        # flat at the prior's 0.3 nats/token; P(unsafe) on training wordings 0.31 harmful vs 0.21 benign, all below
-        # 0.5: "did not learn"). It is sample-starved (a prompt is ~410 tokens, 53% the shared header); this spends
-        # the ~2-3 min the guard may have on 2x its tokens in 4x the updates (not yet measured on tiny:
-        # benchmarks/safety_guard_speedrun.py).
-        safety=SafetySettings(guard_steps=400, guard_examples=3200, guard_eval=64, guard_batch_size=4,
+        # The guard: the annealed base fine-tuned on herd's moderation set, a row's prompts sharing one copy of
+        # their category header (SFTConfig.share_prefixes: 12000 prompts in 3337 rows of 1024, 3.6 a row). 800 x 4
+        # rows (3.3M tokens, ~280 s quiet by 11.8k tokens/s) on 12000 examples, one pass: held-out (n=200, new
+        # wordings) F1 0.825, FPR 7.0%, AUPRC 0.923 vs base rate 0.430 (constant "unsafe" F1 0.601); custom lists
+        # F1 0.681, FPR 13.3%. 400 x 4 unshared on 3200 (the old preset) did not learn (F1 0.483, constant 0.545).
+        safety=SafetySettings(guard_steps=800, guard_examples=12000, guard_eval=64, guard_batch_size=4,
                               guard_seq_len=1024, guard_lr=2e-3, probe_prompts=16, max_new_tokens=48),
         final=FinalSettings(transcripts=4, max_new_tokens=64, rm_prompts=24),
         seed=0, device="cpu", dtype="auto", progress=True,
