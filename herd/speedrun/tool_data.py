@@ -2,9 +2,10 @@
 asks a sum or a word problem, the assistant calls the calculator with the operands copied from the question, reads
 the `ipython` result and answers from it (`The answer is N.` then `#### N`, the line the math evals read).
 
-The bare sums draw their result uniformly (20..198) and then the operands, so the 3-digit results, which the model
-copies from the `ipython` turn into its answer, are each trained on: drawn as operands uniformly, a sum's result is
-triangular and most results above 150 never appear (the first tiny runs' tools-on misses were all such copies).
+The bare sums take their results from shuffled rounds of every result 20..198 (`sum_totals`), then draw the
+operands, so each result, which the model copies from the `ipython` turn into its answer, is trained on: drawn as
+operands uniformly, a sum's result is triangular and most results above 150 never appear (the tiny runs' tools-on
+misses were all such copies, of results never trained on; even drawn uniformly, a quarter of them would not appear).
 
 The tool is Llama 3.1's built-in `wolfram_alpha` (`<|python_tag|>wolfram_alpha.call(query="45 - 12")<|eom_id|>`),
 answered by herd's exact calculator (herd.eval.tool_use): its call is the shortest of the three formats, so a small
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from herd.corpus.math import Problem, addition_question, make_problem
@@ -46,11 +47,19 @@ def expression(problem: Problem) -> str:
     return match.group(0)
 
 
-def uniform_sum(rng: random.Random) -> Problem:
-    """"What is a + b?" with 2-digit operands whose sum is uniform over 20..198."""
-    total = rng.randint(20, 198)
-    a = rng.randint(max(10, total - 99), min(99, total - 10))
-    return addition_question(a, total - a)
+def sum_totals(rng: random.Random) -> Iterator[int]:
+    """Endless sums of two 2-digit numbers, 20..198, each once in every shuffled round."""
+    while True:
+        totals = list(range(20, 199))
+        rng.shuffle(totals)
+        yield from totals
+
+
+def sum_with_total(total: int, rng: random.Random, held_out: Collection[str]) -> Problem | None:
+    """"What is a + b?" with 2-digit operands adding up to `total` and not in `held_out` (None if every split is)."""
+    splits = list(range(max(10, total - 99), min(99, total - 10) + 1))
+    rng.shuffle(splits)
+    return next((p for p in (addition_question(a, total - a) for a in splits) if p.question not in held_out), None)
 
 
 def tool_dialog(problem: Problem) -> dict[str, Any]:
@@ -80,14 +89,16 @@ def wrong_result(right: int, rng: random.Random) -> int:
 
 
 def tool_pairs(n: int, seed: int, held_out: Collection[str]) -> list[dict[str, Any]]:
-    """`n` DPO records {"prompt", "chosen", "rejected", "tools", "date", "domain": "tools"} on `uniform_sum` questions (none in
-    `held_out`): a share COPY_SHARE after the call and its result, the answer copying the result chosen over one
-    with a `wrong_result`; the rest on the question alone, the calculator call chosen over that wrong answer."""
+    """`n` DPO records {"prompt", "chosen", "rejected", "tools", "date", "domain": "tools"} on bare sums (results
+    from `sum_totals`, none in `held_out`): a share COPY_SHARE after the call and its result, the answer copying
+    the result chosen over one with a `wrong_result`; the rest on the question alone, the calculator call chosen
+    over that wrong answer."""
     rng = random.Random(seed)
+    totals = sum_totals(rng)
     out: list[dict[str, Any]] = []
     while len(out) < n:
-        problem = uniform_sum(rng)
-        if problem.question in held_out:
+        problem = sum_with_total(next(totals), rng, held_out)
+        if problem is None:
             continue
         dialog = tool_dialog(problem)
         messages = dialog["messages"]
@@ -99,17 +110,19 @@ def tool_pairs(n: int, seed: int, held_out: Collection[str]) -> list[dict[str, A
 
 
 def tool_dialogs(n: int, seed: int, held_out: Collection[str], direct: Sequence[dict[str, Any]] = ()) -> list[dict]:
-    """`n` SFT dialogs offering the calculator: half bare sums ("What is 37 + 45?", `uniform_sum`), half the corpus's
-    word problems (add, subtract, multiply), answered through the tool; a share DIRECT_SHARE of `direct` dialogs
-    (records with "messages", needing no tool) offered it and answered as they are. No question in `held_out` is asked."""
+    """`n` SFT dialogs offering the calculator: half bare sums ("What is 37 + 45?", results from `sum_totals`), half
+    the corpus's word problems (add, subtract, multiply), answered through the tool; a share DIRECT_SHARE of
+    `direct` dialogs (records with "messages", needing no tool) offered it and answered as they are. No question in
+    `held_out` is asked."""
     rng = random.Random(seed)
+    totals = sum_totals(rng)
     out: list[dict[str, Any]] = []
     while len(out) < n:
         if direct and rng.random() < DIRECT_SHARE:
             out.append({"messages": rng.choice(direct)["messages"], "tools": [TOOL], "date": DEFAULT_DATE.isoformat(),
                         "domain": "tools"})
             continue
-        problem = uniform_sum(rng) if rng.random() < 0.5 else make_problem(rng)
-        if problem.question not in held_out:
+        problem = sum_with_total(next(totals), rng, held_out) if rng.random() < 0.5 else make_problem(rng)
+        if problem is not None and problem.question not in held_out:
             out.append(tool_dialog(problem))
     return out

@@ -24,7 +24,8 @@ from herd.speedrun.tool_data import (
     expression,
     tool_dialogs,
     tool_pairs,
-    uniform_sum,
+    sum_totals,
+    sum_with_total,
 )
 from herd.tokenizer import parse_tool_calls
 from tests.tiny import write_jsonl
@@ -84,14 +85,21 @@ def test_dialogs_round_trip_through_the_tool_format_and_the_sft_reader(tok, tmp_
     assert rows.dialogs == 40 and rows.truncated == 0 and rows.tokens[0, : len(first) - 1].tolist() == first[:-1]
 
 
-def test_bare_sums_draw_every_result_evenly():
+def test_bare_sums_train_every_result():
     rng = random.Random(0)
-    problems = [uniform_sum(rng) for _ in range(5000)]
-    counts = collections.Counter(p.answer for p in problems)
-    assert set(counts) == set(range(20, 199)) and max(counts.values()) < 3 * min(counts.values())
-    operands = [int(x) for p in problems for x in expression(p).split(" + ")]
-    assert min(operands) >= 10 and max(operands) <= 99
-    assert all(p.question == f"What is {expression(p)}?" for p in problems[:50])
+    totals = sum_totals(rng)
+    first, second = [next(totals) for _ in range(179)], [next(totals) for _ in range(179)]
+    assert sorted(first) == sorted(second) == list(range(20, 199)) and first != second  # each once a round
+    held_out = {"What is 10 + 10?", "What is 50 + 50?"}
+    assert sum_with_total(20, rng, held_out) is None
+    problems = [sum_with_total(100, rng, held_out) for _ in range(200)]
+    assert {p.answer for p in problems} == {100} and "What is 50 + 50?" not in {p.question for p in problems}
+    operands = {int(x) for p in problems for x in expression(p).split(" + ")}
+    assert operands <= set(range(10, 91)) - {50} and len(operands) > 60  # 2-digit splits of 100 but the held-out
+    dialogs = tool_dialogs(600, 0, held_out=set())
+    results = collections.Counter(d["messages"][2]["content"] for d in dialogs
+                                  if len(d["messages"]) == 4 and _question(d).startswith("What is "))
+    assert all(results[str(total)] >= 1 for total in range(20, 199))  # all trained on, 3-digit ones included
 
 
 def test_tool_pairs_prefer_the_copied_result_and_the_call(tok, tmp_path):
