@@ -23,7 +23,8 @@ def test_each_dialog_loses_what_it_loses_alone_in_fewer_rows(tok):
     assert len(shared) < len(plain) and (shared.doc_ids < 0).any()
     with torch.no_grad():
         losses = token_losses(model, shared.batch(range(len(shared))))
-        alone = sorted(float(token_losses(model, pack_chats(tok, [d], seq_len=256).batch([0])).sum()) for d in dialogs())
+        alone = sorted(float(token_losses(model, pack_chats(tok, [d], seq_len=256).batch([0])).sum())
+                       for d in dialogs())
     packed = []
     for row_losses, targets, doc_ids in zip(losses, shared.targets, shared.doc_ids):
         for doc in doc_ids.unique():
