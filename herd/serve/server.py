@@ -45,7 +45,7 @@ from herd.serve.protocol import (
     usage,
 )
 from herd.serve.request import RequestParams, StepOutput
-from herd.serve.tool_runner import add_tool_runner
+from herd.serve.tool_runner import add_tool_runner, check_exposure
 from herd.tokenizer import Message, Tokenizer
 
 try:
@@ -176,7 +176,8 @@ def create_app(
     async def chat_page() -> str:
         return page.replace("{{MODEL}}", json.dumps(model_name))
 
-    page = page.replace("{{TOOLS}}", json.dumps(add_tool_runner(app, web_tools, [Depends(authorize)])))
+    page = page.replace("{{TOOLS}}", json.dumps(add_tool_runner(app, web_tools, [Depends(authorize)],
+                                                                keyed=api_key is not None)))
     return app
 
 
@@ -222,7 +223,8 @@ def serve(
     seconds to send each request's headers. `tp` > 1 (under torchrun, one process a rank): each rank holds its
     slice of the weights and runs every engine step; rank 0 alone serves HTTP and schedules. The model serves on
     `device` ("cuda": each rank's own GPU), which the memory plan is checked against. `web_tools` run for
-    the web chat."""
+    the web chat; "python" needs an API key unless `host` is a loopback address (HerdError before loading)."""
+    check_exposure(web_tools, host, api_key)
     from herd.checkpoint import load
     from herd.model.tensor_parallel import init_tensor_parallel, tp_device
 
