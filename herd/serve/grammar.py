@@ -7,8 +7,9 @@ and caches compiled grammars by key. Every constrained sequence gets its own mat
 JSON is written compactly as `json.dumps` does (", " and ": ", no other whitespace), so a grammar fixes all the
 layout and a model cannot run on in blanks. The bitmask becomes an additive bias (0 or -inf) through a byte lookup
 table (`mask_bias`) rather than llguidance.torch's apply function, which torch.compiles its kernel (a stall on the
-first constrained step); on a CPU the lookup plus an add takes ~0.1 ms for 4 rows of 128K ids, where unpacking
-with tensor shifts and `masked_fill` took ~2-3 ms (one thread).
+first constrained step; importing llguidance.torch alone imports inductor, seconds for every herd command that
+plans memory, so the bitmasks come from llguidance.numpy); on a CPU the lookup plus an add takes ~0.1 ms for 4 rows
+of 128K ids, where unpacking with tensor shifts and `masked_fill` took ~2-3 ms (one thread).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 from llguidance import LLMatcher, LLTokenizer, TokenizerWrapper
-from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask
+from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
 from herd.errors import HerdError
 from herd.tokenizer import Tokenizer
@@ -192,7 +193,7 @@ class Masker:
         bitmask = allocate_token_bitmask(len(matchers), self.vocab_size)
         for i, matcher in enumerate(matchers):
             fill_next_token_bitmask(matcher, bitmask, i)
-        return bitmask
+        return torch.from_numpy(bitmask)
 
 
 def mask_bias(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -4,6 +4,8 @@ tiny models, where the grammar alone makes the output valid."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import jsonschema
 import pytest
@@ -143,3 +145,11 @@ def test_logprobs_stay_those_of_the_raw_logits(tiny):
     (json_ids, json_lps), (free_ids, free_lps) = (zip(*first[r].top_logprobs, strict=True) for r in ("json", "free"))
     assert json_ids == free_ids and json_lps == pytest.approx(free_lps)
     assert first["json"].logprob < first["free"].logprob == first["free"].top_logprobs[0][1]
+
+
+def test_importing_the_server_leaves_inductor_unloaded():
+    """llguidance.torch torch.compiles at import, pulling in inductor (seconds, and torch's deprecation warnings on
+    every command's stderr): herd.serve (imported by generate/chat/eval for the memory plan) must not."""
+    code = "import sys, herd.serve.memory_plan, herd.serve.grammar; print('torch._inductor' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False", result.stderr
