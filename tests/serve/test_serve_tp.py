@@ -27,6 +27,21 @@ ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["The sky is", "Once upon a time", "1, 2, 3,", "Hello", "Paris is the capital of", "def f(x):"]
 
 
+def _torchrun(*args: str) -> list[str]:
+    """torchrun with 2 processes on this machine running ARGS (a script or `-m module`, then its options)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+
+
+def _torchrun_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _start(command: list[str]) -> subprocess.Popen:
+    """The job in its own process group (killed whole in the tests' finally), stderr kept for the assertions."""
+    return subprocess.Popen(command, env=_torchrun_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
 def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -71,11 +86,8 @@ def tp1_texts():
 @pytest.mark.slow
 def test_serve_tp2_under_torchrun_matches_tp1(tp1_texts):
     port = free_port()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "herd.cli",
-               "serve", "--model", "tiny", "--tp", "2", "--port", str(port), "--max-running", "4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    process = _start(_torchrun("-m", "herd.cli", "serve", "--model", "tiny", "--tp", "2", "--port", str(port),
+                               "--max-running", "4"))
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, process)
@@ -107,10 +119,9 @@ def test_serve_tp2_rank0_failing_to_listen_stops_every_rank():
     one line naming rank 0 and the cause, instead of the follower waiting in its collective (subprocess timeout)."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                   "herd.cli", "serve", "--model", "tiny", "--tp", "2", "--port", str(port)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+        command = _torchrun("-m", "herd.cli", "serve", "--model", "tiny", "--tp", "2", "--port", str(port))
+        result = subprocess.run(command, env=_torchrun_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,
+                                check=False)
     errors = [line for line in result.stderr.splitlines() if line.startswith("herd: error:")]
     assert result.returncode != 0 and len(errors) == 1, result.stderr[-4000:]
     assert errors[0].startswith(f"herd: error: rank 0 stopped serving: cannot listen on 127.0.0.1:{port} (Address "
@@ -168,12 +179,8 @@ def test_serve_tp2_rank0_engine_failure_stops_every_rank():
     """Rank 0's engine step fails at the first request: the server stops, the follower leaves, and the job ends
     with one line naming rank 0 and the failure (subprocess timeout as the failure)."""
     port = free_port()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(ROOT / "tests" / "serve" / "tp_serve_fault_worker.py"), "serve", "--model", "tiny", "--tp", "2",
-               "--port", str(port)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    process = _start(_torchrun(str(ROOT / "tests" / "serve" / "tp_serve_fault_worker.py"), "serve", "--model", "tiny",
+                               "--tp", "2", "--port", str(port)))
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, process)
