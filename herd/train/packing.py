@@ -71,10 +71,13 @@ def split_rows(batch: tuple[torch.Tensor, ...], parts: int) -> tuple[torch.Tenso
     """(inputs, targets, doc_ids) [B, T] cut into [B * parts, T / parts]: row r becomes rows r*parts .. r*parts+parts-1.
 
     The pieces are the rows PackedRows makes at seq_len T / parts from the same stream (windows sharing one token),
-    so targets carry over; doc_ids restart at 0 in each piece, and a document cut by a piece boundary restarts its
-    positions there, as at a row boundary.
+    so targets carry over; document ids restart at 0 in each piece, and a document cut by a piece boundary restarts
+    its positions there, as at a row boundary. A shared prefix (negative id, herd.model.masking) keeps its id, so the
+    documents after it in its piece still see it; one in a later piece, cut off from its prefix, starts afresh there.
     """
     if parts == 1:
         return batch
     tokens, targets, doc_ids = (t.reshape(t.shape[0] * parts, -1) for t in batch)
-    return tokens, targets, doc_ids - doc_ids[:, :1]
+    documents = doc_ids >= 0
+    first = torch.where(documents, doc_ids, torch.iinfo(doc_ids.dtype).max).amin(dim=1, keepdim=True)
+    return tokens, targets, torch.where(documents, doc_ids - first, doc_ids)
