@@ -18,7 +18,7 @@ from herd.checkpoint.files import read_json
 from herd.checkpoint.state import model_from_state
 from herd.errors import HerdError
 from herd.model import PRESETS, ModelConfig, Transformer, build_model, preset
-from herd.model.tensor_parallel import TensorParallel, parallelize
+from herd.model.tensor_parallel import TensorParallel, all_ranks_or_none, parallelize
 from herd.tokenizer import Tokenizer, default_tokenizer_path
 
 Format = Literal["herd", "hf", "meta"]
@@ -62,9 +62,11 @@ def load(
         model.init_weights(seed=0)
         return model if tp is None else parallelize(model, tp), Tokenizer(default_tokenizer_path())
     if tp is not None:
-        config, tok, state = load_shard(name, tp.rank, tp.world)
-        return model_from_state(config, state, source=name, device=device, dtype=dtype, check_finite=check_finite,
-                                tp=tp), tok
+        with all_ranks_or_none(tp, "loading the model"):  # a rank that cannot load stops the others too
+            config, tok, state = load_shard(name, tp.rank, tp.world)
+            model = model_from_state(config, state, source=name, device=device, dtype=dtype,
+                                     check_finite=check_finite, tp=tp)
+        return model, tok
     directory = _resolve(name)
     fmt = FORMATS[detect_format(directory)]
     config = fmt.read_config(directory)

@@ -42,9 +42,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from herd.model.tensor_parallel import init_tensor_parallel
     from herd.serve.memory_plan import check_run_memory
 
-    group = init_tensor_parallel(args.tp, "cpu")
-    # the plan of one request as long as the model's context (eval cuts longer ones), on the CPU run_eval loads to
-    check_run_memory(args.model, tp=args.tp, device="cpu", run="eval", show=group is None or group.rank == 0)
+    # each rank plans one request as long as the model's context (eval cuts longer ones), on the CPU run_eval loads
+    # to, before it joins
+    group = init_tensor_parallel(args.tp, "cpu", before_joining=lambda device, lead: check_run_memory(
+        args.model, tp=args.tp, device=device, run="eval", show=lead))
     try:
         run_eval(
             args.model, [t.strip() for t in args.tasks.split(",") if t.strip()], args.data_dir, limit=args.limit,

@@ -47,10 +47,10 @@ def _load(args: argparse.Namespace, tokens: int):
     from herd.model.tensor_parallel import init_tensor_parallel, tp_device
     from herd.serve.memory_plan import check_run_memory
 
-    tp = init_tensor_parallel(args.tp, model_device(args.device))
+    tp = init_tensor_parallel(  # each rank checks the model before it joins
+        args.tp, model_device(args.device), before_joining=lambda device, lead: check_run_memory(
+            args.model, tp=args.tp, device=device, dtype=args.dtype, context=tokens, run="generate", show=lead))
     device = tp_device(tp, model_device(args.device))
-    check_run_memory(args.model, tp=args.tp, device=device, dtype=args.dtype, context=tokens, run="generate",
-                     show=tp is None or tp.rank == 0)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     return herd.load(args.model, device=device, dtype=dtype, tp=tp)
 
@@ -95,11 +95,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import herd
     from herd.model.tensor_parallel import init_tensor_parallel
 
-    tp, prompt = init_tensor_parallel(args.tp, model_device(args.device)), args.prompt
-    if prompt == "-":
+    prompt = args.prompt
+    if prompt == "-":  # rank 0 reads it: the ranks join first, to share it (else they join once the model checks)
+        tp = init_tensor_parallel(args.tp, model_device(args.device))
         prompt = sys.stdin.read() if tp is None or tp.rank == 0 else None
         prompt = prompt if tp is None else tp.broadcast_object(prompt)
     model, tok = _load(args, len(prompt.encode()) + args.max_new_tokens)  # a byte-level BPE: tokens <= bytes
+    tp = model.tp
     shown = tp is None or tp.rank == 0  # every rank generates, rank 0 prints
     herd.generate(
         model, tok, prompt, stop=args.stop or None, chat=args.chat, **_sampling(args, model),

@@ -11,8 +11,10 @@ an N-way run holds exactly what `consolidated.0r.pth` of an MP=N checkpoint hold
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -131,35 +133,84 @@ def backend_for(device: str | torch.device) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def init_tensor_parallel(tp: int, device: str | torch.device, *, timeout_s: float = 1800.0) -> TensorParallel | None:
+def init_tensor_parallel(
+    tp: int, device: str | torch.device, *, timeout_s: float = 1800.0,
+    before_joining: Callable[[torch.device, bool], object] | None = None,
+) -> TensorParallel | None:
     """Join torchrun's job as one of `tp` ranks whose model runs on `device` (`backend_for`; "cuda" is this rank's
     GPU, LOCAL_RANK); None for --tp 1 run alone.
 
-    The world must be exactly `tp` ranks: one model replica, every rank running the same program.
+    The world must be exactly `tp` ranks: one model replica, every rank running the same program. Every rank checks
+    its launch and device first, then runs `before_joining(its device, whether it is rank 0)` (the model's own
+    checks: a rank that fails before joining ends alone, where one failing after leaves the others waiting on it).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if tp < 1:
         raise HerdError(f"--tp must be >= 1, got {tp}")
     if tp == 1 and world == 1:
+        if before_joining is not None:
+            before_joining(torch.device(device), True)
         return None
     if "RANK" not in os.environ:
         raise HerdError(f"--tp {tp} runs under torchrun: torchrun --nproc-per-node {tp} -m herd.cli ... --tp {tp}")
     if world != tp:
         raise HerdError(f"torchrun started {world} processes but --tp is {tp}; make --nproc-per-node equal --tp")
+    here = _rank_device(device)
     if not dist.is_initialized():
-        device, backend = torch.device(device), backend_for(device)
-        if backend == "nccl":
-            torch.cuda.set_device(device if device.index is not None else int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        if here.type == "cuda":
+            if here.index >= torch.cuda.device_count():
+                raise HerdError(f"--device {device}: rank {os.environ['RANK']} needs GPU {here.index} but "
+                                f"{torch.cuda.device_count()} are visible; use --device cpu or one GPU a rank")
+            torch.cuda.set_device(here)
+        if before_joining is not None:
+            before_joining(here, os.environ["RANK"] == "0")
+        dist.init_process_group(backend_for(here), timeout=timedelta(seconds=timeout_s))
+    elif before_joining is not None:
+        before_joining(here, dist.get_rank() == 0)
     return TensorParallel(dist.get_rank(), world)
+
+
+@contextlib.contextmanager
+def all_ranks_or_none(tp: TensorParallel | None, what: str) -> Iterator[None]:
+    """Run the body on every rank, then stop every rank if it failed on any (collective, within the group's
+    timeout): a failed rank raises its own error, the others a one-line HerdError with the first failed rank's, so
+    none goes on into a collective that a failed rank will never join."""
+    if tp is None:
+        yield
+        return
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as caught:  # re-raised below, once the ranks have compared notes
+        error = caught
+    errors: list[str | None] = [None] * tp.world
+    try:
+        dist.all_gather_object(errors, None if error is None else f"{type(error).__name__}: {error}")
+    except RuntimeError as lost:  # a rank died or hung past the group's timeout
+        if error is not None:
+            raise error from None
+        raise HerdError(f"tensor-parallel rank {tp.rank} lost the other ranks after {what} ({lost}); "
+                        "see their errors") from None
+    if error is not None:
+        raise error
+    failed = [(rank, message) for rank, message in enumerate(errors) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        raise HerdError(f"tensor-parallel rank {rank} failed {what} ({message.splitlines()[0]}); rank {tp.rank} "
+                        "stops too")
+
+
+def _rank_device(device: str | torch.device) -> torch.device:
+    """`device` for one of several ranks: "cuda" becomes this rank's GPU (LOCAL_RANK)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def tp_device(tp: TensorParallel | None, device: str | torch.device) -> torch.device:
     """`device` for this rank: "cuda" becomes this rank's GPU (LOCAL_RANK)."""
-    device = torch.device(device)
-    if tp is not None and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
+    return torch.device(device) if tp is None else _rank_device(device)
 
 
 class VocabParallelEmbedding(nn.Module):

@@ -20,6 +20,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from herd.errors import HerdError
+from herd.model.tensor_parallel import backend_for
 
 MESH_DIMS = ("pp", "dp", "tp")
 MULTI_STAGE_SCHEDULES = ("Interleaved1F1B", "LoopedBFS")
@@ -160,7 +161,7 @@ class Distributed:
 def init_distributed(parallel: ParallelConfig, device: str) -> Distributed:
     """Join the torchrun job named by RANK / WORLD_SIZE / LOCAL_RANK (or run alone without them) and build the mesh.
 
-    Backend nccl on CUDA, gloo on CPU; each rank takes GPU LOCAL_RANK.
+    Backend nccl on CUDA, gloo on CPU (backend_for); each rank takes GPU LOCAL_RANK.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     shape = parallel.degrees(world_size)
@@ -171,8 +172,7 @@ def init_distributed(parallel: ParallelConfig, device: str) -> Distributed:
     if here.type == "cuda":
         torch.cuda.set_device(here)
     if not dist.is_initialized():
-        backend = "nccl" if here.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=parallel.timeout_s))
+        dist.init_process_group(backend_for(here), timeout=timedelta(seconds=parallel.timeout_s))
     mesh = init_device_mesh(here.type, shape, mesh_dim_names=MESH_DIMS)
     return Distributed(rank, world_size, here, mesh)
 
