@@ -9,6 +9,8 @@ gaining less). The tricks:
   inductor's CPU freezing applies, then multiplied with its linear kernel. Same math and dtype as `x @ weight.T`.
   Only where the CPU runs oneDNN's kernels for the weight's dtype (`can_prepack`): bf16 needs avx512bw+vl+dq or
   avx_ne_convert, which many AVX2-only CPUs (laptops, cloud VMs) lack.
+- fp32 inference GEMMs of 16 rows or more (prefill, evals) through oneDNN's matmul on the plain weight (`linear`):
+  torch's F.linear calls MKL's sgemm, which ran 2-4x slower on an AMD EPYC with AVX-512.
 - the compiled decode step's inductor decompositions (`decode_backend`): a one-row matmul, a one-row int8
   weight-only matmul and a one-query attention written as fused multiply-sums, which inductor's vectorised reductions
   run at memory speed (in the instruction set inductor picks for this CPU, scalar C++ where it finds no vector one).
@@ -66,6 +68,29 @@ def prepack(weight: torch.Tensor, rows_hint: int) -> torch.Tensor:
 def prepacked_matmul(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     """x [rows, in] @ weight.T for a weight from `prepack`; no autograd."""
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, None, "none", [], "")
+
+
+# --- fp32 inference GEMMs through oneDNN ---------------------------------------------------------------------
+_GEMM_BLOCK, _GEMM_MAX_ROWS = 16, 256
+"""Rows go to oneDNN in chunks of a multiple of 16 up to 256 rows (the rest, under 16, to F.linear): oneDNN caches a
+primitive (~0.7 MB) for every row count it sees, so a prompt's free length would grow memory by the hundreds of MB."""
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`F.linear(x, weight)`; fp32 inference on 16 rows or more runs oneDNN's matmul on the plain weight (its JIT
+    kernels for this CPU; torch's F.linear calls MKL's sgemm, 2-4x slower on an AMD EPYC AVX-512, 1 thread: 35 vs
+    90-240 GFLOP/s at prefill shapes). Plain F.linear under autograd, autocast, torch.compile and `PLAIN_ENV`."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    if (rows < _GEMM_BLOCK or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu"
+            or torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            or torch.is_autocast_enabled("cpu") or plain_forced() or not cpu_supports(torch.float32)):
+        return F.linear(x, weight)
+    flat = x.reshape(rows, x.shape[-1]).contiguous()
+    body = rows - rows % _GEMM_BLOCK
+    parts = [prepacked_matmul(flat[i : min(i + _GEMM_MAX_ROWS, body)], weight) for i in range(0, body, _GEMM_MAX_ROWS)]
+    if body < rows:
+        parts.append(F.linear(flat[body:], weight))
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).view(*x.shape[:-1], weight.shape[0])
 
 
 # --- int8 weight-only matmul ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from herd.errors import HerdError
+from herd.model import cpu_tuning
 from herd.model.attention import AttentionContext, CacheContext, Rows, row_kernel
 from herd.model.config import ModelConfig
 from herd.model.kv_cache import KVCache
@@ -34,6 +35,17 @@ class RMSNorm(nn.Module):
         return normed.type_as(x) * self.weight
 
 
+class Linear(nn.Linear):
+    """A bias-free projection whose forward is `cpu_tuning.linear`: oneDNN's GEMM for fp32 inference on CPU rows
+    (prefill, evals), F.linear otherwise (training, decode's few rows, GPUs)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cpu_tuning.linear(x, self.weight)
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE; the forward's `AttentionContext` stores the keys/values and attends."""
 
@@ -41,10 +53,10 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_id = layer_id
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
-        self.wq = nn.Linear(config.dim, self.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
+        self.wq = Linear(config.dim, self.n_heads * self.head_dim)
+        self.wk = Linear(config.dim, self.n_kv_heads * self.head_dim)
+        self.wv = Linear(config.dim, self.n_kv_heads * self.head_dim)
+        self.wo = Linear(self.n_heads * self.head_dim, config.dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, context: AttentionContext) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -60,9 +72,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w1 = Linear(dim, hidden_dim)
+        self.w2 = Linear(hidden_dim, dim)
+        self.w3 = Linear(dim, hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
