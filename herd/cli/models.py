@@ -32,10 +32,22 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
 
 
 def model_device(name: str | None) -> str:
-    """--device's value: cuda when there is a GPU unless one is named."""
+    """--device's value: cuda when there is a GPU unless one is named; one torch cannot parse, or a GPU not visible
+    here, is a one-line HerdError naming --device."""
     import torch
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    from herd.errors import HerdError
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise HerdError(f"--device {name} is not a device torch knows; use cpu, cuda or cuda:N") from None
+    gpus = torch.cuda.device_count()
+    if device.type == "cuda" and (device.index or 0) >= gpus:
+        raise HerdError(f"--device {name} but {gpus} CUDA GPU(s) are visible; use --device cpu or a visible GPU")
+    return name
 
 
 def _load(args: argparse.Namespace, tokens: int):

@@ -56,10 +56,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def load_guardrails(args: argparse.Namespace, rank: int):  # noqa: ANN201 - a Guardrails (FastAPI imported late)
-    """--guard / --code-shield's checks, loaded on rank 0 alone: under --tp N the guard runs beside the scheduler
-    and the HTTP server, so the other ranks load no guard model."""
+    """--guard / --code-shield's checks, loaded on rank 0 alone and on the serve --device: under --tp N the guard
+    runs beside the scheduler and the HTTP server, so the other ranks load no guard model."""
     if rank != 0 or not (args.guard or args.code_shield):
         return None
     from herd.serve.guardrails import Guardrails
 
-    return Guardrails.load(args.guard, code_shield=args.code_shield)
+    return Guardrails.load(args.guard, code_shield=args.code_shield, device=model_device(args.device))

@@ -112,11 +112,12 @@ class LlamaGuard:
         self._safe, self._unsafe = tok.encode("safe")[0], tok.encode("unsafe")[0]
 
     @classmethod
-    def load(cls, path: str | Path, **kwargs) -> LlamaGuard:
-        """A guard from anything herd.load reads; reads the prompt format from guard.json when herd trained it."""
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu", **kwargs) -> LlamaGuard:
+        """A guard from anything herd.load reads, on `device`; reads the prompt format from guard.json when herd
+        trained it."""
         from herd.checkpoint import load
 
-        model, tok = load(path)
+        model, tok = load(path, device=device)
         marker = Path(path) / GUARD_FILE
         chat = json.loads(marker.read_text()).get("chat_format", False) if marker.is_file() else False
         return cls(model, tok, chat_format=chat, **kwargs)

@@ -68,9 +68,11 @@ class Guardrails:
         self._code_decisions: Counter | None = None
 
     @classmethod
-    def load(cls, guard: str | Path | None, *, code_shield: bool = False, **kwargs) -> Guardrails:
-        """Guardrails with the guard at `guard` (anything herd.load reads; None for Code Shield alone)."""
-        return cls(LlamaGuard.load(guard) if guard else None, code_shield=code_shield, **kwargs)
+    def load(cls, guard: str | Path | None, *, code_shield: bool = False, device: str = "cpu",
+             **kwargs) -> Guardrails:
+        """Guardrails with the guard at `guard` (anything herd.load reads, loaded on `device`; None for Code Shield
+        alone)."""
+        return cls(LlamaGuard.load(guard, device=device) if guard else None, code_shield=code_shield, **kwargs)
 
     def register(self, registry: CollectorRegistry) -> None:
         """Count decisions in `registry` (the server's, rendered at /metrics)."""

@@ -133,7 +133,7 @@ def test_guard_loads_on_rank_0_alone():
     """`herd serve --guard DIR --tp N`: the guard runs beside rank 0's scheduler, so only rank 0 loads it."""
     from herd.cli.serve import load_guardrails
 
-    args = argparse.Namespace(guard="tiny", code_shield=True)
+    args = argparse.Namespace(guard="tiny", code_shield=True, device="cpu")
     assert load_guardrails(args, 0).guard is not None
     assert load_guardrails(args, 1) is None
     assert load_guardrails(argparse.Namespace(guard=None, code_shield=False), 0) is None
