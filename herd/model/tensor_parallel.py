@@ -189,7 +189,8 @@ def all_ranks_or_none(tp: TensorParallel | None, what: str) -> Iterator[None]:
     except RuntimeError as lost:  # a rank died or hung past the group's timeout
         if error is not None:
             raise error from None
-        raise HerdError(f"tensor-parallel rank {tp.rank} lost the other ranks after {what} ({lost}); "
+        first = str(lost).splitlines()[0] if str(lost) else type(lost).__name__
+        raise HerdError(f"tensor-parallel rank {tp.rank} lost the other ranks after {what} ({first}); "
                         "see their errors") from None
     if error is not None:
         raise error

@@ -79,3 +79,34 @@ def test_a_rank_that_cannot_load_stops_the_others_with_one_line(tmp_path, byte_b
     assert len(lines) == 2, result.stderr[-4000:]
     assert any(line.startswith("herd: error: ") and "tok_embeddings.weight holds 1 NaN" in line for line in lines)
     assert "herd: error: tensor-parallel rank 0 failed loading the model (HerdError: " in result.stderr
+
+
+RANK_DYING_IN_LOAD = """
+import os, sys
+from herd.errors import HerdError
+from herd.model.tensor_parallel import all_ranks_or_none, init_tensor_parallel
+tp = init_tensor_parallel(2, "cpu", timeout_s=60)
+try:
+    with all_ranks_or_none(tp, "loading the model"):
+        if tp.rank == 1:
+            os._exit(3)  # killed mid-load: no error to share
+except HerdError as error:
+    print(error)
+"""
+
+
+def test_a_rank_dying_while_loading_ends_the_other_with_one_line():
+    """Without torchrun's agent to stop it (two processes on their own), the rank left waiting does not hang."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    ranks = [subprocess.Popen([sys.executable, "-c", RANK_DYING_IN_LOAD], env={**env, "RANK": str(rank)}, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    out, err = ranks[0].communicate(timeout=120)
+    assert ranks[1].wait(timeout=60) == 3
+    assert out.startswith("tensor-parallel rank 0 lost the other ranks after loading the model (") and \
+        out.count("\n") == 1, err[-3000:]
