@@ -112,7 +112,8 @@ def moderation_examples(n: int, categories: Sequence[str] = tuple(ACTS), *, held
         if rng.random() < multi_turn_share:
             harmful = rng.random() < 0.5 and categories
             earlier = rng.choice(ACTS[rng.choice(list(categories))] if harmful else benign)
-            opener = (("user", say(asks, earlier)), ("assistant", say(replies["refuse" if harmful else "help"], earlier)))
+            earlier_ask = say(asks, earlier)  # drawn before the reply: the held-out split stays as it was
+            opener = (("user", earlier_ask), ("assistant", say(replies["refuse" if harmful else "help"], earlier)))
             example = Example(example.text, example.category, example.role, opener + example.context)
         out.append(example)
     return out
