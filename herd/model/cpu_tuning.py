@@ -76,17 +76,19 @@ _GEMM_BLOCK, _GEMM_MAX_ROWS = 16, 256
 primitive (~0.7 MB) for every row count it sees, so a prompt's free length would grow memory by the hundreds of MB."""
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`F.linear(x, weight)`; fp32 inference on 16 rows or more runs oneDNN's matmul on the plain weight (its JIT
-    kernels for this CPU; torch's F.linear calls MKL's sgemm, 2-4x slower on an AMD EPYC AVX-512, 1 thread: 35 vs
-    90-240 GFLOP/s at prefill shapes). Plain F.linear under autograd, autocast, torch.compile and `PLAIN_ENV`."""
+def linear(x: torch.Tensor, weight: torch.Tensor, one_row: bool = False) -> torch.Tensor:
+    """`F.linear(x, weight)`; fp32 inference on 16 rows or more (with `one_row` on one row as well: the output head at
+    the last position) runs oneDNN's matmul on the plain weight (its JIT kernels for this CPU; torch's F.linear calls
+    MKL's sgemm, 2-4x slower on an AMD EPYC AVX-512, 1 thread: 35 vs 90-240 GFLOP/s at prefill shapes, and for the
+    125M's head on one row 1.9x slower). Plain F.linear under autograd, autocast, torch.compile and `PLAIN_ENV`."""
     rows = x.numel() // max(x.shape[-1], 1)
-    if (rows < _GEMM_BLOCK or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu"
-            or torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    if ((rows < _GEMM_BLOCK and not (one_row and rows == 1)) or x.dtype != torch.float32
+            or weight.dtype != torch.float32 or x.device.type != "cpu" or torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             or torch.is_autocast_enabled("cpu") or plain_forced() or not cpu_supports(torch.float32)):
         return F.linear(x, weight)
     flat = x.reshape(rows, x.shape[-1]).contiguous()
-    body = rows - rows % _GEMM_BLOCK
+    body = rows - rows % _GEMM_BLOCK if rows > 1 else 1
     parts = [prepacked_matmul(flat[i : min(i + _GEMM_MAX_ROWS, body)], weight) for i in range(0, body, _GEMM_MAX_ROWS)]
     if body < rows:
         parts.append(F.linear(flat[body:], weight))

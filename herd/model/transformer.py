@@ -37,13 +37,15 @@ class RMSNorm(nn.Module):
 
 class Linear(nn.Linear):
     """A bias-free projection whose forward is `cpu_tuning.linear`: oneDNN's GEMM for fp32 inference on CPU rows
-    (prefill, evals), F.linear otherwise (training, decode's few rows, GPUs)."""
+    (prefill, evals; with `one_row`, the head, on a single row too), F.linear otherwise (training, decode's few rows,
+    GPUs)."""
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, one_row: bool = False) -> None:
         super().__init__(in_features, out_features, bias=False)
+        self.one_row = one_row
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return cpu_tuning.linear(x, self.weight)
+        return cpu_tuning.linear(x, self.weight, self.one_row)
 
 
 class Attention(nn.Module):
@@ -109,7 +111,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output = Linear(config.dim, config.vocab_size, one_row=True)
         if config.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.register_buffer(

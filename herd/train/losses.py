@@ -73,4 +73,4 @@ def next_token_loss(model: nn.Module, batch: Batch) -> LossOutput:
 
 def applies_its_head(model: object) -> bool:
     """Whether `model` is a Transformer whose head the losses apply themselves (`forward(head=False)`)."""
-    return isinstance(model, Transformer) and type(model.output) is nn.Linear
+    return isinstance(model, Transformer) and isinstance(model.output, nn.Linear)

@@ -34,6 +34,15 @@ def test_linear_equals_f_linear_in_blocks_of_16_up_to_256_rows(shape, onednn_cal
     assert onednn_calls == expected
 
 
+def test_one_row_goes_to_onednn_for_the_head_only(onednn_calls):
+    x, weight = torch.randn(1, 1, 48), torch.randn(300, 48)
+    with torch.inference_mode():
+        head = cpu_tuning.linear(x, weight, one_row=True)
+        torch.testing.assert_close(head, F.linear(x, weight), rtol=1e-5, atol=1e-5)
+        cpu_tuning.linear(x, weight)
+    assert onednn_calls == ([1] if ONEDNN else [])
+
+
 def test_linear_keeps_f_linear_for_autograd_bf16_autocast_and_the_plain_path(monkeypatch, onednn_calls):
     weight = torch.randn(72, 48, requires_grad=True)
     x = torch.randn(32, 48)
@@ -60,7 +69,8 @@ def test_prefill_runs_onednn_and_matches_the_plain_path(monkeypatch, onednn_call
             return model(tokens, cache=cache, last_only=True)
 
     fast = prefill()
-    assert onednn_calls and set(onednn_calls) == {32}  # 7 projections a layer, 32 rows each (8 left to F.linear)
+    # 7 projections a layer on 32 rows each (the other 8 by F.linear), and the head on the last position
+    assert onednn_calls == [32] * 7 * model.config.n_layers + [1]
     monkeypatch.setenv(cpu_tuning.PLAIN_ENV, "1")
     torch.testing.assert_close(fast, prefill(), rtol=1e-5, atol=1e-5)
     prompt = tokens[0].tolist()
