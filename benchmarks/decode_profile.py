@@ -6,9 +6,11 @@ Model: the llama3-125m preset (random weights, seed 0), batch 1, the threads giv
   and the output head once, so bound tok/s = bandwidth / weight bytes per token. Two bandwidths, measured here on
   a buffer of the weights' size: a plain copy (`dst.copy_(src)`, bytes read + written, as STREAM's Copy counts
   them) and a plain read (an int32 `amax`, decode_cpu.bandwidths).
-- prefill-f32: the prompt in one forward; compute-bound: FLOPs per token = 2 x the blocks' linear weights (the head
-  runs on the last position only) + attention's 2 x 2 x layers x dim x (prompt/2) average keys; the bound is the
-  FLOP/s of one fp32 GEMM of the prompt's rows by the model's feed-forward weight, measured here.
+- prefill-f32, prefill-bf16: the prompt in one forward; compute-bound: FLOPs per token = 2 x the blocks' linear
+  weights (the head runs on the last position only) + attention's 2 x 2 x layers x dim x (prompt/2) average keys; the
+  bound is the FLOP/s of one GEMM of the prompt's rows by the model's feed-forward weight as herd runs it
+  (`cpu_tuning.linear`), measured here. `--ab` times the plain path (HERD_CPU_PLAIN=1) alternating with it in the same
+  process and prints it as `<path>-plain`.
 - serve-c1 (and serve-c1-compiled where the engine has a compiled step): herd's serving Engine as `herd serve` runs
   it on CPU (prepacked linears), one request in flight, fixed 128-token prompts and 64 new tokens; tokens/s is
   output tokens / wall time (its prefills included, as serve_throughput.py counts it); bound as for decode.
@@ -23,13 +25,13 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import os
 import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,7 +40,7 @@ from decode_cpu import bandwidths, seconds
 from serve_throughput import run_herd, summarize, workload
 
 from herd.generation import generate_tokens
-from herd.model import Transformer, build_model, preset
+from herd.model import Transformer, build_model, cpu_tuning, preset
 from herd.serve import Engine, EngineConfig
 from herd.serve.packed import pack_linears
 from herd.serve.quantize import quantize
@@ -47,6 +49,7 @@ from herd.tokenizer import Tokenizer, default_tokenizer_path
 DECODE = {"decode-f32": ("f32", False), "decode-int8": ("int8", False), "decode-bf16": ("bf16", False),
           "decode-f32-compiled": ("f32", True)}
 SERVE = {"serve-c1": False, "serve-c1-compiled": True}
+PREFILL = {"prefill-f32": "f32", "prefill-bf16": "bf16"}
 DEFAULT_PATHS = "decode-f32,decode-int8,prefill-f32,serve-c1"
 
 
@@ -75,11 +78,13 @@ def copy_bandwidth(nbytes: int, runs: int) -> float:
     return 2 * nbytes / statistics.median(seconds(lambda: dst.copy_(src)) for _ in range(runs + 1))
 
 
-def gemm_flops(rows: int, dim: int, hidden: int, runs: int) -> float:
-    """FLOP/s of one fp32 [rows, dim] x [dim, hidden] GEMM."""
-    x, w = torch.randn(rows, dim), torch.randn(hidden, dim)
-    F.linear(x, w)
-    return 2 * rows * dim * hidden / statistics.median(seconds(lambda: F.linear(x, w)) for _ in range(runs + 2))
+@torch.inference_mode()
+def gemm_flops(rows: int, dim: int, hidden: int, runs: int, dtype: torch.dtype) -> float:
+    """FLOP/s of one [rows, dim] x [dim, hidden] inference GEMM as herd's projections run it."""
+    x, w = torch.randn(rows, dim, dtype=dtype), torch.randn(hidden, dim, dtype=dtype)
+    cpu_tuning.linear(x, w)
+    return 2 * rows * dim * hidden / statistics.median(
+        seconds(lambda: cpu_tuning.linear(x, w)) for _ in range(runs + 2))
 
 
 def op_times(fn: Callable[[], object], runs: int) -> dict[str, float]:
@@ -110,18 +115,30 @@ def decode_path(name: str, model: Transformer, compile: bool, prompt: list[int],
     return Measured(name, rate, ops, f"{nbytes / 1e6:.0f} MB/token; {bound}", bws["copy"] / nbytes)
 
 
-def prefill_path(model: Transformer, prompt: list[int], runs: int) -> Measured:
+def prefill_path(name: str, model: Transformer, prompt: list[int], runs: int, ab: bool) -> list[Measured]:
+    """`name`'s measurement, and with `ab` its plain path's (HERD_CPU_PLAIN=1), timed alternating with it."""
     run = lambda: generate_tokens(model, [prompt], max_new_tokens=1)  # noqa: E731
-    run()
-    rate = len(prompt) / statistics.median(seconds(run) for _ in range(runs))
-    ops = {op: t / len(prompt) for op, t in op_times(run, runs).items()}
+    before = os.environ.get(cpu_tuning.PLAIN_ENV, "0")
+    variants = {name: "0", f"{name}-plain": "1"} if ab else {name: before}
+    times: dict[str, list[float]] = {variant: [] for variant in variants}
+    for _ in range(runs + 1):  # the first round warms up
+        for variant, plain in variants.items():
+            os.environ[cpu_tuning.PLAIN_ENV] = plain
+            times[variant].append(seconds(run))
     c = model.config
     linear = sum(p.numel() for p in model.layers.parameters() if p.dim() == 2)
     flops = 2 * linear + 2 * 2 * c.n_layers * c.dim * len(prompt) / 2
     hidden = model.layers[0].feed_forward.w1.weight.shape[0]
-    peak = gemm_flops(len(prompt), c.dim, hidden, runs)
-    return Measured("prefill-f32", rate, ops, f"{flops / 1e6:.1f} MFLOP/token; fp32 GEMM {peak / 1e9:.1f} GFLOP/s",
-                 peak / flops)
+    measured = []
+    for variant, plain in variants.items():
+        os.environ[cpu_tuning.PLAIN_ENV] = plain
+        ops = {op: t / len(prompt) for op, t in op_times(run, runs).items()}
+        peak = gemm_flops(len(prompt), c.dim, hidden, runs, model.output.weight.dtype)
+        rate = len(prompt) / statistics.median(times[variant][1:])
+        bound = f"{flops / 1e6:.1f} MFLOP/token; GEMM {peak / 1e9:.1f} GFLOP/s"
+        measured.append(Measured(variant, rate, ops, bound, peak / flops))
+    os.environ[cpu_tuning.PLAIN_ENV] = before
+    return measured
 
 
 def serve_path(name: str, model: Transformer, tok: Tokenizer, compile: bool, n: int, runs: int,
@@ -155,7 +172,8 @@ def report(paths: list[Measured], top: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--paths", default=DEFAULT_PATHS, help=f"of {', '.join([*DECODE, 'prefill-f32', *SERVE])}")
+    parser.add_argument("--paths", default=DEFAULT_PATHS, help=f"of {', '.join([*DECODE, *PREFILL, *SERVE])}")
+    parser.add_argument("--ab", action="store_true", help="prefill paths: also their plain path, alternating")
     parser.add_argument("--preset", default="llama3-125m")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
@@ -164,9 +182,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=8)
     args = parser.parse_args()
     names = args.paths.split(",")
-    unknown = set(names) - {*DECODE, "prefill-f32", *SERVE}
+    unknown = set(names) - {*DECODE, *PREFILL, *SERVE}
     if unknown:
-        raise SystemExit(f"unknown paths {sorted(unknown)}; choose from {', '.join([*DECODE, 'prefill-f32', *SERVE])}")
+        raise SystemExit(f"unknown paths {sorted(unknown)}; choose from {', '.join([*DECODE, *PREFILL, *SERVE])}")
     torch.set_num_threads(args.threads)
     tok = Tokenizer(default_tokenizer_path())
     model = build_model(preset(args.preset)).eval()
@@ -187,8 +205,8 @@ def main() -> None:
         if name in DECODE:
             kind, compile = DECODE[name]
             paths.append(decode_path(name, variants[kind](), compile, prompt, args.new_tokens, args.runs, bws))
-        elif name == "prefill-f32":
-            paths.append(prefill_path(model, prompt, args.runs))
+        elif name in PREFILL:
+            paths += prefill_path(name, variants[PREFILL[name]](), prompt, args.runs, args.ab)
         else:
             paths.append(serve_path(name, model, tok, SERVE[name], args.new_tokens, args.runs, bws))
     report(paths, args.top)
