@@ -88,11 +88,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, one_row: bool = False) -> torc
             or torch.is_autocast_enabled("cpu") or plain_forced() or not cpu_supports(torch.float32)):
         return F.linear(x, weight)
     flat = x.reshape(rows, x.shape[-1]).contiguous()
-    body = rows - rows % _GEMM_BLOCK if rows > 1 else 1
-    parts = [prepacked_matmul(flat[i : min(i + _GEMM_MAX_ROWS, body)], weight) for i in range(0, body, _GEMM_MAX_ROWS)]
-    if body < rows:
-        parts.append(F.linear(flat[body:], weight))
-    return (parts[0] if len(parts) == 1 else torch.cat(parts)).view(*x.shape[:-1], weight.shape[0])
+    if rows <= _GEMM_MAX_ROWS and rows % _GEMM_BLOCK == 0 or rows == 1:
+        return prepacked_matmul(flat, weight).view(*x.shape[:-1], weight.shape[0])
+    out = torch.empty(rows, weight.shape[0], dtype=x.dtype)  # filled chunk by chunk: no second copy of a head's logits
+    body = rows - rows % _GEMM_BLOCK
+    for i in range(0, body, _GEMM_MAX_ROWS):
+        out[i : min(i + _GEMM_MAX_ROWS, body)] = prepacked_matmul(flat[i : min(i + _GEMM_MAX_ROWS, body)], weight)
+    out[body:] = F.linear(flat[body:], weight)
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 # --- int8 weight-only matmul ---------------------------------------------------------------------------------
