@@ -5,9 +5,12 @@ the base rate and what answering "unsafe" to everything scores, with its wall ti
     python benchmarks/safety_guard_speedrun.py --base RUN/06-anneal/model [--runs "8x100@2e-3 2x600@2e-3"] [--seeds 3]
 
 A run is ROWSxSTEPS@LR (rows of --seq-len tokens per step), optionally +lg2 (every training prompt under Llama
-Guard 2's own taxonomy) and +plain (each prompt laid whole, no shared category header: SFTConfig.share_prefixes
-off). "examples/row" is how many prompts a packed row holds. Get a base with `herd speedrun --preset tiny` (or any
-earlier run's 06-anneal/model).
+Guard 2's own taxonomy) or +fullSHARE (that share of them, e.g. +full0.5; else GuardTrainConfig's default) and
++plain (each prompt laid whole, no shared category header: SFTConfig.share_prefixes off). "examples/row" is how
+many prompts a packed row holds. Get a base with `herd speedrun --preset tiny` (or any earlier run's
+06-anneal/model). Besides the held-out sets, "training wordings" scores the guard under Llama Guard 2's taxonomy
+on fresh examples in the training grammar's wordings: codes wrong there too mean the guard has not learned them,
+codes right there but wrong held out mean it does not generalise.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ import time
 from pathlib import Path
 from statistics import median
 
+from herd.safety.guard_recipe import evaluate_guard
 from herd.safety.guard_train import GuardTrainConfig, guard_sft, train_guard_from_base
+from herd.safety.llama_guard import LlamaGuard
+from herd.safety.moderation_set import moderation_examples
+from herd.safety.taxonomy import LLAMA_GUARD_2
 
-RUN = re.compile(r"(\d+)x(\d+)@([0-9.e-]+)(\+lg2)?(\+plain)?")
+RUN = re.compile(r"(\d+)x(\d+)@([0-9.e-]+)(?:(\+lg2)|\+full([0-9.]+))?(\+plain)?")
 COLUMNS = ("f1", "precision", "recall", "fpr", "auprc", "base_rate", "constant_f1", "category_accuracy",
            "unlisted_flagged")
 
@@ -29,18 +36,22 @@ COLUMNS = ("f1", "precision", "recall", "fpr", "auprc", "base_rate", "constant_f
 def run(base: str, spec: str, seed: int, args: argparse.Namespace) -> tuple[float, float, dict]:
     match = RUN.fullmatch(spec)
     if not match:
-        raise SystemExit(f"bad run {spec!r}: write ROWSxSTEPS@LR, e.g. 2x600@2e-3 or 2x600@2e-3+lg2")
+        raise SystemExit(f"bad run {spec!r}: write ROWSxSTEPS@LR, e.g. 2x600@2e-3, 2x600@2e-3+lg2, 4x800@2e-3+full0.5")
     sft = guard_sft()
     sft.batch_size, sft.steps, sft.optim.lr = int(match[1]), int(match[2]), float(match[3])
     sft.seq_len, sft.optim.warmup_steps, sft.progress, sft.device = args.seq_len, min(20, sft.steps // 5), False, "cpu"
-    sft.share_prefixes = not match[5]
+    sft.share_prefixes = not match[6]
+    share = {"full_taxonomy_share": 1.0 if match[4] else float(match[5])} if match[4] or match[5] else {}
     config = GuardTrainConfig(base=base, out_dir=f"{args.out}/{spec}-{seed}", examples=args.examples,
-                              held_out=args.held_out, seed=seed, sft=sft,
-                              full_taxonomy_share=1.0 if match[4] else 0.5)
+                              held_out=args.held_out, seed=seed, sft=sft, **share)
     start = time.perf_counter()
     result = train_guard_from_base(config)
+    seconds = time.perf_counter() - start
     figures = json.loads((Path(config.out_dir) / "manifest.json").read_text())["figures"]
-    return time.perf_counter() - start, figures["dialogs"] / figures["rows"], result["held_out"]
+    trained = moderation_examples(args.held_out, seed=seed + 7)
+    scores = {**result["held_out"], "training_wordings": evaluate_guard(LlamaGuard.load(result["guard"]),
+                                                                        [(e, LLAMA_GUARD_2) for e in trained])}
+    return seconds, figures["dialogs"] / figures["rows"], scores
 
 
 def main() -> None:
