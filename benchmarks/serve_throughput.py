@@ -42,8 +42,7 @@ import herd.checkpoint as ckpt
 from herd.cli.models import COMPILE
 from herd.model import ModelConfig, build_model
 from herd.serve import Engine, EngineConfig, RequestParams
-from herd.serve.compiled_step import choose_serve_path
-from herd.serve.packed import pack_linears
+from herd.serve.compiled_step import choose_serve_path, prepare_linears
 from herd.tokenizer import Tokenizer, default_tokenizer_path
 
 CONFIG = ModelConfig(
@@ -168,9 +167,9 @@ def main() -> None:
     params = model.num_params()
     with tempfile.TemporaryDirectory() as directory:
         hf = hf_model(model, tok, directory)
-    if not args.unpacked:
-        # as `herd serve` does on CPU: prepacked, the plain weights kept where its one-request step compiles
-        pack_linears(model, keep_weights=choose_serve_path(model, COMPILE[args.compile])[0])
+    # as `herd serve` does on CPU: prepacked, the plain weights kept where its one-request step compiles
+    path = choose_serve_path(model, COMPILE[args.compile]) if args.unpacked else prepare_linears(
+        model, COMPILE[args.compile])
     print(cpu_line())
     print(f"{params / 1e6:.1f}M-parameter Llama, fp32, {'plain' if args.unpacked else 'prepacked'} linears, "
           f"{args.threads} thread(s), torch "
@@ -180,7 +179,7 @@ def main() -> None:
           f"batches of c, left-padded, its default DynamicCache, eager, attention {hf.config._attn_implementation}, "
           f"{hf.dtype}")
     engines = {c: Engine(model, tok, EngineConfig(max_running=c, max_step_tokens=max(256, c),
-                                                  compile=COMPILE[args.compile])) for c in levels}
+                                                  compile=COMPILE[args.compile]), path=path) for c in levels}
     print(f"herd's engine: {engines[levels[0]].decode_path}")
     warm = workload(2, seed=1)
     for c in levels:  # warm-up: allocations, kernels, HF's first-call set-up

@@ -5,7 +5,8 @@ When a step holds a single decode (one client, or the last request of a batch), 
 across runs), with `PagedContext` on the request's blocks. Every shape but the block table's width is fixed, and
 that width is dynamic: one graph serves every context length. Steps of several rows stay eager: on CPUs the
 compiled step is fast through its one-row matmul kernel, and the prepacked linears win at several rows
-(herd.generation.decode_step.choose_decode_path). Sampling, grammar masks and logprobs are the engine's, on these
+(herd.generation.decode_step.choose_decode_path). int8 weight-only linears compile too (herd's decode backend
+decomposes their matmul); fp8 ones stay eager. Sampling, grammar masks and logprobs are the engine's, on these
 logits as on the eager ones.
 """
 
@@ -15,34 +16,53 @@ import functools
 from collections.abc import Callable
 
 import torch
-from torch import nn
-
 from herd.errors import HerdError
 from herd.generation.decode_step import choose_decode_path
 from herd.model import Transformer
 from herd.model.cpu_tuning import decode_backend
-from herd.serve.packed import PackedLinear
+from herd.serve.packed import PackedLinear, pack_linears
 from herd.serve.paged_cache import PagedContext, PagedGroup, PagedKV
+from herd.serve.quantize import Fp8Linear
+from herd.serve.quantize import quantize as quantize_linears
 
 
 def choose_serve_path(model: Transformer, compile: bool | None) -> tuple[bool, str]:
     """(compile?, why) for the one-request step of an engine serving `model`: `compile` True or False as given, None
-    (auto) where herd.generate would compile a request filling the model's context. Only linears with a plain weight
-    (`nn.Linear`, or `PackedLinear` that kept it) compile; weight-only quantized ones stay eager."""
+    (auto) where herd.generate would compile a request filling the model's context. Plain linears (`nn.Linear`,
+    `PackedLinear` that kept its weight) and int8 ones compile (the decode backend decomposes the int8 matmul);
+    fp8 ones and prepacked ones without their plain weight stay eager. Decide before packing (`prepare_linears`):
+    a model packed without its plain weights no longer tells why."""
     if compile is False:
         return False, "eager (asked for)"
-    if not _plain_weights(model):
-        why = "its linears hold no plain weights (int8/fp8, or prepacked without keep_weights)"
+    held = _uncompilable(model)
+    if held is not None:
         if compile:
-            raise HerdError(f"the serving step cannot compile: {why}; serve without --compile on")
-        return False, f"eager ({why})"
+            raise HerdError(f"the serving step cannot compile: {held}; serve without --compile on")
+        return False, f"eager ({held})"
     return choose_decode_path(model, compile, model.config.max_seq_len)
 
 
-def _plain_weights(model: Transformer) -> bool:
-    """Whether the linears have plain weights (`Transformer.replace_linears` replaces all of them alike)."""
+def prepare_linears(model: Transformer, compile: bool | None, quantize: str | None = None) -> tuple[bool, str]:
+    """Make `model`'s linears what the engine serves (`quantize`: weight-only "int8"/"fp8"; otherwise prepacked on
+    CPU, keeping the plain weights only where the one-request step compiles); returns `choose_serve_path`'s
+    decision, taken before packing, for `Engine(path=...)`."""
+    if quantize is not None:
+        quantize_linears(model, quantize)
+        return choose_serve_path(model, compile)
+    compiled, why = choose_serve_path(model, compile)
+    pack_linears(model, keep_weights=compiled)
+    return compiled, why
+
+
+def _uncompilable(model: Transformer) -> str | None:
+    """Why the compiled step cannot take `model`'s linears (`Transformer.replace_linears` replaces all of them alike),
+    None when it can."""
     head = model.output
-    return isinstance(head, nn.Linear) or (isinstance(head, PackedLinear) and head.weight is not None)
+    if isinstance(head, Fp8Linear):
+        return "its linears hold fp8 weights"
+    if isinstance(head, PackedLinear) and head.weight is None:
+        return "its linears are prepacked without their plain weights"
+    return None
 
 
 class CompiledStep:

@@ -30,7 +30,12 @@ log = logging.getLogger(__name__)
 class Engine:
     """Continuous batching over a paged KV cache with prefix caching and chunked prefill."""
 
-    def __init__(self, model: Transformer, tok: Tokenizer, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, model: Transformer, tok: Tokenizer, config: EngineConfig | None = None, *,
+        path: tuple[bool, str] | None = None,
+    ) -> None:
+        """`path`: (compile?, why) of the one-request step as `prepare_linears` decided it before packing the
+        linears; None: `choose_serve_path` on `model` as it is now."""
         self.model, self.tok = model, tok
         self.config = config = config or EngineConfig()
         tokens = min(config.kv_tokens, config.max_running * model.config.max_seq_len)
@@ -46,7 +51,7 @@ class Engine:
         self.grammars = Grammars(tok, model.config.vocab_size)
         """Compiles the grammars of constrained requests (RequestParams.grammar) for this model's vocabulary."""
         self._masker = Masker(model.config.vocab_size)
-        compiled, why = choose_serve_path(model, config.compile)
+        compiled, why = path or choose_serve_path(model, config.compile)
         self.decode_path = f"one request's decode step {why}; several requests' steps eager"
         """Which path serves, and why (`herd serve` prints it at start-up)."""
         self._compiled = CompiledStep(model, self.kv) if compiled else None

@@ -30,7 +30,6 @@ from herd.serve.async_engine import AsyncEngine, EngineBusy, EngineFailed, Engin
 from herd.serve.config import EngineConfig
 from herd.serve.engine import Engine
 from herd.serve.metrics import ServerMetrics
-from herd.serve.packed import pack_linears
 from herd.serve.protocol import (
     ChatCompletionRequest,
     ChoiceLogprobs,
@@ -84,13 +83,14 @@ def create_app(
     guardrails: Guardrails | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     web_tools: Sequence[str] = ("calculator",),
+    decode_path: tuple[bool, str] | None = None,
 ) -> FastAPI:
     """The server app for one model. Requests beyond `engine_config.max_running` running plus `max_queue`
     waiting get 429 (one request holding more than that gets 400); prompts over `max_prompt_tokens` (default:
     the context less one) get 400, bodies over `max_body_bytes` 413. `guardrails` (herd.serve.guardrails)
     check chat requests and replies. `web_tools` run for the web chat (herd.serve.tool_runner: "calculator",
-    "python")."""
-    engine = Engine(model, tok, engine_config)
+    "python"). `decode_path`: the engine's one-request step as `prepare_linears` decided it."""
+    engine = Engine(model, tok, engine_config, path=decode_path)
     metrics = ServerMetrics(engine)
     runner = AsyncEngine(engine, max_pending=engine.config.max_running + max_queue, metrics=metrics)
     limit = min(model.config.max_seq_len, engine.capacity)
@@ -228,9 +228,8 @@ def serve(
     from herd.checkpoint import load
     from herd.model.tensor_parallel import init_tensor_parallel, tp_device
 
-    from herd.serve.compiled_step import choose_serve_path
+    from herd.serve.compiled_step import prepare_linears
     from herd.serve.memory_plan import check_run_memory
-    from herd.serve.quantize import quantize as quantize_linears
 
     group = init_tensor_parallel(tp, device, timeout_s=IDLE_RANK_TIMEOUT_S)
     lead = group is None or group.rank == 0
@@ -248,17 +247,14 @@ def serve(
     device = tp_device(group, device)
     limits = engine_config or EngineConfig()
     check_run_memory(str(model_path), tp=tp, device=device, quantize=quantize, context=limits.kv_tokens,
-                     step_tokens=limits.max_step_tokens, show=lead)
+                     step_tokens=limits.max_step_tokens, show=lead, compile=limits.compile)
     model, tok = load(model_path, device=device, tp=group)
-    if quantize is None:  # the compiled one-request step reads the plain weights
-        pack_linears(model, keep_weights=choose_serve_path(model, limits.compile)[0])
-    else:
-        quantize_linears(model, quantize)
+    path = prepare_linears(model, limits.compile, quantize)
     started = time.perf_counter()
     app = create_app(
         model, tok, model_name=model_name or Path(str(model_path)).name, api_key=api_key,
         engine_config=engine_config, max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, guardrails=guardrails,
-        max_body_bytes=max_body_bytes, web_tools=web_tools,
+        max_body_bytes=max_body_bytes, web_tools=web_tools, decode_path=path,
     )
     if not lead:
         _follow(app.state.runner.engine, group)

@@ -100,10 +100,15 @@ def test_errors_and_host_memory():
 
 def test_run_plan_reads_the_checkpoint_config(capsys):
     """A preset (stored float32) at tp 2 on the host: the plan of its config, printed, against a share of the host."""
+    from herd.model.cpu_tuning import can_prepack
+
     plan = check_run_memory("tiny", tp=2, device="cpu", context=256, batch=2)
+    packed = can_prepack(torch.empty(0))  # serve prepacks fp32 linears where oneDNN runs them
     assert plan == plan_memory(preset("tiny"), tp=2, dtype="float32", context=256, batch=2,
-                               available=device_memory("cpu", 2))
-    assert capsys.readouterr().err.startswith("memory plan per rank at tp 2 (float32): weights ")
+                               available=plan.available, prepacked=packed)
+    assert 0.8 < plan.available / device_memory("cpu", 2) < 1.25  # the host's free memory moves meanwhile
+    kind = "float32, prepacked linears" if packed else "float32"
+    assert capsys.readouterr().err.startswith(f"memory plan per rank at tp 2 ({kind}): weights ")
     assert check_run_memory("tiny", tp=1, device="cpu", dtype=torch.bfloat16, quantize="int8").weights < plan.weights
 
 
@@ -170,3 +175,36 @@ def test_serve_plans_against_its_serving_device(monkeypatch, capsys):
     with pytest.raises(HerdError, match="the model does not fit: per rank at tp 1 .* of 0.1 GiB"):
         serve("llama3-125m", device="cuda:0")
     assert capsys.readouterr().err.startswith("memory plan per rank at tp 1 (float32): weights 0.")
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize(("prepacked", "plain_kept"), [(False, False), (True, False), (True, True)])
+def test_the_weights_are_the_bytes_herd_serve_holds(tied, prepacked, plain_kept):
+    """The plan's weights equal the bytes of the model `herd serve` serves on CPU: prepacked linears (a tied head
+    gets its own packed copy), with their plain weights kept for the compiled one-request step."""
+    import copy
+
+    from herd.model import build_model
+    from herd.serve.packed import can_pack, pack_linears
+
+    config = preset("tiny").replace(tie_word_embeddings=tied)
+    model = build_model(config)
+    if prepacked and not can_pack(model):
+        pytest.skip("this CPU's torch has no oneDNN fp32 prepacking")
+    if prepacked:
+        model = pack_linears(copy.deepcopy(model), keep_weights=plain_kept)
+    tensors = {id(t): t for module in model.modules()
+               for t in [*module.parameters(recurse=False), getattr(module, "packed", None)] if t is not None}
+    held = sum(t.numel() * t.element_size() for t in tensors.values())
+    plan = plan_memory(config, dtype="float32", prepacked=prepacked, plain_kept=plain_kept)
+    assert plan.weights == held
+    assert ("prepacked linears and their plain weights" in plan.describe()) == plain_kept
+
+
+def test_a_plan_that_fits_only_without_the_plain_copies_says_compile_off():
+    config = preset("llama3-8b")
+    space = 50 * 10**9  # 32 GB of weights fit; twice that does not
+    plan = plan_memory(config, dtype="float32", prepacked=True, plain_kept=True, context=8192, available=space)
+    assert plan_memory(config, dtype="float32", prepacked=True, context=8192, available=space).fits
+    with pytest.raises(HerdError, match=r"serve the one-request step eager \(--compile off\)"):
+        check_plan(config, plan, show=False)
