@@ -69,13 +69,13 @@ def test_training_wordings_are_hundreds_and_never_the_held_out_ones():
     assert len({e.text for e in train if e.role == "user"}) > 1500  # few repeats of a request's exact words
 
 
-
 def test_the_held_out_split_is_the_one_every_guard_was_scored_on():
     """The held-out examples (their wordings, acts and order) stay as they were before the training grammar, so
     held-out scores compare across versions."""
     examples = moderation_examples(200, held_out=True, seed=1)
     digest = hashlib.sha256(json.dumps([[e.text, e.category, e.role, e.context] for e in examples]).encode())
     assert digest.hexdigest() == "985647d9e8908e9f9038c8f74d17b66757704f48d32eefe0cbe81f7e33c96b3e"
+
 
 def test_sft_records_render_the_exact_prompt_and_custom_categories(tmp_path):
     user = tmp_path / "mine.jsonl"
