@@ -6,6 +6,7 @@ import torch
 
 from herd.errors import HerdError
 from herd.generation import SamplingParams, TextStream, generate, generate_results, generate_tokens, sample
+from herd.generation.decode_step import make_decode_step
 from herd.model import KVCache, ModelConfig, build_model, preset
 from herd.tokenizer import write_bpe_file
 from tests.tiny import model_config
@@ -328,3 +329,26 @@ def test_compiled_decoding_equals_eager(model, lengths):
         assert a.tokens == b.tokens
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 
+
+
+@pytest.mark.slow
+def test_interleaved_compiled_steps_each_run_their_own_graph(model):
+    """A compiled step skips dynamo's full guards after its first call (only those telling graphs apart run): steps
+    of graphs for one row, two rows and another model, called in turn, each still give their eager step's logits."""
+    other = random_model(model_config(multiple_of=16, max_seq_len=96, n_layers=SMALL.n_layers + 1), seed=3)
+    runs = [(model, prompts_of([5], seed=1)), (model, prompts_of([4, 4], seed=2)), (other, prompts_of([6], seed=4))]
+    steps, ids = [], []
+    with torch.inference_mode():
+        for m, prompts in runs:
+            pair = []
+            for compile in (False, True):
+                cache = KVCache.allocate(m.config, len(prompts), 16, dtype=torch.float32, device="cpu")
+                m(torch.tensor(prompts), cache=cache)
+                pair.append(make_decode_step(m, cache, compile))
+            steps.append(pair)
+            ids.append(torch.tensor(prompts)[:, -1:])
+        for _ in range(4):
+            for i, (eager, compiled) in enumerate(steps):
+                expected = eager(ids[i])
+                torch.testing.assert_close(compiled(ids[i]), expected, atol=1e-4, rtol=1e-4)
+                ids[i] = expected.argmax(-1, keepdim=True)
