@@ -8,11 +8,13 @@ GGUF writer (f32, bf16, f16, q8_0) for llama.cpp, built by benchmarks/llama_cpp_
 2. Serving at each concurrency: `herd serve` (f32, its default CPU path: `--compile auto`, which compiles the step
    of a lone decode at start-up), `herd serve --compile off` (every step eager; `--no-compile` leaves the default
    one out) and `llama-server -np 16 -t THREADS`
-   (continuous batching, f32), both up at once and driven in turn by the same streaming HTTP client on
+   (continuous batching, f32); `herd serve --quantize int8` (its one-request step compiled too) beside llama-server
+   on the q8_0 file; `--servers` picks some. All up at once and driven in turn by the same streaming HTTP client on
    serve_throughput.py's workload (random prompts of 32..160 ids, output lengths spread over 16..128, greedy,
    closed loop); output tokens/s, TTFT and TPOT as serve_throughput.summarize computes them, medians over runs.
 `--profile` prints torch.profiler's top ops of herd's f32 eager decode (where its time goes).
-Run from the repo root: `python benchmarks/llama_cpp_side_by_side.py [--threads 2 --runs 3 --concurrency 1,8,16]`.
+Run from the repo root: `python benchmarks/llama_cpp_side_by_side.py [--threads 2 --runs 3 --concurrency 1,8,16]`
+(`--serving-only` leaves out part 1).
 """
 
 from __future__ import annotations
@@ -135,19 +137,28 @@ def wait_up(proc: subprocess.Popen, url: str, name: str) -> None:
     raise SystemExit(f"{name} did not come up in 600 s")
 
 
-def serving(args: argparse.Namespace, tools: dict[str, Path], directory: Path, gguf_f32: Path) -> list[str]:
+SERVERS = ("herd", "herd-eager", "llama", "herd-int8", "llama-q8_0")
+
+
+def serving(args: argparse.Namespace, tools: dict[str, Path], directory: Path, files: dict[str, Path]) -> list[str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     slots = max(args.concurrency)
     herd = [str(Path(sys.executable).parent / "herd"), "serve", "--model", str(directory), "--max-running", str(slots)]
+
+    def llama(kind: str, port: int) -> tuple[list[str], str, dict]:
+        return ([str(tools["llama-server"]), "-m", str(files[kind]), "--port", str(port), "-t", str(args.threads),
+                 "-tb", str(args.threads), "-np", str(slots), "-c", str(slots * 512), "--no-warmup"],
+                f"http://127.0.0.1:{port}", {"ignore_eos": True})
+
     servers = {
         "herd serve": ([*herd, "--port", "8731"], "http://127.0.0.1:8731", {}),
         "herd eager": ([*herd, "--port", "8733", "--compile", "off"], "http://127.0.0.1:8733", {}),
-        "llama-server": ([str(tools["llama-server"]), "-m", str(gguf_f32), "--port", "8732", "-t", str(args.threads),
-                          "-tb", str(args.threads), "-np", str(slots), "-c", str(slots * 512), "--no-warmup"],
-                         "http://127.0.0.1:8732", {"ignore_eos": True}),
+        "llama-server": llama("f32", 8732),
+        "herd int8": ([*herd, "--port", "8734", "--quantize", "int8"], "http://127.0.0.1:8734", {}),
+        "llama q8_0": llama("q8_0", 8735),
     }
-    if args.no_compile:
-        del servers["herd serve"]
+    servers = {name: server for key, (name, server) in zip(SERVERS, servers.items(), strict=True)
+               if key in args.servers and not (args.no_compile and key in ("herd", "herd-int8"))}
     logs = {name: (directory.parent / f"{name.replace(' ', '_')}.log").open("w") for name in servers}
     procs = {name: subprocess.Popen(cmd, env=env, stdout=logs[name], stderr=subprocess.STDOUT)
              for name, (cmd, _, _) in servers.items()}
@@ -184,6 +195,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8, 16])
     parser.add_argument("--no-compile", action="store_true", help="leave out herd's compiled decode")
     parser.add_argument("--no-serving", action="store_true")
+    parser.add_argument("--serving-only", action="store_true", help="leave out the batch-1 rows")
+    parser.add_argument("--servers", type=lambda s: s.split(","), default=list(SERVERS),
+                        help=f"the servers to run, of {','.join(SERVERS)} (default: all)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler's top ops of herd's f32 decode")
     args = parser.parse_args()
     tools = binaries()
@@ -200,21 +214,22 @@ def main() -> None:
     print(cpu_line())
     print(f"torch {torch.__version__}, {args.threads} threads; llama.cpp {tools['llama-bench'].parents[1].name}; "
           f"llama3-125m, prompt {len(prompt)} tokens, {args.new_tokens} new tokens, medians of {args.runs} runs")
-    rates = herd_rates(args, directory, prompt) | llama_bench(args, tools, files)
-    print(f"\n{'batch-1':24} {'prefill tok/s':>13} {'decode tok/s':>12}")
+    rates = {} if args.serving_only else herd_rates(args, directory, prompt) | llama_bench(args, tools, files)
+    if rates:
+        print(f"\n{'batch-1':24} {'prefill tok/s':>13} {'decode tok/s':>12}")
     for name, (prefill, decode) in rates.items():
         print(f"{name:24} {prefill:13.0f} {decode:12.1f}")
     pairs = [("herd f32 eager", "llama.cpp f32"), ("herd f32 compiled", "llama.cpp f32"),
              ("herd bf16 eager", "llama.cpp bf16"), ("herd bf16 compiled", "llama.cpp bf16"),
              ("herd int8 eager", "llama.cpp q8_0"), ("herd int8 compiled", "llama.cpp q8_0")]
     for ours, theirs in pairs:
-        if ours in rates:
+        if ours in rates and theirs in rates:
             print(f"{ours} / {theirs}: prefill {rates[ours][0] / rates[theirs][0]:.2f}x, "
                   f"decode {rates[ours][1] / rates[theirs][1]:.2f}x")
     if not args.no_serving:
         print(f"\n{'c':>4} {'server':13} {'out tok/s':>10} {'TTFT p50':>10} {'TTFT p99':>10} {'TPOT p50':>10} "
               f"{'ITL p99':>9}  (ms)")
-        print("\n".join(serving(args, tools, directory, files["f32"])))
+        print("\n".join(serving(args, tools, directory, files)))
     if args.profile:
         profile_decode(directory, prompt, args.new_tokens)
 
