@@ -81,9 +81,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, one_row: bool = False) -> torc
     the last position) runs oneDNN's matmul on the plain weight (its JIT kernels for this CPU; torch's F.linear calls
     MKL's sgemm, 2-4x slower on an AMD EPYC AVX-512, 1 thread: 35 vs 90-240 GFLOP/s at prefill shapes, and for the
     125M's head on one row 1.9x slower). Plain F.linear under autograd, autocast, torch.compile and `PLAIN_ENV`."""
+    if torch.compiler.is_compiling():  # first: traced, the row count below would only add guards
+        return F.linear(x, weight)
     rows = x.numel() // max(x.shape[-1], 1)
     if ((rows < _GEMM_BLOCK and not (one_row and rows == 1)) or x.dtype != torch.float32
-            or weight.dtype != torch.float32 or x.device.type != "cpu" or torch.compiler.is_compiling()
+            or weight.dtype != torch.float32 or x.device.type != "cpu"
             or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             or torch.is_autocast_enabled("cpu") or plain_forced() or not cpu_supports(torch.float32)):
         return F.linear(x, weight)

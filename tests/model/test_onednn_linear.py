@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from herd.generation import generate_tokens
 from herd.model import KVCache, build_model, cpu_tuning
+from herd.model.transformer import Linear
 from tests.tiny import model_config
 
 ONEDNN = cpu_tuning.cpu_supports(torch.float32)
@@ -77,3 +78,18 @@ def test_prefill_runs_onednn_and_matches_the_plain_path(monkeypatch, onednn_call
     plain = generate_tokens(model, [prompt], max_new_tokens=4)[0].tokens
     monkeypatch.setenv(cpu_tuning.PLAIN_ENV, "0")
     assert generate_tokens(model, [prompt], max_new_tokens=4)[0].tokens == plain
+
+
+def test_a_compiled_forward_traces_f_linear_for_inductor():
+    """The compiled decode step's decompositions (cpu_tuning.decode_backend) work on aten's matmul, not oneDNN's op."""
+    traced: list[str] = []
+
+    def backend(gm: torch.fx.GraphModule, inputs: list) -> torch.fx.GraphModule:
+        traced.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm
+
+    head = Linear(48, 72, one_row=True)
+    with torch.inference_mode():
+        torch.compile(head, backend=backend, fullgraph=True)(torch.randn(1, 48))
+    assert traced and all("mkldnn" not in target for target in traced)
+    assert any("linear" in target for target in traced)
