@@ -35,6 +35,9 @@ CHAT_MODELS = MODELS[1:]
 STAGE_OF = {"base": "anneal", "sft": "sft", "sft2": "sft2", "dpo": "dpo"}
 TOOL_TASKS = (SynthAddition, SynthMath)
 """The probes also scored with the calculator tool offered."""
+PAIRED_TASKS = ("synth_math", "synth_addition")
+"""Benchmarks whose per-sample scores give DPO - SFT2 a paired interval (beside the reward and refusal rates)."""
+REFUSAL_KEYS = ("harmful_refused", "benign_refused")
 
 
 def eval_stage(ctx: RunContext, out: Path, s: EvalSettings) -> dict[str, Any]:
@@ -43,6 +46,7 @@ def eval_stage(ctx: RunContext, out: Path, s: EvalSettings) -> dict[str, Any]:
 
     data_dir = ctx.stage_dir("corpus") / "eval"
     scores: dict[str, dict[str, Any]] = {}
+    per_item: dict[str, dict[str, list[float]]] = {}
     for label in MODELS:
         model, tok = load(ctx.outputs(STAGE_OF[label])["model"], device=ctx.device)
         model.eval()
@@ -56,16 +60,22 @@ def eval_stage(ctx: RunContext, out: Path, s: EvalSettings) -> dict[str, Any]:
             except (HerdError, FileNotFoundError):  # a real benchmark whose data is absent
                 continue
             write_records(out / label / f"samples_{task.name}.jsonl", records)
+            if task.name in PAIRED_TASKS:
+                per_item.setdefault(task.name, {})[label] = [r["metrics"][task.metric] for r in records]
             scores.setdefault(task.name, {"metric": task.metric, "synthetic": task.name.startswith("synth_")})
             scores[task.name][label] = result[task.metric]
             scores[task.name]["n"] = result["n"]
         del model
     rewards = reply_rewards(ctx, data_dir, ctx.config.final.rm_prompts)
-    refusals = refusal_rates(ctx, out, s.refusal_prompts)
+    refused = refusal_flags(ctx, out, s.refusal_prompts)
     tools = tool_scores(ctx, out, data_dir, s.tool_limit) if s.tool_limit else {}
-    done = {"scores": scores, "reward": {k: mean(v) for k, v in rewards.items()},
-            "reward_interval": {k: share_with_interval(v) for k, v in rewards.items()}, "refusal": refusals,
-            "tools": tools}
+    intervals = {name: {k: share_with_interval(v) for k, v in rows.items()} for name, rows in per_item.items()}
+    per_item |= {"reward": rewards, **{key: {k: v[key] for k, v in refused.items()} for key in REFUSAL_KEYS}}
+    done = {"scores": scores, "intervals": intervals, "reward": {k: mean(v) for k, v in rewards.items()},
+            "reward_interval": {k: share_with_interval(v) for k, v in rewards.items()},
+            "refusal": {k: {key: share_with_interval(v[key]) for key in REFUSAL_KEYS} for k, v in refused.items()},
+            "tools": tools,
+            "dpo_vs_sft2": {name: difference(rows["sft2"], rows["dpo"]) for name, rows in per_item.items()}}
     write_json(out / "scores.json", done, indent=1)
     return done
 
@@ -108,17 +118,17 @@ REFUSAL_REPLY_TOKENS = 32
 
 
 @torch.no_grad()
-def refusal_rates(ctx: RunContext, out: Path, n: int) -> dict[str, dict[str, Any]]:
-    """Per model: the share of `n` held-out harmful requests it refuses and of `n` benign look-alikes it wrongly
-    refuses (greedy chat replies, herd.safety.cyberseceval.is_refusal), each with a bootstrap 90% interval;
-    the replies go to RUN/NN-eval/MODEL/refusals.jsonl."""
+def refusal_flags(ctx: RunContext, out: Path, n: int) -> dict[str, dict[str, list[bool]]]:
+    """Per model: whether it refuses each of `n` held-out harmful requests ("harmful_refused") and each of `n`
+    benign look-alikes ("benign_refused"; greedy chat replies, herd.safety.cyberseceval.is_refusal); the replies go
+    to RUN/NN-eval/MODEL/refusals.jsonl."""
     from herd.checkpoint import load
     from herd.generation import generate_tokens
     from herd.safety.cyberseceval import is_refusal
     from herd.speedrun.safety_data import held_out_requests
 
     harmful, benign = held_out_requests(n, ctx.seed)
-    rates = {}
+    flags = {}
     for label in MODELS:
         model, tok = load(ctx.outputs(STAGE_OF[label])["model"], device=ctx.device)
         model.eval()
@@ -130,9 +140,14 @@ def refusal_rates(ctx: RunContext, out: Path, n: int) -> dict[str, dict[str, Any
         with atomic_open(out / label / "refusals.jsonl") as f:
             f.writelines(json.dumps({"prompt": q, "harmful": i < len(harmful), "reply": r, "refused": x}) + "\n"
                          for i, (q, r, x) in enumerate(zip(asks, replies, refused)))
-        rates[label] = {"harmful_refused": share_with_interval(refused[: len(harmful)]),
-                        "benign_refused": share_with_interval(refused[len(harmful):])}
-    return rates
+        flags[label] = dict(zip(REFUSAL_KEYS, (refused[: len(harmful)], refused[len(harmful):]), strict=True))
+    return flags
+
+
+def difference(before: list[bool] | list[float], after: list[bool] | list[float]) -> dict[str, Any]:
+    """The mean of `after` - `before`, item by item on the same prompts, with its paired bootstrap 90% interval:
+    a change is beyond noise when the interval excludes 0."""
+    return share_with_interval([float(b) - float(a) for a, b in zip(before, after, strict=True)])
 
 
 def share_with_interval(flags: list[bool] | list[float], seed: int = 0) -> dict[str, Any]:

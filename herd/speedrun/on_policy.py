@@ -4,9 +4,10 @@ Safety pairs: the round-2 SFT model answers varied training safety requests (nev
 herd.speedrun.safety_data.training_requests), greedily and sampled; CyberSecEval's refusal check
 (herd.safety.cyberseceval.is_refusal) judges each reply, and a wrong one (a refusal of a benign request, compliance
 with a harmful one) is rejected in favour of one of the model's own right replies to that request that ended by
-itself (else a written refusal or help). A harmful request it refuses in every sample anchors that refusal over
-written compliance: without anchors, DPO from a tiny SFT2 model fell from 95.0% to 70.0% harmful refused on held-out
-requests (false refusals 25.0% -> 7.5%); with them it rose to 97.5% (17.5%).
+itself (else a written refusal or help). A request it answers right in every sample anchors that reply over the
+written wrong one. Without anchors, DPO from a tiny SFT2 model fell from 95.0% to 70.0% harmful refused on held-out
+requests (false refusals 25.0% -> 7.5%); with anchors on harmful requests only, false refusals rose instead (tiny
+run, 100 + 100 distinct held-out requests: 18% -> 39%, harmful refused 90% -> 88%): benign requests need theirs.
 
 Fixed written pairs alone push the same two strings down everywhere; on the tiny speedrun they made DPO answer
 "Sorry, 3 + 3 = 6" and lowered harmful refusals 90% -> 72.5%. Benign requests the model helps with in every sample
@@ -75,8 +76,9 @@ def on_policy_safety_pairs(model_dir: str | Path, n: int, samples: int, seed: in
 
 def safety_pair(text: str, harmful: bool, replies: list[tuple[str, bool]], rng: random.Random) -> dict[str, Any] | None:
     """The pair of a request from the model's (text, ended by itself) `replies`: its first wrong reply rejected, its
-    first right one that ended chosen (else a written one); a harmful request answered right every time anchors
-    its refusal over written compliance; a benign one answered right every time gives none."""
+    first right one that ended chosen (else a written one); a request answered right every time anchors that
+    reply over the written wrong one (a refusal of a harmful request over compliance, help with a benign one over a
+    refusal)."""
     from herd.safety.cyberseceval import is_refusal
 
     wrong = [reply for reply, _ in replies if is_refusal(reply) != harmful]
@@ -84,8 +86,9 @@ def safety_pair(text: str, harmful: bool, replies: list[tuple[str, bool]], rng: 
     if wrong:
         chosen = right[0] if right else rng.choice(REFUSALS if harmful else HELP)
         return {"prompt": text, "chosen": chosen, "rejected": wrong[0], "domain": "safety_on_policy"}
-    if harmful and right:
-        return {"prompt": text, "chosen": right[0], "rejected": rng.choice(HELP), "domain": "safety_on_policy"}
+    if right:
+        return {"prompt": text, "chosen": right[0], "rejected": rng.choice(HELP if harmful else REFUSALS),
+                "domain": "safety_on_policy"}
     return None
 
 

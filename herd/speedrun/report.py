@@ -126,7 +126,7 @@ def _headline(ctx: RunContext) -> list[str]:
     lines.append(f"- Synthetic math (exact match): {_chain(math_row, _pct)}.")
     lines.append(f"- 2-digit addition probe (greedy, \"What is 37 + 45?\", exact match, n={add_row.get('n', '-')}): "
                  f"{_chain(add_row, _pct)}.")
-    lines.append(f"- Reward-model score of greedy replies to held-out math prompts: {_chain(reward, _fmt)}.")
+    lines.append(f"- Reward-model score of greedy replies to held-out math prompts: {_reward_chain(ev)}.")
     tools = ev.get("tools", {})
     if tools:
         lines.append(f"- With the calculator tool offered (tools on, n={_tool_n(tools)}): 2-digit addition "
@@ -136,6 +136,10 @@ def _headline(ctx: RunContext) -> list[str]:
     if refusal:
         lines.append(f"- Refuses held-out harmful requests: {_refusal_chain(refusal, 'harmful_refused')}; wrongly "
                      f"refuses held-out benign look-alikes: {_refusal_chain(refusal, 'benign_refused')}.")
+    change = ev.get("dpo_vs_sft2")
+    if change:
+        lines.append("- DPO - SFT2, same prompts (paired bootstrap 90% interval): " + "; ".join(
+            f"{label} {_signed(change[key], pct)}" for key, label, pct in PAIRED_ROWS if key in change) + ".")
     return lines + [""]
 
 
@@ -171,6 +175,50 @@ def _tool_table(ev: dict[str, Any]) -> list[str]:
         cells = [f"{_pct(off.get(k))} | {_pct(row[k][row['metric']])} [{_pct(row[k]['called'])}]" for k in chat]
         lines.append(f"| {name} | {off.get('n', '-')} / {row['n']} | {_pct(off.get('base'))} | "
                      + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+PAIRED_ROWS = (("reward", "reward-model score", False), ("harmful_refused", "harmful requests refused", True),
+               ("benign_refused", "benign look-alikes refused (false refusals)", True),
+               ("synth_math", "synthetic math", True), ("synth_addition", "2-digit addition", True))
+"""The metrics scored on the same prompts for SFT2 and DPO: (key in scores.json's dpo_vs_sft2, label, a share)."""
+
+
+def _reward_chain(ev: dict[str, Any]) -> str:
+    """Each chat model's mean reward with its bootstrap 90% interval (older scores.json: the mean alone)."""
+    intervals = ev.get("reward_interval")
+    return _chain(intervals, _number) if intervals else _chain(ev["reward"], _fmt)
+
+
+def _number(r: dict[str, Any]) -> str:
+    interval = f" [{_fmt(r['low'])}-{_fmt(r['high'])}]" if r["low"] != r["high"] else ""
+    return f"{_fmt(r['rate'])}{interval}"
+
+
+def _signed(d: dict[str, Any], pct: bool) -> str:
+    """A difference with its interval, e.g. "+7.5 points [+2.5, +12.5]" ("beyond noise" when it excludes 0)."""
+    scale, unit, digits = (100, " points", 1) if pct else (1, "", 3)
+    low, high = d["low"] * scale, d["high"] * scale
+    beyond = ", beyond noise" if low > 0 or high < 0 else ""
+    return f"{d['rate'] * scale:+.{digits}f}{unit} [{low:+.{digits}f}, {high:+.{digits}f}{beyond}]"
+
+
+def _paired_table(ev: dict[str, Any]) -> list[str]:
+    """SFT2 and DPO side by side on each paired metric, each with its bootstrap 90% interval, and the difference
+    with its paired interval."""
+    change = ev.get("dpo_vs_sft2")
+    if not change:
+        return []
+    values = {"reward": ev["reward_interval"], **{k: {m: r[k] for m, r in ev["refusal"].items()} for k in
+                                                 ("harmful_refused", "benign_refused")}, **ev.get("intervals", {})}
+    lines = ["DPO against SFT2 on the same prompts (bootstrap 90% intervals; the difference's is paired, "
+             "prompt by prompt: beyond noise when it excludes 0):", "",
+             f"| metric | n | {LABELS['sft2']} | DPO | DPO - SFT2 |", "|---|---:|---:|---:|---|"]
+    for key, label, pct in PAIRED_ROWS:
+        if key in change:
+            show = _rate if pct else _number
+            lines.append(f"| {label} | {change[key]['n']} | {show(values[key]['sft2'])} | {show(values[key]['dpo'])} "
+                         f"| {_signed(change[key], pct)} |")
     return lines + [""]
 
 
@@ -257,7 +305,7 @@ def _eval_section(ctx: RunContext) -> list[str]:
         lines.append(f"| {label} | {row['metric']} | {row.get('n', '-')} | "
                      + " | ".join(_pct(row.get(k)) for k in MODELS) + " |")
     lines += [""] + _tool_table(ev)
-    lines += [f"Reward model, mean score of greedy replies to held-out math prompts: {_chain(ev['reward'], _fmt)}.", ""]
+    lines += [f"Reward model, mean score of greedy replies to held-out math prompts: {_reward_chain(ev)}.", ""]
     refusal = ev.get("refusal")
     if refusal:
         first = next(iter(refusal.values()))
@@ -269,7 +317,7 @@ def _eval_section(ctx: RunContext) -> list[str]:
                            ("benign_refused", "benign look-alikes refused (false refusals)")):
             lines.append(f"| {label} | " + " | ".join(_rate(refusal[k][key]) for k in MODELS if k in refusal) + " |")
         lines.append("")
-    return lines
+    return lines + _paired_table(ev)
 
 
 def _safety_section(ctx: RunContext) -> list[str]:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from herd.safety.guard_recipe import ACTS, BENIGN, PARAPHRASES, REQUESTS, Example
+from herd.errors import HerdError
+from herd.safety.guard_recipe import ACTS, BENIGN, PARAPHRASES, REQUESTS, Example, add_noise
 from herd.safety.moderation_set import LOOK_ALIKES as MODERATION_LOOK_ALIKES
 from herd.safety.moderation_set import moderation_examples
 
@@ -52,6 +53,8 @@ TEMPLATES = REQUESTS[:-1] + PARAPHRASES + (
 """The request wordings training uses: the moderation set's training split and more (none the held-out split's)."""
 BENIGN_SHARE = 0.6
 LOOK_ALIKE_SHARE = 0.5
+NOISE = 0.0
+"""Rate at which guard_recipe.add_noise rewords a training request's template (never its act)."""
 
 
 def requests(n: int, seed: int, *, held_out: bool = False, benign_share: float = 0.5) -> list[Example]:
@@ -73,7 +76,8 @@ def training_requests(n: int, seed: int) -> list[tuple[str, bool]]:
             act = rng.choice(ACTS[rng.choice(list(ACTS))])
         else:
             act = rng.choice(LOOK_ALIKES if rng.random() < LOOK_ALIKE_SHARE else BENIGN + MODERATION_LOOK_ALIKES)
-        out.append((rng.choice(OPENERS) + rng.choice(TEMPLATES).format(act=act) + rng.choice(CLOSERS), harmful))
+        template = add_noise(rng.choice(TEMPLATES), rng, NOISE) if NOISE else rng.choice(TEMPLATES)
+        out.append((rng.choice(OPENERS) + template.format(act=act) + rng.choice(CLOSERS), harmful))
     return out
 
 
@@ -98,7 +102,19 @@ def safety_pairs(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def held_out_requests(n: int, seed: int) -> tuple[list[str], list[str]]:
-    """`n` harmful and `n` benign requests in the moderation set's held-out wordings: (harmful, benign)."""
-    harmful = [e.text for e in requests(n, seed + 2, held_out=True, benign_share=0.0)]
-    benign = [e.text for e in requests(n, seed + 3, held_out=True, benign_share=1.0)]
+    """`n` distinct harmful and `n` distinct benign requests in the moderation set's held-out wordings: (harmful,
+    benign). Distinct, so that a bootstrap interval over them counts each request once."""
+    harmful = _distinct(requests(HELD_OUT_DRAWS * n, seed + 2, held_out=True, benign_share=0.0), n)
+    benign = _distinct(requests(HELD_OUT_DRAWS * n, seed + 3, held_out=True, benign_share=1.0), n)
     return harmful, benign
+
+
+HELD_OUT_DRAWS = 20
+"""Requests drawn per distinct one asked for (the held-out split has 135 distinct benign ones, 205 harmful)."""
+
+
+def _distinct(examples: list[Example], n: int) -> list[str]:
+    texts = list(dict.fromkeys(e.text for e in examples))[:n]
+    if len(texts) < n:
+        raise HerdError(f"the held-out split has {len(texts)} distinct requests of a kind; ask for at most that many")
+    return texts

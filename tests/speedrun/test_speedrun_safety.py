@@ -70,7 +70,7 @@ def test_training_requests_vary_their_wording_but_never_use_the_held_out_ones():
 
 def test_on_policy_pairs_reject_the_models_own_wrong_replies(tiny_model_dir):
     """A random model never refuses: each harmful request gives a pair whose rejected reply is the model's own greedy
-    one and whose chosen reply is a written refusal; benign requests, answered right, give none."""
+    one and whose chosen reply is a written refusal; benign requests, answered right but cut off, give none."""
     from herd.checkpoint import load
     from herd.generation import generate_tokens
     from herd.speedrun.on_policy import on_policy_safety_pairs
@@ -120,7 +120,7 @@ def test_best_over_worst_needs_a_finished_best_past_the_margin():
     assert best_over_worst(replies, [1.0, 0.0, 4.0], margin=0.0) is None  # the best was cut off
 
 
-def test_safety_pair_rejects_a_wrong_reply_and_anchors_refusals_of_harmful_requests():
+def test_safety_pair_rejects_a_wrong_reply_and_anchors_right_replies():
     import random
 
     from herd.speedrun.on_policy import safety_pair
@@ -133,4 +133,44 @@ def test_safety_pair_rejects_a_wrong_reply_and_anchors_refusals_of_harmful_reque
     assert written["rejected"] == help_ and written["chosen"] in REFUSALS
     anchor = safety_pair("q", True, [(refusal, True), (refusal, True)], rng)
     assert anchor["chosen"] == refusal and anchor["rejected"] in HELP
-    assert safety_pair("q", False, [(help_, True)], rng) is None
+    benign = safety_pair("q", False, [(help_, True)], rng)  # without it DPO refused 18% -> 39% of held-out benign
+    assert benign["chosen"] == help_ and benign["rejected"] in REFUSALS
+    assert safety_pair("q", False, [(help_, False)], rng) is None  # the right reply was cut off
+
+
+def test_held_out_requests_are_distinct_and_a_too_large_ask_is_one_line():
+    """Duplicates made a bootstrap interval count one request twice (40 drew 'make new friends' three times)."""
+    import pytest
+
+    from herd.errors import HerdError
+
+    harmful, benign = held_out_requests(100, seed=0)
+    assert len(set(harmful)) == len(set(benign)) == 100
+    assert held_out_requests(7, seed=0) == (harmful[:7], benign[:7])
+    with pytest.raises(HerdError, match="ask for at most that many"):
+        held_out_requests(136, seed=0)  # 27 benign acts x 5 held-out wordings
+
+
+def test_noise_rewords_templates_but_keeps_acts_and_labels(monkeypatch):
+    """NOISE rewords a training request's template (guard_recipe.add_noise) so that the act decides a refusal."""
+    import herd.speedrun.safety_data as sd
+
+    plain = sd.training_requests(300, seed=0)
+    monkeypatch.setattr(sd, "NOISE", 0.3)
+    noisy = sd.training_requests(300, seed=0)
+    assert sum(t not in {p for p, _ in plain} for t, _ in noisy) > 150
+    acts = [a for acts in sd.ACTS.values() for a in acts]
+    assert all(any(a in t for a in acts) == h for t, h in noisy)  # the act is never reworded
+    harmful, benign = held_out_requests(100, seed=0)
+    assert not {t for t, _ in sd.training_requests(2000, seed=0)} & set(harmful + benign)
+
+
+def test_difference_is_paired():
+    """DPO - SFT2 on the same prompts: a shift every prompt shares is beyond noise however spread the scores are."""
+    from herd.speedrun.eval_stages import difference
+
+    before = [float(i % 7) for i in range(40)]
+    d = difference(before, [x + 0.5 for x in before])
+    assert d["rate"] == d["low"] == d["high"] == 0.5 and d["n"] == 40
+    flags = difference([True] * 20 + [False] * 20, [True] * 30 + [False] * 10)
+    assert flags["rate"] == 0.25 and 0 < flags["low"] < 0.25 < flags["high"]
