@@ -52,16 +52,20 @@ def tiny() -> SpeedrunConfig:
         # and 87% / 98%); 240 steps with 1200 gave tools on 52% / 70%. With 600, 560 + 160 steps (SFT + SFT2) gave
         # DPO 92% / 100% tools on, 83% / 80% off (400 + 120: 87% / 93%, 58% / 68%), ~2 min more than 240 + 80;
         # 720 + 160 gave DPO 93% / 100% on, 88% / 77% off in a 9.8-min quiet run (SFT 201 s).
-        # 600 varied safety dialogs (~40 tokens each; herd.speedrun.safety_data.training_requests) instead of 300 in
-        # the moderation set's wordings, SFT2 retrained on that SFT model: held-out false refusals 47.5% -> 12.5%,
-        # harmful refused 90.0% -> 97.5%, addition 91.7% -> 90.0%, math 78.3% -> 81.7% (not yet a whole SFT run).
-        sft=SFTSettings(steps=720, batch_size=16, seq_len=256, lr=1e-3, safety_dialogs=600, tool_dialogs=600),
+        # 1500 varied safety dialogs (~40 tokens each; herd.speedrun.safety_data.training_requests), not 600: the
+        # sft2 stage retrained from a tiny SFT model with them (100 + 100 distinct held-out requests, paired 90%
+        # intervals against the 600-dialog SFT2): harmful refused 90% -> 97% (+7 [+1, +13]), false refusals 18% -> 8%
+        # (-10 [-16, -4]), math 75.0 -> 76.7, addition 91.7 -> 90.0; same steps, so no extra time (not yet a whole
+        # SFT run, nor the no-safety-data ablation). Rewording templates (safety_data NOISE 0.15) added nothing.
+        sft=SFTSettings(steps=720, batch_size=16, seq_len=256, lr=1e-3, safety_dialogs=1500, tool_dialogs=600),
         rm=PrefSettings(steps=60, batch_size=16, seq_len=192, lr=5e-4, safety_pairs=200),
         rejection=RejectionSettings(samples_per_prompt=4, max_new_tokens=64, temperature=0.8),
         sft2=SFT2Settings(steps=160, batch_size=16, seq_len=256, lr=5e-4, rs_repeats=2),
         dpo=DPOSettings(steps=60, batch_size=16, seq_len=192, lr=1e-4, beta=0.1, safety_pairs=200, tool_pairs=300),
+        # 100 + 100 held-out refusal prompts (40 + 40 gave +-10-point intervals) and 60 reward prompts: ~22k more
+        # generated tokens, ~3 s (rejection sampling generates 24.6k in 2.8 s).
         eval=EvalSettings(limit=60, data_dir="data/benchmarks", real_tasks=["gsm8k", "humaneval"], real_limit=20,
-                          refusal_prompts=40, tool_limit=60),
+                          refusal_prompts=100, tool_limit=60),
         # The guard: the annealed base fine-tuned on herd's moderation set, a row's prompts sharing one copy of
         # their category header (SFTConfig.share_prefixes: 12000 prompts in 3337 rows of 1024, 3.6 a row). 800 x 4
         # rows (3.3M tokens: 280 s quiet at the unshared 11.8k tokens/s, shared rows ran 0.70x that in a loaded A/B,
@@ -70,7 +74,7 @@ def tiny() -> SpeedrunConfig:
         # F1 0.681, FPR 13.3%. 400 x 4 unshared on 3200 (the old preset) did not learn (F1 0.483, constant 0.545).
         safety=SafetySettings(guard_steps=800, guard_examples=12000, guard_eval=64, guard_batch_size=4,
                               guard_seq_len=1024, guard_lr=2e-3, probe_prompts=16, max_new_tokens=48),
-        final=FinalSettings(transcripts=4, max_new_tokens=64, rm_prompts=24),
+        final=FinalSettings(transcripts=4, max_new_tokens=64, rm_prompts=60),
         seed=0, device="cpu", dtype="auto", progress=True,
     )
 
