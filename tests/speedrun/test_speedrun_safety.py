@@ -151,20 +151,6 @@ def test_held_out_requests_are_distinct_and_a_too_large_ask_is_one_line():
         held_out_requests(136, seed=0)  # 27 benign acts x 5 held-out wordings
 
 
-def test_noise_rewords_templates_but_keeps_acts_and_labels(monkeypatch):
-    """NOISE rewords a training request's template (guard_recipe.add_noise) so that the act decides a refusal."""
-    import herd.speedrun.safety_data as sd
-
-    plain = sd.training_requests(300, seed=0)
-    monkeypatch.setattr(sd, "NOISE", 0.3)
-    noisy = sd.training_requests(300, seed=0)
-    assert sum(t not in {p for p, _ in plain} for t, _ in noisy) > 150
-    acts = [a for acts in sd.ACTS.values() for a in acts]
-    assert all(any(a in t for a in acts) == h for t, h in noisy)  # the act is never reworded
-    harmful, benign = held_out_requests(100, seed=0)
-    assert not {t for t, _ in sd.training_requests(2000, seed=0)} & set(harmful + benign)
-
-
 def test_difference_is_paired():
     """DPO - SFT2 on the same prompts: a shift every prompt shares is beyond noise however spread the scores are."""
     from herd.speedrun.eval_stages import difference
