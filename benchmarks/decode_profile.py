@@ -1,7 +1,7 @@
 """Where herd's time goes on the CPU paths where llama.cpp is faster (issue 29), and what bounds them.
 
 Model: the llama3-125m preset (random weights, seed 0), batch 1, the threads given. Paths (`--paths`):
-- decode-f32, decode-int8 (weight-only, herd.serve.quantize), decode-bf16, decode-f32-compiled: tokens/s as
+- decode-f32, decode-int8 (weight-only, herd.serve.quantize), decode-bf16, and each -compiled: tokens/s as
   benchmarks/decode_cpu.py times them; the bound is streaming: every decoded token reads each weight of the blocks
   and the output head once, so bound tok/s = bandwidth / weight bytes per token. Two bandwidths, measured here on
   a buffer of the weights' size: a plain copy (`dst.copy_(src)`, bytes read + written, as STREAM's Copy counts
@@ -47,7 +47,8 @@ from herd.serve.quantize import quantize
 from herd.tokenizer import Tokenizer, default_tokenizer_path
 
 DECODE = {"decode-f32": ("f32", False), "decode-int8": ("int8", False), "decode-bf16": ("bf16", False),
-          "decode-f32-compiled": ("f32", True)}
+          "decode-f32-compiled": ("f32", True), "decode-bf16-compiled": ("bf16", True),
+          "decode-int8-compiled": ("int8", True)}
 SERVE = {"serve-c1": False, "serve-c1-compiled": True}
 PREFILL = {"prefill-f32": "f32", "prefill-bf16": "bf16"}
 DEFAULT_PATHS = "decode-f32,decode-int8,prefill-f32,serve-c1"
