@@ -4,9 +4,10 @@ path runs it by default.
 Eager it is the model's cached forward (one fp32 row's head through oneDNN where the CPU runs it); compiled it is
 `Transformer.decode_step` under torch.compile, with CUDA graphs on GPUs and, on CPUs, the inductor backend of
 `herd.model.cpu_tuning`. Inductor caches the compiled kernels on disk (TORCHINDUCTOR_CACHE_DIR, by default
-/tmp/torchinductor_<user>), so a later process pays only the tracing (benchmarks/chat_cold_start.py). After a step's first call, which runs dynamo's guards, its calls run
-only the guards telling dynamo's graphs apart (`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`): the model,
-cache and shapes are the first call's. llama3-125m's 14 layers: ~0.15 ms of CPU time a token.
+/tmp/torchinductor_<user>), so a later process pays only the tracing (benchmarks/chat_cold_start.py). After a step's
+first call, which runs dynamo's guards, its calls run only the guards telling dynamo's graphs apart
+(`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`): the model, cache and shapes are the first call's.
+llama3-125m's 14 layers: ~0.15 ms of CPU time a token.
 """
 
 from __future__ import annotations
