@@ -142,10 +142,9 @@ class Engine:
         constrained = [i for i, seq in enumerate(seqs) if seq.matcher is not None]
         if constrained:
             self._masker.mask_(logits, constrained, [seqs[i].matcher for i in constrained])
-        greedy = [i for i, seq in enumerate(seqs) if seq.generator is None]
-        ids = torch.empty(len(seqs), dtype=torch.long, device=logits.device)
-        if greedy:
-            ids[greedy] = logits[greedy].float().argmax(dim=-1)
+        # Every row's greedy token, sampled rows then overwritten: gathering the greedy rows first copied them (a
+        # 128K-vocabulary row: 1.35 ms of CPU against 0.10 for the argmax alone, on the loaded 2 cores).
+        ids = logits.float().argmax(dim=-1)
         for i, seq in enumerate(seqs):
             if seq.generator is not None:
                 ids[i] = sample(logits[i : i + 1], seq.params.sampling, seq.generator)[0]
