@@ -9,7 +9,7 @@ Guard 2's own taxonomy) or +fullSHARE (that share of them, e.g. +full0.5; else G
 +plain (each prompt laid whole, no shared category header: SFTConfig.share_prefixes off). "examples/row" is how
 many prompts a packed row holds. Get a base with `herd speedrun --preset tiny` (or any earlier run's
 06-anneal/model). Besides the held-out sets, "training wordings" scores the guard under Llama Guard 2's taxonomy
-on fresh examples in the training grammar's wordings: codes wrong there too mean the guard has not learned them,
+on fresh examples in the training wordings: codes wrong there too mean the guard has not learned them,
 codes right there but wrong held out mean it does not generalise.
 """
 

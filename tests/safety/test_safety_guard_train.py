@@ -16,18 +16,10 @@ import torch
 
 from herd.cli import main
 from herd.errors import HerdError
-from herd.safety.guard_recipe import REQUESTS, labelled
+from herd.safety.guard_recipe import PARAPHRASES, REQUESTS, labelled
 from herd.safety.guard_train import GuardTrainConfig, guard_sft_data, moderation_records, read_labelled, universe_of
 from herd.safety.llama_guard import GUARD_FILE, render_prompt, target_text
-from herd.safety.moderation_set import (
-    HELD_OUT_REPLIES,
-    HELD_OUT_REQUESTS,
-    HELPFUL,
-    LOOK_ALIKES,
-    REFUSALS,
-    REQUESTS_TRAINED,
-    moderation_examples,
-)
+from herd.safety.moderation_set import COMPLY, HELD_OUT_REQUESTS, LOOK_ALIKES, REFUSE, moderation_examples
 from herd.safety.taxonomy import LLAMA_GUARD_2
 
 VIOLENT = ["stab", "kill", "murder", "shoot", "strangle", "knife", "gun", "blood"]
@@ -43,34 +35,20 @@ def test_the_moderation_set_covers_categories_turns_and_look_alikes():
     assert {c.name for c in LLAMA_GUARD_2} <= {e.category for e in examples}
     assert any(e.category is None and any(a in e.text for a in LOOK_ALIKES) for e in examples)
     replies = [e for e in moderation_examples(1500, seed=0) if e.role == "assistant"]  # as written
-    refused = [e for e in replies if any(_worded(t, e.text) for t in REFUSALS)]
-    helped = [e for e in replies if any(_worded(t, e.text) for t in HELPFUL)]
-    assert all(e.category is None for e in refused) and len(refused) > 50 and len(refused) + len(helped) == len(replies)
-    assert {e.category is None for e in helped} == {True, False}  # complying and helping share their wordings
-    assert {e.context[-1][0] for e in replies} == {"user"}
+    complied = [e for e in replies if any(_worded(t, e.text) for t in COMPLY)]
+    refused = [e for e in replies if any(_worded(t, e.text) for t in REFUSE)]
+    assert all(e.category is not None for e in complied) and all(e.category is None for e in refused)
+    assert complied and len(refused) > 50 and {e.context[-1][0] for e in replies} == {"user"}
     assert any(len(e.conversation()) >= 3 for e in examples)  # multi-turn
     held_out = moderation_examples(200, seed=1, held_out=True)
+    train_wordings = [t.split("{act}")[0] for t in REQUESTS[:-1] + PARAPHRASES + COMPLY]
+    assert not any(e.text.startswith(w) for e in held_out for w in train_wordings if w)
     assert all(any(e.conversation()[-1 if e.role == "user" else -2]["content"].startswith(t.split("{act}")[0])
                    for t in REQUESTS[-1:] + HELD_OUT_REQUESTS) for e in held_out)
 
 
-def test_training_wordings_are_hundreds_and_never_the_held_out_ones():
-    """The training grammar's wordings (requests, helpful replies, refusals) are distinct and many, and none holds
-    a fixed part (the text around the act) of a held-out wording, so held-out scores measure new wordings."""
-    assert len(set(REQUESTS_TRAINED)) == len(REQUESTS_TRAINED) >= 3000
-    assert len(set(HELPFUL)) == len(HELPFUL) >= 900 and len(set(REFUSALS)) == len(REFUSALS) >= 400
-    held_out = REQUESTS[-1:] + HELD_OUT_REQUESTS + sum(HELD_OUT_REPLIES.values(), ())
-    parts = {p.strip() for t in held_out for p in t.split("{act}") if len(p.strip()) >= 8}
-    assert len(parts) >= 9
-    assert not [(p, w) for w in REQUESTS_TRAINED + HELPFUL + REFUSALS for p in parts if p in w]
-    train = moderation_examples(3000, seed=0)
-    texts = {m["content"] for e in train for m in e.conversation()}
-    assert not [(p, t) for t in texts for p in parts if p in t]
-    assert len({e.text for e in train if e.role == "user"}) > 1500  # few repeats of a request's exact words
-
-
 def test_the_held_out_split_is_the_one_every_guard_was_scored_on():
-    """The held-out examples (their wordings, acts and order) stay as they were before the training grammar, so
+    """The held-out examples (their wordings, acts and order) are pinned, whatever changes in the training data, so
     held-out scores compare across versions."""
     examples = moderation_examples(200, held_out=True, seed=1)
     digest = hashlib.sha256(json.dumps([[e.text, e.category, e.role, e.context] for e in examples]).encode())
