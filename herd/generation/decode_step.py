@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from herd.model import KVCache, Transformer
-from herd.model.cpu_tuning import PLAIN_ENV, can_prepack, decode_backend, plain_forced, prepacked_matmul
+from herd.model.cpu_tuning import PLAIN_ENV, decode_backend, plain_forced
 
 Step = Callable[[torch.Tensor], torch.Tensor]
 """ids [B, 1] -> next-token logits [B, vocab], appending the ids to the cache."""
@@ -102,11 +102,9 @@ def describe_decode_path(model: Transformer, compile: bool | None, new_tokens: i
 def make_decode_step(model: Transformer, cache: KVCache, compile: bool) -> Step:
     """The step for `model` writing into `cache` (already prefilled), compiled or not."""
     if not compile:
-        # Eager: the cached forward attends to the filled slots only.
-        head = _one_row_head(model) if cache.keys[0].shape[0] == 1 else None
-        if head is None:
-            return lambda ids: model(ids, cache=cache)[:, -1]
-        return lambda ids: head(model(ids, cache=cache, head=False)[:, -1])
+        # Eager: the cached forward attends to the filled slots only (one row's fp32 head runs through oneDNN:
+        # herd.model.cpu_tuning.linear).
+        return lambda ids: model(ids, cache=cache)[:, -1]
     device = cache.pad.device
     compiled = _compiled_decode_step(device.type, decode_backend())
     slot = torch.tensor([cache.length], device=device)
@@ -144,17 +142,6 @@ def make_decode_step(model: Transformer, cache: KVCache, compile: bool) -> Step:
         return logits
 
     return step
-
-
-def _one_row_head(model: Transformer) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The eager step's fp32 output head for one row through oneDNN's matmul on the plain weight, where the CPU runs
-    it (`can_prepack`); None for the model's own head. MKL's one-row product, which F.linear calls, streams the
-    llama3-125m head (295 MB) at 16 GB/s per CPU-second on an AMD EPYC, oneDNN's at 25 (1 thread: 18.0 vs 11.6 ms;
-    the blocks' small weights stay faster through F.linear, bf16 gains nothing)."""
-    if not isinstance(model.output, torch.nn.Linear) or model.tp_head:  # not int8/prepacked, nor a vocabulary slice
-        return None
-    weight = model.output.weight
-    return (lambda h: prepacked_matmul(h, weight)) if weight.dtype == torch.float32 and can_prepack(weight) else None
 
 
 def kernels_cached(model: Transformer, rows: int) -> bool:

@@ -113,23 +113,27 @@ def test_a_second_process_loads_the_compiled_decode_step_from_the_cache(tmp_path
 
 @pytest.mark.parametrize("plain", [False, True], ids=["tuned", "plain"])
 def test_the_eager_one_row_step_runs_the_fp32_head_through_onednn_where_the_cpu_can(model, monkeypatch, plain):
-    """The eager step's head: oneDNN's matmul for one fp32 row where `can_prepack` (not on the plain path, not for
-    bf16 nor several rows); the same logits as the model's own head."""
+    """The eager step's head: oneDNN's matmul for one fp32 row where the CPU runs it (not on the plain path, not for
+    bf16 nor several rows); the logits of F.linear on the plain weight."""
     import torch
+    import torch.nn.functional as F
 
-    from herd.model import KVCache
+    from herd.model import KVCache, cpu_tuning
     from herd.model.cpu_tuning import PLAIN_ENV, cpu_supports
 
     monkeypatch.setenv(PLAIN_ENV, "1" if plain else "0")
-    calls = []
-    onednn = decode_step.prepacked_matmul
-    monkeypatch.setattr(decode_step, "prepacked_matmul", lambda x, w: calls.append(x.shape) or onednn(x, w))
+    calls, step_calls = [], []
+    onednn = cpu_tuning.prepacked_matmul
+    monkeypatch.setattr(cpu_tuning, "prepacked_matmul", lambda x, w: calls.append(x.shape) or onednn(x, w))
     for m, rows in ((model, 1), (model, 2), (random_model().to(torch.bfloat16), 1)):
         prompts = torch.arange(1, 1 + 4 * rows).view(rows, 4)
         with torch.inference_mode():
             caches = [KVCache.allocate(m.config, rows, 8, dtype=m.output.weight.dtype, device="cpu") for _ in "ab"]
             for cache in caches:
                 m(prompts, cache=cache)
+            calls.clear()
             logits = decode_step.make_decode_step(m, caches[0], False)(prompts[:, -1:])
-            torch.testing.assert_close(logits, m(prompts[:, -1:], cache=caches[1])[:, -1], atol=1e-5, rtol=1e-5)
-    assert calls == ([] if plain or not cpu_supports(torch.float32) else [(1, model.config.dim)])
+            step_calls += calls
+            expected = F.linear(m(prompts[:, -1:], cache=caches[1], head=False)[:, -1], m.output.weight)
+            torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert step_calls == ([] if plain or not cpu_supports(torch.float32) else [(1, model.config.dim)])
