@@ -8,6 +8,10 @@ itself (else a written refusal or help). A request it answers right in every sam
 written wrong one. Without anchors, DPO from a tiny SFT2 model fell from 95.0% to 70.0% harmful refused on held-out
 requests (false refusals 25.0% -> 7.5%); with anchors on harmful requests only, false refusals rose instead (tiny
 run, 100 + 100 distinct held-out requests: 18% -> 39%, harmful refused 90% -> 88%): benign requests need theirs.
+With both, from a tiny SFT2 that already refuses well (1500 safety dialogs: 97% / 8%), DPO (400 requests, 4 reward
+samples, 60 steps) moved the threshold, not both rates, and cost math: lr 1e-4 96% / 10%, math and addition -10
+points each; lr 5e-5 92% / 5%, math and addition -3.3 (DPO without on-policy pairs: 96% / 9%, math +1.7, addition
+0). The tiny preset leaves them off.
 
 Fixed written pairs alone push the same two strings down everywhere; on the tiny speedrun they made DPO answer
 "Sorry, 3 + 3 = 6" and lowered harmful refusals 90% -> 72.5%. Benign requests the model helps with in every sample

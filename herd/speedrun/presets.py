@@ -61,6 +61,8 @@ def tiny() -> SpeedrunConfig:
         rm=PrefSettings(steps=60, batch_size=16, seq_len=192, lr=5e-4, safety_pairs=200),
         rejection=RejectionSettings(samples_per_prompt=4, max_new_tokens=64, temperature=0.8),
         sft2=SFT2Settings(steps=160, batch_size=16, seq_len=256, lr=5e-4, rs_repeats=2),
+        # On-policy pairs (dpo.on_policy_prompts / reward_pair_samples) stay off: on the 1500-dialog SFT2 they cost 10
+        # points of math and addition at lr 1e-4 (herd.speedrun.on_policy's docstring has the figures).
         dpo=DPOSettings(steps=60, batch_size=16, seq_len=192, lr=1e-4, beta=0.1, safety_pairs=200, tool_pairs=300),
         # 100 + 100 held-out refusal prompts (40 + 40 gave +-10-point intervals) and 60 reward prompts: ~22k more
         # generated tokens, ~3 s (rejection sampling generates 24.6k in 2.8 s).
