@@ -76,13 +76,17 @@ _GEMM_BLOCK, _GEMM_MAX_ROWS = 16, 256
 primitive (~0.7 MB) for every row count it sees, so a prompt's free length would grow memory by the hundreds of MB."""
 
 
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, one_row: bool = False) -> torch.Tensor:
     """`F.linear(x, weight)`; fp32 inference on 16 rows or more (with `one_row` on one row as well: the output head at
     the last position) runs oneDNN's matmul on the plain weight (its JIT kernels for this CPU; torch's F.linear calls
     MKL's sgemm, 2-4x slower on an AMD EPYC AVX-512, 1 thread: 35 vs 90-240 GFLOP/s at prefill shapes, and for the
-    125M's head on one row 1.9x slower). Plain F.linear under autograd, autocast, torch.compile and `PLAIN_ENV`."""
-    if torch.compiler.is_compiling():  # first: traced, the row count below would only add guards
-        return F.linear(x, weight)
+    125M's head on one row 1.9x slower). Plain F.linear under autograd, autocast, torch.compile, `PLAIN_ENV` and for
+    tensor subclasses (DTensor shards: oneDNN's op has no sharding rule)."""
+    if torch.compiler.is_compiling() or type(x) is not torch.Tensor or type(weight) not in _PLAIN_TENSORS:
+        return F.linear(x, weight)  # traced (the row count would only add guards), or DTensor shards (tensor parallelism)
     rows = x.numel() // max(x.shape[-1], 1)
     if ((rows < _GEMM_BLOCK and not (one_row and rows == 1)) or x.dtype != torch.float32
             or weight.dtype != torch.float32 or x.device.type != "cpu"
