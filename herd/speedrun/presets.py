@@ -70,8 +70,8 @@ def tiny() -> SpeedrunConfig:
                           refusal_prompts=100, tool_limit=60),
         # The guard: the annealed base fine-tuned on herd's moderation set, a row's prompts sharing one copy of
         # their category header (SFTConfig.share_prefixes: 12000 prompts in 3337 rows of 1024, 3.6 a row). 800 x 4
-        # rows (3.3M tokens: 280 s quiet at the unshared 11.8k tokens/s, shared rows ran 0.70x that in a loaded A/B,
-        # so up to ~400 s: not yet timed quietly) on 12000 examples, one pass: held-out (n=200, new
+        # rows (3.3M tokens; the whole safety stage took 320 s in a quiet tiny run, 13 min 03 s in all, 2026-12-07)
+        # on 12000 examples, one pass: held-out (n=200, new
         # wordings) F1 0.825, FPR 7.0%, AUPRC 0.923 vs base rate 0.430 (constant "unsafe" F1 0.601); custom lists
         # F1 0.681, FPR 13.3%. 400 x 4 unshared on 3200 (the old preset) did not learn (F1 0.483, constant 0.545).
         safety=SafetySettings(guard_steps=800, guard_examples=12000, guard_eval=64, guard_batch_size=4,
