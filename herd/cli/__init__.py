@@ -40,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             run(args)
         sys.stdout.flush()  # a closed pipe raises here, not at exit where it cannot be caught
     except HerdError as error:
-        print(f"herd: error: {error}", file=sys.stderr)
+        # one write for the whole line: stderr writes through, and print() writes the text and its newline apart, so
+        # the error lines of ranks sharing a terminal could run together
+        sys.stderr.write(f"herd: error: {error}\n")
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
