@@ -86,7 +86,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, one_row: bool = False) -> torc
     125M's head on one row 1.9x slower). Plain F.linear under autograd, autocast, torch.compile, `PLAIN_ENV` and for
     tensor subclasses (DTensor shards: oneDNN's op has no sharding rule)."""
     if torch.compiler.is_compiling() or type(x) is not torch.Tensor or type(weight) not in _PLAIN_TENSORS:
-        return F.linear(x, weight)  # traced (the row count would only add guards), or DTensor shards (tensor parallelism)
+        # traced (the row count would only add guards), or DTensor shards (tensor parallelism)
+        return F.linear(x, weight)
     rows = x.numel() // max(x.shape[-1], 1)
     if ((rows < _GEMM_BLOCK and not (one_row and rows == 1)) or x.dtype != torch.float32
             or weight.dtype != torch.float32 or x.device.type != "cpu"
