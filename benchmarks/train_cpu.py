@@ -1,10 +1,14 @@
 """Training tokens/s on CPU: herd's step, eager and compiled, vs a plain HF `LlamaForCausalLM` + fused AdamW loop, eager
 and compiled.
 
-Same shapes and batch for both (weights differ). Each side lives in its own process; after warm-up the processes take turns, `--steps` steps each,
-for `--rounds` rounds, so the machine's drifts between fast and slow phases hit every side alike. Reported: each
-side's median rate, and the median over rounds of each round's ratio (the steadier figure on a noisy machine).
+Same shapes and batch for both (weights differ). Each side lives in its own process; after warm-up the processes take
+turns, `--steps` steps each, for `--rounds` rounds, so the machine's drifts between fast and slow phases hit every
+side alike. Reported: each side's median rate, and the median over rounds of each round's ratio (the steadier figure
+on a noisy machine).
 fp32 by default; `--dtype bfloat16` runs every side under bf16 autocast (fp32 weights), for CPUs with native bf16.
+The HF side runs as HF's CPU-training and torch.compile docs describe (`bf16=True` is autocast, `torch_compile=True`
+is inductor), with SDPA attention, no gradient checkpointing and the fused AdamW; each HF side prints those settings,
+and where herd comes out more than 2x ahead its process profiles `--steps` more steps and prints its top ops.
 Usage: python benchmarks/train_cpu.py [--dim 256 --layers 4 ...]
 """
 
@@ -22,6 +26,8 @@ import time
 from collections.abc import Callable
 
 import torch
+from cpu_info import cpu_line
+from peer_profile import SUSPICIOUS, torch_top_ops
 
 from herd.model.cpu_tuning import PLAIN_ENV
 
@@ -45,7 +51,8 @@ def herd_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...], compile
     parallelize(model, Distributed(0, 1, device), activation_checkpointing=False, compile=compile)
     model.to_empty(device="cpu")
     model.init_weights(0)
-    loop = LoopConfig(steps=10**9, lr_at=lambda step: 1e-4, accum_at=lambda step: 1, faults=FaultConfig(), progress=False)
+    loop = LoopConfig(steps=10**9, lr_at=lambda step: 1e-4, accum_at=lambda step: 1, faults=FaultConfig(),
+                      progress=False)
     trainer = Trainer(
         model, build_optimizer(model, OptimConfig(), device), next_token_loss, _repeat(batch), loop,
         MetricsLog(tempfile.mkdtemp()), device=device, autocast_dtype=AUTOCAST[args.dtype],
@@ -53,7 +60,9 @@ def herd_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...], compile
     return trainer.train_step
 
 
-def hf_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...], compile: bool) -> Callable[[], None]:
+def hf_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...],
+            compile: bool) -> tuple[Callable[[], None], str]:
+    """The HF loop's step, and its settings in words."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from herd.model import ModelConfig
@@ -81,7 +90,12 @@ def hf_step(args: argparse.Namespace, batch: tuple[torch.Tensor, ...], compile: 
         optimizer.zero_grad(set_to_none=True)
         loss.item()
 
-    return step
+    checkpointing = (model.is_activation_checkpointing if hasattr(model, "is_activation_checkpointing")
+                     else model.is_gradient_checkpointing)  # renamed in transformers 5
+    settings = (f"attention={model.config._attn_implementation}, activation_checkpointing={checkpointing}, "
+                f"AdamW fused={optimizer.defaults['fused']}, autocast={AUTOCAST[args.dtype]}, "
+                f"torch.compile={'inductor' if compile else 'off'}")
+    return step, settings
 
 
 def _repeat(batch: tuple[torch.Tensor, ...]):
@@ -123,14 +137,18 @@ def serve_side(args: argparse.Namespace) -> None:
     tokens = torch.randint(0, args.vocab, (args.batch_size, args.seq_len + 1))
     # one document per row: the same causal attention on both sides
     batch = (tokens[:, :-1], tokens[:, 1:].clone(), torch.zeros(args.batch_size, args.seq_len, dtype=torch.long))
+    settings = ""
     if args.side.startswith("herd"):
         step = herd_step(args, batch, compile=args.side == "herd+compile")
     else:
-        step = hf_step(args, batch, compile=args.side == "hf+compile")
+        step, settings = hf_step(args, batch, compile=args.side == "hf+compile")
     for _ in range(2):  # warm-up (allocator, compile)
         step()
-    print(json.dumps({"threads": torch.get_num_threads()}), flush=True)  # ready
-    for _ in sys.stdin:
+    print(json.dumps({"threads": torch.get_num_threads(), "settings": settings}), flush=True)  # ready
+    for line in sys.stdin:
+        if line.strip() == "profile":
+            print(json.dumps({"profile": torch_top_ops(lambda: [step() for _ in range(args.steps)])}), flush=True)
+            continue
         wall, cpu = tokens_per_s(step, args.batch_size * args.seq_len, args.steps)
         print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
 
@@ -167,15 +185,16 @@ def main() -> None:
     children = {side: subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--side", side], text=True,
                                        env={**os.environ, PLAIN_ENV: "1" if side == "herd-plain" else "0"},
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE) for side in sides}
-    ready = [_ask(child) for child in children.values()]  # each warms up in turn
-    threads = ready[0]["threads"]
+    ready = {side: _ask(child) for side, child in children.items()}  # each warms up in turn
+    threads = next(iter(ready.values()))["threads"]
     results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     for _ in range(args.rounds):
         for side, child in children.items():
             results[side].append(_ask(child, "run"))
-    for child in children.values():
-        child.stdin.close()
-        child.wait()
+    print(cpu_line())
+    for side in sides:
+        if ready[side]["settings"]:
+            print(f"{side} settings: {ready[side]['settings']}")
     print(f"torch {torch.__version__}, {threads} threads; model dim {args.dim} x {args.layers} layers, vocab "
           f"{args.vocab}, batch {args.batch_size} x {args.seq_len}, {args.dtype}, {args.rounds} rounds of {args.steps} "
           f"steps per side, one process per side")
@@ -190,6 +209,12 @@ def main() -> None:
         wall, cpu = (statistics.median(h[key] / b[key] for h, b in zip(results[ours], results[baseline], strict=True))
                      for key in ("wall", "cpu"))
         print(f"ratio {ours} / {baseline} (median over rounds): {wall:.2f}x wall-clock, {cpu:.2f}x per CPU-second")
+        if baseline != "herd-plain" and cpu > SUSPICIOUS:
+            print(f"{ours} > {SUSPICIOUS:.0f}x {baseline}: {args.steps} more {baseline} steps under torch.profiler, "
+                  f"top ops by self CPU time:\n{_ask(children[baseline], 'profile')['profile']}")
+    for child in children.values():
+        child.stdin.close()
+        child.wait()
 
 
 if __name__ == "__main__":
