@@ -1,5 +1,8 @@
 """Code Shield latency on typical snippets (the release targets ~70 ms for the common case), herd's scan beside
-Meta's codeshield package scanning the same code, with their ratio.
+Meta's codeshield package scanning the same code, with their ratio. codeshield runs as its README calls it
+(`await CodeShield.scan_code(code, language)`, semgrep on PATH); its version and semgrep's are printed with the CPU.
+Each side scans each snippet once untimed first (rule loading, imports, semgrep's first start), then `--repeat` times.
+Where herd is more than 2x faster, one more codeshield scan is profiled (cProfile) and its top functions printed.
 
     python benchmarks/safety_codeshield.py [--repeat 5]
 """
@@ -8,8 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
+import subprocess
 import time
+from importlib.metadata import version
+
+from cpu_info import cpu_line
+from peer_profile import explain
 
 from herd.safety.codeshield import scan
 
@@ -24,6 +33,8 @@ SNIPPETS = {  # name: (language, code); "clean" ones are the common case: no pre
 
 
 def ms(fn, repeat: int) -> float:
+    """Median milliseconds of `repeat` calls after one untimed call."""
+    fn()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -40,14 +51,26 @@ def main() -> None:
         from codeshield.cs import CodeShield, Language
     except ImportError:
         CodeShield = None
-    print(f"{'snippet':30s} {'herd ms':>8s} {'codeshield ms':>14s} {'ratio':>6s}")
+    print(cpu_line())
+    if CodeShield is not None:
+        semgrep, semgrep_version = shutil.which("semgrep"), "not on PATH"
+        if semgrep:
+            semgrep_version = subprocess.run([semgrep, "--version"], capture_output=True, text=True).stdout.strip()
+        print(f"codeshield {version('codeshield')}: CodeShield.scan_code(code, Language(language)); semgrep "
+              f"{semgrep_version}")
+    print(f"{'snippet':30s} {'herd ms':>8s} {'codeshield ms':>14s} {'herd / codeshield time':>23s}")
     for name, (language, code) in SNIPPETS.items():
         herd_ms = ms(lambda c=code, lang=language: scan(c, lang), args.repeat)
         if CodeShield is None:
             print(f"{name:30s} {herd_ms:8.1f} {'n/a':>14s}")
             continue
-        theirs = ms(lambda c=code, lang=language: asyncio.run(CodeShield.scan_code(c, Language(lang))), args.repeat)
-        print(f"{name:30s} {herd_ms:8.1f} {theirs:14.1f} {herd_ms / theirs:6.2f}")
+
+        def peer(c: str = code, lang: str = language) -> object:
+            return asyncio.run(CodeShield.scan_code(c, Language(lang)))
+
+        theirs = ms(peer, args.repeat)
+        print(f"{name:30s} {herd_ms:8.1f} {theirs:14.1f} {herd_ms / theirs:23.2f}")
+        explain(theirs / herd_ms, f"codeshield ({name})", peer, kind="python")
 
 
 if __name__ == "__main__":
