@@ -8,6 +8,7 @@ import argparse
 import time
 
 import torch
+from cpu_info import cpu_line
 
 from herd.checkpoint import load
 from herd.eval import encode_pair, loglikelihood_tokens
@@ -27,6 +28,7 @@ def main() -> None:
         encode_pair(tok, shot * 5 + f"Question {q}: what is {q} + {q}?\nA. {2*q}\nB. {q}\nC. 0\nD. 1\nAnswer:", f" {c}")
         for q in range(args.questions) for c in "ABCD"
     ]
+    print(cpu_line())
     timings = {}
     for name, share in (("plain", False), ("shared-prefix", True)):
         loglikelihood_tokens(model, pairs[:8], batch_size=args.batch_size, share_prefix=share)  # warm-up

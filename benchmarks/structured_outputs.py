@@ -20,6 +20,7 @@ import statistics
 import time
 
 import torch
+from cpu_info import cpu_line
 
 import herd
 from herd.serve import Engine, EngineConfig, RequestParams
@@ -84,6 +85,7 @@ def main() -> None:
     medians = {name: [statistics.median(column) for column in zip(*runs, strict=True)]
                for name, runs in figures.items()}
     base, base_cpu, _ = medians["none"]
+    print(cpu_line())
     print(f"model {args.model} on {args.device}, {torch.get_num_threads()} threads, {args.requests} requests x "
           f"{args.max_tokens} tokens at concurrency {CONCURRENCY}, {args.rounds} rounds (medians)")
     print("| requests under a grammar | output tokens/s | vs none | tokens/CPU-s | vs none | masking s/run | "

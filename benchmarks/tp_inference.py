@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from cpu_info import cpu_line
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -117,6 +118,7 @@ def main() -> None:
         worker(args)
         return
     params = build_model(config(args.layers), device="meta").num_params()
+    print(cpu_line())
     print(f"{params / 1e6:.0f}M-parameter model, fp32; {args.rounds} rounds; torch {torch.__version__}")
     results: dict[tuple[int, int], list[dict]] = {side_: [] for side_ in SIDES}
     for round_ in range(args.rounds):

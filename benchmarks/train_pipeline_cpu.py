@@ -22,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cpu_info import cpu_line
+
 from herd.corpus.stdlib import write_stdlib_corpus
 from herd.tokenizer import write_bpe_file
 from herd.train.metrics import read_records
@@ -80,6 +82,7 @@ def main() -> None:
         for i in range(args.runs):
             for name in LAYOUTS:
                 rates[name].append(run(name, config, tmp / f"{name}-{i}".replace(" ", "_")))
+    print(cpu_line())
     print(f"dim {args.dim} x {args.layers} layers, {args.micro_batches} micro-batches of 4 x 256 tokens per step, "
           f"2 CPU cores; median of {args.runs} runs")
     base = statistics.median(rates["one process"])
