@@ -12,7 +12,10 @@ Prefill rate = prompt tokens / time of a 1-token generation; decode rate = (N - 
 generation - that). The bound: each decoded token reads every linear weight and the output head once; it is
 taken against two bandwidths measured here on one weight of the same total size: a plain torch matmul of one row
 (`F.linear`) and a plain streaming read (an int32 `amax`).
-Run from the repo root: `python benchmarks/decode_cpu.py` (about 8 minutes on 2 idle cores).
+Whenever herd decodes more than 2x a peer, the peer is profiled (torch.profiler, per decoded token) and its top ops
+printed beside the ratio: a ratio that large more often means a slow peer setting than a fast herd.
+Run from the repo root: `python benchmarks/decode_cpu.py` (about 8 minutes on 2 idle cores, and a minute or two more
+for each peer profiled).
 """
 
 from __future__ import annotations
@@ -120,7 +123,29 @@ def compare(hf_dir: str, name: str, dtype_name: str, prompt: list[int], n: int, 
                 f"read {read_bw / 1e9:.1f} GB/s; first calls (compiles): "
                 + ", ".join(f"{name} {s:.0f} s" for name, s in compile_s.items()))
     rows += [f"{dtype_name:5} {line}" for line in hf_settings(hfs)]
+    best = max(decode for name, (_, decode) in rates.items() if name.startswith("herd"))
+    for name in hfs:
+        ratio = best / rates[name][1]
+        if ratio > PROFILE_ABOVE:
+            rows += [f"{dtype_name:5} {line}" for line in peer_profile(name, engines[name], n, runs, ratio)]
     return rows
+
+
+PROFILE_ABOVE = 2.0
+"""herd's decode this many times a peer's or more: the peer is profiled before the ratio is believed (issue 29)."""
+
+
+def peer_profile(name: str, run: Callable[[int], float], n: int, runs: int, ratio: float, top: int = 8) -> list[str]:
+    """Where a peer's decode time goes: torch.profiler's self CPU time per op of an n-token generation less a 1-token
+    one, per decoded token (decode_profile.op_times, medians of `runs`), its `top` ops."""
+    from decode_profile import op_times, per_token
+
+    ops = per_token(op_times(lambda: run(n), runs), op_times(lambda: run(1), runs), n - 1)
+    total = sum(ops.values())
+    lines = [f"{name} profiled (herd {ratio:.2f}x it): {total:.2f} ms of op self time per decoded token, top ops:"]
+    for op, ms in sorted(ops.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {op[:40]:40} {ms:7.3f} ms {ms / total:6.1%}")
+    return lines
 
 
 def main() -> None:
