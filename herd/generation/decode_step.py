@@ -28,12 +28,13 @@ Step = Callable[[torch.Tensor], torch.Tensor]
 """ids [B, 1] -> next-token logits [B, vocab], appending the ids to the cache."""
 
 
-MIN_COMPILE_WORK = 170e9
+MIN_COMPILE_WORK = 330e9
 """Bytes of weights read over a call's decode steps (weight bytes x new tokens) from which `auto` compiles when the
 step's kernels are in inductor's cache: below it, the tracing a compile costs even then outweighs what the faster
-steps save. llama3-125m fp32 (0.49 GB) on 2 quiet cores: eager 31 tok/s, compiled ~95 (22 ms saved a token) against
-~7.8 s of tracing (a 256-token `herd chat` reply: 10.6 s eager, 12.2 s compiled): even at ~360 tokens, 175 GB
-(benchmarks/chat_cold_start.py)."""
+steps save. llama3-125m fp32 (0.49 GB) on 2 quiet AVX-512 cores at 7a14cc0 (benchmarks/llama_cpp_side_by_side.py):
+eager 49.7 tok/s, compiled 117.7 (11.6 ms saved a token) against ~7.8 s of tracing (benchmarks/chat_cold_start.py;
+~9.5 s of CPU time measured loaded): even at ~670 tokens, 330 GB. (Was 170 GB from an eager 31 tok/s; the eager
+step has sped up since, by one-row oneDNN products too, which moves the even point further, ~800 tokens estimated.)"""
 
 MIN_COMPILE_WORK_COLD = 500e9
 """The same with no cached kernels: the first compile builds them (~20 s more on those 2 cores): even at ~1000
