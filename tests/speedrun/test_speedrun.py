@@ -67,7 +67,7 @@ TINY = {  # the presets' numbers as they were when they were nested dicts (issue
             "tool_pairs": 300, "on_policy_prompts": 0, "on_policy_samples": 4, "reward_pair_samples": 0},
     "eval": {"limit": 60, "data_dir": "data/benchmarks", "real_tasks": ["gsm8k", "humaneval"], "real_limit": 20,
              "refusal_prompts": 100, "tool_limit": 60},
-    "safety": {"guard_steps": 800, "guard_examples": 12000, "guard_eval": 64, "guard_batch_size": 4,
+    "safety": {"guard_steps": 800, "guard_examples": 12000, "guard_eval": 200, "guard_batch_size": 4,
                "guard_seq_len": 1024, "guard_lr": 2e-3, "probe_prompts": 16, "max_new_tokens": 48},
     "final": {"transcripts": 4, "max_new_tokens": 64, "rm_prompts": 60},
 }
