@@ -104,14 +104,18 @@ def training_questions(ctx: RunContext) -> set[str]:
     files = list((ctx.stage_dir("corpus") / "post").glob("*.jsonl"))
     files += [f for name in POST if name in ctx.manifests for f in Path(ctx.manifests[name]["dir"]).glob("*.jsonl")
               if f.name != "metrics.jsonl"]
+    return set().union(*map(questions, files))
+
+
+def questions(path: Path) -> set[str]:
+    """The user turns and prompts of a JSONL file of dialogs or preference pairs."""
     seen = set()
-    for path in files:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            prompt = record.get("prompt", [])  # a question, or a dialog's turns (tool pairs)
-            turns = record.get("messages", []) + (prompt if isinstance(prompt, list) else [])
-            seen.update(m["content"] for m in turns if m.get("role") == "user")
-            seen.add(prompt if isinstance(prompt, str) else "")
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        prompt = record.get("prompt", [])  # a question, or a dialog's turns (tool pairs)
+        turns = record.get("messages", []) + (prompt if isinstance(prompt, list) else [])
+        seen.update(m["content"] for m in turns if m.get("role") == "user")
+        seen.add(prompt if isinstance(prompt, str) else "")
     return seen
 
 
@@ -177,6 +181,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=400, help="held-out math and addition items each")
     parser.add_argument("--refusal-prompts", type=int, default=100)
     parser.add_argument("--arm", action="append", default=[], help="NAME=key=value,key=value (on the preset)")
+    parser.add_argument("--only", nargs="+", help="these arms alone (e.g. to train arms in parallel processes)")
+    parser.add_argument("--exclude", type=Path, nargs="*", default=[],
+                        help="more JSONL files whose questions the held-out items must avoid (an arm still training)")
     parser.add_argument("--train-only", action="store_true", help="train the arms, score nothing")
     parser.add_argument("--reuse", action="append", default=[], help="ARM:SEED=RUN_DIR")
     args = parser.parse_args()
@@ -185,6 +192,7 @@ def main() -> None:
     reuse = {r.split("=", 1)[0]: Path(r.split("=", 1)[1]) for r in args.reuse}
 
     contexts = {}
+    arms = {a: o for a, o in arms.items() if not args.only or a in args.only}
     for arm, overrides in arms.items():
         for seed in args.seeds:
             ctx = arm_context(args.run, args.out / f"{arm}-s{seed}", overrides, seed)
@@ -192,7 +200,7 @@ def main() -> None:
             contexts[arm, seed] = ctx
     if args.train_only:
         return
-    seen = set().union(*(training_questions(c) for c in contexts.values()))
+    seen = set().union(*(training_questions(c) for c in contexts.values()), *map(questions, args.exclude))
     data = held_out_items(args.run / "01-corpus" / "eval", seen, args.items, args.out / "eval")
     refusal = held_out_requests(args.refusal_prompts, 0)
     stages = [s for s in args.stages if POST.index(s) <= POST.index(args.until)]

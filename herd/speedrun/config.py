@@ -115,6 +115,9 @@ class SFTSettings(PostSettings):
     """Safety dialogs added (herd.speedrun.safety_data): harmful requests refused, benign look-alikes helped."""
     tool_dialogs: int
     """Tool-use dialogs added (herd.speedrun.tool_data): sums and word problems answered through the calculator."""
+    math_dialogs: int = 0
+    """Fresh math dialogs added (the corpus's mix of word problems and bare sums): at a fixed step count they give
+    back the math steps the safety dialogs' rows take."""
 
 
 @dataclass(kw_only=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,11 +55,27 @@ def sft_stage(ctx: RunContext, out: Path, s: SFTSettings) -> dict[str, Any]:
 
     corpus = ctx.stage_dir("corpus")
     extra = safety_dialogs(s.safety_dialogs, ctx.seed) + corpus_tool_dialogs(corpus, s.tool_dialogs, ctx.seed)
+    extra += math_dialogs(s.math_dialogs, ctx.seed, held_out_questions(corpus))
     data = with_safety(corpus / "post" / "sft.jsonl", extra, out / "sft_data.jsonl")
     config = SFTConfig(**stage_fields(ctx, out, s, ctx.outputs("anneal")["model"]),
                        data=str(data), val_data=str(corpus / "post" / "sft_val.jsonl"))
     return {**_outputs(sft(config)), "data": str(data), "safety_dialogs": s.safety_dialogs,
             "tool_dialogs": s.tool_dialogs}
+
+
+def math_dialogs(n: int, seed: int, held_out: set[str]) -> list[dict[str, Any]]:
+    """`n` math dialogs as the corpus draws them (herd.corpus.chat.sft_dialog: three word problems to one bare sum),
+    none asking a `held_out` question."""
+    from herd.corpus.math import addition_question, make_problem
+
+    rng, out = random.Random(seed + 7), []
+    while len(out) < n:
+        bare = rng.random() < 0.25
+        p = addition_question(rng.randint(10, 99), rng.randint(10, 99)) if bare else make_problem(rng)
+        if p.question not in held_out:
+            out.append({"messages": [{"role": "user", "content": p.question},
+                                     {"role": "assistant", "content": p.solution}], "domain": "math"})
+    return out
 
 
 def corpus_tool_dialogs(corpus: Path, n: int, seed: int) -> list[dict[str, Any]]:
