@@ -14,8 +14,10 @@ import asyncio
 import hmac
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -60,6 +62,8 @@ except ImportError as error:  # pragma: no cover - depends on the install
     raise ImportError(f"herd's server needs FastAPI, uvicorn and prometheus-client: pip install 'herd[serve]' ({error})")
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     import torch
 
     from herd.model.tensor_parallel import TensorParallel
@@ -286,11 +290,33 @@ def _serve_http(app: FastAPI, listener: socket.socket, host: str, port: int, hea
                 server.should_exit = True
 
         runner.on_stop = engine_ended
-    cause = None
+    causes: list[str] = []
+
+    def http() -> None:
+        try:
+            server.run(sockets=[listener])
+        except (Exception, SystemExit) as error:  # uvicorn exits when its start-up fails
+            causes.append(f"the server failed ({type(error).__name__}: {error})")
+
+    # The engine steps on this thread, which loaded the model (herd.serve.async_engine says why). uvicorn, on its own
+    # thread, leaves the signals to this one, which handles them as uvicorn does on the main thread: the first
+    # SIGINT or SIGTERM shuts the server down gracefully, and each is raised again once the handlers are restored.
+    captured: list[int] = []
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        captured.append(sig)
+        server.handle_exit(sig, frame)
+
+    exits = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    handlers = {sig: signal.signal(sig, on_signal) for sig in exits}
     try:
-        server.run(sockets=[listener])
-    except (Exception, SystemExit) as error:  # uvicorn exits when its start-up fails
-        cause = f"the server failed ({type(error).__name__}: {error})"
+        runner.run(http)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    for sig in reversed(captured):
+        signal.raise_signal(sig)
+    cause = causes[0] if causes else None
     if failures:
         return f"the engine failed ({type(failures[0]).__name__}: {failures[0]})"
     runner.engine.close()  # the stop message: the other ranks leave `follow`
