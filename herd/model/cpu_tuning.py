@@ -90,8 +90,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, one_row: bool = False) -> torc
     """`F.linear(x, weight)`; fp32 inference on 16 rows or more (on one row as well with `one_row`, the output head at
     the last position, or a weight of `_ONE_ROW_MIN_WEIGHTS` or more) runs oneDNN's matmul on the plain weight (its
     JIT kernels for this CPU; torch's F.linear calls MKL's sgemm, 2-4x slower on an AMD EPYC AVX-512, 1 thread: 35 vs
-    90-240 GFLOP/s at prefill shapes, and for the 125M's head on one row 1.9x slower). Plain F.linear under autograd, autocast, torch.compile, `PLAIN_ENV` and for
-    tensor subclasses (DTensor shards: oneDNN's op has no sharding rule)."""
+    90-240 GFLOP/s at prefill shapes, and for the 125M's head on one row 1.9x slower). Plain F.linear under autograd,
+    autocast, torch.compile, `PLAIN_ENV` and for tensor subclasses (DTensor shards: oneDNN's op has no sharding
+    rule)."""
     if torch.compiler.is_compiling() or type(x) is not torch.Tensor or type(weight) not in _PLAIN_TENSORS:
         # traced (the row count would only add guards), or DTensor shards (tensor parallelism)
         return F.linear(x, weight)
@@ -138,11 +139,15 @@ def _decode_inductor(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor
 
     Without AOTAutograd's cache: its key leaves the decompositions out, so it would hand this graph plain inductor's
     kernels once a plain compile of it is on disk (and plain inductor these). Inductor's own FX-graph cache, keyed on
-    the decomposed graph, serves a warm compile (in a later process too: see `_DecodeDecompositions`)."""
+    the decomposed graph, serves a warm compile (in a later process too: see `_DecodeDecompositions`).
+    Without the wrapper's size asserts: a step's model, cache and shapes stay those its first call, fully guarded,
+    compiled for (herd.generation.decode_step), and llama3-125m's graph asserted 160 inputs a call: ~0.07 ms of CPU
+    time (1 thread, a narrowed llama3-125m-shaped step 0.50 -> 0.42 ms, medians of 7 alternating, loaded machine)."""
     from torch._functorch import config as functorch_config
+    from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx  # takes seconds: only when compiling
 
-    with functorch_config.patch(enable_autograd_cache=False):
+    with functorch_config.patch(enable_autograd_cache=False), inductor_config.patch(size_asserts=False):
         return compile_fx(gm, example_inputs, decompositions=_DecodeDecompositions.build())
 
 

@@ -212,6 +212,23 @@ def test_the_decode_decompositions_equal_matmul_and_sdpa():
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
 
 
+def test_the_decode_backend_compiles_without_size_asserts(monkeypatch):
+    """Its wrapper checks no input's size and stride each call (plain inductor's does); the result is the matmul's."""
+    from torch._inductor.utils import fresh_cache, run_and_get_code
+
+    monkeypatch.setenv(cpu_tuning.PLAIN_ENV, "0")
+    x, weight = torch.randn(1, 32), torch.randn(48, 32)
+    codes = {}
+    with fresh_cache(), torch.inference_mode():
+        for name, backend in (("decode", cpu_tuning.decode_backend()), ("inductor", "inductor")):
+            torch.compiler.reset()
+            out, codes[name] = run_and_get_code(torch.compile(lambda x, w: x @ w.t(), backend=backend), x, weight)
+            torch.testing.assert_close(out, x @ weight.t(), rtol=1e-5, atol=1e-5)
+    torch.compiler.reset()
+    assert "assert_size_stride(" in "".join(codes["inductor"])
+    assert "assert_size_stride(" not in "".join(codes["decode"])
+
+
 @pytest.mark.slow
 def test_compiled_decoding_with_the_decompositions_equals_plain_inductor(monkeypatch):
     """Greedy tokens equal; log-probabilities within 1e-4 (fp32 sums in another order, compounded over steps). Plain
