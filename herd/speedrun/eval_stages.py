@@ -3,7 +3,8 @@
 `eval`: the base (annealed), SFT (round 1), SFT2 (round 2, with rejection-sampled data) and DPO models on the
 synthetic benchmarks, the 2-digit addition probe among them (base: 3-shot plain text; chat models: 0-shot chat), the
 real benchmarks whose data is present under `data_dir`, the reward model's mean score of the chat models' greedy
-replies to held-out math prompts, and each model's refusal rate on held-out harmful requests and false-refusal rate on
+replies to held-out prompts (stratified: as many math questions, harmful requests and benign look-alikes; per kind
+and overall), and each model's refusal rate on held-out harmful requests and false-refusal rate on
 held-out benign look-alikes (CyberSecEval's refusal check on greedy chat replies; herd.speedrun.safety_data), and
 the addition and synthetic-math probes answered with the calculator tool offered (tools on; herd.eval.tool_use's
 loop, the tool herd.speedrun.tool_data teaches).
@@ -38,6 +39,8 @@ TOOL_TASKS = (SynthAddition, SynthMath)
 PAIRED_TASKS = ("synth_math", "synth_addition")
 """Benchmarks whose per-sample scores give DPO - SFT2 a paired interval (beside the reward and refusal rates)."""
 REFUSAL_KEYS = ("harmful_refused", "benign_refused")
+REWARD_KINDS = ("math", "harmful", "benign")
+"""The reward prompts' kinds, as many of each; "reward" is their union, "reward_KIND" each."""
 
 
 def eval_stage(ctx: RunContext, out: Path, s: EvalSettings) -> dict[str, Any]:
@@ -66,13 +69,17 @@ def eval_stage(ctx: RunContext, out: Path, s: EvalSettings) -> dict[str, Any]:
             scores[task.name][label] = result[task.metric]
             scores[task.name]["n"] = result["n"]
         del model
-    rewards = reply_rewards(ctx, data_dir, ctx.config.final.rm_prompts)
     refused = refusal_flags(ctx, out, s.refusal_prompts)
+    by_kind = reply_rewards(ctx, out, data_dir, ctx.config.final.rm_prompts)
+    rewards = {label: [x for kind in REWARD_KINDS for x in by_kind[kind][label]] for label in CHAT_MODELS}
     tools = tool_scores(ctx, out, data_dir, s.tool_limit) if s.tool_limit else {}
     intervals = {name: {k: share_with_interval(v) for k, v in rows.items()} for name, rows in per_item.items()}
-    per_item |= {"reward": rewards, **{key: {k: v[key] for k, v in refused.items()} for key in REFUSAL_KEYS}}
+    per_item |= {"reward": rewards, **{f"reward_{kind}": rows for kind, rows in by_kind.items()},
+                 **{key: {k: v[key] for k, v in refused.items()} for key in REFUSAL_KEYS}}
     done = {"scores": scores, "intervals": intervals, "reward": {k: mean(v) for k, v in rewards.items()},
             "reward_interval": {k: share_with_interval(v) for k, v in rewards.items()},
+            "reward_by_kind": {kind: {k: share_with_interval(v) for k, v in rows.items()}
+                               for kind, rows in by_kind.items()},
             "refusal": {k: {key: share_with_interval(v[key]) for key in REFUSAL_KEYS} for k, v in refused.items()},
             "tools": tools,
             "dpo_vs_sft2": {name: difference(rows["sft2"], rows["dpo"]) for name, rows in per_item.items()}}
@@ -176,8 +183,10 @@ def share_with_interval(flags: list[bool] | list[float], seed: int = 0) -> dict[
 
 
 @torch.no_grad()
-def reply_rewards(ctx: RunContext, data_dir: Path, n: int) -> dict[str, list[float]]:
-    """The reward model's scores of each chat model's greedy replies to the first `n` held-out math questions."""
+def reply_rewards(ctx: RunContext, out: Path, data_dir: Path, n: int) -> dict[str, dict[str, list[float]]]:
+    """Per kind (`REWARD_KINDS`) and chat model, the reward model's scores of its greedy replies to `n` held-out
+    prompts: the first `n` math questions (replies generated here) and the first `n` harmful and benign requests of
+    RUN/NN-eval/MODEL/refusals.jsonl (refusal_flags's replies: the refusal rates and the rewards judge the same)."""
     from herd.checkpoint import load
     from herd.generation import generate_tokens
     from herd.post import load_reward_model
@@ -186,15 +195,24 @@ def reply_rewards(ctx: RunContext, data_dir: Path, n: int) -> dict[str, list[flo
     rm.eval()
     with (data_dir / "math.jsonl").open() as f:
         questions = [json.loads(line)["question"] for line in f][:n]
-    out = {}
+    scores: dict[str, dict[str, list[float]]] = {kind: {} for kind in REWARD_KINDS}
     for label in CHAT_MODELS:
         model, tok = load(ctx.outputs(STAGE_OF[label])["model"], device=ctx.device)
         model.eval()
         prompts = [tok.encode_dialog([{"role": "user", "content": q}]) for q in questions]
         results = generate_tokens(model, prompts, max_new_tokens=64, stop_ids=tok.stop_ids)
         seqs = [p + r.tokens + [tok.eot_id] for p, r in zip(prompts, results)]
-        out[label] = rm.score(seqs, 16, tok.eos_id)
-    return out
+        scores["math"][label] = rm.score(seqs, 16, tok.eos_id)
+        refusals = (out / label / "refusals.jsonl").read_text(encoding="utf-8")
+        answered = [json.loads(line) for line in refusals.splitlines()]
+        for kind in ("harmful", "benign"):
+            dialogs = [[{"role": "user", "content": a["prompt"]}, {"role": "assistant", "content": a["reply"]}]
+                       for a in answered if a["harmful"] == (kind == "harmful")][:n]
+            scores[kind][label] = rm.score([tok.encode_dialog(d) for d in dialogs], 16, tok.eos_id)
+    if min(len(v) for rows in scores.values() for v in rows.values()) < n:
+        raise HerdError(f"final.rm_prompts is {n}: more than the held-out math questions ({len(questions)}) or "
+                        "eval.refusal_prompts; lower final.rm_prompts")
+    return scores
 
 
 TRANSCRIPT_PROMPTS = (

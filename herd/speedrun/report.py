@@ -64,6 +64,9 @@ def _stage_row(name: str, manifest: dict[str, Any]) -> str:
     elif name in ("sft", "sft2", "rm", "dpo"):
         figures = {k: v for k, v in out["figures"].items() if isinstance(v, (int, float))}
         metrics = f"loss {_fmt(out['final_loss'])}; " + ", ".join(f"{k} {_fmt(v)}" for k, v in list(figures.items())[:4])
+        if out.get("held_out"):
+            metrics += "; held-out pair accuracy (chance 0.5) " + ", ".join(
+                f"{k} {_fmt(v)}" for k, v in out["held_out"].items())
     elif name == "rejection":
         metrics = (f"{out['samples']} samples, mean reward {_fmt(out['mean_sample_reward'])} -> kept "
                    f"{_fmt(out['mean_kept_reward'])}")
@@ -126,7 +129,8 @@ def _headline(ctx: RunContext) -> list[str]:
     lines.append(f"- Synthetic math (exact match): {_chain(math_row, _pct)}.")
     lines.append(f"- 2-digit addition probe (greedy, \"What is 37 + 45?\", exact match, n={add_row.get('n', '-')}): "
                  f"{_chain(add_row, _pct)}.")
-    lines.append(f"- Reward-model score of greedy replies to held-out math prompts: {_reward_chain(ev)}.")
+    lines.append(f"- Reward-model score of greedy replies to held-out prompts ({_reward_prompts(ev)}): "
+                 f"{_reward_chain(ev)}.")
     tools = ev.get("tools", {})
     if tools:
         lines.append(f"- With the calculator tool offered (tools on, n={_tool_n(tools)}): 2-digit addition "
@@ -178,7 +182,9 @@ def _tool_table(ev: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-PAIRED_ROWS = (("reward", "reward-model score", False), ("harmful_refused", "harmful requests refused", True),
+PAIRED_ROWS = (("reward", "reward-model score", False), ("reward_math", "- on math prompts", False),
+               ("reward_harmful", "- on harmful requests", False), ("reward_benign", "- on benign look-alikes", False),
+               ("harmful_refused", "harmful requests refused", True),
                ("benign_refused", "benign look-alikes refused (false refusals)", True),
                ("synth_math", "synthetic math", True), ("synth_addition", "2-digit addition", True))
 """The metrics scored on the same prompts for SFT2 and DPO: (key in scores.json's dpo_vs_sft2, label, a share)."""
@@ -188,6 +194,14 @@ def _reward_chain(ev: dict[str, Any]) -> str:
     """Each chat model's mean reward with its bootstrap 90% interval (older scores.json: the mean alone)."""
     intervals = ev.get("reward_interval")
     return _chain(intervals, _number) if intervals else _chain(ev["reward"], _fmt)
+
+
+def _reward_prompts(ev: dict[str, Any]) -> str:
+    """What the reward prompts were: "60 math, 60 harmful, 60 benign" (older scores.json: math alone)."""
+    kinds = ev.get("reward_by_kind")
+    if not kinds:
+        return "math"
+    return ", ".join(f"{next(iter(rows.values()))['n']} {kind}" for kind, rows in kinds.items())
 
 
 def _number(r: dict[str, Any]) -> str:
@@ -210,7 +224,8 @@ def _paired_table(ev: dict[str, Any]) -> list[str]:
     if not change:
         return []
     values = {"reward": ev["reward_interval"], **{k: {m: r[k] for m, r in ev["refusal"].items()} for k in
-                                                 ("harmful_refused", "benign_refused")}, **ev.get("intervals", {})}
+                                                 ("harmful_refused", "benign_refused")}, **ev.get("intervals", {}),
+              **{f"reward_{kind}": rows for kind, rows in ev.get("reward_by_kind", {}).items()}}
     lines = ["DPO against SFT2 on the same prompts (bootstrap 90% intervals; the difference's is paired, "
              "prompt by prompt: beyond noise when it excludes 0):", "",
              f"| metric | n | {LABELS['sft2']} | DPO | DPO - SFT2 |", "|---|---:|---:|---:|---|"]
@@ -305,7 +320,9 @@ def _eval_section(ctx: RunContext) -> list[str]:
         lines.append(f"| {label} | {row['metric']} | {row.get('n', '-')} | "
                      + " | ".join(_pct(row.get(k)) for k in MODELS) + " |")
     lines += [""] + _tool_table(ev)
-    lines += [f"Reward model, mean score of greedy replies to held-out math prompts: {_reward_chain(ev)}.", ""]
+    lines += [f"Reward model, mean score of greedy replies to held-out prompts ({_reward_prompts(ev)}): "
+              f"{_reward_chain(ev)}" + "".join(f"; {kind} {_chain(rows, _number)}"
+                                                for kind, rows in ev.get("reward_by_kind", {}).items()) + ".", ""]
     refusal = ev.get("refusal")
     if refusal:
         first = next(iter(refusal.values()))

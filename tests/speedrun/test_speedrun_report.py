@@ -1,7 +1,7 @@
 """The report card's reward intervals and its DPO-against-SFT2 table (issue 26: each metric with its interval and
 the paired difference beside it)."""
 
-from herd.speedrun.report import _paired_table, _reward_chain
+from herd.speedrun.report import _paired_table, _reward_chain, _reward_prompts
 
 
 def _share(rate, low, high, n=40):
@@ -36,3 +36,15 @@ def test_paired_table_puts_the_difference_beside_each_metric():
     assert rows["synthetic math"].startswith("| synthetic math | 60 | 75.0% [65.0-85.0] |")
     assert "2-digit addition" not in rows  # absent from scores.json: no row
     assert _paired_table({k: v for k, v in EV.items() if k != "dpo_vs_sft2"}) == []  # a run from before the pairing
+
+
+def test_reward_rows_per_kind_of_prompt():
+    by_kind = {kind: {k: _share(r, r - 0.1, r + 0.1, 20) for k, r in (("sft", 1.0), ("sft2", 1.5), ("dpo", 2.0))}
+               for kind in ("math", "harmful", "benign")}
+    change = {f"reward_{kind}": _share(0.5, 0.3, 0.7, 20) for kind in by_kind}
+    ev = {**EV, "reward_by_kind": by_kind, "dpo_vs_sft2": {**EV["dpo_vs_sft2"], **change}}
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in _paired_table(ev) if line.startswith("| ")}
+    assert rows["- on harmful requests"] == ("| - on harmful requests | 20 | 1.500 [1.400-1.600] | 2.000 [1.900-2.100] "
+                                             "| +0.500 [+0.300, +0.700, beyond noise] |")
+    assert "- on math prompts" in rows and "- on benign look-alikes" in rows
+    assert _reward_prompts(ev) == "20 math, 20 harmful, 20 benign" and _reward_prompts(EV) == "math"
