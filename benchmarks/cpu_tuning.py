@@ -1,7 +1,7 @@
 """Each trick of herd.model.cpu_tuning against the plain path it replaces (`HERD_CPU_PLAIN=1`), on this CPU.
 
-    python benchmarks/cpu_tuning.py [--only prepack-serve,prepack-loss,train-step,int8,decode] [--rounds 7]
-                                     [--threads 1]
+    python benchmarks/cpu_tuning.py [--only prepack-serve,prepack-loss,train-step,int8,decode,decode-eager]
+                                     [--rounds 7] [--threads 1]
 
 Each case times the trick and the plain path call by call, alternately (the machine's slow and fast phases hit both
 alike), `--rounds` rounds of a few calls each; it prints the medians over rounds of each side's fastest call and the
@@ -15,6 +15,8 @@ A trick stays in herd where the gain is at least 5% (benchmarks/README.md). Case
 - int8: an int8 model's forward of 16 rows (as in decode), torch's int8 kernel vs dequantize-then-multiply.
 - decode: greedy generation with the compiled decode step (dim 512 x 4 layers, 1 row, 64 new tokens), inductor
   with herd's decompositions vs plain inductor (each compiled once, before timing).
+- decode-eager: the same generation with the eager decode step, whose tricks are the one-row products by the head
+  and by weights of 2 MiB or more (here the feed-forward's 512 x 1536) through oneDNN (`cpu_tuning.linear`).
 - train-step: herd's training step (`benchmarks/train_cpu.py`'s, dim 256 x 4 layers, vocab 8,192, 4 x 256 tokens),
   fp32 and bf16 autocast, whose trick is the loss head's prepacking (a plain bf16 head reorders its weight at
   every chunk into fresh buffers, which page-fault).
@@ -38,7 +40,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from herd.model import ModelConfig, Transformer, build_model, cpu_tuning
 
-CASES = ("prepack-serve", "prepack-loss", "train-step", "int8", "decode")
+CASES = ("prepack-serve", "prepack-loss", "train-step", "int8", "decode", "decode-eager")
 
 
 def plain(on: bool) -> None:
@@ -138,6 +140,18 @@ def decode(args: argparse.Namespace) -> None:
         generate_tokens(base, prompt, max_new_tokens=64, compile=True)
 
     compare("decode compiled, 1 row x 64 tokens", run, run, args.rounds, 2)
+
+
+def decode_eager(args: argparse.Namespace) -> None:
+    from herd.generation import generate_tokens
+
+    base = model()
+    prompt = [torch.randint(0, 32768, (32,)).tolist()]
+
+    def run() -> None:
+        generate_tokens(base, prompt, max_new_tokens=32, compile=False)
+
+    compare("decode eager, 1 row x 32 tokens", run, run, args.rounds, 2)
 
 
 def train_step(args: argparse.Namespace) -> None:
