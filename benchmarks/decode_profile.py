@@ -13,7 +13,12 @@ Model: the llama3-125m preset (random weights, seed 0), batch 1, the threads giv
   process and prints it as `<path>-plain`.
 - serve-c1 (and serve-c1-compiled where the engine has a compiled step): herd's serving Engine as `herd serve` runs
   it on CPU (prepacked linears), one request in flight, fixed 128-token prompts and 64 new tokens; tokens/s is
-  output tokens / wall time (its prefills included, as serve_throughput.py counts it); bound as for decode.
+  output tokens / wall time (its prefills included, as serve_throughput.py counts it); bound as for decode. Each
+  serve path also prints its decode steps' time per token split into the engine's parts (scheduling, the forward,
+  sampling with detokenising, the rest of `Engine.step`) and the voluntary context switches per token of the
+  process's threads (OpenMP threads sleeping at barriers: herd.serve.async_engine). serve-c1-compiled-thread steps
+  the engine on a second thread, as `herd serve` did before its engine moved to the loading thread (its ops are not
+  profiled: torch.profiler records the calling thread's); serve-c1-int8-compiled(-thread) serve int8 weights.
 Top ops: torch.profiler's self CPU time per op. For a decode path, the profile of a 1-token generation is subtracted
 from that of an N-token one, so the table holds the decode steps alone (per decoded token); prefill: the 1-token
 generation; serving: the whole run per output token. Rates and each op's time are medians of `--runs`.
@@ -23,11 +28,14 @@ Run from the repo root: `python benchmarks/decode_profile.py` (about 3 minutes o
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import copy
 import dataclasses
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +47,7 @@ from cpu_info import cpu_line
 from decode_cpu import bandwidths, seconds
 from serve_throughput import run_herd, summarize, workload
 
+import herd.serve.engine as engine_module
 from herd.generation import generate_tokens
 from herd.model import Transformer, build_model, cpu_tuning, preset
 from herd.serve import Engine, EngineConfig
@@ -49,7 +58,10 @@ from herd.tokenizer import Tokenizer, default_tokenizer_path
 DECODE = {"decode-f32": ("f32", False), "decode-int8": ("int8", False), "decode-bf16": ("bf16", False),
           "decode-f32-compiled": ("f32", True), "decode-bf16-compiled": ("bf16", True),
           "decode-int8-compiled": ("int8", True)}
-SERVE = {"serve-c1": False, "serve-c1-compiled": True}
+SERVE = {"serve-c1": ("f32", False, False), "serve-c1-compiled": ("f32", True, False),
+         "serve-c1-compiled-thread": ("f32", True, True), "serve-c1-int8-compiled": ("int8", True, False),
+         "serve-c1-int8-compiled-thread": ("int8", True, True)}
+"""Path -> (weights, the one-request step compiled?, the engine stepped on a second thread?)."""
 PREFILL = {"prefill-f32": "f32", "prefill-bf16": "bf16"}
 DEFAULT_PATHS = "decode-f32,decode-int8,prefill-f32,serve-c1"
 
@@ -63,6 +75,8 @@ class Measured:
     ops: dict[str, float]
     bound: str
     bound_tok_s: float
+    breakdown: str = ""
+    """Serve paths: where a decode step's time goes, per token."""
 
 
 def streamed_bytes(model: Transformer) -> int:
@@ -142,21 +156,117 @@ def prefill_path(name: str, model: Transformer, prompt: list[int], runs: int, ab
     return measured
 
 
+def voluntary_switches() -> int:
+    """Voluntary context switches (a thread blocking: a sleeping OpenMP thread, a wait for the GIL) of this process's
+    threads so far."""
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            lines = (task / "status").read_text().splitlines()
+            total += sum(int(line.split()[1]) for line in lines if line.startswith("voluntary_ctxt_switches"))
+    return total
+
+
+class StepSpans:
+    """Wall time of the parts of `engine`'s decode steps (one request in flight: one new token a step), taken by
+    wrapping the engine's scheduler, forward and sampler on this instance."""
+
+    PARTS = ("schedule", "forward", "sample + detokenise")
+
+    def __init__(self, engine: Engine) -> None:
+        self.times: dict[str, list[float]] = {part: [] for part in (*self.PARTS, "step")}
+        self.switches = 0
+        self._pending: dict[str, float] = {}
+        self._plan: list = []
+        """The step's (sequence, new tokens) as the scheduler planned it."""
+        engine.scheduler.schedule = self._wrap("schedule", self._keep_plan(engine.scheduler.schedule))
+        engine._sample = self._wrap("sample + detokenise", engine._sample)
+        self._eager = None
+        if engine._compiled is not None:
+            engine._compiled = self._wrap("forward", engine._compiled)
+        else:  # eager steps run through the engine module's `run_segments` (put back by `close`)
+            self._eager = engine_module.run_segments
+            engine_module.run_segments = self._wrap("forward", self._eager)
+        engine.step = self._step(engine.step)
+
+    def close(self) -> None:
+        if self._eager is not None:
+            engine_module.run_segments = self._eager
+
+    def _wrap(self, part: str, fn: Callable) -> Callable:
+        def timed(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._pending[part] = time.perf_counter() - start
+        return timed
+
+    def _keep_plan(self, schedule: Callable) -> Callable:
+        def planned() -> list:
+            self._plan[:] = schedule()
+            return self._plan
+        return planned
+
+    def _step(self, step: Callable) -> Callable:
+        def timed() -> object:
+            self._pending.clear()
+            self._plan.clear()
+            switches, start = voluntary_switches(), time.perf_counter()
+            outputs = step()
+            elapsed = time.perf_counter() - start
+            if outputs and self._plan and all(n == 1 for _, n in self._plan):  # a decode step
+                self.switches += voluntary_switches() - switches
+                self.times["step"].append(elapsed)
+                for part in self.PARTS:
+                    self.times[part].append(self._pending[part])
+            return outputs
+        return timed
+
+    def line(self) -> str:
+        steps = len(self.times["step"])
+        if not steps:
+            return "no decode steps timed"
+        med = {part: 1e3 * statistics.median(t) for part, t in self.times.items()}
+        rest = med["step"] - sum(med[part] for part in self.PARTS)
+        parts = ", ".join(f"{part} {med[part]:.2f}" for part in self.PARTS)
+        return (f"decode step {med['step']:.2f} ms/token (medians of {steps}): {parts}, rest of Engine.step {rest:.2f}; "
+                f"{self.switches / steps:.1f} voluntary context switches/token")
+
+
 def serve_path(name: str, model: Transformer, tok: Tokenizer, compile: bool, n: int, runs: int,
-               bws: dict[str, float]) -> Measured:
-    """`model` unpacked: its weights' bytes are the bound's; the engine serves a prepacked copy, as `herd serve`."""
+               bws: dict[str, float], thread: bool = False, int8: bool = False) -> Measured:
+    """`model` unpacked: its weights' bytes are the bound's; the engine serves a prepacked copy, as `herd serve`
+    (`int8`: a weight-only int8 copy, whose bytes are the bound's). `thread`: the engine steps on a second thread (a
+    second OpenMP team), this one having loaded it."""
     extra = {"compile": compile} if "compile" in {f.name for f in dataclasses.fields(EngineConfig)} else {}
     if compile and not extra:
         raise SystemExit(f"{name}: this herd's serving engine has no compiled step")
-    nbytes = streamed_bytes(model)
-    served = pack_linears(copy.deepcopy(model), **({"keep_weights": True} if compile else {}))  # as herd serve
+    if int8:  # as herd serve --quantize int8
+        served = quantize(copy.deepcopy(model), "int8")
+        nbytes = streamed_bytes(served)
+    else:  # as herd serve
+        nbytes = streamed_bytes(model)
+        served = pack_linears(copy.deepcopy(model), **({"keep_weights": True} if compile else {}))
     engine = Engine(served, tok, EngineConfig(max_running=1, **extra))
     requests = workload(3, seed=0, vocab=128000, prompts=(128, 128), outputs=(n, n))
-    run_herd(engine, requests[:1], 1)  # warm-up
-    rate = statistics.median(summarize(*run_herd(engine, requests, 1))["tok_s"] for _ in range(runs))
-    ops = {op: t / (n * len(requests)) for op, t in op_times(lambda: run_herd(engine, requests, 1), runs).items()}
+
+    def serving(fn: Callable[[], object]) -> object:
+        if not thread:
+            return fn()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(fn).result()
+
+    serving(lambda: run_herd(engine, requests[:1], 1))  # warm-up
+    rate = statistics.median(summarize(*serving(lambda: run_herd(engine, requests, 1)))["tok_s"] for _ in range(runs))
+    ops = {} if thread else {  # torch.profiler records the calling thread's ops alone
+        op: t / (n * len(requests)) for op, t in op_times(lambda: run_herd(engine, requests, 1), runs).items()}
+    spans = StepSpans(engine)
+    for _ in range(runs):
+        serving(lambda: run_herd(engine, requests, 1))
+    spans.close()
     bound = ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bws.items())
-    return Measured(name, rate, ops, f"{nbytes / 1e6:.0f} MB/token; {bound}", bws["copy"] / nbytes)
+    return Measured(name, rate, ops, f"{nbytes / 1e6:.0f} MB/token; {bound}", bws["copy"] / nbytes, spans.line())
 
 
 def report(paths: list[Measured], top: int) -> None:
@@ -165,10 +275,15 @@ def report(paths: list[Measured], top: int) -> None:
         print(f"{p.name:20} {p.tok_s:8.1f} {p.bound_tok_s:11.1f} {p.tok_s / p.bound_tok_s:8.0%}  {p.bound}")
     for p in paths:
         total = sum(p.ops.values())
+        if not total:
+            print(f"\n{p.name}: {p.breakdown} (wall {1e3 / p.tok_s:.2f} ms/token)")
+            continue
         print(f"\n{p.name}: top ops by self CPU time, ms per token (profiled {total:.2f} ms/token; "
               f"wall {1e3 / p.tok_s:.2f} ms/token)")
         for op, ms in sorted(p.ops.items(), key=lambda kv: -kv[1])[:top]:
             print(f"  {op:48} {ms:8.3f} {ms / total:6.1%}")
+        if p.breakdown:
+            print(f"  {p.breakdown}")
 
 
 def main() -> None:
@@ -209,7 +324,8 @@ def main() -> None:
         elif name in PREFILL:
             paths += prefill_path(name, variants[PREFILL[name]](), prompt, args.runs, args.ab)
         else:
-            paths.append(serve_path(name, model, tok, SERVE[name], args.new_tokens, args.runs, bws))
+            kind, compile, thread = SERVE[name]
+            paths.append(serve_path(name, model, tok, compile, args.new_tokens, args.runs, bws, thread, kind == "int8"))
     report(paths, args.top)
 
 
