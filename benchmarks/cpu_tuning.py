@@ -15,8 +15,8 @@ A trick stays in herd where the gain is at least 5% (benchmarks/README.md). Case
 - int8: an int8 model's forward of 16 rows (as in decode), torch's int8 kernel vs dequantize-then-multiply.
 - decode: greedy generation with the compiled decode step (dim 512 x 4 layers, 1 row, 64 new tokens), inductor
   with herd's decompositions vs plain inductor (each compiled once, before timing).
-- decode-eager: the same generation with the eager decode step, whose tricks are the one-row products by the head
-  and by weights of 2 MiB or more (here the feed-forward's 512 x 1536) through oneDNN (`cpu_tuning.linear`).
+- decode-eager: the same generation with the eager decode step, whose trick is the one-row head through oneDNN
+  (`cpu_tuning.linear`).
 - train-step: herd's training step (`benchmarks/train_cpu.py`'s, dim 256 x 4 layers, vocab 8,192, 4 x 256 tokens),
   fp32 and bf16 autocast, whose trick is the loss head's prepacking (a plain bf16 head reorders its weight at
   every chunk into fresh buffers, which page-fault).

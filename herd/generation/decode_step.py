@@ -33,8 +33,7 @@ MIN_COMPILE_WORK = 330e9
 step's kernels are in inductor's cache: below it, the tracing a compile costs even then outweighs what the faster
 steps save. llama3-125m fp32 (0.49 GB) on 2 quiet AVX-512 cores at 7a14cc0 (benchmarks/llama_cpp_side_by_side.py):
 eager 49.7 tok/s, compiled 117.7 (11.6 ms saved a token) against ~7.8 s of tracing (benchmarks/chat_cold_start.py;
-~9.5 s of CPU time measured loaded): even at ~670 tokens, 330 GB. (Was 170 GB from an eager 31 tok/s; the eager
-step has sped up since, by one-row oneDNN products too, which moves the even point further, ~800 tokens estimated.)"""
+~9.5 s of CPU time measured loaded): even at ~670 tokens, 330 GB. (Was 170 GB, from an eager 31 tok/s.)"""
 
 MIN_COMPILE_WORK_COLD = 500e9
 """The same with no cached kernels: the first compile builds them (~20 s more on those 2 cores): even at ~1000

@@ -9,9 +9,11 @@ gaining less). The tricks:
   inductor's CPU freezing applies, then multiplied with its linear kernel. Same math and dtype as `x @ weight.T`.
   Only where the CPU runs oneDNN's kernels for the weight's dtype (`can_prepack`): bf16 needs avx512bw+vl+dq or
   avx_ne_convert, which many AVX2-only CPUs (laptops, cloud VMs) lack.
-- fp32 inference GEMMs of 16 rows or more (prefill, evals), and eager decode's one-row products by the head and
-  weights of 2 MiB or more, through oneDNN's matmul on the plain weight (`linear`): torch's F.linear calls MKL's
-  sgemm, which ran 2-4x slower on an AMD EPYC with AVX-512 (llama3-125m's eager step 26.6 -> 23.8 ms of CPU time).
+- fp32 inference GEMMs of 16 rows or more (prefill, evals) and eager decode's one-row head through oneDNN's matmul
+  on the plain weight (`linear`): torch's F.linear calls MKL's sgemm, which ran 2-4x slower on an AMD EPYC with
+  AVX-512. The blocks' one-row products stay on MKL: oneDNN for those of 2 MiB or more took llama3-125m's eager step
+  from 26.6 to 23.8 ms of CPU time on 1 thread, but on 2 threads (a loaded machine) from 3.7 to 4.1 s of wall time
+  for 16 tokens (1.5 -> 1.9 s of CPU time): a quiet 2-thread measurement would have to show a gain first.
 - the compiled decode step's inductor decompositions (`decode_backend`): a one-row matmul, a one-row int8
   weight-only matmul and a one-query attention written as fused multiply-sums, which inductor's vectorised reductions
   run at memory speed (in the instruction set inductor picks for this CPU, scalar C++ where it finds no vector one).
@@ -77,28 +79,20 @@ _GEMM_BLOCK, _GEMM_MAX_ROWS = 16, 256
 primitive (~0.7 MB) for every row count it sees, so a prompt's free length would grow memory by the hundreds of MB."""
 
 
-_ONE_ROW_MIN_WEIGHTS = 1 << 19
-"""One-row fp32 products with a weight of at least this many elements (2 MiB) go to oneDNN as well (decode's eager
-step): llama3-125m's feed-forward weights, 1 thread, CPU time: 1536x576 165 vs MKL 212 us, 576x1536 161 vs 194;
-its 576x576 ~4% apart and 192x576 oneDNN 13% slower (AMD EPYC AVX-512, loaded machine, medians of 5 over 56-452
-copies so each weight comes from memory)."""
-
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, one_row: bool = False) -> torch.Tensor:
-    """`F.linear(x, weight)`; fp32 inference on 16 rows or more (on one row as well with `one_row`, the output head at
-    the last position, or a weight of `_ONE_ROW_MIN_WEIGHTS` or more) runs oneDNN's matmul on the plain weight (its
-    JIT kernels for this CPU; torch's F.linear calls MKL's sgemm, 2-4x slower on an AMD EPYC AVX-512, 1 thread: 35 vs
-    90-240 GFLOP/s at prefill shapes, and for the 125M's head on one row 1.9x slower). Plain F.linear under autograd,
-    autocast, torch.compile, `PLAIN_ENV` and for tensor subclasses (DTensor shards: oneDNN's op has no sharding
-    rule)."""
+    """`F.linear(x, weight)`; fp32 inference on 16 rows or more (with `one_row` on one row as well: the output head at
+    the last position) runs oneDNN's matmul on the plain weight (its JIT kernels for this CPU; torch's F.linear calls
+    MKL's sgemm, 2-4x slower on an AMD EPYC AVX-512, 1 thread: 35 vs 90-240 GFLOP/s at prefill shapes, and for the
+    125M's head on one row 1.9x slower). Plain F.linear under autograd, autocast, torch.compile, `PLAIN_ENV` and for
+    tensor subclasses (DTensor shards: oneDNN's op has no sharding rule)."""
     if torch.compiler.is_compiling() or type(x) is not torch.Tensor or type(weight) not in _PLAIN_TENSORS:
         # traced (the row count would only add guards), or DTensor shards (tensor parallelism)
         return F.linear(x, weight)
     rows = x.numel() // max(x.shape[-1], 1)
-    one_row = rows == 1 and (one_row or weight.numel() >= _ONE_ROW_MIN_WEIGHTS)
-    if ((rows < _GEMM_BLOCK and not one_row) or x.dtype != torch.float32
+    if ((rows < _GEMM_BLOCK and not (one_row and rows == 1)) or x.dtype != torch.float32
             or weight.dtype != torch.float32 or x.device.type != "cpu"
             or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             or torch.is_autocast_enabled("cpu") or plain_forced() or not cpu_supports(torch.float32)):
