@@ -147,3 +147,22 @@ def test_the_compiled_step_serves_int8_weights_as_the_eager_engine_does(tiny):
             assert b.logprob == pytest.approx(a.logprob, abs=0.1), key
             same += 1
     assert same >= 32  # of 96 tokens
+
+
+def test_steps_after_the_first_skip_dynamo_guards(tiny):
+    """After its first call the step runs only the guards telling dynamo's graphs apart, as herd.generation's does: a
+    tensor property dynamo guards on (a weight's requires_grad, which inference ignores), changed, compiles no new
+    graph; the logits stay the guarded call's."""
+    model, tok = tiny
+    engine = Engine(model, tok, EngineConfig(compile=True))
+    step, blocks = engine._compiled, [1, 2, 3]
+    before = step(5, 20, blocks)
+    compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    weight = model.tok_embeddings.weight
+    weight.requires_grad_(not weight.requires_grad)
+    try:
+        after = step(5, 20, blocks)
+    finally:
+        weight.requires_grad_(not weight.requires_grad)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled
+    torch.testing.assert_close(after, before)
