@@ -1,4 +1,5 @@
-"""The engine behind an asyncio server: one background thread steps it; requests talk to it through queues.
+"""The engine behind an asyncio server: one thread steps it (a background one, or `run`'s caller); requests talk to it
+through queues.
 
 Commands (add, abort) go to the thread on a thread-safe queue; each group of requests gets its outputs on an
 asyncio queue of its own. Leaving the output iterator early (a client gone, a task cancelled) aborts what
