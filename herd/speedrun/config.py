@@ -126,6 +126,8 @@ class PrefSettings(PostSettings):
 
     safety_pairs: int
     """Safety pairs added: a refusal beats compliance on harmful requests, help beats a refusal on benign ones."""
+    safety_benign_share: float = 0.6
+    """Share of the safety pairs on benign requests (help preferred); the rest refuse harmful ones."""
 
 
 @dataclass(kw_only=True)

@@ -17,7 +17,7 @@ from herd.post.stage import fine_tuning_optim
 from herd.run_dir import atomic_open
 from herd.speedrun.config import DPOSettings, PostSettings, PrefSettings, RejectionSettings, SFT2Settings, SFTSettings
 from herd.speedrun.on_policy import dpo_on_policy_pairs
-from herd.speedrun.safety_data import safety_dialogs, safety_pairs
+from herd.speedrun.safety_data import held_out_pairs, safety_dialogs, safety_pairs
 from herd.speedrun.tool_data import tool_dialogs, tool_pairs
 
 if TYPE_CHECKING:
@@ -96,16 +96,38 @@ def preference_data(ctx: RunContext, out: Path, s: PrefSettings, extra: list[dic
     """The corpus's preference pairs plus `safety_pairs` safety pairs and `extra` records
     (RUN/NN-stage/prefs.jsonl)."""
     return with_safety(ctx.stage_dir("corpus") / "post" / "prefs.jsonl",
-                       safety_pairs(s.safety_pairs, ctx.seed) + (extra or []), out / "prefs.jsonl")
+                       safety_pairs(s.safety_pairs, ctx.seed, s.safety_benign_share) + (extra or []),
+                       out / "prefs.jsonl")
 
 
 def rm_stage(ctx: RunContext, out: Path, s: PrefSettings) -> dict[str, Any]:
+    """The reward model from the SFT model; "held_out": its held-out pair accuracy per kind (`held_out_accuracy`)."""
     from herd.post import RewardConfig, train_reward_model
 
     post = ctx.stage_dir("corpus") / "post"
     config = RewardConfig(**stage_fields(ctx, out, s, ctx.outputs("sft")["model"]),
                           data=str(preference_data(ctx, out, s)), val_data=str(post / "prefs_val.jsonl"))
-    return _outputs(train_reward_model(config))
+    result = train_reward_model(config)
+    pairs = {"corpus": post / "prefs_val.jsonl"}
+    for kind, records in held_out_pairs(ctx.config.eval.refusal_prompts, ctx.seed).items():
+        with atomic_open(out / f"held_out_{kind}.jsonl") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        pairs[kind] = out / f"held_out_{kind}.jsonl"
+    return {**_outputs(result), "held_out": held_out_accuracy(result.model_dir, pairs, s.seq_len, ctx.device)}
+
+
+def held_out_accuracy(model_dir: Path, pairs: dict[str, Path], seq_len: int, device: str) -> dict[str, float]:
+    """The reward model's pair accuracy (share of pairs it orders right; chance 0.5) on each kind of held-out pairs:
+    the corpus's (math and knowledge) and the eval's held-out harmful and benign requests
+    (safety_data.held_out_pairs)."""
+    from herd.post import load_reward_model
+    from herd.post.batches import encode_pairs
+    from herd.post.data import read_preferences
+    from herd.post.reward_model import pair_accuracy
+
+    rm, tok = load_reward_model(model_dir, device)
+    return {kind: pair_accuracy(rm, encode_pairs(tok, read_preferences(path), seq_len), 16, tok.eos_id,
+                                device)["val_accuracy"] for kind, path in pairs.items()}
 
 
 def rejection_stage(ctx: RunContext, out: Path, s: RejectionSettings) -> dict[str, Any]:

@@ -63,14 +63,14 @@ def requests(n: int, seed: int, *, held_out: bool = False, benign_share: float =
                                multi_turn_share=0.0)
 
 
-def training_requests(n: int, seed: int) -> list[tuple[str, bool]]:
-    """`n` varied training requests (text, harmful) in `TEMPLATES` with an opener and a closer: a share BENIGN_SHARE
+def training_requests(n: int, seed: int, benign_share: float = BENIGN_SHARE) -> list[tuple[str, bool]]:
+    """`n` varied training requests (text, harmful) in `TEMPLATES` with an opener and a closer: a share `benign_share`
     benign (LOOK_ALIKE_SHARE of those one of `LOOK_ALIKES`, the rest the moderation set's benign acts), the others
     the moderation set's harmful acts (a category, then one of its acts)."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        harmful = rng.random() >= BENIGN_SHARE
+        harmful = rng.random() >= benign_share
         if harmful:
             act = rng.choice(ACTS[rng.choice(list(ACTS))])
         else:
@@ -87,16 +87,25 @@ def safety_dialogs(n: int, seed: int) -> list[dict[str, Any]]:
              "domain": "safety"} for text, harmful in training_requests(n, seed)]
 
 
-def safety_pairs(n: int, seed: int) -> list[dict[str, Any]]:
+def safety_pairs(n: int, seed: int, benign_share: float = BENIGN_SHARE) -> list[dict[str, Any]]:
     """Preference pairs {"prompt", "chosen", "rejected", "domain": "safety"}: refusal over compliance on harmful
-    requests, help over refusal on benign ones."""
+    requests, help over refusal on benign ones (a share `benign_share`)."""
     rng = random.Random(seed)
     out = []
-    for text, harmful in training_requests(n, seed + 1):
+    for text, harmful in training_requests(n, seed + 1, benign_share):
         refusal, help_ = rng.choice(REFUSALS), rng.choice(HELP)
         chosen, rejected = (refusal, help_) if harmful else (help_, refusal)
         out.append({"prompt": text, "chosen": chosen, "rejected": rejected, "domain": "safety"})
     return out
+
+
+def held_out_pairs(n: int, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Pairs on the eval's held-out requests (`held_out_requests`), by kind: "harmful" (a refusal over help) and
+    "benign" (help over a refusal); the reward model's held-out safety accuracy."""
+    rng = random.Random(seed + 4)
+    harmful, benign = held_out_requests(n, seed)
+    return {"harmful": [{"prompt": q, "chosen": rng.choice(REFUSALS), "rejected": rng.choice(HELP)} for q in harmful],
+            "benign": [{"prompt": q, "chosen": rng.choice(HELP), "rejected": rng.choice(REFUSALS)} for q in benign]}
 
 
 def held_out_requests(n: int, seed: int) -> tuple[list[str], list[str]]:

@@ -61,11 +61,13 @@ TINY = {  # the presets' numbers as they were when they were nested dicts (issue
     "anneal": {"steps": 60},
     "sft": {"steps": 720, "batch_size": 16, "seq_len": 256, "lr": 1e-3, "safety_dialogs": 1500, "tool_dialogs": 600,
             "math_dialogs": 0},
-    "rm": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 5e-4, "safety_pairs": 200},
+    "rm": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 5e-4, "safety_pairs": 200,
+           "safety_benign_share": 0.6},
     "rejection": {"samples_per_prompt": 4, "max_new_tokens": 64, "temperature": 0.8},
     "sft2": {"steps": 160, "batch_size": 16, "seq_len": 256, "lr": 5e-4, "rs_repeats": 2},
     "dpo": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 1e-4, "beta": 0.1, "safety_pairs": 200,
-            "tool_pairs": 300, "on_policy_prompts": 0, "on_policy_samples": 4, "reward_pair_samples": 0},
+            "safety_benign_share": 0.6, "tool_pairs": 300, "on_policy_prompts": 0, "on_policy_samples": 4,
+            "reward_pair_samples": 0},
     "eval": {"limit": 60, "data_dir": "data/benchmarks", "real_tasks": ["gsm8k", "humaneval"], "real_limit": 20,
              "refusal_prompts": 100, "tool_limit": 60},
     "safety": {"guard_steps": 800, "guard_examples": 12000, "guard_eval": 200, "guard_batch_size": 4,
@@ -196,8 +198,13 @@ def test_safety_data_reaches_sft_rm_dpo_and_refusals_are_measured(micro_run):
     assert pairs.count('"domain": "reward"') == on_policy["reward"]["pairs"]
     scores = json.loads((stage["eval"] / "scores.json").read_text())
     assert set(scores["reward_interval"]) == {"sft", "sft2", "dpo"}
-    assert all(r["low"] <= scores["reward"][k] <= r["high"] and r["n"] == micro().final.rm_prompts
-               for k, r in scores["reward_interval"].items())
+    assert all(r["low"] <= scores["reward"][k] <= r["high"] and r["n"] == 3 * micro().final.rm_prompts
+               for k, r in scores["reward_interval"].items())  # stratified: math, harmful and benign prompts
+    assert {kind: {k: r["n"] for k, r in rows.items()} for kind, rows in scores["reward_by_kind"].items()} == {
+        kind: dict.fromkeys(("sft", "sft2", "dpo"), micro().final.rm_prompts) for kind in ("math", "harmful", "benign")}
+    assert {"reward_math", "reward_harmful", "reward_benign"} <= set(scores["dpo_vs_sft2"])
+    held_out = json.loads((stage["rm"] / "speedrun.json").read_text())["outputs"]["held_out"]
+    assert set(held_out) == {"corpus", "harmful", "benign"} and all(0 <= v <= 1 for v in held_out.values())
     refusal = scores["refusal"]
     assert set(refusal) == {"base", "sft", "sft2", "dpo"}
     for rates in refusal.values():

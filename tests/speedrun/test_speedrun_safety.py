@@ -2,7 +2,14 @@
 
 from herd.safety.cyberseceval import is_refusal
 from herd.speedrun.eval_stages import share_with_interval
-from herd.speedrun.safety_data import HELP, REFUSALS, held_out_requests, safety_dialogs, safety_pairs
+from herd.speedrun.safety_data import (
+    HELP,
+    REFUSALS,
+    held_out_pairs,
+    held_out_requests,
+    safety_dialogs,
+    safety_pairs,
+)
 
 
 def test_refusals_are_refusals_and_help_is_not():
@@ -31,6 +38,21 @@ def test_pairs_prefer_refusal_on_harmful_and_help_on_benign():
     assert 0.3 < len(harmful) / len(pairs) < 0.7
     assert all(is_refusal(p["chosen"]) != is_refusal(p["rejected"]) for p in pairs)
     assert not any(is_refusal(p["chosen"]) for p in pairs if "python process" in p["prompt"])
+
+
+def test_pairs_benign_share_sets_the_mix():
+    for share in (0.2, 0.5, 0.8):
+        pairs = safety_pairs(1000, seed=0, benign_share=share)
+        benign = sum(not is_refusal(p["chosen"]) for p in pairs) / len(pairs)
+        assert abs(benign - share) < 0.05
+
+
+def test_held_out_pairs_are_the_eval_requests_with_the_right_reply_chosen():
+    pairs = held_out_pairs(30, seed=0)
+    harmful, benign = held_out_requests(30, seed=0)
+    assert [p["prompt"] for p in pairs["harmful"]] == harmful and [p["prompt"] for p in pairs["benign"]] == benign
+    assert all(p["chosen"] in REFUSALS and p["rejected"] in HELP for p in pairs["harmful"])
+    assert all(p["chosen"] in HELP and p["rejected"] in REFUSALS for p in pairs["benign"])
 
 
 def test_held_out_requests_are_worded_as_training_never_is():
