@@ -60,7 +60,7 @@ TINY = {  # the presets' numbers as they were when they were nested dicts (issue
                  "compile": False, "activation_checkpointing": False},
     "anneal": {"steps": 60},
     "sft": {"steps": 720, "batch_size": 16, "seq_len": 256, "lr": 1e-3, "safety_dialogs": 1500, "tool_dialogs": 600,
-            "math_dialogs": 0},
+            "math_dialogs": 1000},
     "rm": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 5e-4, "safety_pairs": 200,
            "safety_benign_share": 0.6},
     "rejection": {"samples_per_prompt": 4, "max_new_tokens": 64, "temperature": 0.8},
