@@ -10,8 +10,13 @@ run's 60 held-out math and addition items extended to --items with fresh ones no
 stands beside its bootstrap 90% interval; each arm's difference from "without" is paired item by item (per item, the
 mean over seeds) with its paired bootstrap 90% interval, and the verdict reads it against the 3-point target.
 
-    python benchmarks/safety_data_ablation.py --run RUN [--seeds 0 1] [--until dpo] [--items 400]
-        [--reuse with:0=RUN --reuse without:0=OTHER_RUN] [--arm NAME=sft.safety_dialogs=800,sft.tool_dialogs=900]
+    python benchmarks/safety_data_ablation.py --run RUN [--seeds 0 1] [--until dpo] [--items 300]
+        [--reuse with:0=RUN --reuse without:0=OTHER_RUN] [--arm NAME=sft.math_dialogs=1000,sft.tool_dialogs=900]
+        [--only ARM ... --train-only] [--stages sft2 dpo]
+
+Train arms in parallel processes with --only ARM --train-only (one thread each, OMP_NUM_THREADS=1: on a loaded
+2-core machine two threads ran SFT ~14x slower), then score them all in one call. At 300 items the paired interval of
+a difference is about +-2.5 points (+-5 to +-8 at the eval stage's 60).
 
 RUN is a finished tiny speedrun (its 01-corpus and 06-anneal are used, never written). --reuse takes an arm's
 models at a seed from an existing run dir whose post stages ran with exactly that arm's settings (checked).
