@@ -42,10 +42,10 @@ def pack_chats(tok: Tokenizer, dialogs: Sequence[Sequence[Message] | ToolDialog]
     content and its end of turn), laid whole into rows in order: a dialog starts a new row when it does not fit
     the current one, and the row's rest is padding (its own document, no targets).
 
-    share_prefixes: the dialogs are ordered by their tokens instead, and the dialogs of a row keep one copy of the
-    tokens they all begin with before their first target, as a shared prefix (herd.model.masking): exact under the
-    causal mask, each dialog's loss is what it is alone, and a row holds more dialogs that share a long prompt (the
-    category header of Llama Guard prompts)."""
+    share_prefixes: the dialogs are grouped by their tokens instead (_grouped), and the dialogs of a row keep one
+    copy of the tokens they all begin with before their first target, as a shared prefix (herd.model.masking): exact
+    under the causal mask, each dialog's loss is what it is alone, and a row holds more dialogs that share a long
+    prompt (the category header of Llama Guard prompts)."""
     docs: list[np.ndarray] = []
     truncated = 0
     for dialog in dialogs:
@@ -57,7 +57,7 @@ def pack_chats(tok: Tokenizer, dialogs: Sequence[Sequence[Message] | ToolDialog]
         ids_a, mask_a = np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=bool)
         docs.append(np.stack([ids_a[:-1], np.where(mask_a[1:], ids_a[1:], IGNORE_INDEX)]))
     if share_prefixes:
-        docs.sort(key=lambda doc: doc[0].tolist())
+        docs = _grouped(docs)
     rows = _rows(docs, seq_len, share_prefixes)
     tokens = np.full((len(rows), seq_len), tok.eos_id, dtype=np.int64)
     targets = np.full((len(rows), seq_len), IGNORE_INDEX, dtype=np.int64)
@@ -72,6 +72,29 @@ def pack_chats(tok: Tokenizer, dialogs: Sequence[Sequence[Message] | ToolDialog]
         doc_ids[r, start:] = len(members)
     return PackedChats(torch.from_numpy(tokens), torch.from_numpy(targets), torch.from_numpy(doc_ids),
                        len(dialogs), truncated)
+
+
+def _grouped(docs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Dialogs ([2, n] inputs and targets) in token order, each run of them that share at least half of their
+    prompts (the tokens before the first target) shuffled within (seeded): a row's dialogs still share that much,
+    but not the rest. Token order alone put rewordings of one request side by side, so a row held one example
+    three or four times and a batch of rows few distinct examples (issue 26: most rows of the tiny guard's data)."""
+    ordered = sorted(docs, key=lambda doc: doc[0].tolist())
+    rng = np.random.default_rng(0)
+    out: list[np.ndarray] = []
+    run: list[np.ndarray] = []
+    for doc in ordered:
+        if run and 2 * _common_length(run[-1][0], doc[0]) < min(_prompt_length(run[-1]), _prompt_length(doc)):
+            out += [run[i] for i in rng.permutation(len(run))]
+            run = []
+        run.append(doc)
+    return out + [run[i] for i in rng.permutation(len(run))]
+
+
+def _prompt_length(doc: np.ndarray) -> int:
+    """Tokens before a dialog's first target (all of them when it has none)."""
+    kept = np.flatnonzero(doc[1] != IGNORE_INDEX)
+    return int(kept[0]) if len(kept) else doc.shape[1]
 
 
 def _rows(docs: Sequence[np.ndarray], seq_len: int, share: bool) -> list[tuple[int, list[np.ndarray]]]:
