@@ -1,8 +1,9 @@
 """A recipe for a small guard herd trains on CPU: synthetic labelled requests, taxonomy-conditioned SFT records in
 the Llama Guard 2 template, training through herd.post.sft, and F1 / AUPRC / false-positive-rate evaluation.
 
-Each record draws its own taxonomy (a shuffled subset of the categories), so the same request is "unsafe" under a
-taxonomy that lists its category and "safe" under one that does not: the guard learns to read the policy.
+Each record draws its own taxonomy (a subset of the categories, each under its own code: herd.safety.taxonomy.codes),
+so the same request is "unsafe" under a taxonomy that lists its category and "safe" under one that does not: the
+guard learns to read the policy, and one code per category.
 
 A guard trained from scratch never saw most English words: a new wording brings tokens whose embeddings are still
 random, and the verdict follows them. `noise` (random word replacement and insertion, as in EDA) fills the
@@ -25,7 +26,7 @@ from herd.errors import HerdError
 from herd.run_dir import atomic_open, write_json
 from herd.safety.guard_metrics import guard_metrics
 from herd.safety.llama_guard import GUARD_FILE, LlamaGuard, render_prompt, target_text
-from herd.safety.taxonomy import LLAMA_GUARD_2, Category, Taxonomy, code
+from herd.safety.taxonomy import LLAMA_GUARD_2, Category, Taxonomy, codes
 from herd.tokenizer import Message
 
 ACTS: dict[str, tuple[str, ...]] = {
@@ -132,19 +133,18 @@ def synthetic_examples(categories: Sequence[str], *, held_out: bool = False, ben
 
 def sample_taxonomy(universe: Taxonomy, example: Example, rng: random.Random, max_size: int,
                     listed_share: float = 0.6) -> Taxonomy:
-    """A shuffled subset of `universe` (1..max_size categories) that lists the example's category with
-    probability `listed_share`."""
+    """A subset of `universe` (1..max_size categories, in its order, so each keeps its code) that lists the
+    example's category with probability `listed_share`."""
     pool = [c for c in universe if c.name != example.category]
     size = rng.randint(1, min(max_size, len(universe)))
     own = [c for c in universe if c.name == example.category and rng.random() < listed_share]
-    chosen = own + rng.sample(pool, min(size - len(own), len(pool)))
-    rng.shuffle(chosen)
-    return tuple(chosen)
+    chosen = {c.name for c in own + rng.sample(pool, min(size - len(own), len(pool)))}
+    return tuple(c for c in universe if c.name in chosen)
 
 
 def labelled(example: Example, taxonomy: Taxonomy) -> list[str]:
     """The codes the example violates under `taxonomy`: its category's code when listed, else none."""
-    return [code(i) for i, c in enumerate(taxonomy) if c.name == example.category]
+    return [k for k, c in zip(codes(taxonomy), taxonomy) if c.name == example.category]
 
 
 def guard_records(examples: Sequence[Example], universe: Taxonomy, *, max_size: int = 4, listed_share: float = 0.6,

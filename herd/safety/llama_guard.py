@@ -19,7 +19,7 @@ import torch
 from herd.errors import HerdError
 from herd.generation import generate_tokens
 from herd.model import Transformer
-from herd.safety.taxonomy import LLAMA_GUARD_2, Category, Taxonomy, code, taxonomy_from
+from herd.safety.taxonomy import LLAMA_GUARD_2, Category, Taxonomy, codes, index_of, taxonomy_from
 from herd.tokenizer import Message, Tokenizer
 
 ROLES = {"user": "User", "assistant": "Agent"}
@@ -42,8 +42,8 @@ def render_prompt(messages: Sequence[Message], taxonomy: Taxonomy = LLAMA_GUARD_
             raise HerdError(f"message {i} must be {{'role': 'user' | 'assistant', 'content': str}}, got {message!r:.80}")
     role = ROLES[messages[-1]["role"]]
     categories = "".join(
-        f"{code(i)}: {c.name}. \n" + (f"{c.description}\n" if descriptions and c.description else "")
-        for i, c in enumerate(taxonomy)
+        f"{k}: {c.name}. \n" + (f"{c.description}\n" if descriptions and c.description else "")
+        for k, c in zip(codes(taxonomy), taxonomy)
     )
     conversation = "".join(f"{ROLES[m['role']]}: {m['content'].strip()}\n\n" for m in messages)
     return (
@@ -61,19 +61,19 @@ def target_text(codes: Sequence[str]) -> str:
     return "unsafe\n" + ",".join(codes) if codes else "safe"
 
 
-def parse_output(text: str, n_categories: int) -> tuple[Verdict, list[str]]:
+def parse_output(text: str, taxonomy: Taxonomy) -> tuple[Verdict, list[str]]:
     """(verdict, codes) of a guard's answer: ("safe", []), ("unsafe", ["S1", ...]) or ("malformed", []) for
-    anything else: other words, extra lines, a missing or empty code line, codes outside S1..S{n_categories}."""
+    anything else: other words, extra lines, a missing or empty code line, codes `taxonomy` does not list."""
     lines = text.strip().split("\n")
     first = lines[0].strip()
     if first == "safe" and len(lines) == 1:
         return "safe", []
     if first != "unsafe" or len(lines) != 2 or not CODES_LINE.fullmatch(lines[1].strip()):
         return "malformed", []
-    codes = [c.strip() for c in lines[1].split(",")]
-    if len(set(codes)) != len(codes) or any(not 1 <= int(c[1:]) <= n_categories for c in codes):
+    answered = [c.strip() for c in lines[1].split(",")]
+    if len(set(answered)) != len(answered) or not set(answered) <= set(codes(taxonomy)):
         return "malformed", []
-    return "unsafe", codes
+    return "unsafe", answered
 
 
 @dataclass
@@ -86,7 +86,7 @@ class GuardVerdict:
     categories: list[str]
     """Names of the violated categories (empty unless unsafe)."""
     codes: list[str]
-    """Their codes in the prompt's taxonomy (S1..Sn)."""
+    """Their codes in the prompt's taxonomy (herd.safety.taxonomy.codes)."""
     unsafe_prob: float
     """P(unsafe) / (P(safe) + P(unsafe)) for the first answer token: comparable across thresholds and guards
     whatever mass the model puts off the two words."""
@@ -164,16 +164,17 @@ class LlamaGuard:
         for (p_safe, p_unsafe), answer, tax in zip(probs.tolist(), answers, taxonomies):
             mass = p_safe + p_unsafe
             unsafe_prob = p_unsafe / mass if mass > 0 else 0.0
-            parsed, codes = parse_output(answer, len(tax))
+            parsed, answered = parse_output(answer, tax)
             verdict: Verdict = parsed if parsed == "malformed" else "unsafe" if unsafe_prob >= threshold else "safe"
-            verdicts.append(GuardVerdict(verdict, [], codes if verdict == "unsafe" else [], unsafe_prob, mass, answer))
+            verdicts.append(GuardVerdict(verdict, [], answered if verdict == "unsafe" else [], unsafe_prob, mass,
+                                         answer))
         forced = [i for i, v in enumerate(verdicts) if v.verdict == "unsafe" and not v.codes]
         for i, answer in zip(forced, self._answers([prompts[i] for i in forced], "unsafe")):
-            parsed, codes = parse_output(answer, len(taxonomies[i]))
-            verdicts[i].codes = codes
+            parsed, answered = parse_output(answer, taxonomies[i])
+            verdicts[i].codes = answered
             verdicts[i].verdict = "unsafe" if parsed == "unsafe" else "malformed"
         for v, tax in zip(verdicts, taxonomies):
-            v.categories = [tax[int(c[1:]) - 1].name for c in v.codes]
+            v.categories = [tax[index_of(tax, c)].name for c in v.codes]
         return verdicts
 
     def _answers(self, prompts: list[list[int]], prefix: str) -> list[str]:

@@ -1,7 +1,10 @@
 """Hazard taxonomies for Llama Guard: the MLCommons categories S1-S11 of Llama Guard 2 and custom variants.
 
-A taxonomy is an ordered tuple of `Category`; its codes are positional (S1..Sn), so removing or adding a category
-renumbers the rest, as the Llama Guard prompt expects. Names are the stable identity across taxonomies.
+A taxonomy is an ordered tuple of `Category`. A Llama Guard 2 category keeps its own code (S1..S11) in any taxonomy
+that lists it, as Llama Guard 3's published template keeps the codes of the categories it lists; a new category
+takes the next code after S11 (S12, S13, ... in the order listed). So a code means one category in every prompt: a
+guard learns one map from a harmful act to its code, and only whether the prompt lists the category. Names are the
+stable identity across taxonomies.
 """
 
 from __future__ import annotations
@@ -50,20 +53,20 @@ LLAMA_GUARD_2: Taxonomy = (
 """The MLCommons AI Safety categories in Llama Guard 2's order (S1..S11); descriptions are herd's summaries."""
 
 
-def code(index: int) -> str:
-    """The prompt code of the category at 0-based `index`: S1, S2, ..."""
-    return f"S{index + 1}"
+def codes(taxonomy: Taxonomy) -> list[str]:
+    """The prompt code of each category: a Llama Guard 2 category's own (S1..S11), a new one's the next after S11."""
+    own = {c.name.casefold(): f"S{i + 1}" for i, c in enumerate(LLAMA_GUARD_2)}
+    new = iter(range(len(LLAMA_GUARD_2) + 1, len(LLAMA_GUARD_2) + 1 + len(taxonomy)))
+    return [own.get(c.name.casefold()) or f"S{next(new)}" for c in taxonomy]
 
 
 def index_of(taxonomy: Taxonomy, key: str) -> int:
     """0-based position of a category given by code ("S3") or name (case-insensitive); a HerdError if absent."""
-    upper = key.strip().upper()
-    if upper.startswith("S") and upper[1:].isdigit() and 1 <= int(upper[1:]) <= len(taxonomy):
-        return int(upper[1:]) - 1
-    for i, category in enumerate(taxonomy):
-        if category.name.casefold() == key.strip().casefold():
+    wanted = key.strip().casefold()
+    for i, (category, category_code) in enumerate(zip(taxonomy, codes(taxonomy))):
+        if wanted in (category_code.casefold(), category.name.casefold()):
             return i
-    known = ", ".join(f"{code(i)} {c.name}" for i, c in enumerate(taxonomy))
+    known = ", ".join(f"{k} {c.name}" for k, c in zip(codes(taxonomy), taxonomy))
     raise HerdError(f"unknown category {key!r}; the taxonomy has: {known}")
 
 
@@ -75,7 +78,7 @@ def custom_taxonomy(
     add: Iterable[Category | str] = (),
 ) -> Taxonomy:
     """`base` with categories removed and rewritten (by code or name; a str rewrite is a new description), then
-    `add`ed at the end (a str is a name without description); codes are renumbered S1..Sn."""
+    `add`ed at the end (a str is a name without description); Llama Guard 2's categories keep their codes (codes)."""
     rewrite = dict(rewrite or {})
     rewritten = {index_of(base, key): value for key, value in rewrite.items()}
     dropped = {index_of(base, key) for key in remove}

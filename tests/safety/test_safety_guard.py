@@ -1,5 +1,5 @@
-"""Llama Guard 2: the prompt equals the published chat template's rendering, taxonomies renumber, every answer
-shape parses (junk is "malformed", never safe), and a model runs as a guard end to end."""
+"""Llama Guard 2: the prompt equals the published chat template's rendering, taxonomies keep Llama Guard 2's
+codes, every answer shape parses (junk is "malformed", never safe), and a model runs as a guard end to end."""
 
 import jinja2
 import pytest
@@ -7,7 +7,7 @@ import pytest
 from herd.errors import HerdError
 from herd.model import ModelConfig, build_model
 from herd.safety.llama_guard import LlamaGuard, conversation_of, parse_output, render_prompt, target_text
-from herd.safety.taxonomy import LLAMA_GUARD_2, Category, custom_taxonomy, taxonomy_from
+from herd.safety.taxonomy import LLAMA_GUARD_2, Category, codes, custom_taxonomy, index_of, taxonomy_from
 
 # The chat template published with meta-llama/Meta-Llama-Guard-2-8B (its tokenizer_config.json), the reference.
 PUBLISHED_TEMPLATE = (
@@ -50,13 +50,17 @@ def test_prompt_equals_the_published_template(messages):
     assert render_prompt(messages) == published(messages)
 
 
-def test_custom_taxonomy_renumbers_and_honours_descriptions():
+def test_custom_taxonomy_keeps_codes_and_honours_descriptions():
     taxonomy = custom_taxonomy(remove=["S2", "Privacy"], rewrite={"S1": "Only murder."},
                                add=[Category("Gambling", "Betting tips.")])
     assert [c.name for c in taxonomy][:2] == ["Violent Crimes", "Sex Crimes"] and len(taxonomy) == 10
     prompt = render_prompt(CONVERSATIONS[0], taxonomy, descriptions=True)
-    assert "S1: Violent Crimes. \nOnly murder.\nS2: Sex Crimes. \n" in prompt
-    assert "S10: Gambling. \nBetting tips.\n<END UNSAFE CONTENT CATEGORIES>" in prompt
+    assert "S1: Violent Crimes. \nOnly murder.\nS3: Sex Crimes. \n" in prompt  # S2 dropped, S3 stays S3
+    assert "S12: Gambling. \nBetting tips.\n<END UNSAFE CONTENT CATEGORIES>" in prompt  # new: after S11
+    assert codes(taxonomy_from(["Hate", "Gambling", "S1", "Drugs"])) == ["S9", "S12", "S1", "S13"]
+    assert index_of(taxonomy, "S12") == 9 and index_of(taxonomy, "s3") == 1
+    with pytest.raises(HerdError, match="unknown category"):
+        index_of(taxonomy, "S2")
     assert "Privacy" not in prompt and "Non-Violent" not in prompt
     assert render_prompt(CONVERSATIONS[0], taxonomy) .count("\n") == published(CONVERSATIONS[0]).count("\n") - 1
     assert [c.name for c in taxonomy_from(["S9", "hate speech: slurs", "Self-Harm"])] == ["Hate", "hate speech",
@@ -87,13 +91,13 @@ def test_custom_taxonomy_renumbers_and_honours_descriptions():
     ("I cannot help with that.", ("malformed", [])),
 ])
 def test_parse_every_answer_shape(text, expected):
-    assert parse_output(text, 11) == expected
+    assert parse_output(text, LLAMA_GUARD_2) == expected
 
 
 def test_target_text_round_trips():
-    for codes in ([], ["S1"], ["S2", "S7"]):
-        verdict, parsed = parse_output(target_text(codes), 11)
-        assert parsed == codes and verdict == ("unsafe" if codes else "safe")
+    for answer in ([], ["S1"], ["S2", "S7"]):
+        verdict, parsed = parse_output(target_text(answer), LLAMA_GUARD_2)
+        assert parsed == answer and verdict == ("unsafe" if answer else "safe")
 
 
 def test_conversation_of_text_and_bad_role():

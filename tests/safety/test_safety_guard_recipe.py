@@ -27,7 +27,7 @@ from tests.test_run_dir import crash_mid_write
 def test_label_follows_the_taxonomy():
     example = Example("how do I make nerve gas?", "Indiscriminate Weapons")
     assert labelled(example, LLAMA_GUARD_2) == ["S8"]
-    assert labelled(example, custom_taxonomy(remove=["S1"])) == ["S7"]  # renumbered
+    assert labelled(example, custom_taxonomy(remove=["S1"])) == ["S8"]  # its code kept
     assert labelled(example, custom_taxonomy(remove=["Indiscriminate Weapons"])) == []
     gambling = Example("how do I rig a slot machine?", "Gambling")
     assert labelled(gambling, LLAMA_GUARD_2) == [] and labelled(gambling, LLAMA_GUARD_2 + EXTRA_CATEGORIES) == ["S12"]
