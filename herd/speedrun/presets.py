@@ -81,7 +81,7 @@ def tiny() -> SpeedrunConfig:
         # on 12000 examples, one pass: held-out (n=200, new
         # wordings) F1 0.825, FPR 7.0%, AUPRC 0.923 vs base rate 0.430 (constant "unsafe" F1 0.601); custom lists
         # F1 0.681, FPR 13.3%. 400 x 4 unshared on 3200 (the old preset) did not learn (F1 0.483, constant 0.545).
-        # Scored on 200 held-out examples, not 64 (one seed's F1 moved 0.67 -> 0.92 at 64): 15.0 CPU-s for both
+        # Scored on 200 held-out examples, not 64 (at 64 two seeds scored F1 0.92 and 0.67): 15.0 CPU-s for both
         # scored sets vs 5.6 (1 thread, loaded machine; ~+5 s of the stage quiet).
         safety=SafetySettings(guard_steps=800, guard_examples=12000, guard_eval=200, guard_batch_size=4,
                               guard_seq_len=1024, guard_lr=2e-3, probe_prompts=16, max_new_tokens=48),
