@@ -61,8 +61,8 @@ def tiny() -> SpeedrunConfig:
         # SFT's packed rows). Against the no-safety-data ablation from /tmp/q2_tiny's base (seed 0, 300 + 300 held-out
         # items, paired 90%; benchmarks/safety_data_ablation.py): without them SFT2 addition -6.7 [-9.3, -4.3], math
         # -3.0 [-5.0, -1.0] (DPO: -7.0, -1.3); with them SFT2 addition +0.7 [-0.7, +2.3], math +0.3 [-1.7, +2.3],
-        # refusals 99% / 1% (was 97% / 2%); same steps. Teaching the safety dialogs in SFT2 alone kept math and
-        # addition but refused 72% / 29%.
+        # refusals 99% / 1% (was 97% / 2%); DPO addition -2.0 [-4.0, +0.0], math +0.0 [-2.0, +2.0], refusals 98% / 2%;
+        # same steps. Teaching the safety dialogs in SFT2 alone kept math and addition but refused 72% / 29%.
         sft=SFTSettings(steps=720, batch_size=16, seq_len=256, lr=1e-3, safety_dialogs=1500, tool_dialogs=600,
                         math_dialogs=1000),
         rm=PrefSettings(steps=60, batch_size=16, seq_len=192, lr=5e-4, safety_pairs=200),
