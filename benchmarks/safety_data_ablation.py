@@ -12,7 +12,7 @@ mean over seeds) with its paired bootstrap 90% interval, and the verdict reads i
 
     python benchmarks/safety_data_ablation.py --run RUN [--seeds 0 1] [--until dpo] [--items 300]
         [--reuse with:0=RUN --reuse without:0=OTHER_RUN] [--arm NAME=sft.math_dialogs=1000,sft.tool_dialogs=900]
-        [--only ARM ... --train-only] [--stages sft2 dpo]
+        [--only ARM ... --train-only] [--stages sft2 dpo] [--set sft.math_dialogs=0 (every arm, e.g. an older preset)]
 
 Train arms in parallel processes with --only ARM --train-only (one thread each, OMP_NUM_THREADS=1: on a loaded
 2-core machine two threads ran SFT ~14x slower), then score them all in one call. At 300 items the paired interval of
@@ -190,10 +190,12 @@ def main() -> None:
     parser.add_argument("--exclude", type=Path, nargs="*", default=[],
                         help="more JSONL files whose questions the held-out items must avoid (an arm still training)")
     parser.add_argument("--train-only", action="store_true", help="train the arms, score nothing")
+    parser.add_argument("--set", nargs="*", default=[], help="key=value overrides of every arm (before its own)")
     parser.add_argument("--reuse", action="append", default=[], help="ARM:SEED=RUN_DIR")
     args = parser.parse_args()
     arms = {"with": [], "without": WITHOUT.split(",")}
     arms |= {a.split("=", 1)[0]: a.split("=", 1)[1].split(",") for a in args.arm}
+    arms = {a: args.set + o for a, o in arms.items()}
     reuse = {r.split("=", 1)[0]: Path(r.split("=", 1)[1]) for r in args.reuse}
 
     contexts = {}
