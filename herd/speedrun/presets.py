@@ -70,7 +70,12 @@ def tiny() -> SpeedrunConfig:
         sft2=SFT2Settings(steps=160, batch_size=16, seq_len=256, lr=5e-4, rs_repeats=2),
         # On-policy pairs (dpo.on_policy_prompts / reward_pair_samples) stay off: on the 1500-dialog SFT2 they cost 10
         # points of math and addition at lr 1e-4 (herd.speedrun.on_policy's docstring has the figures).
-        dpo=DPOSettings(steps=60, batch_size=16, seq_len=192, lr=1e-4, beta=0.1, safety_pairs=200, tool_pairs=300),
+        # Safety pairs half benign, not 60%: the same refusal and help strings are chosen on one kind and rejected
+        # on the other, so the benign surplus pushed refusals down everywhere ("Sorry, 1 carry 0; ..."); from
+        # /tmp/q2_tiny's SFT2 (100 + 100 held-out requests, paired 90%): harmful refused DPO - SFT2 -12 [-17, -7]
+        # at 0.6, -1 [-4, +2] at 0.5 (96% / 1% false refusals), math -1.7 [-5.0, +0.0], addition +1.7 [-3.3, +6.7].
+        dpo=DPOSettings(steps=60, batch_size=16, seq_len=192, lr=1e-4, beta=0.1, safety_pairs=200,
+                        safety_benign_share=0.5, tool_pairs=300),
         # 100 + 100 held-out refusal prompts (40 + 40 gave +-10-point intervals) and 60 reward prompts: ~22k more
         # generated tokens, ~3 s (rejection sampling generates 24.6k in 2.8 s).
         eval=EvalSettings(limit=60, data_dir="data/benchmarks", real_tasks=["gsm8k", "humaneval"], real_limit=20,

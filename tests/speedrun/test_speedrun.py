@@ -66,7 +66,7 @@ TINY = {  # the presets' numbers as they were when they were nested dicts (issue
     "rejection": {"samples_per_prompt": 4, "max_new_tokens": 64, "temperature": 0.8},
     "sft2": {"steps": 160, "batch_size": 16, "seq_len": 256, "lr": 5e-4, "rs_repeats": 2},
     "dpo": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 1e-4, "beta": 0.1, "safety_pairs": 200,
-            "safety_benign_share": 0.6, "tool_pairs": 300, "on_policy_prompts": 0, "on_policy_samples": 4,
+            "safety_benign_share": 0.5, "tool_pairs": 300, "on_policy_prompts": 0, "on_policy_samples": 4,
             "reward_pair_samples": 0},
     "eval": {"limit": 60, "data_dir": "data/benchmarks", "real_tasks": ["gsm8k", "humaneval"], "real_limit": 20,
              "refusal_prompts": 100, "tool_limit": 60},
