@@ -65,7 +65,11 @@ def tiny() -> SpeedrunConfig:
         # same steps. Teaching the safety dialogs in SFT2 alone kept math and addition but refused 72% / 29%.
         sft=SFTSettings(steps=720, batch_size=16, seq_len=256, lr=1e-3, safety_dialogs=1500, tool_dialogs=600,
                         math_dialogs=1000),
-        rm=PrefSettings(steps=60, batch_size=16, seq_len=192, lr=5e-4, safety_pairs=200),
+        # The RM at 200 safety pairs, 60% benign, 60 steps preferred help whatever the request (held-out pair accuracy
+        # harmful 0.43, benign 0.73, corpus 0.875; at 50% benign it flipped: 0.92 / 0.05); 600 pairs half benign at
+        # 120 steps: 0.74 / 0.50 / 0.90 (~+10 s quiet), and with it DPO - SFT2 RM score +0.112 [+0.040, +0.226] (60
+        # math + 60 harmful + 60 benign prompts, each kind beyond noise), refused 94% -> 97% (+3 [+0, +7]).
+        rm=PrefSettings(steps=120, batch_size=16, seq_len=192, lr=5e-4, safety_pairs=600, safety_benign_share=0.5),
         rejection=RejectionSettings(samples_per_prompt=4, max_new_tokens=64, temperature=0.8),
         sft2=SFT2Settings(steps=160, batch_size=16, seq_len=256, lr=5e-4, rs_repeats=2),
         # On-policy pairs (dpo.on_policy_prompts / reward_pair_samples) stay off: on the 1500-dialog SFT2 they cost 10
