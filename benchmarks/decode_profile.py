@@ -230,8 +230,8 @@ class StepSpans:
         med = {part: 1e3 * statistics.median(t) for part, t in self.times.items()}
         rest = med["step"] - sum(med[part] for part in self.PARTS)
         parts = ", ".join(f"{part} {med[part]:.2f}" for part in self.PARTS)
-        return (f"decode step {med['step']:.2f} ms/token (medians of {steps}): {parts}, rest of Engine.step {rest:.2f}; "
-                f"{self.switches / steps:.1f} voluntary context switches/token")
+        return (f"decode step {med['step']:.2f} ms/token (medians of {steps}): {parts}, "
+                f"rest of Engine.step {rest:.2f}; {self.switches / steps:.1f} voluntary context switches/token")
 
 
 def serve_path(name: str, model: Transformer, tok: Tokenizer, compile: bool, n: int, runs: int,

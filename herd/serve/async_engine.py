@@ -12,8 +12,8 @@ another. Each thread that runs torch's CPU kernels gets an OpenMP team of its ow
 OpenMP threads than cores libgomp stops spinning at its barriers: it sleeps and wakes at each of a step's parallel
 regions. Stepping on a thread of its own, llama3-125m's compiled step slept ~105 times a token on 2 cores (on the
 one team, as `herd generate`: 0-3 times): the serving path's one difference from generate's that showed in a
-profile, for the ~6.5 ms a token the quiet side-by-side found (TPOT 15.0 ms against generate's 8.5). Spinning threads lose where the cores are oversubscribed: there, OMP_WAIT_POLICY=PASSIVE
-makes them sleep again.
+profile, for the ~6.5 ms a token the quiet side-by-side found (TPOT 15.0 ms against generate's 8.5). Spinning
+threads lose where the cores are oversubscribed: there, OMP_WAIT_POLICY=PASSIVE makes them sleep again.
 """
 
 from __future__ import annotations
