@@ -14,7 +14,6 @@ Usage: python benchmarks/post_sft_cpu.py [--data-dir ../shared/data/benchmarks -
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -34,6 +33,9 @@ from herd.tokenizer import Tokenizer
 from herd.tokenizer.train_bpe import train_tokenizer
 from herd.train.metrics import MetricsLog, read_records
 from herd.train.packing import IGNORE_INDEX
+
+from cpu_info import cpu_line
+from peer_profile import explain
 
 # TRL as its docs recommend for this case (fp32 on CPU, a small model whose activations fit in memory): TRL 1.x's
 # SFTConfig turns activation checkpointing and bf16 autocast on by default; both are for memory-bound GPU runs.
@@ -86,12 +88,7 @@ def run_herd(args: argparse.Namespace, work: Path, run: int) -> tuple[list[float
     return losses, stamps
 
 
-def profiled(on: bool) -> contextlib.AbstractContextManager:
-    return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if on else contextlib.nullcontext()
-
-
-def run_trl(args: argparse.Namespace, work: Path, run: int, examples: list[dict],
-            profile: bool = False) -> tuple[list[float], list[float]]:
+def run_trl(args: argparse.Namespace, work: Path, run: int, examples: list[dict]) -> tuple[list[float], list[float]]:
     """One TRL SFTTrainer run on the same rows in the same order: (loss of each step, time at each step's end)."""
     from datasets import Dataset
     from transformers import AutoTokenizer, LlamaForCausalLM, TrainerCallback
@@ -120,11 +117,7 @@ def run_trl(args: argparse.Namespace, work: Path, run: int, examples: list[dict]
             f"padding_free={config.padding_free}", f"optim={config.optim}",
             f"attention={model.config._attn_implementation}"]
         print(f"TRL SFTTrainer settings: {', '.join(settings)}")
-    with profiled(profile) as prof:
-        trainer.train()
-    if prof is not None:
-        print("TRL's steps under torch.profiler, top ops by self CPU time:")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50))
+    trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     return losses, stamps
 
@@ -176,6 +169,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (Path(args.data_dir) / "gsm8k").is_dir():
         sys.exit(f"skipped: no GSM8K data in {args.data_dir}/gsm8k (see ../shared/data/README.md); pass --data-dir")
+    print(cpu_line())
     work = Path(tempfile.mkdtemp(prefix="post_sft_cpu-"))
     examples, step_tokens = prepare(args, work)
     speeds: dict[str, list[float]] = {"herd": [], "trl": []}
@@ -198,9 +192,7 @@ def main() -> None:
         print(f"{name:>5}: median {medians[name]:8.0f} tokens/s  (runs: {', '.join(f'{v:.0f}' for v in values)})")
     ratio = medians["herd"] / medians["trl"]
     print(f"ratio herd / trl: {ratio:.2f}x")
-    if ratio > 2:
-        print("\nherd is more than 2x ahead of a mature peer: one more TRL run, profiled, to show where its time goes")
-        run_trl(args, work, args.runs, examples, profile=True)
+    explain(ratio, "TRL's SFTTrainer", lambda: run_trl(args, work, args.runs, examples), rows=15)
 
 
 if __name__ == "__main__":
