@@ -64,15 +64,20 @@ def test_serve_steps_the_engine_on_its_own_thread_and_stops_on_sigint(tiny):
         finally:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: a graceful shutdown, then KeyboardInterrupt as uvicorn does
 
-    before = signal.getsignal(signal.SIGINT)
-    threading.Thread(target=client, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        _serve_http(app, listener, "127.0.0.1", 0, HEADER_TIMEOUT_S, None)
+    # Python's own Ctrl-C handler, whatever this process inherited: a background job of a non-interactive shell (how
+    # CI may start pytest) starts with SIGINT ignored, and the re-raised signal then does nothing.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=client, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            _serve_http(app, listener, "127.0.0.1", 0, HEADER_TIMEOUT_S, None)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored before it was raised again
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert not errors, errors
     expected = generate_tokens(model, [tok.encode("Hello", bos=True)], max_new_tokens=8, stop_ids=tok.stop_ids)[0]
     assert texts == [tok.decode(expected.tokens)]
     assert threads and set(threads) == {threading.current_thread()}  # the engine stepped on this thread alone
-    assert signal.getsignal(signal.SIGINT) is before
     assert app.state.runner.stopped is not None  # the engine's loop ended with the server
 
 
