@@ -128,6 +128,7 @@ def test_a_trained_guard_honours_a_custom_taxonomy(tmp_path):
     assert sum(v.verdict == "safe" for v in verdicts("Violent Crimes", without)) >= 9  # removed: no longer triggers
     added = (LLAMA_GUARD_2[8], Category("Gambling"))
     flagged = verdicts("Gambling", added)
-    assert sum(v.verdict == "unsafe" and v.codes == ["S2"] for v in flagged) >= 9  # added: triggers with its code
+    # added: triggers with its code, S12 (a new category's, after Llama Guard 2's S1..S11 that keep theirs)
+    assert sum(v.verdict == "unsafe" and v.codes == ["S12"] for v in flagged) >= 9
     assert sum(v.verdict == "safe" for v in verdicts("Gambling", without)) >= 9
     assert sum(v.verdict == "safe" for v in verdicts(None, added + with_violence)) >= 9
