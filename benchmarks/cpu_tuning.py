@@ -130,28 +130,26 @@ def int8(args: argparse.Namespace) -> None:
     compare("int8 forward, 16 rows", lambda: quantized(ids), lambda: quantized(ids), args.rounds, 4)
 
 
-def decode(args: argparse.Namespace) -> None:
+def greedy_generation(args: argparse.Namespace, compile: bool, new_tokens: int) -> None:
+    """One row of a 32-token prompt decoded greedily for `new_tokens` by the compiled or the eager step."""
     from herd.generation import generate_tokens
 
     base = model()
     prompt = [torch.randint(0, 32768, (32,)).tolist()]
 
     def run() -> None:
-        generate_tokens(base, prompt, max_new_tokens=64, compile=True)
+        generate_tokens(base, prompt, max_new_tokens=new_tokens, compile=compile)
 
-    compare("decode compiled, 1 row x 64 tokens", run, run, args.rounds, 2)
+    kind = "compiled" if compile else "eager"
+    compare(f"decode {kind}, 1 row x {new_tokens} tokens", run, run, args.rounds, 2)
+
+
+def decode(args: argparse.Namespace) -> None:
+    greedy_generation(args, compile=True, new_tokens=64)
 
 
 def decode_eager(args: argparse.Namespace) -> None:
-    from herd.generation import generate_tokens
-
-    base = model()
-    prompt = [torch.randint(0, 32768, (32,)).tolist()]
-
-    def run() -> None:
-        generate_tokens(base, prompt, max_new_tokens=32, compile=False)
-
-    compare("decode eager, 1 row x 32 tokens", run, run, args.rounds, 2)
+    greedy_generation(args, compile=False, new_tokens=32)
 
 
 def train_step(args: argparse.Namespace) -> None:
