@@ -204,7 +204,12 @@ def main() -> None:
     if tools is None:
         raise SystemExit("no llama.cpp build: run python benchmarks/llama_cpp_build.py first")
     torch.set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="llama_cpp_side_by_side-"))
+    with tempfile.TemporaryDirectory(prefix="llama_cpp_side_by_side-") as work:
+        side_by_side(args, tools, Path(work))
+
+
+def side_by_side(args: argparse.Namespace, tools: dict[str, Path], work: Path) -> None:
+    """Every row of the table, on one random llama3-125m saved under `work` as a herd directory and GGUF files."""
     tok = Tokenizer(default_tokenizer_path())
     model = build_model(preset("llama3-125m"))
     model.init_weights(0)
