@@ -14,7 +14,6 @@ import math
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ from herd.train.token_shards import tokenize_corpus
 from llama_cpp_build import binaries
 from tests.checkpoint.test_checkpoint import random_model, small_config
 from tests.checkpoint.test_checkpoint_gguf import TRICKY_TEXTS
-from tests.live_server import free_port
+from tests.live_server import free_port, wait_healthy
 from tests.tiny import tiny_config, write_texts
 
 LLAMA_CPP = binaries()
@@ -102,7 +101,7 @@ def servers(tmp_path_factory) -> Iterator[dict]:
                                      "-t", "2", "-c", "256", "-np", "1", "--no-warmup"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             running[src, outtype] = proc, f"http://127.0.0.1:{port}"
-            wait_healthy(proc, running[src, outtype][1])
+            wait_healthy(running[src, outtype][1], proc)
         return running[src, outtype][1]
 
     yield serve
@@ -113,20 +112,6 @@ def servers(tmp_path_factory) -> Iterator[dict]:
 
 def export(src: Path, outtype: str, out: Path) -> Path:
     return ckpt.convert(src, out / f"model-{outtype}.gguf", to="gguf", outtype=outtype)
-
-
-def wait_healthy(proc: subprocess.Popen, url: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"llama-server could not load the GGUF file:\n{proc.stderr.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail("llama-server did not come up in 120 s")
 
 
 def post(url: str, path: str, body: dict) -> dict:

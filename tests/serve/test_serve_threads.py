@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import httpx
 import pytest
@@ -19,6 +18,7 @@ from herd.generation import generate_tokens
 from herd.serve import EngineConfig
 from herd.serve.http_limits import HEADER_TIMEOUT_S
 from herd.serve.server import _serve_http, create_app, listen
+from tests.live_server import wait_healthy
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +49,7 @@ def test_serve_steps_the_engine_on_its_own_thread_and_stops_on_sigint(tiny):
 
     def client() -> None:
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(url + "/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    assert time.monotonic() < deadline, "the server did not come up"
-                    time.sleep(0.05)
+            wait_healthy(url, timeout=30)
             body = {"model": "tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 0}
             texts.append(httpx.post(url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["text"])
         except BaseException as error:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 import herd
 from herd.errors import HerdError
-from tests.live_server import free_port, live_server
+from tests.live_server import free_port, live_server, wait_healthy
 
 pytest.importorskip("uvicorn")
 
@@ -109,15 +108,7 @@ def test_herd_serve_web_tools_flag(tmp_path):
     server = subprocess.Popen([*command, "--web-tools", "python"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(base + "/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "herd serve did not start"
-            time.sleep(0.2)
+        wait_healthy(base, server)
         ran = _run(base, "python", '{"code": "print(6 * 7)"}')
         assert ran.json() == {"content": "completed\n[stdout]\n42\n[/stdout]"}
         assert _run(base, "calculator", '{"expression": "1"}').status_code == 404

@@ -20,7 +20,7 @@ import herd
 from herd.serve.config import EngineConfig
 from herd.errors import HerdError
 from herd.serve.server import create_app, listen
-from tests.live_server import free_port, live_server
+from tests.live_server import free_port, live_server, wait_healthy
 
 openai = pytest.importorskip("openai")
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,19 +40,6 @@ def _start(command: list[str]) -> subprocess.Popen:
     """The job in its own process group (killed whole in the tests' finally), stderr kept for the assertions."""
     return subprocess.Popen(command, env=_torchrun_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, process.stderr.read()[-6000:]
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the tp=2 server did not start"
-        time.sleep(0.5)
 
 
 def _idle(url: str, timeout: float = 20.0) -> None:
@@ -90,7 +77,7 @@ def test_serve_tp2_under_torchrun_matches_tp1(tp1_texts):
                                "--max-running", "4"))
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, process)
+        wait_healthy(url, process)
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
         assert _texts(client) == tp1_texts
         assert _texts(client, stream=True) == tp1_texts
@@ -183,7 +170,7 @@ def test_serve_tp2_rank0_engine_failure_stops_every_rank():
                                "--tp", "2", "--port", str(port)))
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, process)
+        wait_healthy(url, process)
         with pytest.raises((httpx.HTTPError, AssertionError)):  # the request fails (503), or the server is gone
             reply = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 4},
                                timeout=60)
