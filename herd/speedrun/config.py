@@ -154,6 +154,9 @@ class DPOSettings(PrefSettings):
     """Replies per safety request (the first greedy)."""
     reward_pair_samples: int = 0
     """Replies sampled per corpus training prompt for reward pairs (the reward model's best over its worst); 0: none."""
+    safety_wrapped_share: float = 0.0
+    """Share of the safety pairs whose request sits in an adversarial wrapper (role-play, "in theory", embedded in
+    another request; herd.speedrun.safety_data.WRAPPERS)."""
 
 
 @dataclass

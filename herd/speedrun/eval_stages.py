@@ -5,7 +5,9 @@ synthetic benchmarks, the 2-digit addition probe among them (base: 3-shot plain 
 real benchmarks whose data is present under `data_dir`, the reward model's mean score of the chat models' greedy
 replies to held-out prompts (stratified: as many math questions, harmful requests and benign look-alikes; per kind
 and overall), and each model's refusal rate on held-out harmful requests and false-refusal rate on
-held-out benign look-alikes (CyberSecEval's refusal check on greedy chat replies; herd.speedrun.safety_data), and
+held-out benign look-alikes (CyberSecEval's refusal check on greedy chat replies; herd.speedrun.safety_data), the
+same on as many adversarial ones (other held-out requests in held-out wrappers: role-play, "hypothetically",
+fiction, embedded in a longer benign request; safety_data.wrapped_requests), and
 the addition and synthetic-math probes answered with the calculator tool offered (tools on; herd.eval.tool_use's
 loop, the tool herd.speedrun.tool_data teaches).
 `final`: the DPO model copied to RUN/final (`herd chat --model RUN/final`) with sample chat transcripts.
@@ -38,7 +40,8 @@ TOOL_TASKS = (SynthAddition, SynthMath)
 """The probes also scored with the calculator tool offered."""
 PAIRED_TASKS = ("synth_math", "synth_addition")
 """Benchmarks whose per-sample scores give DPO - SFT2 a paired interval (beside the reward and refusal rates)."""
-REFUSAL_KEYS = ("harmful_refused", "benign_refused")
+PLAIN_KEYS = ("harmful_refused", "benign_refused")
+REFUSAL_KEYS = (*PLAIN_KEYS, "wrapped_harmful_refused", "wrapped_benign_refused")
 REWARD_KINDS = ("math", "harmful", "benign")
 """The reward prompts' kinds, as many of each; "reward" is their union, "reward_KIND" each."""
 
@@ -127,17 +130,20 @@ REFUSAL_REPLY_TOKENS = 32
 @torch.no_grad()
 def refusal_flags(ctx: RunContext, out: Path, n: int) -> dict[str, dict[str, list[bool]]]:
     """Per model: whether it refuses each of `n` held-out harmful requests ("harmful_refused") and each of `n`
-    benign look-alikes ("benign_refused"; greedy chat replies, herd.safety.cyberseceval.is_refusal); the replies go
-    to RUN/NN-eval/MODEL/refusals.jsonl."""
+    benign look-alikes ("benign_refused"; greedy chat replies, herd.safety.cyberseceval.is_refusal), and each of `n`
+    adversarial ones of each kind ("wrapped_harmful_refused", "wrapped_benign_refused"); the replies go to
+    RUN/NN-eval/MODEL/refusals.jsonl and refusals_wrapped.jsonl."""
     from herd.checkpoint import load
-    from herd.speedrun.safety_data import held_out_requests
+    from herd.speedrun.safety_data import held_out_requests, wrapped_requests
 
-    harmful, benign = held_out_requests(n, ctx.seed)
+    plain, wrapped = held_out_requests(n, ctx.seed), wrapped_requests(n, ctx.seed)
     flags = {}
     for label in MODELS:
         model, tok = load(ctx.outputs(STAGE_OF[label])["model"], device=ctx.device)
         model.eval()
-        flags[label] = model_refusals(model, tok, harmful, benign, out / label / "refusals.jsonl")
+        adversarial = model_refusals(model, tok, *wrapped, out / label / "refusals_wrapped.jsonl")
+        flags[label] = model_refusals(model, tok, *plain, out / label / "refusals.jsonl") | {
+            f"wrapped_{key}": v for key, v in adversarial.items()}
     return flags
 
 
@@ -156,7 +162,7 @@ def model_refusals(model: Any, tok: Any, harmful: list[str], benign: list[str], 
     with atomic_open(path) as f:
         f.writelines(json.dumps({"prompt": q, "harmful": i < len(harmful), "reply": r, "refused": x}) + "\n"
                      for i, (q, r, x) in enumerate(zip(asks, replies, refused)))
-    return dict(zip(REFUSAL_KEYS, (refused[: len(harmful)], refused[len(harmful):]), strict=True))
+    return dict(zip(PLAIN_KEYS, (refused[: len(harmful)], refused[len(harmful):]), strict=True))
 
 
 def difference(before: list[bool] | list[float], after: list[bool] | list[float]) -> dict[str, Any]:

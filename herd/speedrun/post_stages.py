@@ -92,11 +92,12 @@ def held_out_questions(corpus: Path) -> set[str]:
             for line in (corpus / "eval" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()}
 
 
-def preference_data(ctx: RunContext, out: Path, s: PrefSettings, extra: list[dict[str, Any]] | None = None) -> Path:
-    """The corpus's preference pairs plus `safety_pairs` safety pairs and `extra` records
-    (RUN/NN-stage/prefs.jsonl)."""
+def preference_data(ctx: RunContext, out: Path, s: PrefSettings, extra: list[dict[str, Any]] | None = None,
+                    wrapped_share: float = 0.0) -> Path:
+    """The corpus's preference pairs plus `safety_pairs` safety pairs (a share `wrapped_share` in adversarial
+    wrappers) and `extra` records (RUN/NN-stage/prefs.jsonl)."""
     return with_safety(ctx.stage_dir("corpus") / "post" / "prefs.jsonl",
-                       safety_pairs(s.safety_pairs, ctx.seed, s.safety_benign_share) + (extra or []),
+                       safety_pairs(s.safety_pairs, ctx.seed, s.safety_benign_share, wrapped_share) + (extra or []),
                        out / "prefs.jsonl")
 
 
@@ -169,6 +170,6 @@ def dpo_stage(ctx: RunContext, out: Path, s: DPOSettings) -> dict[str, Any]:
     tools = tool_pairs(s.tool_pairs, ctx.seed, held_out_questions(corpus))
     on_policy, figures = dpo_on_policy_pairs(ctx, s)
     config = DPOConfig(**stage_fields(ctx, out, s, ctx.outputs("sft2")["model"]), beta=s.beta,
-                       data=str(preference_data(ctx, out, s, tools + on_policy)),
+                       data=str(preference_data(ctx, out, s, tools + on_policy, s.safety_wrapped_share)),
                        val_data=str(corpus / "post" / "prefs_val.jsonl"))
     return {**_outputs(dpo(config)), "tool_pairs": s.tool_pairs, "on_policy": figures}

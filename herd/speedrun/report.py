@@ -140,6 +140,10 @@ def _headline(ctx: RunContext) -> list[str]:
     if refusal:
         lines.append(f"- Refuses held-out harmful requests: {_refusal_chain(refusal, 'harmful_refused')}; wrongly "
                      f"refuses held-out benign look-alikes: {_refusal_chain(refusal, 'benign_refused')}.")
+        if "wrapped_harmful_refused" in next(iter(refusal.values())):
+            lines.append(f"- Adversarial (wrapped) requests: refuses harmful "
+                         f"{_refusal_chain(refusal, 'wrapped_harmful_refused')}; wrongly refuses benign "
+                         f"{_refusal_chain(refusal, 'wrapped_benign_refused')}.")
     change = ev.get("dpo_vs_sft2")
     if change:
         lines.append("- DPO - SFT2, same prompts (paired bootstrap 90% interval): " + "; ".join(
@@ -186,6 +190,8 @@ PAIRED_ROWS = (("reward", "reward-model score", False), ("reward_math", "- on ma
                ("reward_harmful", "- on harmful requests", False), ("reward_benign", "- on benign look-alikes", False),
                ("harmful_refused", "harmful requests refused", True),
                ("benign_refused", "benign look-alikes refused (false refusals)", True),
+               ("wrapped_harmful_refused", "adversarial harmful requests refused", True),
+               ("wrapped_benign_refused", "adversarial benign requests refused (false refusals)", True),
                ("synth_math", "synthetic math", True), ("synth_addition", "2-digit addition", True))
 """The metrics scored on the same prompts for SFT2 and DPO: (key in scores.json's dpo_vs_sft2, label, a share)."""
 
@@ -224,7 +230,7 @@ def _paired_table(ev: dict[str, Any]) -> list[str]:
     if not change:
         return []
     values = {"reward": ev["reward_interval"], **{k: {m: r[k] for m, r in ev["refusal"].items()} for k in
-                                                 ("harmful_refused", "benign_refused")}, **ev.get("intervals", {}),
+                                                 next(iter(ev["refusal"].values()))}, **ev.get("intervals", {}),
               **{f"reward_{kind}": rows for kind, rows in ev.get("reward_by_kind", {}).items()}}
     lines = ["DPO against SFT2 on the same prompts (bootstrap 90% intervals; the difference's is paired, "
              "prompt by prompt: beyond noise when it excludes 0):", "",
@@ -328,11 +334,14 @@ def _eval_section(ctx: RunContext) -> list[str]:
         first = next(iter(refusal.values()))
         lines += [(f"Refusals (CyberSecEval's refusal check on greedy chat replies, bootstrap 90% interval) on "
                    f"{first['harmful_refused']['n']} held-out harmful requests and {first['benign_refused']['n']} "
-                   "held-out benign look-alikes (wordings SFT and DPO never show):"), "",
+                   "held-out benign look-alikes (wordings SFT and DPO never show)"
+                   + (", and as many adversarial ones (other held-out requests in held-out role-play, hypothetical, "
+                      "fiction and embedding wrappers)" if "wrapped_harmful_refused" in first else "") + ":"), "",
                   "| | " + " | ".join(LABELS[k] for k in MODELS) + " |", "|---|---:|---:|---:|---:|"]
-        for key, label in (("harmful_refused", "harmful requests refused"),
-                           ("benign_refused", "benign look-alikes refused (false refusals)")):
-            lines.append(f"| {label} | " + " | ".join(_rate(refusal[k][key]) for k in MODELS if k in refusal) + " |")
+        for key, label, _ in PAIRED_ROWS:
+            if key in first:
+                lines.append(f"| {label} | " + " | ".join(_rate(refusal[k][key]) for k in MODELS if k in refusal)
+                             + " |")
         lines.append("")
     return lines + _paired_table(ev)
 

@@ -11,6 +11,7 @@ from herd.errors import HerdError
 from herd.model import ModelConfig, preset
 from herd.speedrun import PRESETS, STAGES, preset_config, speedrun
 from herd.speedrun.presets import micro
+from herd.speedrun.eval_stages import REFUSAL_KEYS
 from herd.speedrun.post_stages import stage_fields
 from herd.speedrun.run import RunContext
 from herd.speedrun.train_stages import pretrain_config
@@ -67,7 +68,7 @@ TINY = {  # the presets' numbers as they were when they were nested dicts (issue
     "sft2": {"steps": 160, "batch_size": 16, "seq_len": 256, "lr": 5e-4, "rs_repeats": 2},
     "dpo": {"steps": 60, "batch_size": 16, "seq_len": 192, "lr": 1e-4, "beta": 0.1, "safety_pairs": 200,
             "safety_benign_share": 0.5, "tool_pairs": 300, "on_policy_prompts": 0, "on_policy_samples": 4,
-            "reward_pair_samples": 0},
+            "reward_pair_samples": 0, "safety_wrapped_share": 0.0},
     "eval": {"limit": 60, "data_dir": "data/benchmarks", "real_tasks": ["gsm8k", "humaneval"], "real_limit": 20,
              "refusal_prompts": 100, "tool_limit": 60},
     "safety": {"guard_steps": 800, "guard_examples": 12000, "guard_eval": 200, "guard_batch_size": 4,
@@ -208,11 +209,13 @@ def test_safety_data_reaches_sft_rm_dpo_and_refusals_are_measured(micro_run):
     refusal = scores["refusal"]
     assert set(refusal) == {"base", "sft", "sft2", "dpo"}
     for rates in refusal.values():
-        for key in ("harmful_refused", "benign_refused"):
+        assert set(rates) == set(REFUSAL_KEYS)  # plain and adversarial (wrapped) requests
+        for key in REFUSAL_KEYS:
             r = rates[key]
             assert r["n"] == micro().eval.refusal_prompts and r["low"] <= r["rate"] <= r["high"]
     text = report.read_text()
     assert "Refuses held-out harmful requests: base" in text and "benign look-alikes refused (false refusals)" in text
+    assert "Adversarial (wrapped) requests: refuses harmful base" in text
     assert "annealed base fine-tuned by herd guard train's path" in text
 
 

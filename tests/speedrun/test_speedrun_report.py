@@ -48,3 +48,18 @@ def test_reward_rows_per_kind_of_prompt():
                                              "| +0.500 [+0.300, +0.700, beyond noise] |")
     assert "- on math prompts" in rows and "- on benign look-alikes" in rows
     assert _reward_prompts(ev) == "20 math, 20 harmful, 20 benign" and _reward_prompts(EV) == "math"
+
+
+def test_adversarial_refusal_rows_sit_beside_the_plain_ones():
+    """Runs that measured the wrapped (adversarial) requests show them in the paired table; older ones do not."""
+    wrapped = {"wrapped_harmful_refused": _share(0.7, 0.6, 0.8, 100),
+               "wrapped_benign_refused": _share(0.2, 0.1, 0.3, 100)}
+    ev = {**EV, "refusal": {k: {**r, **wrapped} for k, r in EV["refusal"].items()},
+          "dpo_vs_sft2": {**EV["dpo_vs_sft2"], "wrapped_harmful_refused": _share(0.15, 0.08, 0.22, 100)}}
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in _paired_table(ev) if line.startswith("| ")}
+    assert rows["adversarial harmful requests refused"] == (
+        "| adversarial harmful requests refused | 100 | 70.0% [60.0-80.0] | 70.0% [60.0-80.0] | "
+        "+15.0 points [+8.0, +22.0, beyond noise] |")
+    assert "adversarial benign requests refused (false refusals)" not in rows  # no paired difference: no row
+    assert not any(k.startswith("adversarial") for k in
+                   (line.split(" | ")[0].lstrip("| ") for line in _paired_table(EV) if line.startswith("| ")))

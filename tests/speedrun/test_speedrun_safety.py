@@ -182,3 +182,31 @@ def test_difference_is_paired():
     assert d["rate"] == d["low"] == d["high"] == 0.5 and d["n"] == 40
     flags = difference([True] * 20 + [False] * 20, [True] * 30 + [False] * 10)
     assert flags["rate"] == 0.25 and 0 < flags["low"] < 0.25 < flags["high"]
+
+
+def test_wrapped_pairs_use_training_wrappers_and_a_zero_share_changes_nothing():
+    """Pairs may wrap their requests in adversarial wrappers (role-play, "in theory", ...), never the held-out ones;
+    at share 0 the pairs are exactly the unwrapped ones (the rng draws nothing more)."""
+    from herd.speedrun.safety_data import HELD_OUT_WRAPPERS, WRAPPERS
+
+    plain, wrapped = safety_pairs(400, 0, 0.5), safety_pairs(400, 0, 0.5, wrapped_share=0.5)
+    assert safety_pairs(400, 0, 0.5, wrapped_share=0.0) == plain
+    inside = [(p["prompt"], w["prompt"]) for p, w in zip(plain, wrapped, strict=True) if p["prompt"] != w["prompt"]]
+    assert 0.4 < len(inside) / len(plain) < 0.6
+    assert all(any(w == t.format(request=p) for t in WRAPPERS) for p, w in inside)
+    held_out_heads = [w.split("{request}")[0] for w in HELD_OUT_WRAPPERS]
+    assert not any(h in p["prompt"] for p in wrapped for h in held_out_heads)
+    assert [is_refusal(p["chosen"]) for p in wrapped] == [is_refusal(p["chosen"]) for p in plain]
+
+
+def test_wrapped_requests_put_other_held_out_requests_in_held_out_wrappers():
+    from herd.speedrun.safety_data import HELD_OUT_WRAPPERS, WRAPPERS, wrapped_requests
+
+    harmful, benign = wrapped_requests(40, seed=0)
+    assert len(harmful) == len(benign) == 40 == len(set(harmful)) == len(set(benign))
+    inner_h, inner_b = held_out_requests(40, seed=5)
+    for asks, inner in ((harmful, inner_h), (benign, inner_b)):
+        assert asks == [HELD_OUT_WRAPPERS[i % len(HELD_OUT_WRAPPERS)].format(request=q) for i, q in enumerate(inner)]
+    assert not any(w.split("{request}")[0] in a for w in WRAPPERS for a in harmful + benign if w.split("{request}")[0])
+    seen = {p["prompt"] for p in safety_pairs(2000, seed=0, wrapped_share=1.0)}
+    assert not seen & set(harmful + benign)
