@@ -14,6 +14,8 @@ regions. Stepping on a thread of its own, llama3-125m's compiled step slept ~105
 one team, as `herd generate`: 0-3 times): the serving path's one difference from generate's that showed in a
 profile, for the ~6.5 ms a token the quiet side-by-side found (TPOT 15.0 ms against generate's 8.5). Spinning
 threads lose where the cores are oversubscribed: there, OMP_WAIT_POLICY=PASSIVE makes them sleep again.
+Other torch work of the server (a guard model's forward passes) goes through `call`, which runs it on the engine's
+thread between two steps, so the process keeps one team.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from herd.errors import HerdError
 from herd.serve.engine import Engine
@@ -33,6 +36,7 @@ from herd.serve.metrics import ServerMetrics
 from herd.serve.request import RequestParams, StepOutput
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class EngineBusy(HerdError):
@@ -136,6 +140,16 @@ class AsyncEngine:
                 self.metrics.prompt_tokens.inc(len(prompt))
         return self._outputs(group)
 
+    async def call(self, fn: Callable[[], T]) -> T:
+        """`fn()` run on the engine's thread between two of its steps (torch work sharing the engine's OpenMP team):
+        its result, or its error; EngineStopped when the engine is not running."""
+        future = asyncio.get_running_loop().create_future()
+        with self._lock:  # the engine thread marks itself stopped under this lock, then fails the calls it holds
+            if self.stopped is not None:
+                raise EngineStopped(self.stopped)
+            self._commands.put(("call", future, fn))
+        return await future
+
     async def _outputs(self, group: _Group) -> AsyncIterator[tuple[int, StepOutput]]:
         live = set(group.index)
         start = time.perf_counter()
@@ -176,6 +190,13 @@ class AsyncEngine:
                 request_ids = list(self._groups)
             for request_id in request_ids:
                 self._deliver(request_id, EngineStopped(reason))
+            while True:  # the calls no step will reach
+                try:
+                    command = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                if command is not None and command[0] == "call":
+                    _settle(command[1], error=EngineStopped(reason))
             if self.on_stop is not None:
                 self.on_stop(failure)
 
@@ -207,6 +228,15 @@ class AsyncEngine:
                     self._deliver(out.request_id, out)
 
     def _apply(self, command: tuple) -> None:
+        if command[0] == "call":
+            _, future, fn = command
+            if future.cancelled():  # its caller has gone
+                return
+            try:
+                _settle(future, fn())
+            except Exception as error:  # the caller's to handle
+                _settle(future, error=error)
+            return
         kind, request_id, *args = command
         if kind == "abort":
             self.engine.abort(request_id)
@@ -234,3 +264,20 @@ class AsyncEngine:
                 group.loop.call_soon_threadsafe(group.outputs.put_nowait, item)
             except RuntimeError:  # the server's loop is closed: nobody waits for it any more
                 pass
+
+
+def _settle(future: asyncio.Future, result: object = None, error: BaseException | None = None) -> None:
+    """Hand `result`, or `error` to raise, to `future` on its loop, unless its caller has gone."""
+
+    def settle() -> None:
+        if future.done():  # cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    try:
+        future.get_loop().call_soon_threadsafe(settle)
+    except RuntimeError:  # the server's loop is closed: nobody waits for it any more
+        pass

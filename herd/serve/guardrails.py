@@ -4,6 +4,8 @@
 A refused request gets an OpenAI-style 400 body with code "content_filter"; a refused reply ends with
 finish_reason "content_filter" and a message naming the violated categories (or the insecure code's rules).
 A malformed guard answer refuses too (fail closed). Decisions are counted in the server's Prometheus registry.
+In a server the guard's forward passes run on the engine's thread between its steps (`attach`): on a thread of their
+own they would start a second OpenMP team, and the engine's would sleep at its barriers (herd.serve.async_engine).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
@@ -64,6 +67,7 @@ class Guardrails:
         self.check_every = check_every
         """Streamed replies are checked every this many tokens (and at their end); nothing unchecked is sent."""
         self._lock = threading.Lock()
+        self._run: Callable[[Callable[[], GuardVerdict]], Awaitable[GuardVerdict]] = asyncio.to_thread
         self._guard_decisions: Counter | None = None
         self._code_decisions: Counter | None = None
 
@@ -81,6 +85,10 @@ class Guardrails:
         self._code_decisions = Counter("herd_codeshield_decisions", "Code Shield verdicts on code in replies",
                                        ["verdict"], registry=registry)
 
+    def attach(self, run: Callable[[Callable[[], GuardVerdict]], Awaitable[GuardVerdict]]) -> None:
+        """Run the guard's checks through `run` (a server's `AsyncEngine.call`) instead of a worker thread."""
+        self._run = run
+
     def _moderate(self, turns: list[Message], stage: str) -> GuardVerdict:
         with self._lock:  # one guard forward at a time, off the event loop
             verdict = self.guard.moderate([turns], self.taxonomy, self.threshold)[0]
@@ -95,28 +103,32 @@ class Guardrails:
         last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=None)
         if self.guard is None or last_user is None:
             return None
-        verdict = await asyncio.to_thread(self._moderate, turns[: last_user + 1], "input")
+        verdict = await self._run(partial(self._moderate, turns[: last_user + 1], "input"))
         if verdict.verdict == "safe":
             return None
         message = f"the request was refused by the guard: its last user message is unsafe ({describe(verdict)})"
         return {"error": {"message": message, "type": "invalid_request_error", "param": "messages",
                           "code": "content_filter"}}
 
-    def _check_reply(self, turns: list[Message], reply: str) -> str | None:
+    async def _check_reply(self, turns: list[Message], reply: str) -> str | None:
         """None when `reply` (so far) passes; else why it is refused."""
         if self.guard is not None and reply.strip():
-            verdict = self._moderate([*turns, {"role": "assistant", "content": reply}], "output")
+            turns = [*turns, {"role": "assistant", "content": reply}]
+            verdict = await self._run(partial(self._moderate, turns, "output"))
             if verdict.verdict != "safe":
                 return f"the reply was refused by the guard as unsafe ({describe(verdict)})"
-        if self.code_shield:
-            for language, code in code_blocks(reply):
-                result = scan(code, language)
-                if self._code_decisions is not None:
-                    self._code_decisions.labels(result.verdict).inc()
-                if result.verdict == "BLOCK":
-                    found = ", ".join(f"{f.rule} ({f.cwe}, line {f.line})" for f in result.findings
-                                      if f.severity == "error")
-                    return f"the reply was refused by Code Shield: insecure {language} code: {found}"
+        return await asyncio.to_thread(self._code_shield_refusal, reply) if self.code_shield else None
+
+    def _code_shield_refusal(self, reply: str) -> str | None:
+        """None when Code Shield passes the code in `reply`; else why it is refused."""
+        for language, code in code_blocks(reply):
+            result = scan(code, language)
+            if self._code_decisions is not None:
+                self._code_decisions.labels(result.verdict).inc()
+            if result.verdict == "BLOCK":
+                found = ", ".join(f"{f.rule} ({f.cwe}, line {f.line})" for f in result.findings
+                                  if f.severity == "error")
+                return f"the reply was refused by Code Shield: insecure {language} code: {found}"
         return None
 
     async def screen(self, messages: Sequence[Message], outputs: Outputs, *, choices: int, stream: bool) -> Outputs:
@@ -136,7 +148,7 @@ class Guardrails:
                 due = out.finish_reason is not None or (stream and len(held[index]) >= self.check_every)
                 if not due:
                     continue
-                refusal = await asyncio.to_thread(self._check_reply, turns, texts[index])
+                refusal = await self._check_reply(turns, texts[index])
                 if refusal is None:
                     for passed in held.pop(index):
                         yield index, passed

@@ -100,6 +100,7 @@ def create_app(
     limit = min(model.config.max_seq_len, engine.capacity)
     if guardrails is not None:
         guardrails.register(metrics.registry)
+        guardrails.attach(runner.call)  # the guard's forwards share the engine's thread (its OpenMP team)
     max_prompt = min(max_prompt_tokens or limit - 1, limit - 1)
 
     @asynccontextmanager
