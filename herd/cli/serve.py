@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from herd.cli.models import COMPILE, model_device
 
@@ -39,6 +40,9 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from herd.cli.openmp import choose_wait_policy
+
+    print(choose_wait_policy(), file=sys.stderr, flush=True)  # before the imports below load torch, and libgomp
     from herd.serve.config import EngineConfig
     from herd.serve.server import resolve_api_key, serve
     from herd.serve.tool_runner import check_tools

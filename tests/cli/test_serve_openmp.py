@@ -1,0 +1,36 @@
+"""`herd serve` picks OpenMP's wait policy from the load before torch starts libgomp: threads sleep at barriers on
+an oversubscribed machine, spin (libgomp's default) otherwise, and a policy the user set stays."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from herd.cli.openmp import pick_wait_policy
+
+
+def test_busy_machine_sleeps_quiet_one_spins_and_the_user_decides():
+    busy: dict[str, str] = {}
+    assert "OMP_WAIT_POLICY=PASSIVE" in pick_wait_policy(busy, load=15.2, cpus=2)
+    assert busy == {"OMP_WAIT_POLICY": "PASSIVE"}
+    quiet: dict[str, str] = {}
+    assert "spin" in pick_wait_policy(quiet, load=1.3, cpus=2) and quiet == {}
+    for own in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "1000"}):
+        kept = dict(own)
+        assert "as the environment says" in pick_wait_policy(kept, load=15.2, cpus=2) and kept == own
+
+
+@pytest.mark.parametrize(("load", "spincount"), [(99.0, "0"), (0.0, "300000")])
+def test_libgomp_starts_with_the_chosen_policy(tmp_path, load, spincount):
+    """libgomp prints the spin count it started with (OMP_DISPLAY_ENV): 0 once herd serve chose PASSIVE."""
+    script = (f"import os; os.getloadavg = lambda: ({load}, {load}, {load})\n"
+              f"from herd.cli import main; main(['serve', '--model', {str(tmp_path / 'missing')!r}])")
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run([sys.executable, "-c", script], env={**env, "OMP_DISPLAY_ENV": "VERBOSE"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "model not found" in done.stderr  # torch loaded, then the model was missing
+    assert f"GOMP_SPINCOUNT = '{spincount}'" in done.stderr
+    assert ("threads sleep at barriers (OMP_WAIT_POLICY=PASSIVE)" in done.stderr) == (load > 2)
