@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from herd.cli.models import COMPILE, model_device
 
@@ -42,7 +41,7 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from herd.cli.openmp import choose_wait_policy
 
-    print(choose_wait_policy(), file=sys.stderr, flush=True)  # before the imports below load torch, and libgomp
+    wait_policy = choose_wait_policy()  # before the imports below load torch, and libgomp
     from herd.serve.config import EngineConfig
     from herd.serve.server import resolve_api_key, serve
     from herd.serve.tool_runner import check_tools
@@ -55,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         engine_config=EngineConfig(max_running=args.max_running, compile=COMPILE[args.compile]),
         max_queue=args.max_queue, max_prompt_tokens=args.max_prompt_tokens, quantize=args.quantize,
         guardrails=load_guardrails(args, int(os.environ.get("RANK", "0"))), tp=args.tp, web_tools=web_tools,
-        device=model_device(args.device), **limits,
+        device=model_device(args.device), wait_policy=wait_policy, **limits,
     )
 
 

@@ -219,6 +219,7 @@ def serve(
     tp: int = 1,
     web_tools: Sequence[str] = ("calculator",),
     device: str | torch.device = "cpu",
+    wait_policy: str | None = None,
 ) -> None:
     """Load `model_path` (anything `herd.load` takes) and serve it until interrupted (`herd serve`).
 
@@ -228,7 +229,8 @@ def serve(
     seconds to send each request's headers. `tp` > 1 (under torchrun, one process a rank): each rank holds its
     slice of the weights and runs every engine step; rank 0 alone serves HTTP and schedules. The model serves on
     `device` ("cuda": each rank's own GPU), which the memory plan is checked against. `web_tools` run for
-    the web chat; "python" needs an API key unless `host` is a loopback address (HerdError before loading)."""
+    the web chat; "python" needs an API key unless `host` is a loopback address (HerdError before loading).
+    `wait_policy`: the line saying how OpenMP's threads wait (herd.cli.openmp), printed once the engine is ready."""
     check_exposure(web_tools, host, api_key)
     from herd.checkpoint import load
     from herd.model.tensor_parallel import init_tensor_parallel, tp_device
@@ -266,6 +268,8 @@ def serve(
         return
     print(f"herd serve: {app.state.runner.engine.decode_path} (engine ready in {time.perf_counter() - started:.1f}"
           " s; --compile on|off|auto)", file=sys.stderr, flush=True)
+    if wait_policy is not None:
+        print(wait_policy, file=sys.stderr, flush=True)
     cause = _serve_http(app, listener, host, port, header_timeout, group)
     if cause is not None:
         _stopped(group, cause)

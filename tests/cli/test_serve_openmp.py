@@ -33,4 +33,15 @@ def test_libgomp_starts_with_the_chosen_policy(tmp_path, load, spincount):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "model not found" in done.stderr  # torch loaded, then the model was missing
     assert f"GOMP_SPINCOUNT = '{spincount}'" in done.stderr
-    assert ("threads sleep at barriers (OMP_WAIT_POLICY=PASSIVE)" in done.stderr) == (load > 2)
+
+
+def test_the_line_comes_with_the_ready_server(monkeypatch, capsys):
+    """Printed beside the decode path once the engine is ready (in this process torch was loaded first)."""
+    from herd.cli import main
+    from herd.serve import server
+
+    monkeypatch.setattr(server, "_serve_http", lambda *args: None)  # stop once the engine is ready
+    main(["serve", "--model", "tiny", "--port", "0", "--device", "cpu"])
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-2].startswith("herd serve: one request's decode step")
+    assert lines[-1].startswith("herd serve: OpenMP threads wait at barriers as libgomp started (torch was loaded")
