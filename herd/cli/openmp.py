@@ -8,9 +8,9 @@ barrier. Measured with benchmarks/serve_teams.py (random llama3-125m, c=1, compi
 holding the 1-minute load average at 14-15): TPOT 212 ms spinning, 16 ms with OMP_WAIT_POLICY=PASSIVE, 34 ms with
 GOMP_SPINCOUNT=1000, 51 ms on one thread (OMP_NUM_THREADS=1); at load 15-18, 471 ms spinning, 26 ms passive. On an
 idle machine spinning wins (engine step 8.3 against 14.8 ms a token sleeping, benchmarks/decode_profile.py). So
-when the load average is over the CPUs this process may run on, and the user has set neither variable, `herd
-serve` makes the threads sleep at once (OMP_WAIT_POLICY=PASSIVE). The choice holds for the server's life; its
-start-up line says which it is.
+when the load average is over the CPUs this process may run on (OVERSUBSCRIBED times them), and the user has set
+neither variable, `herd serve` makes the threads sleep at once (OMP_WAIT_POLICY=PASSIVE). The choice holds for
+the server's life; its start-up line says which it is.
 """
 
 from __future__ import annotations
@@ -19,20 +19,25 @@ import os
 import sys
 from collections.abc import MutableMapping
 
+OVERSUBSCRIBED = 1.5
+"""A load average over this many times the CPUs makes OpenMP's threads sleep: not 1, as the 1-minute average trails,
+and 2 cores just freed by a 2-thread job (a benchmark run before the server, say) still average about 2."""
+
 
 def pick_wait_policy(environ: MutableMapping[str, str], load: float, cpus: int) -> str:
-    """Set OMP_WAIT_POLICY=PASSIVE in `environ` when `load` (the 1-minute load average) is over `cpus` and
-    `environ` sets no policy of its own; the start-up line saying which policy serves."""
+    """Set OMP_WAIT_POLICY=PASSIVE in `environ` when `load` (the 1-minute load average) is over
+    OVERSUBSCRIBED x `cpus` and `environ` sets no policy of its own; the start-up line saying which policy serves."""
     if "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
         chosen = " ".join(f"{key}={environ[key]}" for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if key in environ)
         return f"herd serve: OpenMP threads wait at barriers as the environment says ({chosen})"
-    if load > cpus:
+    if load > OVERSUBSCRIBED * cpus:
         environ["OMP_WAIT_POLICY"] = "PASSIVE"
         return (f"herd serve: OpenMP threads sleep at barriers (OMP_WAIT_POLICY=PASSIVE): the 1-minute load average "
-                f"{load:.1f} is over this process's {cpus} CPUs, where spinning threads slow decoding "
-                "(OMP_WAIT_POLICY=ACTIVE spins)")
+                f"{load:.1f} is over {OVERSUBSCRIBED}x this process's {cpus} CPUs, where spinning threads slow "
+                "decoding (OMP_WAIT_POLICY=ACTIVE spins)")
     return (f"herd serve: OpenMP threads spin at barriers (libgomp's default): the 1-minute load average {load:.1f} "
-            f"is within this process's {cpus} CPUs (OMP_WAIT_POLICY=PASSIVE sleeps: faster where the cores are busy)")
+            f"is within {OVERSUBSCRIBED}x this process's {cpus} CPUs (OMP_WAIT_POLICY=PASSIVE sleeps: faster where "
+            "the cores are busy)")
 
 
 def choose_wait_policy() -> str:

@@ -18,6 +18,8 @@ def test_busy_machine_sleeps_quiet_one_spins_and_the_user_decides():
     assert busy == {"OMP_WAIT_POLICY": "PASSIVE"}
     quiet: dict[str, str] = {}
     assert "spin" in pick_wait_policy(quiet, load=1.3, cpus=2) and quiet == {}
+    after_a_job: dict[str, str] = {}  # the average trails: 2 cores just freed by a 2-thread job
+    assert "spin" in pick_wait_policy(after_a_job, load=2.6, cpus=2) and after_a_job == {}
     for own in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "1000"}):
         kept = dict(own)
         assert "as the environment says" in pick_wait_policy(kept, load=15.2, cpus=2) and kept == own
