@@ -13,7 +13,8 @@ OpenMP threads than cores libgomp stops spinning at its barriers: it sleeps and 
 regions. Stepping on a thread of its own, llama3-125m's compiled step slept ~105 times a token on 2 cores (on the
 one team, as `herd generate`: 0-3 times): the serving path's one difference from generate's that showed in a
 profile, for the ~6.5 ms a token the quiet side-by-side found (TPOT 15.0 ms against generate's 8.5). Spinning
-threads lose where the cores are oversubscribed: there, OMP_WAIT_POLICY=PASSIVE makes them sleep again.
+threads lose where the cores are oversubscribed: there `herd serve` has them sleep (OMP_WAIT_POLICY=PASSIVE, chosen at
+start-up by herd.cli.openmp).
 Other torch work of the server (a guard model's forward passes) goes through `call`, which runs it on the engine's
 thread between two steps, so the process keeps one team.
 """
