@@ -6,7 +6,8 @@ the base rate and what answering "unsafe" to everything scores, with its wall ti
 
 A run is ROWSxSTEPS@LR (rows of --seq-len tokens per step), optionally +lg2 (every training prompt under Llama
 Guard 2's own taxonomy) or +fullSHARE (that share of them, e.g. +full0.5; else GuardTrainConfig's default) and
-+plain (each prompt laid whole, no shared category header: SFTConfig.share_prefixes off). "examples/row" is how
++plain (each prompt laid whole, no shared category header: SFTConfig.share_prefixes off) and +noiseRATE (the
+training wordings' filler-word rate, GuardTrainConfig.noise, e.g. +noise0). "examples/row" is how
 many prompts a packed row holds. Get a base with `herd speedrun --preset tiny` (or any earlier run's
 06-anneal/model). Besides the held-out sets, "training wordings" scores the guard under Llama Guard 2's taxonomy
 on fresh examples in the training wordings: codes wrong there too mean the guard has not learned them,
@@ -28,9 +29,9 @@ from herd.safety.llama_guard import LlamaGuard
 from herd.safety.moderation_set import moderation_examples
 from herd.safety.taxonomy import LLAMA_GUARD_2
 
-RUN = re.compile(r"(\d+)x(\d+)@([0-9.e-]+)(?:(\+lg2)|\+full([0-9.]+))?(\+plain)?")
+RUN = re.compile(r"(\d+)x(\d+)@([0-9.e-]+)(?:(\+lg2)|\+full([0-9.]+))?(\+plain)?(?:\+noise([0-9.]+))?")
 COLUMNS = ("f1", "precision", "recall", "fpr", "auprc", "base_rate", "constant_f1", "category_accuracy",
-           "unlisted_flagged")
+           "unlisted_flagged", "worst_category_recall")
 
 
 def run(base: str, spec: str, seed: int, args: argparse.Namespace) -> tuple[float, float, dict]:
@@ -42,6 +43,7 @@ def run(base: str, spec: str, seed: int, args: argparse.Namespace) -> tuple[floa
     sft.seq_len, sft.optim.warmup_steps, sft.progress, sft.device = args.seq_len, min(20, sft.steps // 5), False, "cpu"
     sft.share_prefixes = not match[6]
     share = {"full_taxonomy_share": 1.0 if match[4] else float(match[5])} if match[4] or match[5] else {}
+    share |= {"noise": float(match[7])} if match[7] else {}
     config = GuardTrainConfig(base=base, out_dir=f"{args.out}/{spec}-{seed}", examples=args.examples,
                               held_out=args.held_out, seed=seed, sft=sft, **share)
     start = time.perf_counter()
@@ -70,11 +72,16 @@ def main() -> None:
     for spec in args.runs.split():
         runs = [run(args.base, spec, seed, args) for seed in range(args.seeds)]
         for name in runs[0][2]:
-            scores = [r[2][name] for r in runs]
+            scores = [_with_worst(r[2][name]) for r in runs]
             cells = " | ".join(_median([m[k] for m in scores]) for k in COLUMNS)
             learned = sum(m["learned"] for m in scores)
             print(f"| {spec} | {name} | {median(r[0] for r in runs):.0f} | {median(r[1] for r in runs):.2f} | {cells} "
                   f"| {learned}/{len(runs)} |", flush=True)
+
+
+def _with_worst(metrics: dict) -> dict:
+    """The metrics and their lowest per-category recall (issue 26's target: >= 0.8 for every category present)."""
+    return {**metrics, "worst_category_recall": min(metrics["per_category_recall"].values(), default=None)}
 
 
 def _median(values: list[float | None]) -> str:
