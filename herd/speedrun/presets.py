@@ -92,6 +92,10 @@ def tiny() -> SpeedrunConfig:
         # F1 0.681, FPR 13.3%. 400 x 4 unshared on 3200 (the old preset) did not learn (F1 0.483, constant 0.545).
         # Scored on 200 held-out examples, not 64 (at 64 two seeds scored F1 0.92 and 0.67): 15.0 CPU-s for both
         # scored sets vs 5.6 (1 thread, loaded machine; ~+5 s of the stage quiet).
+        # The category codes are the gap (q3_tiny guard: right for 55% of held-out unsafe examples, 58% in training
+        # wordings: not learned, rather than not generalised; the code digit is 6% of the answer targets, 58% of the
+        # loss). At 200 pilot steps (seed 0: F1 0.788, AUPRC 0.914) a 4x loss weight on the code digit (0.483 /
+        # 0.741), lr 4e-3 (0.681 / 0.555) and no filler noise (0.571 / 0.575) were all worse.
         safety=SafetySettings(guard_steps=800, guard_examples=12000, guard_eval=200, guard_batch_size=4,
                               guard_seq_len=1024, guard_lr=2e-3, probe_prompts=16, max_new_tokens=48),
         final=FinalSettings(transcripts=4, max_new_tokens=64, rm_prompts=60),
