@@ -7,10 +7,10 @@ voluntary context switches (an OpenMP thread sleeping at a barrier shows as one:
 Each --arm is NAME:ARGS:ENV, ARGS extra `herd serve` arguments and ENV extra environment (KEY=VALUE), both
 space-separated (PYTHONPATH=DIR serves another herd source tree, e.g. `git archive HEAD~1 herd | tar -x -C DIR`).
 Every arm's server starts at once (one random llama3-125m with Meta's tokenizer, saved to a temporary directory)
-and stays up; then `--runs` times, each arm in turn gets the same `--requests` chat completions
-one at a time (c=1, not streamed, temperature 0, `--tokens` output tokens at most). Per arm, medians over runs of:
-the engine's TPOT (its /metrics histogram herd_time_per_output_token_seconds, which a guard's checks before and after
-a reply do not enter), the client's latency per request (guard checks included), the voluntary context switches of
+and stays up; then `--runs` times, each arm in turn gets the same `--requests` chat completions, `--concurrency`
+at a time (default 1; not streamed, temperature 0, `--tokens` output tokens at most). Per arm, medians over runs
+of: the engine's TPOT (its /metrics histogram herd_time_per_output_token_seconds, which a guard's checks before and
+after a reply do not enter), the client's latency per request (guard checks included), the voluntary context switches of
 the thread that steps the engine (the server's main thread) per generated token, and the server process's CPU
 time per token. `--load N` runs N busy-loop processes throughout the runs (the 1-minute load average is printed
 before and after); `herd serve`'s own start-up lines (its decode path, its OpenMP line) are printed too.
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -69,18 +70,20 @@ def spin() -> None:
         pass
 
 
-def one_run(url: str, pid: int, model: str, requests: int, tokens: int) -> dict[str, float]:
+def one_run(url: str, pid: int, model: str, requests: int, tokens: int, concurrency: int = 1) -> dict[str, float]:
     before = {k: metric(url, k) for k in ("herd_time_per_output_token_seconds_sum",
                                           "herd_time_per_output_token_seconds_count", "herd_generation_tokens_total")}
     switches, cpu = thread_switches(pid), cpu_seconds(pid)
-    latencies = []
-    with httpx.Client(base_url=url, timeout=600) as client:
-        for i in range(requests):
-            body = {"model": model, "max_tokens": tokens, "temperature": 0,
-                    "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]}
-            start = time.perf_counter()
-            client.post("/v1/chat/completions", json=body).raise_for_status()
-            latencies.append(time.perf_counter() - start)
+
+    def send(i: int) -> float:
+        body = {"model": model, "max_tokens": tokens, "temperature": 0,
+                "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]}
+        start = time.perf_counter()
+        httpx.post(url + "/v1/chat/completions", json=body, timeout=600).raise_for_status()
+        return time.perf_counter() - start
+
+    with ThreadPoolExecutor(concurrency) as pool:  # `concurrency` requests in flight, the next sent as one ends
+        latencies = list(pool.map(send, range(requests)))
     after = {k: metric(url, k) for k in before}
     generated = after["herd_generation_tokens_total"] - before["herd_generation_tokens_total"]
     steps = after["herd_time_per_output_token_seconds_count"] - before["herd_time_per_output_token_seconds_count"]
@@ -96,6 +99,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight")
     parser.add_argument("--load", type=int, default=0, help="busy-loop processes running throughout the runs")
     args = parser.parse_args()
     print(cpu_line())
@@ -107,7 +111,8 @@ def main() -> None:
     for i, spec in enumerate(args.arm):
         name, extra, env = spec.split(":", 2)
         port = 8790 + i
-        cmd = [herd_bin, "serve", "--model", str(directory), "--port", str(port), "--max-running", "1", *extra.split()]
+        cmd = [herd_bin, "serve", "--model", str(directory), "--port", str(port), "--max-running",
+               str(args.concurrency), *extra.split()]
         environ = {**os.environ, **dict(pair.split("=", 1) for pair in env.split())}
         log = (work / f"{name}.log").open("w")
         server = subprocess.Popen(cmd, env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=work)  # ENV's PYTHONPATH
@@ -139,7 +144,8 @@ def main() -> None:
         figures: dict[str, list[dict]] = {name: [] for name in arms}
         for _ in range(args.runs):
             for name, (proc, url) in arms.items():
-                figures[name].append(one_run(url, proc.pid, "model", args.requests, args.tokens))
+                figures[name].append(one_run(url, proc.pid, "model", args.requests, args.tokens,
+                                              args.concurrency))
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     finally:
         for process in busy:
@@ -149,7 +155,7 @@ def main() -> None:
             proc.wait(timeout=30)
         shutil.rmtree(work)
     print(f"\n{'arm':16} {'TPOT ms':>9} {'latency ms':>11} {'switches/tok':>13} {'CPU ms/tok':>11}   (medians of "
-          f"{args.runs} runs x {args.requests} requests, c=1, <= {args.tokens} tokens)")
+          f"{args.runs} runs x {args.requests} requests, c={args.concurrency}, <= {args.tokens} tokens)")
     for name, runs in figures.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(f"{name:16} {med['tpot']:9.2f} {med['latency']:11.0f} {med['switches']:13.1f} {med['cpu']:11.2f}")
