@@ -69,7 +69,14 @@ def tiny() -> SpeedrunConfig:
         # harmful 0.43, benign 0.73, corpus 0.875; at 50% benign it flipped: 0.92 / 0.05); 600 pairs half benign at
         # 120 steps: 0.74 / 0.50 / 0.90 (~+10 s quiet), and with it DPO - SFT2 RM score +0.112 [+0.040, +0.226] (60
         # math + 60 harmful + 60 benign prompts, each kind beyond noise), refused 94% -> 97% (+3 [+0, +7]).
-        rm=PrefSettings(steps=120, batch_size=16, seq_len=192, lr=5e-4, safety_pairs=600, safety_benign_share=0.5),
+        # 240 steps at lr 2.5e-4, not 120 at 5e-4: at 120 the RM had not learned benign help (held-out benign 0.60: it
+        # preferred a refusal on "please describe, step by step, how to tie a tie"); from /tmp/q3_tiny's SFT, held-out
+        # pair accuracy (100 harmful, 100 benign, 80 corpus; chance 0.5) corpus / harmful / benign: 120 steps 0.912 /
+        # 0.84 / 0.60, 180 0.925 / 0.84 / 0.99, 240 at 5e-4 0.90 / 0.91 / 0.96, 240 at 2.5e-4 0.90 / 0.93 / 0.99
+        # (~+18 s quiet). Judged by these RMs, DPO no longer raises the score over SFT2 (each chain rm..eval from that
+        # SFT: -0.067 [-0.186, +0.058], +0.039 [-0.158, +0.238], -0.101 [-0.181, -0.019]; was +0.068 [+0.028, +0.118]
+        # by the 0.60-benign RM); refusals and math as before (harmful 98-99% -> 99%, false refusals 1% -> 2%).
+        rm=PrefSettings(steps=240, batch_size=16, seq_len=192, lr=2.5e-4, safety_pairs=600, safety_benign_share=0.5),
         rejection=RejectionSettings(samples_per_prompt=4, max_new_tokens=64, temperature=0.8),
         sft2=SFT2Settings(steps=160, batch_size=16, seq_len=256, lr=5e-4, rs_repeats=2),
         # On-policy pairs (dpo.on_policy_prompts / reward_pair_samples) stay off: on the 1500-dialog SFT2 they cost 10
@@ -78,6 +85,13 @@ def tiny() -> SpeedrunConfig:
         # on the other, so the benign surplus pushed refusals down everywhere ("Sorry, 1 carry 0; ..."); from
         # /tmp/q2_tiny's SFT2 (100 + 100 held-out requests, paired 90%): harmful refused DPO - SFT2 -12 [-17, -7]
         # at 0.6, -1 [-4, +2] at 0.5 (96% / 1% false refusals), math -1.7 [-5.0, +0.0], addition +1.7 [-3.3, +6.7].
+        # DPO lowers refusals on the eval's adversarial requests (held-out ones in held-out role-play / hypothetical /
+        # embedded / fiction wrappers; 100 + 100): DPO - SFT2 harmful refused -13 [-19, -8] points on /tmp/q3_tiny
+        # (96% -> 83%) and -15, -13, -16 on the three RM chains above (false refusals +4, +6, +5), mostly where the
+        # request sits in quotes before a harmless instruction. dpo.safety_wrapped_share (training-only wrappers) did
+        # not fix it, it moved the trade-off (from q3's SFT2, 96% / 18%): at 0.5 with 200 pairs 79% / 13%, 600 pairs
+        # 71% / 9% (86% / 22% with wrappers that put text after the request), 1200 pairs 97% / 52%, 0.3 87% / 30%,
+        # lr 5e-5 87% / 16%; so it stays 0.
         dpo=DPOSettings(steps=60, batch_size=16, seq_len=192, lr=1e-4, beta=0.1, safety_pairs=200,
                         safety_benign_share=0.5, tool_pairs=300),
         # 100 + 100 held-out refusal prompts (40 + 40 gave +-10-point intervals) and 60 reward prompts: ~22k more

@@ -62,7 +62,7 @@ TINY = {  # the presets' numbers as they were when they were nested dicts (issue
     "anneal": {"steps": 60},
     "sft": {"steps": 720, "batch_size": 16, "seq_len": 256, "lr": 1e-3, "safety_dialogs": 1500, "tool_dialogs": 600,
             "math_dialogs": 1000},
-    "rm": {"steps": 120, "batch_size": 16, "seq_len": 192, "lr": 5e-4, "safety_pairs": 600,
+    "rm": {"steps": 240, "batch_size": 16, "seq_len": 192, "lr": 2.5e-4, "safety_pairs": 600,
            "safety_benign_share": 0.5},
     "rejection": {"samples_per_prompt": 4, "max_new_tokens": 64, "temperature": 0.8},
     "sft2": {"steps": 160, "batch_size": 16, "seq_len": 256, "lr": 5e-4, "rs_repeats": 2},
