@@ -4,7 +4,8 @@ Model: the llama3-125m preset (random weights, seed 0) with Meta's tokenizer, sa
 GGUF writer (f32, bf16, f16, q8_0) for llama.cpp, built by benchmarks/llama_cpp_build.py (cached).
 1. Batch-1 prefill and decode tokens/s: herd eager and compiled (f32, bf16, int8 weight-only), timed as
    benchmarks/decode_cpu.py does (prefill = prompt / time of a 1-token generation; decode = (N - 1) / the rest),
-   beside `llama-bench -t THREADS -p PROMPT -n N` on each GGUF file (the median of its repetitions).
+   beside `llama-bench -t THREADS -p PROMPT -n N -r 1` on each GGUF file, interleaved: each round times every herd
+   path, then each llama-bench; medians over `--runs` rounds.
 2. Serving at each concurrency: `herd serve` (f32, its default CPU path: `--compile auto`, which compiles the step
    of a lone decode at start-up), `herd serve --compile off` (every step eager; `--no-compile` leaves the default
    one out) and `llama-server -np 16 -t THREADS`
@@ -51,8 +52,11 @@ from herd.tokenizer import Tokenizer, default_tokenizer_path
 GGUF_TYPES = ("f32", "bf16", "f16", "q8_0")
 
 
-def herd_rates(args: argparse.Namespace, directory: Path, prompt: list[int]) -> dict[str, tuple[float, float]]:
-    """Name -> (prefill tok/s, decode tok/s) for herd's batch-1 paths, timed interleaved."""
+def batch1_rates(args: argparse.Namespace, tools: dict[str, Path], directory: Path, files: dict[str, Path],
+                 prompt: list[int]) -> dict[str, tuple[float, float]]:
+    """Name -> (prefill tok/s, decode tok/s) for herd's batch-1 paths and llama-bench on each GGUF type, interleaved:
+    each of `--runs` rounds times every herd path once, then runs llama-bench once (`-r 1`) on each file; medians
+    over the rounds (a loaded machine slows both sides alike)."""
     fp32, _ = herd.load(directory)
     models = {"f32": fp32, "bf16": copy.deepcopy(fp32).to(torch.bfloat16),
               "int8": quantize(copy.deepcopy(fp32), "int8")}
@@ -66,23 +70,24 @@ def herd_rates(args: argparse.Namespace, directory: Path, prompt: list[int]) -> 
     for name, model, compile in paths:  # warm-up; the compiled ones compile here (once per model and batch)
         print(f"warm-up {name}: {run(model, compile, args.new_tokens):.1f} s", flush=True)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in paths}
+    peer: dict[str, list[tuple[float, float]]] = {f"llama.cpp {kind}": [] for kind in files}
     for _ in range(args.runs):
         for name, model, compile in paths:
             times[name].append((run(model, compile, 1), run(model, compile, args.new_tokens)))
-    return {name: (len(prompt) / statistics.median(a for a, _ in t),
-                   (args.new_tokens - 1) / statistics.median(b - a for a, b in t)) for name, t in times.items()}
+        for kind, path in files.items():
+            peer[f"llama.cpp {kind}"].append(llama_bench(args, tools, path))
+    rates = {name: (len(prompt) / statistics.median(a for a, _ in t),
+                    (args.new_tokens - 1) / statistics.median(b - a for a, b in t)) for name, t in times.items()}
+    return rates | {name: tuple(statistics.median(r[i] for r in runs) for i in (0, 1)) for name, runs in peer.items()}
 
 
-def llama_bench(args: argparse.Namespace, tools: dict[str, Path], files: dict[str, Path]) -> dict[str, tuple]:
-    """Name -> (prefill tok/s, decode tok/s): llama-bench's median over `--runs` repetitions, per GGUF type."""
-    rates = {}
-    for kind, path in files.items():
-        cmd = [str(tools["llama-bench"]), "-m", str(path), "-t", str(args.threads), "-p", str(args.prompt_tokens),
-               "-n", str(args.new_tokens), "-r", str(args.runs), "-o", "json"]
-        results = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
-        by_test = {"pp" if r["n_gen"] == 0 else "tg": statistics.median(r["samples_ts"]) for r in results}
-        rates[f"llama.cpp {kind}"] = (by_test["pp"], by_test["tg"])
-    return rates
+def llama_bench(args: argparse.Namespace, tools: dict[str, Path], path: Path) -> tuple[float, float]:
+    """(prefill tok/s, decode tok/s) of one llama-bench repetition on a GGUF file (after its own warm-up)."""
+    cmd = [str(tools["llama-bench"]), "-m", str(path), "-t", str(args.threads), "-p", str(args.prompt_tokens),
+           "-n", str(args.new_tokens), "-r", "1", "-o", "json"]
+    results = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    by_test = {"pp" if r["n_gen"] == 0 else "tg": statistics.median(r["samples_ts"]) for r in results}
+    return by_test["pp"], by_test["tg"]
 
 
 def profile_decode(directory: Path, prompt: list[int], n: int) -> None:
@@ -219,7 +224,7 @@ def side_by_side(args: argparse.Namespace, tools: dict[str, Path], work: Path) -
     print(cpu_line())
     print(f"torch {torch.__version__}, {args.threads} threads; llama.cpp {tools['llama-bench'].parents[1].name}; "
           f"llama3-125m, prompt {len(prompt)} tokens, {args.new_tokens} new tokens, medians of {args.runs} runs")
-    rates = {} if args.serving_only else herd_rates(args, directory, prompt) | llama_bench(args, tools, files)
+    rates = {} if args.serving_only else batch1_rates(args, tools, directory, files, prompt)
     if rates:
         print(f"\n{'batch-1':24} {'prefill tok/s':>13} {'decode tok/s':>12}")
     for name, (prefill, decode) in rates.items():
