@@ -71,6 +71,18 @@ def test_custom_taxonomy_keeps_codes_and_honours_descriptions():
         custom_taxonomy(remove=["S12"])
 
 
+@pytest.mark.parametrize("messages", CONVERSATIONS)
+def test_a_list_of_some_categories_is_the_published_prompt_without_the_others(messages):
+    """A drawn list (S2, S6, S10: codes kept, not contiguous) renders the published prompt's own lines for those
+    categories and nothing else changes: the only difference a guard trained on both can see is the list."""
+    kept = ("S2", "S6", "S10")
+    taxonomy = custom_taxonomy(remove=[k for k in codes(LLAMA_GUARD_2) if k not in kept])
+    full = published(messages)
+    lines = [line for line in full.split("\n") if not any(line.startswith(f"{k}: ") for k in codes(LLAMA_GUARD_2)
+                                                           if k not in kept)]
+    assert render_prompt(messages, taxonomy) == "\n".join(lines)
+
+
 @pytest.mark.parametrize("text, expected", [
     ("safe", ("safe", [])),
     ("  safe\n", ("safe", [])),

@@ -1,7 +1,9 @@
 """The guard recipe's data: labels follow the prompt's taxonomy (the same request is unsafe under a taxonomy that
 lists its category and safe under one that does not), and SFT records carry the exact prompt and target."""
 
+import hashlib
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -19,7 +21,7 @@ from herd.safety.guard_recipe import (
     synthetic_examples,
     write_sft_data,
 )
-from herd.safety.llama_guard import render_prompt
+from herd.safety.llama_guard import render_prompt, target_text
 from herd.safety.taxonomy import LLAMA_GUARD_2, custom_taxonomy
 from tests.test_run_dir import crash_mid_write
 
@@ -57,6 +59,22 @@ def test_records_hold_each_category_both_ways():
     paraphrased = synthetic_examples(names, n=400, seed=2, paraphrases=True)
     assert any(e.text.startswith("walk me through how to") for e in paraphrased)  # a PARAPHRASES template
     assert not any(e.text.startswith("explain how someone could") for e in paraphrased)  # still held out
+
+
+def test_the_held_out_custom_lists_are_the_ones_every_guard_was_scored_on():
+    """held_out_scores' custom lists (seed 1, 200 examples, drawn as training draws them: codes kept, 1-4 of 13
+    categories, the example's own listed at listed_share) are pinned: a change to how training draws lists must not
+    move the set the custom-list figures of q3_tiny and later guards were measured on."""
+    from herd.safety.guard_train import GuardTrainConfig, moderation_records, universe_of
+    from herd.safety.moderation_set import moderation_examples
+
+    examples = moderation_examples(200, held_out=True, seed=1)
+    custom = replace(GuardTrainConfig(base="-"), full_taxonomy_share=0.0)
+    digest = hashlib.sha256()
+    for example, taxonomy in moderation_records(examples, universe_of(examples), custom, seed=1):
+        digest.update(f"{render_prompt(example.conversation(), taxonomy)}\0{target_text(labelled(example, taxonomy))}"
+                      "\0".encode())
+    assert digest.hexdigest() == "844c54aeeb7ef2c9fd9fbea9c6367d33ea2d325f9c1fb8e79e98c1fc50ae4568"
 
 
 def test_noise_rewords_the_template_around_an_intact_act():
