@@ -109,7 +109,8 @@ def tiny() -> SpeedrunConfig:
         # The category codes are the gap (q3_tiny guard: right for 55% of held-out unsafe examples, 58% in training
         # wordings: not learned, rather than not generalised; the code digit is 6% of the answer targets, 58% of the
         # loss). At 200 pilot steps (seed 0: F1 0.788, AUPRC 0.914) a 4x loss weight on the code digit (0.483 /
-        # 0.741), lr 4e-3 (0.681 / 0.555) and no filler noise (0.571 / 0.575) were all worse.
+        # 0.741), lr 4e-3 (0.681 / 0.555), no filler noise (0.571 / 0.575) and 2 rows x 400 steps (0.555 / 0.563;
+        # seed 1: 0.503 / 0.570 vs 0.596 / 0.595, constant F1 0.606) were all worse.
         safety=SafetySettings(guard_steps=800, guard_examples=12000, guard_eval=200, guard_batch_size=4,
                               guard_seq_len=1024, guard_lr=2e-3, probe_prompts=16, max_new_tokens=48),
         final=FinalSettings(transcripts=4, max_new_tokens=64, rm_prompts=60),
