@@ -5,12 +5,14 @@ Eager it is the model's cached forward (one fp32 row's head through oneDNN where
 `Transformer.decode_step` under torch.compile, with CUDA graphs on GPUs and, on CPUs, the inductor backend of
 `herd.model.cpu_tuning`. Inductor caches the compiled kernels on disk (TORCHINDUCTOR_CACHE_DIR, by default
 /tmp/torchinductor_<user>), so a later process pays only the tracing (benchmarks/chat_cold_start.py). A step's
-first call runs through dynamo with all its guards; on CPUs the later calls then call the graph herd's decode
-backend compiled (inductor's code) themselves, with the arguments dynamo passed it and the new ids: the model, cache
-and shapes are the first call's, and dynamo's frame evaluation, guards and walk over the model's attributes cost
-llama3-125m 0.4-0.8 ms of CPU time a token (1 thread, alternating in one process, loaded machine: int8 7.90 -> 7.06
-ms, fp32 18.71 -> 18.01, bf16 9.89 -> 9.47; a 1000-slot cache). Elsewhere (CUDA graphs, the plain path) the later
-calls run only the guards telling dynamo's graphs apart (`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`).
+first two calls run through dynamo with all its guards; on CPUs the later calls then call the graph herd's decode
+backend compiled (inductor's code) themselves, with the arguments dynamo passed it and the new ids, where those two
+calls passed the graph the same arguments but the ids (a size dynamo reads from Python state, which a graph
+recompiled as dynamic may take, changes between them): the model, cache and shapes are the first call's, and
+dynamo's frame evaluation, guards and walk over the model's attributes cost llama3-125m 0.4-0.8 ms of CPU time
+a token (1 thread, alternating in one process, loaded machine: int8 7.90 -> 7.06 ms, fp32 18.71 -> 18.01, bf16
+9.89 -> 9.47; a 1000-slot cache). Elsewhere (CUDA graphs, the plain path, ids of another layout) the later calls
+run only the guards telling dynamo's graphs apart (`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`).
 """
 
 from __future__ import annotations
@@ -116,10 +118,11 @@ def make_decode_step(model: Transformer, cache: KVCache, compile: bool) -> Step:
         if device.type == "cuda":
             torch._dynamo.mark_static_address(tensor)  # CUDA graphs write the cache where it is
 
-    cuda, state = device.type == "cuda", ["first"]  # then "direct" or "fast"; "guarded" where "fast" found no graph
+    cuda, state = device.type == "cuda", ["first"]  # "second", then "direct" or "fast"; "guarded" if "fast" fails
     skip_guards = torch.compiler.set_stance(skip_guard_eval_unsafe=True)  # building it (~55 us) sets the stance:
     skip_guards.__exit__(None, None, None)  # restore it now; entering it in a step then costs ~3 us
-    direct: list = []  # "direct": [graph, its arguments (a list), where the ids go]
+    first: list = []  # the first call's graph calls and ids
+    direct: list = []  # "direct": [graph, its arguments (a list), where the ids go, their shape, stride, dtype]
 
     def call(ids: torch.Tensor) -> torch.Tensor:
         return compiled(model, ids, cache, slot)[:, -1]
@@ -127,11 +130,11 @@ def make_decode_step(model: Transformer, cache: KVCache, compile: bool) -> Step:
     def step(ids: torch.Tensor) -> torch.Tensor:
         if cuda:
             torch.compiler.cudagraph_mark_step_begin()
-        if state[0] == "direct":  # the graph dynamo called at the first step, on these ids
-            graph, args, at = direct
+        if state[0] == "direct" and (ids.shape, ids.stride(), ids.dtype) == direct[3]:  # the second call's graph
+            graph, args, at, _ = direct
             args[at] = ids
             logits = graph(*args)[0][:, -1]
-        elif state[0] == "fast":  # the first call's model, cache and shapes: only guards telling graphs apart run
+        elif state[0] in ("fast", "direct"):  # the first call's model, cache, shapes: only guards telling graphs apart
             try:
                 with skip_guards:
                     logits = call(ids)
@@ -140,15 +143,20 @@ def make_decode_step(model: Transformer, cache: KVCache, compile: bool) -> Step:
                 logits = call(ids)
         elif state[0] == "guarded":
             logits = call(ids)
-        else:  # compiled now, its kernels cached on disk
+        else:  # "first" (compiled now, its kernels cached on disk), then "second"
             with capture_decode_graphs() as calls:
                 full = compiled(model, ids, cache, slot)
             logits = full[:, -1]
-            direct.extend(_direct_call(calls, ids, full))
-            state[0] = "direct" if direct else "fast"
-            marker = _marker(model, ids.shape[0])
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
+            if state[0] == "first":
+                first.extend([calls, ids])
+                state[0] = "second"
+                marker = _marker(model, ids.shape[0])
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+            else:
+                direct.extend(_direct_call(first, [calls, ids], full))
+                state[0] = "direct" if direct else "fast"
+                first.clear()
         slot.add_(1)
         cache.length += 1
         return logits
@@ -156,17 +164,24 @@ def make_decode_step(model: Transformer, cache: KVCache, compile: bool) -> Step:
     return step
 
 
-def _direct_call(calls: list[tuple[Callable, tuple, object]], ids: torch.Tensor, result: torch.Tensor) -> list:
-    """[graph, arguments, index of the ids] where the step's first call ran one graph of herd's CPU decode backend,
-    which took these ids as one argument and returned the step's result as its only output: later steps call that
-    graph on their ids, skipping dynamo. Empty otherwise (the CUDA backend, the plain path, a graph break)."""
-    if len(calls) != 1:
+def _direct_call(first: list, second: list, result: torch.Tensor) -> list:
+    """[graph, arguments, index of the ids, the ids' shape, strides and dtype] where the step's first two calls
+    ([graph calls, ids] each) ran the same graph of herd's CPU decode backend once, with the same arguments but their
+    ids, and the second returned the step's result as the graph's only output: later steps call that graph on their
+    ids, skipping dynamo (ids of another layout go through dynamo). Empty otherwise (the CUDA backend, the plain
+    path, a graph break, or an argument that changed between the calls, as a size dynamo reads from Python state
+    would)."""
+    (calls, ids), (again, new_ids) = first, second
+    if len(calls) != 1 or len(again) != 1 or calls[0][0] is not again[0][0] or len(calls[0][1]) != len(again[0][1]):
         return []
-    graph, args, out = calls[0]
-    at = [i for i, arg in enumerate(args) if arg is ids]
-    if len(at) != 1 or not isinstance(out, list | tuple) or len(out) != 1 or out[0] is not result:
+    graph, args, out = again[0]
+    at = [i for i, arg in enumerate(args) if arg is new_ids]
+    if len(at) != 1 or calls[0][1][at[0]] is not ids or not isinstance(out, list | tuple) or len(out) != 1 \
+            or out[0] is not result:
         return []
-    return [graph, list(args), at[0]]
+    same = all(a is b or (type(a) is int and type(b) is int and a == b)
+               for i, (a, b) in enumerate(zip(calls[0][1], args, strict=True)) if i != at[0])
+    return [graph, list(args), at[0], (new_ids.shape, new_ids.stride(), new_ids.dtype)] if same else []
 
 
 def kernels_cached(model: Transformer, rows: int) -> bool:

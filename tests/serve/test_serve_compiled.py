@@ -170,15 +170,19 @@ def test_steps_after_the_first_skip_dynamo_guards(tiny):
 
 def test_calls_of_a_width_after_its_first_call_the_graph_without_dynamo(tiny):
     """Once dynamo has called the step's graph for a block-table width, later calls of that width call the graph
-    themselves, with their token, table and position: the logits equal those of the call through dynamo."""
+    themselves, with their token, table and position: the logits equal those of calls through dynamo."""
     model, tok = tiny
     step, blocks = Engine(model, tok, EngineConfig(compile=True))._compiled, [1, 2, 3]
     real, widths = step._compiled, []
     step._compiled = lambda *args: widths.append(args[3].shape[0]) or real(*args)
-    step._direct.clear()  # the engine's warm-up called width 2 already
     size = step.kv.block_size
-    through_dynamo = [step(5, size + 1, blocks), step(9, 2 * size + 1, blocks)]
-    direct = [step(5, size + 1, blocks), step(9, 2 * size + 1, blocks)]  # the same slots rewritten alike
-    step(6, size + 2, blocks)
+    calls = [(5, size + 1), (6, size + 2), (7, size + 3), (9, 2 * size + 1), (8, 2 * size + 2)]
+    through_dynamo = []
+    for token, position in calls:  # each slot rewritten alike below
+        step._direct.clear()
+        through_dynamo.append(step(token, position, blocks))
+    widths.clear()
+    step._direct.clear()
+    direct = [step(token, position, blocks) for token, position in calls]
     assert widths == [2, 3]
     assert all(torch.equal(a, b) for a, b in zip(direct, through_dynamo, strict=True))
