@@ -172,6 +172,10 @@ def serving(args: argparse.Namespace, tools: dict[str, Path], directory: Path, f
     try:
         for name, (_, url, _) in servers.items():
             wait_up(procs[name], url, name)
+        for name in servers:  # herd serve picks OpenMP's wait policy from the load at its start (herd.cli.openmp)
+            policy = [line for line in Path(logs[name].name).read_text().splitlines() if "OpenMP" in line]
+            if policy:
+                print(f"{name}: {policy[0]}")
         for c in args.concurrency:
             requests = workload(max(2 * c, 8), seed=c, vocab=128000, outputs=(16, 128))
             figures: dict[str, list[dict]] = {name: [] for name in servers}
