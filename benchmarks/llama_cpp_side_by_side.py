@@ -128,18 +128,21 @@ async def drive(url: str, requests: list, concurrency: int, extra: dict) -> tupl
     return [t for t in traces if t is not None and t.tokens], time.perf_counter() - start  # a stop as first token
 
 
-def wait_up(proc: subprocess.Popen, url: str, name: str) -> None:
-    deadline = time.monotonic() + 600  # herd serve compiles its one-request step at start-up
+def wait_up(proc: subprocess.Popen, url: str, name: str, timeout: float = 600.0, log: Path | None = None) -> None:
+    """Return once `url`/health answers 200 (herd serve compiles its one-request step at start-up); SystemExit,
+    with the tail of `log`, if the server exits or `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{name} exited with {proc.returncode}")
+            break
         try:
             if httpx.get(url + "/health", timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise SystemExit(f"{name} did not come up in 600 s")
+    why = f"exited with {proc.returncode}" if proc.poll() is not None else f"did not come up in {timeout:.0f} s"
+    raise SystemExit(f"{name} {why}" + (f": {log.read_text()[-2000:]}" if log else ""))
 
 
 SERVERS = ("herd", "herd-eager", "llama", "herd-int8", "llama-q8_0")

@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cpu_info import cpu_line
+from llama_cpp_side_by_side import wait_up
 
 import herd
 from herd.model import build_model, preset
@@ -120,16 +121,7 @@ def main() -> None:
     busy: list[multiprocessing.Process] = []
     try:
         for name, (proc, url) in arms.items():
-            deadline = time.monotonic() + 900
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"{name} did not come up: {(work / f'{name}.log').read_text()[-2000:]}")
-                try:
-                    if httpx.get(url + "/health", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(1)
+            wait_up(proc, url, name, timeout=900, log=work / f"{name}.log")
             said = [line for line in (work / f"{name}.log").read_text().splitlines() if line.startswith("herd serve")]
             print(f"{name}: {' | '.join(said)}")
         for proc, url in arms.values():  # warm-up
