@@ -44,4 +44,15 @@ def choose_wait_policy() -> str:
     """`pick_wait_policy` for this process and machine, before torch loads libgomp (after, the line says so)."""
     if "torch" in sys.modules:
         return "herd serve: OpenMP threads wait at barriers as libgomp started (torch was loaded before herd serve)"
-    return pick_wait_policy(os.environ, os.getloadavg()[0], len(os.sched_getaffinity(0)))
+    return pick_wait_policy(os.environ, *machine_load())
+
+
+def machine_load() -> tuple[float, int]:
+    """The 1-minute load average (0.0, taken as idle, where the system reports none) and the CPUs this process may
+    run on (all of them where the system cannot say, as on macOS)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows has no getloadavg; a system may report none
+        load = 0.0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return load, cpus

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from herd.cli.openmp import pick_wait_policy
+from herd.cli.openmp import machine_load, pick_wait_policy
 
 
 def test_busy_machine_sleeps_quiet_one_spins_and_the_user_decides():
@@ -47,3 +47,16 @@ def test_the_line_comes_with_the_ready_server(monkeypatch, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert lines[-2].startswith("herd serve: one request's decode step")
     assert lines[-1].startswith("herd serve: OpenMP threads wait at barriers as libgomp started (torch was loaded")
+
+
+def test_a_system_without_a_load_average_or_cpu_affinity_counts_as_idle(monkeypatch):
+    """macOS has no sched_getaffinity, Windows no getloadavg, and getloadavg may raise OSError: herd serve still
+    starts, taking the machine as idle (libgomp's spin)."""
+    def no_load() -> tuple[float, float, float]:
+        raise OSError("load average unobtainable")
+
+    monkeypatch.setattr(os, "getloadavg", no_load)
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert machine_load() == (0.0, os.cpu_count())
+    monkeypatch.delattr(os, "getloadavg")
+    assert machine_load() == (0.0, os.cpu_count())
